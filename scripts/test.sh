@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The project's single test command: unit tests plus integration tests
+# against real PostgreSQL 15 and a real S3-compatible server.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+bash scripts/setup-test-env.sh
+export WALDEN_TEST_VENV="${WALDEN_TEST_VENV:-$PWD/target/test-venv}"
+
+# --release: the binary under test is the one users get (LTO, abort on panic).
+# Two threads: every integration test starts its own servers on a 2-core box.
+cargo test --release -- --test-threads=2

@@ -1,0 +1,306 @@
+//! Compression formats byte-compatible with WAL-G: lz4 frames with content
+//! checksum, zstd frames with checksum, raw brotli, LZMA-alone, and none.
+
+use std::io::{self, Read, Write};
+
+use super::{CodecError, FinishWrite};
+
+pub const ZSTD_DEFAULT_LEVEL: i32 = 3;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Lz4,
+    Lzma,
+    Zstd,
+    Brotli,
+    None,
+}
+
+impl Method {
+    pub fn from_setting(value: &str) -> Option<Method> {
+        match value {
+            "lz4" => Some(Method::Lz4),
+            "lzma" => Some(Method::Lzma),
+            "zstd" => Some(Method::Zstd),
+            "brotli" => Some(Method::Brotli),
+            "none" => Some(Method::None),
+            _ => None,
+        }
+    }
+
+    /// Extension without the dot; empty for `none`, whose objects get none.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Method::Lz4 => "lz4",
+            Method::Lzma => "lzma",
+            Method::Zstd => "zst",
+            Method::Brotli => "br",
+            Method::None => "",
+        }
+    }
+
+    pub fn from_extension(ext: &str) -> Option<Method> {
+        match ext {
+            "lz4" => Some(Method::Lz4),
+            "lzma" => Some(Method::Lzma),
+            "zst" => Some(Method::Zstd),
+            "br" => Some(Method::Brotli),
+            "" | "tar" => Some(Method::None),
+            _ => None,
+        }
+    }
+
+    /// The method an object was written with, from its name's last
+    /// extension. Names without one (WAL segments stored with `none`,
+    /// `x.history`, `x.partial`, `x.backup`) are uncompressed.
+    pub fn from_object_name(name: &str) -> Result<Method, CodecError> {
+        let base = name.rsplit('/').next().unwrap_or(name);
+        let ext = match base.rsplit_once('.') {
+            Some((_, ext)) => ext,
+            None => return Ok(Method::None),
+        };
+        match ext {
+            "history" | "partial" | "backup" | "json" => Ok(Method::None),
+            _ if is_wal_offset_ext(ext) => Ok(Method::None),
+            _ => Method::from_extension(ext).ok_or_else(|| CodecError::UnknownExtension(ext.into())),
+        }
+    }
+}
+
+/// `000000010000000000000002.00000028.backup` minus `.backup`: an 8-hex
+/// part that is a name, not a format.
+fn is_wal_offset_ext(ext: &str) -> bool {
+    ext.len() == 8 && ext.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// WAL-G's `WALG_ZSTD_LEVEL` names, or a numeric level.
+pub fn zstd_level(value: &str) -> Option<i32> {
+    match value.to_lowercase().as_str() {
+        "fastest" => Some(1),
+        "default" => Some(3),
+        "better" => Some(7),
+        "best" => Some(11),
+        other => other.parse::<i32>().ok().filter(|l| (1..=22).contains(l)),
+    }
+}
+
+pub fn encoder(
+    method: Method,
+    zstd_level: i32,
+    sink: Box<dyn FinishWrite>,
+) -> io::Result<Box<dyn FinishWrite>> {
+    Ok(match method {
+        Method::None => sink,
+        Method::Lz4 => {
+            let info = lz4_flex::frame::FrameInfo::new()
+                .block_size(lz4_flex::frame::BlockSize::Max4MB)
+                .block_mode(lz4_flex::frame::BlockMode::Independent)
+                .content_checksum(true);
+            Box::new(Lz4Writer(Some(lz4_flex::frame::FrameEncoder::with_frame_info(
+                info, sink,
+            ))))
+        }
+        Method::Zstd => {
+            let mut enc = zstd::stream::write::Encoder::new(sink, zstd_level)?;
+            enc.include_checksum(true)?;
+            Box::new(ZstdWriter(Some(enc)))
+        }
+        Method::Brotli => Box::new(BrotliWriter(Some(brotli::CompressorWriter::new(
+            sink, 65536, 3, 22,
+        )))),
+        Method::Lzma => {
+            let options = xz2::stream::LzmaOptions::new_preset(6).map_err(io::Error::other)?;
+            let stream = xz2::stream::Stream::new_lzma_encoder(&options).map_err(io::Error::other)?;
+            Box::new(LzmaWriter(Some(xz2::write::XzEncoder::new_stream(sink, stream))))
+        }
+    })
+}
+
+pub fn decoder(method: Method, source: Box<dyn Read + Send>) -> Box<dyn Read + Send> {
+    match method {
+        Method::None => source,
+        Method::Lz4 => Box::new(lz4_flex::frame::FrameDecoder::new(source)),
+        Method::Zstd => match zstd::stream::read::Decoder::new(source) {
+            Ok(d) => Box::new(d),
+            Err(e) => Box::new(FailingReader(Some(e))),
+        },
+        Method::Brotli => Box::new(brotli::Decompressor::new(source, 65536)),
+        Method::Lzma => match xz2::stream::Stream::new_lzma_decoder(u64::MAX) {
+            Ok(stream) => Box::new(xz2::read::XzDecoder::new_stream(source, stream)),
+            Err(e) => Box::new(FailingReader(Some(io::Error::other(e)))),
+        },
+    }
+}
+
+/// Each wrapper below holds its encoder in an `Option` so that `finish`
+/// can take it out: the encoders' own finish methods consume them.
+struct Lz4Writer(Option<lz4_flex::frame::FrameEncoder<Box<dyn FinishWrite>>>);
+struct ZstdWriter(Option<zstd::stream::write::Encoder<'static, Box<dyn FinishWrite>>>);
+struct BrotliWriter(Option<brotli::CompressorWriter<Box<dyn FinishWrite>>>);
+struct LzmaWriter(Option<xz2::write::XzEncoder<Box<dyn FinishWrite>>>);
+
+fn gone() -> io::Error {
+    io::Error::other("writer used after finish")
+}
+
+macro_rules! forward_write {
+    ($t:ty) => {
+        impl Write for $t {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                self.0.as_mut().ok_or_else(gone)?.write(buf)
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                self.0.as_mut().ok_or_else(gone)?.flush()
+            }
+        }
+    };
+}
+forward_write!(Lz4Writer);
+forward_write!(ZstdWriter);
+forward_write!(BrotliWriter);
+forward_write!(LzmaWriter);
+
+impl FinishWrite for Lz4Writer {
+    fn finish(mut self: Box<Self>) -> io::Result<()> {
+        let enc = self.0.take().ok_or_else(gone)?;
+        enc.finish().map_err(io::Error::other)?.finish()
+    }
+}
+
+impl FinishWrite for ZstdWriter {
+    fn finish(mut self: Box<Self>) -> io::Result<()> {
+        self.0.take().ok_or_else(gone)?.finish()?.finish()
+    }
+}
+
+impl FinishWrite for BrotliWriter {
+    fn finish(mut self: Box<Self>) -> io::Result<()> {
+        let mut enc = self.0.take().ok_or_else(gone)?;
+        // into_inner swallows errors; flushing first surfaces them. Any
+        // error of the final close still reaches the sink, whose finish
+        // reports it.
+        enc.flush()?;
+        enc.into_inner().finish()
+    }
+}
+
+impl FinishWrite for LzmaWriter {
+    fn finish(mut self: Box<Self>) -> io::Result<()> {
+        self.0.take().ok_or_else(gone)?.finish()?.finish()
+    }
+}
+
+struct FailingReader(Option<io::Error>);
+
+impl Read for FailingReader {
+    fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+        Err(self.0.take().unwrap_or_else(|| io::Error::other("decoder failed")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::PlainSink;
+    use std::sync::{Arc, Mutex};
+
+    /// A sink that keeps what was written, readable after finish.
+    #[derive(Clone, Default)]
+    pub struct Shared(pub Arc<Mutex<Vec<u8>>>);
+    impl Write for Shared {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn encode(method: Method, data: &[u8]) -> Vec<u8> {
+        let out = Shared::default();
+        let mut w = encoder(method, 3, Box::new(PlainSink(out.clone()))).unwrap();
+        for chunk in data.chunks(7777) {
+            w.write_all(chunk).unwrap();
+        }
+        w.finish().unwrap();
+        let v = out.0.lock().unwrap().clone();
+        v
+    }
+
+    fn decode(method: Method, data: Vec<u8>) -> io::Result<Vec<u8>> {
+        let mut r = decoder(method, Box::new(io::Cursor::new(data)));
+        let mut out = Vec::new();
+        r.read_to_end(&mut out)?;
+        Ok(out)
+    }
+
+    fn sample() -> Vec<u8> {
+        (0..300_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn every_method_round_trips() {
+        for m in [Method::Lz4, Method::Lzma, Method::Zstd, Method::Brotli, Method::None] {
+            let data = sample();
+            let enc = encode(m, &data);
+            assert_eq!(decode(m, enc).unwrap(), data, "{m:?}");
+            assert_eq!(decode(m, encode(m, b"")).unwrap(), b"", "{m:?} empty");
+        }
+    }
+
+    #[test]
+    fn headers_match_walg() {
+        let lz4 = encode(Method::Lz4, b"");
+        assert_eq!(&lz4[..7], &[0x04, 0x22, 0x4D, 0x18, 0x64, 0x70, 0xB9]);
+        assert_eq!(lz4.len(), 15);
+        let lzma = encode(Method::Lzma, b"x");
+        assert_eq!(
+            &lzma[..13],
+            &[0x5d, 0, 0, 0x80, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]
+        );
+        let zst = encode(Method::Zstd, b"x");
+        assert_eq!(&zst[..4], &[0x28, 0xB5, 0x2F, 0xFD]);
+        // Frame header descriptor: checksum flag (bit 2) set.
+        assert_ne!(zst[4] & 0x04, 0);
+    }
+
+    #[test]
+    fn truncated_streams_are_errors() {
+        for m in [Method::Lz4, Method::Lzma, Method::Zstd, Method::Brotli] {
+            let enc = encode(m, &sample());
+            for cut in [enc.len() - 1, enc.len() / 2, 5] {
+                let r = decode(m, enc[..cut].to_vec());
+                assert!(r.is_err(), "{m:?} cut at {cut} of {} decoded", enc.len());
+            }
+        }
+    }
+
+    #[test]
+    fn corrupted_streams_are_errors() {
+        for m in [Method::Lz4, Method::Zstd] {
+            let mut enc = encode(m, &sample());
+            let mid = enc.len() / 2;
+            enc[mid] ^= 0x55;
+            assert!(decode(m, enc).is_err(), "{m:?}");
+        }
+    }
+
+    #[test]
+    fn names_to_methods() {
+        assert_eq!(Method::from_object_name("wal_005/0001.lz4").unwrap(), Method::Lz4);
+        assert_eq!(Method::from_object_name("a/part_1.tar.zst").unwrap(), Method::Zstd);
+        assert_eq!(Method::from_object_name("a/part_1.tar").unwrap(), Method::None);
+        assert_eq!(
+            Method::from_object_name("wal_005/000000010000000000000002").unwrap(),
+            Method::None
+        );
+        assert_eq!(
+            Method::from_object_name("wal_005/000000010000000000000002.00000028.backup").unwrap(),
+            Method::None
+        );
+        assert!(Method::from_object_name("x.gz").is_err());
+        assert_eq!(zstd_level("BEST"), Some(11));
+        assert_eq!(zstd_level("0"), None);
+    }
+}

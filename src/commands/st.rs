@@ -1,0 +1,275 @@
+//! `walden st`: WAL-G's storage tools, for looking at and repairing what
+//! is in storage by hand.
+
+use std::ffi::OsString;
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+
+use lexopt::prelude::*;
+
+use super::{codecs, open_storage};
+use crate::codec::{FinishWrite, PlainSink};
+use crate::config::Settings;
+use crate::error::{Error, Result};
+use crate::localfile::AtomicFile;
+use crate::storage::upload::ObjectWriter;
+use crate::storage::{Entry, Storage};
+
+const USAGE: &str = "walden st ls|get|put|cat|rm|check ... (see walden help st)";
+
+pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
+    let mut parser = lexopt::Parser::from_args(args);
+    let sub = match parser.next()? {
+        Some(Value(v)) => v.string()?,
+        _ => return Err(Error::Usage(format!("missing subcommand; usage: {USAGE}"))),
+    };
+    // Options and positionals of the subcommand, in any order.
+    let mut switches: Vec<String> = Vec::new();
+    let mut values: Vec<String> = Vec::new();
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Short('r') => switches.push("recursive".into()),
+            Short('s') => switches.push("read-stdin".into()),
+            Short('f') => switches.push("force".into()),
+            Long(name) => switches.push(name.to_string()),
+            Value(v) => values.push(v.string()?),
+            other => return Err(other.unexpected().into()),
+        }
+    }
+    let allowed: &[&str] = match sub.as_str() {
+        "ls" => &["recursive"],
+        "get" => &["no-decrypt", "no-decompress"],
+        "put" => &["no-compress", "no-encrypt", "read-stdin", "force"],
+        "cat" => &["decrypt", "decompress"],
+        "rm" | "check" => &[],
+        other => {
+            return Err(Error::Usage(format!(
+                "unknown st subcommand '{other}'; usage: {USAGE}"
+            )))
+        }
+    };
+    if let Some(bad) = switches.iter().find(|s| !allowed.contains(&s.as_str())) {
+        return Err(Error::Usage(format!("st {sub} has no option '{bad}'")));
+    }
+    let has = |s: &str| switches.iter().any(|x| x == s);
+    let arg = |i: usize, what: &str| -> Result<String> {
+        values
+            .get(i)
+            .cloned()
+            .ok_or_else(|| Error::Usage(format!("st {sub}: missing {what}")))
+    };
+    match sub.as_str() {
+        "ls" => ls(settings, values.first().map(String::as_str).unwrap_or(""), has("recursive")),
+        "get" => get(settings, &arg(0, "PATH")?, &arg(1, "DEST")?, !has("no-decrypt"), !has("no-decompress")),
+        "put" => {
+            let remote = if has("read-stdin") { arg(0, "PATH")? } else { arg(1, "PATH")? };
+            let local = if has("read-stdin") { None } else { Some(arg(0, "SRC")?) };
+            put(settings, local.as_deref(), &remote, !has("no-compress"), !has("no-encrypt"))
+        }
+        "cat" => cat(settings, &arg(0, "PATH")?, has("decrypt"), has("decompress")),
+        "rm" => rm(settings, &arg(0, "PATH")?),
+        _ => match arg(0, "read|write")?.as_str() {
+            "read" => check_read(settings, &values[1..]),
+            "write" => check_write(settings),
+            other => Err(Error::Usage(format!("st check {other}: expected read or write"))),
+        },
+    }
+}
+
+/// A user's path as a storage key: no leading `/`.
+fn key_of(path: &str) -> String {
+    path.trim_start_matches('/').to_string()
+}
+
+fn ls(settings: &Settings, path: &str, recursive: bool) -> Result<()> {
+    let storage = open_storage(settings)?;
+    let mut prefix = key_of(path);
+    if !prefix.is_empty() && !prefix.ends_with('/') {
+        prefix.push('/');
+    }
+    let stdout = io::stdout();
+    let mut out = io::BufWriter::new(stdout.lock());
+    let write_err = |e: io::Error| Error::io("writing the listing", e);
+    writeln!(out, "type\tsize\tlast modified\tname").map_err(write_err)?;
+    let mut failure = None;
+    storage.list(&prefix, recursive, &mut |entry| {
+        let line = match entry {
+            Entry::Dir(d) => format!("dir\t0\t-\t{}", &d[prefix.len()..]),
+            Entry::Object(o) => format!(
+                "obj\t{}\t{}\t{}",
+                o.size,
+                o.modified.map(crate::time::rfc3339_nano).unwrap_or_else(|| "-".into()),
+                &o.key[prefix.len()..]
+            ),
+        };
+        if let Err(e) = writeln!(out, "{line}") {
+            failure = Some(e);
+        }
+        Ok(())
+    })?;
+    if let Some(e) = failure {
+        return Err(write_err(e));
+    }
+    out.flush().map_err(write_err)
+}
+
+/// Open `key` and put the decoding the flags ask for in front of it.
+fn open_decoded(
+    settings: &Settings,
+    storage: &Arc<dyn Storage>,
+    key: &str,
+    decrypt: bool,
+    decompress: bool,
+) -> Result<Box<dyn Read + Send>> {
+    let raw = storage.get(key, 0)?;
+    if !decrypt && !decompress {
+        return Ok(raw);
+    }
+    Ok(codecs(settings)?.reader(raw, key, decrypt, decompress)?)
+}
+
+fn get(settings: &Settings, path: &str, dest: &str, decrypt: bool, decompress: bool) -> Result<()> {
+    let storage = open_storage(settings)?;
+    let key = key_of(path);
+    let mut source = open_decoded(settings, &storage, &key, decrypt, decompress)?;
+    let mut file = AtomicFile::create(dest.as_ref())
+        .map_err(|e| Error::io(format!("cannot create '{dest}'"), e))?;
+    copy(&mut source, &mut file, &key)?;
+    file.commit()
+        .map_err(|e| Error::io(format!("cannot write '{dest}'"), e))
+}
+
+/// Copy, telling a broken source (corrupt, truncated, wrong key) apart from
+/// a failing destination.
+fn copy(source: &mut dyn Read, dest: &mut dyn Write, key: &str) -> Result<u64> {
+    let mut buf = vec![0u8; 256 << 10];
+    let mut total = 0u64;
+    loop {
+        let n = match source.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(Error::Other(format!(
+                    "object '{key}' cannot be read back: {e}; nothing was written"
+                )))
+            }
+        };
+        dest.write_all(&buf[..n])
+            .map_err(|e| Error::io("writing the output", e))?;
+        total += n as u64;
+    }
+}
+
+fn put(settings: &Settings, local: Option<&str>, path: &str, compress: bool, encrypt: bool) -> Result<()> {
+    let storage = open_storage(settings)?;
+    let codecs = codecs(settings)?;
+    let mut key = key_of(path);
+    if compress && !codecs.extension().is_empty() {
+        key = format!("{key}.{}", codecs.extension());
+    }
+    let mut source: Box<dyn Read> = match local {
+        Some(p) => Box::new(
+            std::fs::File::open(p).map_err(|e| Error::io(format!("cannot open '{p}'"), e))?,
+        ),
+        None => Box::new(io::stdin().lock()),
+    };
+    let sink = Box::new(ObjectWriter::new(storage.clone(), &key));
+    let mut writer = codecs
+        .writer(sink, compress, encrypt)
+        .map_err(|e| Error::io("starting the encoder", e))?;
+    let mut buf = vec![0u8; 256 << 10];
+    loop {
+        let n = match source.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::io(format!("reading '{}'", local.unwrap_or("stdin")), e)),
+        };
+        writer
+            .write_all(&buf[..n])
+            .map_err(|e| Error::io(format!("uploading '{key}'"), e))?;
+    }
+    writer
+        .finish()
+        .map_err(|e| Error::io(format!("uploading '{key}'"), e))?;
+    log::info!("uploaded {} as {key}", local.unwrap_or("stdin"));
+    Ok(())
+}
+
+fn cat(settings: &Settings, path: &str, decrypt: bool, decompress: bool) -> Result<()> {
+    let storage = open_storage(settings)?;
+    let key = key_of(path);
+    let mut source = open_decoded(settings, &storage, &key, decrypt, decompress)?;
+    let mut out: Box<dyn FinishWrite> = Box::new(PlainSink(io::BufWriter::new(io::stdout())));
+    copy(&mut source, &mut out, &key)?;
+    out.finish().map_err(|e| Error::io("writing to stdout", e))
+}
+
+fn rm(settings: &Settings, path: &str) -> Result<()> {
+    let storage = open_storage(settings)?;
+    let key = key_of(path);
+    if storage.stat(&key)?.is_some() {
+        storage.delete(std::slice::from_ref(&key))?;
+        log::info!("deleted {key}");
+        return Ok(());
+    }
+    // A folder: delete what is under it, a batch at a time.
+    let prefix = format!("{}/", key.trim_end_matches('/'));
+    let mut batch: Vec<String> = Vec::new();
+    let mut count = 0usize;
+    storage.list(&prefix, true, &mut |e| {
+        if let Entry::Object(o) = e {
+            batch.push(o.key);
+            if batch.len() == 1000 {
+                storage.delete(&batch)?;
+                count += batch.len();
+                batch.clear();
+            }
+        }
+        Ok(())
+    })?;
+    if !batch.is_empty() {
+        storage.delete(&batch)?;
+        count += batch.len();
+    }
+    if count == 0 {
+        return Err(Error::Other(format!("nothing to delete: '{key}' is not in storage")));
+    }
+    log::info!("deleted {count} objects under {prefix}");
+    Ok(())
+}
+
+fn check_read(settings: &Settings, paths: &[String]) -> Result<()> {
+    let storage = open_storage(settings)?;
+    storage.list("", false, &mut |_| Ok(()))?;
+    for path in paths {
+        let key = key_of(path);
+        let mut r = storage.get(&key, 0)?;
+        io::copy(&mut r, &mut io::sink())
+            .map_err(|e| Error::io(format!("reading '{key}'"), e))?;
+    }
+    log::info!("read check passed on {}", storage.location());
+    Ok(())
+}
+
+fn check_write(settings: &Settings) -> Result<()> {
+    let storage = open_storage(settings)?;
+    let key = "wal-g_storage_check";
+    let probe: Vec<u8> = (0..1024u32).map(|i| (i * 7 % 256) as u8).collect();
+    storage.put(key, &probe)?;
+    let mut back = Vec::new();
+    storage
+        .get(key, 0)?
+        .read_to_end(&mut back)
+        .map_err(|e| Error::io("reading the probe back", e))?;
+    storage.delete(&[key.to_string()])?;
+    if back != probe {
+        return Err(Error::Other(format!(
+            "write check failed on {}: the probe object came back different",
+            storage.location()
+        )));
+    }
+    log::info!("write check passed on {}", storage.location());
+    Ok(())
+}

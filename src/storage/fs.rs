@@ -1,0 +1,320 @@
+//! The filesystem storage (`WALG_FILE_PREFIX`). Objects are plain files
+//! under the root. A write goes to a temp name, is fsynced, renamed and the
+//! directory fsynced, so a reader never sees a half-written object; temp
+//! names never show in listings.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Component, Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::{Entry, ErrorKind, ObjectInfo, Result, Storage, StorageError};
+
+/// Marks temp files, as WAL-G's `<file>.tmp.<time>-<hex>` does.
+const TEMP_MARK: &str = ".tmp.";
+
+pub struct FsStorage {
+    root: PathBuf,
+    part_size: usize,
+    parts_in_flight: usize,
+}
+
+impl FsStorage {
+    pub fn new(root: PathBuf) -> FsStorage {
+        FsStorage {
+            root,
+            // Local disks gain nothing from big buffers or many of them.
+            part_size: 8 << 20,
+            parts_in_flight: 2,
+        }
+    }
+
+    /// The file for `key`, refusing keys that would leave the root.
+    fn path(&self, op: &'static str, key: &str) -> Result<PathBuf> {
+        let rel = Path::new(key);
+        if rel
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_)))
+        {
+            return Err(StorageError::new(
+                ErrorKind::Permanent,
+                op,
+                key,
+                "the key is not a plain relative path ('..', '/' or '.' in it)",
+            ));
+        }
+        Ok(self.root.join(rel))
+    }
+}
+
+fn io_error(op: &'static str, key: &str, path: &Path, e: io::Error) -> StorageError {
+    let kind = match e.kind() {
+        io::ErrorKind::NotFound => ErrorKind::NotFound,
+        io::ErrorKind::Interrupted | io::ErrorKind::TimedOut => ErrorKind::Transient,
+        _ => ErrorKind::Permanent,
+    };
+    let hint = match e.raw_os_error() {
+        Some(libc::ENOSPC) => "; the disk is full: free space and try again",
+        Some(libc::EACCES) | Some(libc::EPERM) => "; check the permissions of the directory",
+        _ => "",
+    };
+    StorageError::new(kind, op, key, format!("{}: {e}{hint}", path.display()))
+}
+
+fn temp_name(path: &Path) -> PathBuf {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let mut random = [0u8; 8];
+    // Uniqueness, not secrecy: fall back to time and pid bits.
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random).is_err() {
+        random = (now.as_nanos() as u64 ^ ((std::process::id() as u64) << 32)).to_le_bytes();
+    }
+    let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!("{TEMP_MARK}{}-{hex}", crate::time::compact_utc(now.as_secs())));
+    path.with_file_name(name)
+}
+
+fn is_temp(name: &str) -> bool {
+    name.contains(TEMP_MARK)
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Move a finished temp file into place durably.
+fn publish(temp: &Path, path: &Path) -> io::Result<()> {
+    File::open(temp)?.sync_all()?;
+    fs::rename(temp, path)?;
+    sync_dir(path.parent().unwrap_or(Path::new("/")))
+}
+
+impl FsStorage {
+    fn write_new(&self, key: &str, data: &[u8]) -> Result<()> {
+        let path = self.path("put", key)?;
+        let dir = path.parent().unwrap_or(&self.root).to_path_buf();
+        fs::create_dir_all(&dir).map_err(|e| io_error("put", key, &dir, e))?;
+        let temp = temp_name(&path);
+        let result = (|| {
+            let mut f = File::create(&temp)?;
+            f.write_all(data)?;
+            drop(f);
+            publish(&temp, &path)
+        })();
+        if let Err(e) = result {
+            let _ = fs::remove_file(&temp);
+            return Err(io_error("put", key, &path, e));
+        }
+        Ok(())
+    }
+
+    fn walk(
+        &self,
+        dir_key: &str,
+        name_prefix: &str,
+        recursive: bool,
+        f: &mut dyn FnMut(Entry) -> Result<()>,
+    ) -> Result<()> {
+        let dir = if dir_key.is_empty() {
+            self.root.clone()
+        } else {
+            self.path("list", dir_key.trim_end_matches('/'))?
+        };
+        let read = match fs::read_dir(&dir) {
+            Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_error("list", dir_key, &dir, e)),
+        };
+        // Sorted per directory, as S3 lists in key order.
+        let mut names: Vec<(String, fs::Metadata)> = Vec::new();
+        for entry in read {
+            let entry = entry.map_err(|e| io_error("list", dir_key, &dir, e))?;
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            if !name.starts_with(name_prefix) || is_temp(&name) {
+                continue;
+            }
+            let meta = match entry.metadata() {
+                Ok(m) => m,
+                // Deleted while we listed it.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_error("list", dir_key, &entry.path(), e)),
+            };
+            names.push((name, meta));
+        }
+        names.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, meta) in names {
+            let key = format!("{dir_key}{name}");
+            if meta.is_dir() {
+                if recursive {
+                    self.walk(&format!("{key}/"), "", true, f)?;
+                } else {
+                    f(Entry::Dir(format!("{key}/")))?;
+                }
+            } else if meta.is_file() {
+                f(Entry::Object(ObjectInfo {
+                    key,
+                    size: meta.len(),
+                    modified: meta.modified().ok(),
+                }))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Storage for FsStorage {
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn put(&self, key: &str, data: &[u8]) -> Result<()> {
+        self.write_new(key, data)
+    }
+
+    fn get(&self, key: &str, offset: u64) -> Result<Box<dyn Read + Send>> {
+        let path = self.path("get", key)?;
+        let mut file = File::open(&path).map_err(|e| io_error("get", key, &path, e))?;
+        if offset > 0 {
+            file.seek(SeekFrom::Start(offset))
+                .map_err(|e| io_error("get", key, &path, e))?;
+        }
+        Ok(Box::new(file))
+    }
+
+    fn stat(&self, key: &str) -> Result<Option<ObjectInfo>> {
+        let path = self.path("stat", key)?;
+        match fs::metadata(&path) {
+            Ok(m) if m.is_file() => Ok(Some(ObjectInfo {
+                key: key.to_string(),
+                size: m.len(),
+                modified: m.modified().ok(),
+            })),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_error("stat", key, &path, e)),
+        }
+    }
+
+    fn list(
+        &self,
+        prefix: &str,
+        recursive: bool,
+        f: &mut dyn FnMut(Entry) -> Result<()>,
+    ) -> Result<()> {
+        let (dir_key, name_prefix) = match prefix.rfind('/') {
+            Some(i) => (&prefix[..=i], &prefix[i + 1..]),
+            None => ("", prefix),
+        };
+        self.walk(dir_key, name_prefix, recursive, f)
+    }
+
+    fn delete(&self, keys: &[String]) -> Result<()> {
+        for key in keys {
+            let path = self.path("delete", key)?;
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_error("delete", key, &path, e)),
+            }
+        }
+        Ok(())
+    }
+
+    fn create_multipart(&self, key: &str) -> Result<String> {
+        let path = self.path("put", key)?;
+        let dir = path.parent().unwrap_or(&self.root).to_path_buf();
+        fs::create_dir_all(&dir).map_err(|e| io_error("put", key, &dir, e))?;
+        let temp = temp_name(&path);
+        File::create(&temp).map_err(|e| io_error("put", key, &temp, e))?;
+        Ok(temp.display().to_string())
+    }
+
+    fn put_part(&self, key: &str, upload_id: &str, number: u32, data: &[u8]) -> Result<String> {
+        let temp = Path::new(upload_id);
+        let offset = (number as u64 - 1) * self.part_size as u64;
+        let file = OpenOptions::new()
+            .write(true)
+            .open(temp)
+            .map_err(|e| io_error("put", key, temp, e))?;
+        file.write_all_at(data, offset)
+            .map_err(|e| io_error("put", key, temp, e))?;
+        Ok(number.to_string())
+    }
+
+    fn complete_multipart(&self, key: &str, upload_id: &str, _parts: &[(u32, String)]) -> Result<()> {
+        let path = self.path("put", key)?;
+        publish(Path::new(upload_id), &path).map_err(|e| io_error("put", key, &path, e))
+    }
+
+    fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<()> {
+        match fs::remove_file(upload_id) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_error("abort", key, Path::new(upload_id), e)),
+        }
+    }
+
+    fn part_size(&self) -> usize {
+        self.part_size
+    }
+
+    fn parts_in_flight(&self) -> usize {
+        self.parts_in_flight
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_root(name: &str) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("walden-fs-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&p);
+        p
+    }
+
+    #[test]
+    fn put_get_list_delete() {
+        let root = temp_root("basic");
+        let s = FsStorage::new(root.clone());
+        s.put("wal_005/b", b"bb").unwrap();
+        s.put("wal_005/a", b"a").unwrap();
+        s.put("basebackups_005/x/y", b"").unwrap();
+        // A stray temp file is invisible.
+        fs::write(root.join("wal_005/c.tmp.20260101T000000Z-00"), b"x").unwrap();
+        let mut keys = Vec::new();
+        s.list("", true, &mut |e| {
+            keys.push(e);
+            Ok(())
+        })
+        .unwrap();
+        let names: Vec<String> = keys
+            .iter()
+            .map(|e| match e {
+                Entry::Object(o) => o.key.clone(),
+                Entry::Dir(d) => d.clone(),
+            })
+            .collect();
+        assert_eq!(names, ["basebackups_005/x/y", "wal_005/a", "wal_005/b"]);
+        let mut top = Vec::new();
+        s.list("", false, &mut |e| {
+            top.push(e);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(top, [Entry::Dir("basebackups_005/".into()), Entry::Dir("wal_005/".into())]);
+        let mut r = s.get("wal_005/b", 1).unwrap();
+        let mut out = String::new();
+        r.read_to_string(&mut out).unwrap();
+        assert_eq!(out, "b");
+        assert!(s.get("wal_005/zz", 0).unwrap_err().is_not_found());
+        assert_eq!(s.stat("wal_005/b").unwrap().unwrap().size, 2);
+        s.delete(&["wal_005/a".into(), "wal_005/none".into()]).unwrap();
+        assert!(s.stat("wal_005/a").unwrap().is_none());
+        assert!(s.get("../etc/passwd", 0).is_err());
+        fs::remove_dir_all(root).unwrap();
+    }
+}

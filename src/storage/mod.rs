@@ -1,0 +1,136 @@
+//! Object storage: one blocking trait, the backends that implement it, the
+//! retry layer that wraps any of them, and the streaming object writer.
+//!
+//! Keys are relative to the storage root (the prefix's path plus
+//! `WALG_STORAGE_PREFIX`) and use `/` as separator, e.g.
+//! `wal_005/000000010000000000000001.lz4`.
+
+pub mod fs;
+pub mod retry;
+pub mod s3;
+pub mod select;
+pub mod upload;
+
+use std::fmt;
+use std::io::Read;
+use std::time::SystemTime;
+
+/// What a listing yields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    Object(ObjectInfo),
+    /// A "directory" (common prefix) of a non-recursive listing, as a key
+    /// ending in `/`.
+    Dir(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// Full key relative to the storage root.
+    pub key: String,
+    pub size: u64,
+    pub modified: Option<SystemTime>,
+}
+
+/// Whether an error is worth retrying decides the retry layer's behaviour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    NotFound,
+    /// 5xx, 429, timeouts, refused or reset connections.
+    Transient,
+    /// Everything a retry cannot fix: 403, bad request, full disk, ...
+    Permanent,
+}
+
+#[derive(Debug, Clone)]
+pub struct StorageError {
+    pub kind: ErrorKind,
+    /// The operation, e.g. "put", "get", "list".
+    pub op: &'static str,
+    /// The object key or prefix the operation was about.
+    pub key: String,
+    /// What went wrong, including a hint where one helps.
+    pub detail: String,
+}
+
+impl StorageError {
+    pub fn new(kind: ErrorKind, op: &'static str, key: &str, detail: impl Into<String>) -> Self {
+        StorageError {
+            kind,
+            op,
+            key: key.to_string(),
+            detail: detail.into(),
+        }
+    }
+
+    pub fn not_found(op: &'static str, key: &str) -> Self {
+        Self::new(ErrorKind::NotFound, op, key, "object does not exist")
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        self.kind == ErrorKind::NotFound
+    }
+}
+
+impl fmt::Display for StorageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "storage {} of '{}' failed: {}", self.op, self.key, self.detail)
+    }
+}
+
+impl std::error::Error for StorageError {}
+
+pub type Result<T> = std::result::Result<T, StorageError>;
+
+/// A blocking object store. Every call is safe to repeat with the same
+/// arguments, which is what lets [`retry::Retrying`] retry any of them.
+pub trait Storage: Send + Sync {
+    /// Where this storage points, for messages (`s3://bucket/path`, `/dir`).
+    fn location(&self) -> String;
+
+    /// Store `data` as `key` in one request, replacing any existing object.
+    /// Durable when this returns.
+    fn put(&self, key: &str, data: &[u8]) -> Result<()>;
+
+    /// Read `key` from byte `offset` to its end. A missing key is
+    /// `ErrorKind::NotFound`.
+    fn get(&self, key: &str, offset: u64) -> Result<Box<dyn Read + Send>>;
+
+    /// Size and modification time of `key`, `None` when it does not exist.
+    fn stat(&self, key: &str) -> Result<Option<ObjectInfo>>;
+
+    /// Call `f` for every object under `prefix` (a key prefix, normally
+    /// ending in `/`, or empty for the root). Non-recursive listings also
+    /// report the sub-directories one level down as [`Entry::Dir`]. Entries
+    /// come page by page; nothing is collected in memory.
+    fn list(
+        &self,
+        prefix: &str,
+        recursive: bool,
+        f: &mut dyn FnMut(Entry) -> Result<()>,
+    ) -> Result<()>;
+
+    /// Delete the given keys; keys that do not exist are not an error.
+    fn delete(&self, keys: &[String]) -> Result<()>;
+
+    /// Start a multipart upload of `key`; returns the upload id.
+    fn create_multipart(&self, key: &str) -> Result<String>;
+
+    /// Upload part `number` (1-based). Every part but the last has exactly
+    /// [`Storage::part_size`] bytes. Returns the part's ETag.
+    fn put_part(&self, key: &str, upload_id: &str, number: u32, data: &[u8]) -> Result<String>;
+
+    /// Make the object visible, built from `parts` (number, ETag) in order.
+    fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(u32, String)]) -> Result<()>;
+
+    /// Throw away an unfinished multipart upload.
+    fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<()>;
+
+    /// Size of one part of a multipart upload; objects that fit in one part
+    /// are stored with a single [`Storage::put`].
+    fn part_size(&self) -> usize;
+
+    /// How many parts of one object may be buffered at once (being filled or
+    /// being uploaded).
+    fn parts_in_flight(&self) -> usize;
+}

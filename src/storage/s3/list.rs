@@ -1,0 +1,58 @@
+//! ListObjectsV2, page by page, handing each entry on as it arrives.
+
+use crate::storage::{Entry, ErrorKind, ObjectInfo, Result, StorageError};
+
+use super::client::{self, Call};
+use super::xml;
+use super::S3Storage;
+
+impl S3Storage {
+    pub(super) fn list_objects(&self, prefix: &str, recursive: bool, f: &mut dyn FnMut(Entry) -> Result<()>) -> Result<()> {
+        let full_prefix = self.object_key(prefix);
+        let mut token: Option<String> = None;
+        loop {
+            let mut query = vec![("list-type".to_string(), "2".to_string()), ("prefix".to_string(), full_prefix.clone())];
+            if !recursive {
+                query.push(("delimiter".to_string(), "/".to_string()));
+            }
+            if let Some(t) = &token {
+                query.push(("continuation-token".to_string(), t.clone()));
+            }
+            let call =
+                Call { op: "list", method: "GET", object: "", key: prefix, query, headers: Vec::new(), body: None };
+            let resp = self.client.send_ok(&call)?;
+            let body = client::read_body("list", prefix, resp)?;
+            let page = xml::parse_list(&body).map_err(|e| {
+                StorageError::new(ErrorKind::Permanent, "list", prefix, format!("unreadable ListObjectsV2 answer: {e}"))
+            })?;
+
+            for obj in page.objects {
+                // S3 only returns keys under the prefix, which is under the
+                // root; anything else would be a server bug, and is skipped.
+                if let Some(rel) = self.relative(&obj.key) {
+                    f(Entry::Object(ObjectInfo { key: rel.to_string(), size: obj.size, modified: obj.modified }))?;
+                }
+            }
+            for dir in page.prefixes {
+                if let Some(rel) = self.relative(&dir) {
+                    f(Entry::Dir(rel.to_string()))?;
+                }
+            }
+
+            if !page.is_truncated {
+                return Ok(());
+            }
+            match page.next_token {
+                Some(next) if token.as_deref() != Some(next.as_str()) => token = Some(next),
+                _ => {
+                    return Err(StorageError::new(
+                        ErrorKind::Permanent,
+                        "list",
+                        prefix,
+                        "truncated ListObjectsV2 answer without a new NextContinuationToken",
+                    ))
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! Streaming an object of unknown size into storage: bytes fill a part
+//! buffer; an object that fits in one part is one `put`, a larger one a
+//! multipart upload whose parts go up on worker threads. At most
+//! `parts_in_flight` buffers exist at once, so memory is bounded by
+//! `parts_in_flight × part_size` whatever the object's size.
+
+use std::io::{self, Write};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use super::{Result, Storage, StorageError};
+use crate::codec::FinishWrite;
+
+pub struct ObjectWriter {
+    storage: Arc<dyn Storage>,
+    key: String,
+    part_size: usize,
+    current: Vec<u8>,
+    multipart: Option<Multipart>,
+    failed: Option<StorageError>,
+}
+
+struct Multipart {
+    upload_id: String,
+    jobs: Option<SyncSender<(u32, Vec<u8>)>>,
+    results: Receiver<Result<(u32, String)>>,
+    free: Receiver<Vec<u8>>,
+    workers: Vec<JoinHandle<()>>,
+    buffers: usize,
+    max_buffers: usize,
+    sent: u32,
+    done: Vec<(u32, String)>,
+}
+
+impl ObjectWriter {
+    pub fn new(storage: Arc<dyn Storage>, key: &str) -> ObjectWriter {
+        let part_size = storage.part_size().max(1);
+        ObjectWriter {
+            storage,
+            key: key.to_string(),
+            part_size,
+            current: Vec::new(),
+            multipart: None,
+            failed: None,
+        }
+    }
+
+    fn start_multipart(&mut self) -> Result<()> {
+        let upload_id = self.storage.create_multipart(&self.key)?;
+        let max_buffers = self.storage.parts_in_flight().max(1);
+        // One buffer is always being filled; the rest can be uploading.
+        let worker_count = (max_buffers - 1).max(1);
+        let (jobs_tx, jobs_rx) = mpsc::sync_channel::<(u32, Vec<u8>)>(0);
+        let jobs_rx = Arc::new(std::sync::Mutex::new(jobs_rx));
+        let (results_tx, results_rx) = mpsc::channel();
+        let (free_tx, free_rx) = mpsc::channel();
+        let mut workers = Vec::with_capacity(worker_count);
+        for _ in 0..worker_count {
+            let jobs = jobs_rx.clone();
+            let results = results_tx.clone();
+            let free = free_tx.clone();
+            let storage = self.storage.clone();
+            let key = self.key.clone();
+            let upload_id = upload_id.clone();
+            workers.push(std::thread::spawn(move || loop {
+                let job = match jobs.lock() {
+                    Ok(rx) => rx.recv(),
+                    Err(_) => return,
+                };
+                let Ok((number, mut data)) = job else { return };
+                let r = storage.put_part(&key, &upload_id, number, &data);
+                let _ = results.send(r.map(|etag| (number, etag)));
+                data.clear();
+                let _ = free.send(data);
+            }));
+        }
+        self.multipart = Some(Multipart {
+            upload_id,
+            jobs: Some(jobs_tx),
+            results: results_rx,
+            free: free_rx,
+            workers,
+            buffers: 1,
+            max_buffers,
+            sent: 0,
+            done: Vec::new(),
+        });
+        Ok(())
+    }
+
+    /// Hand the full current buffer to a worker and get an empty one.
+    fn ship_part(&mut self) -> Result<()> {
+        if self.multipart.is_none() {
+            self.start_multipart()?;
+        }
+        let Some(mp) = self.multipart.as_mut() else {
+            return Ok(());
+        };
+        mp.collect()?;
+        mp.sent += 1;
+        let data = std::mem::take(&mut self.current);
+        let closed = || StorageError::new(super::ErrorKind::Permanent, "put", "", "upload workers stopped");
+        mp.jobs
+            .as_ref()
+            .ok_or_else(closed)?
+            .send((mp.sent, data))
+            .map_err(|_| closed())?;
+        self.current = if mp.buffers < mp.max_buffers {
+            mp.buffers += 1;
+            Vec::with_capacity(self.part_size)
+        } else {
+            // Blocks until a worker is done with a part: this is the bound.
+            loop {
+                match mp.free.recv() {
+                    Ok(buf) => break buf,
+                    Err(_) => return Err(closed()),
+                }
+            }
+        };
+        mp.collect()
+    }
+
+    fn finish_upload(&mut self) -> Result<()> {
+        match self.multipart.as_mut() {
+            None => self.storage.put(&self.key, &self.current),
+            Some(_) => {
+                if !self.current.is_empty() {
+                    self.ship_part()?;
+                }
+                let Some(mp) = self.multipart.as_mut() else {
+                    return Ok(());
+                };
+                mp.jobs = None;
+                for w in mp.workers.drain(..) {
+                    let _ = w.join();
+                }
+                mp.collect()?;
+                mp.done.sort_by_key(|(n, _)| *n);
+                if mp.done.len() != mp.sent as usize {
+                    return Err(StorageError::new(
+                        super::ErrorKind::Permanent,
+                        "put",
+                        &self.key,
+                        format!("{} of {} parts were uploaded", mp.done.len(), mp.sent),
+                    ));
+                }
+                let parts = std::mem::take(&mut mp.done);
+                let upload_id = mp.upload_id.clone();
+                self.storage.complete_multipart(&self.key, &upload_id, &parts)?;
+                self.multipart = None;
+                Ok(())
+            }
+        }
+    }
+
+    fn record(&mut self, e: StorageError) -> io::Error {
+        let err = io::Error::other(e.to_string());
+        self.failed = Some(e);
+        err
+    }
+}
+
+impl Multipart {
+    /// Gather finished parts; the first failed part fails the upload.
+    fn collect(&mut self) -> Result<()> {
+        while let Ok(result) = self.results.try_recv() {
+            self.done.push(result?);
+        }
+        Ok(())
+    }
+}
+
+impl Write for ObjectWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(e) = &self.failed {
+            return Err(io::Error::other(e.to_string()));
+        }
+        if self.current.len() == self.part_size {
+            if let Err(e) = self.ship_part() {
+                return Err(self.record(e));
+            }
+        }
+        let take = buf.len().min(self.part_size - self.current.len());
+        self.current.extend_from_slice(&buf[..take]);
+        Ok(take)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl FinishWrite for ObjectWriter {
+    fn finish(mut self: Box<Self>) -> io::Result<()> {
+        if let Some(e) = self.failed.take() {
+            return Err(io::Error::other(e.to_string()));
+        }
+        match self.finish_upload() {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.record(e)),
+        }
+    }
+}
+
+impl Drop for ObjectWriter {
+    /// An upload that did not finish leaves no object and no orphan parts.
+    fn drop(&mut self) {
+        if let Some(mut mp) = self.multipart.take() {
+            mp.jobs = None;
+            for w in mp.workers.drain(..) {
+                let _ = w.join();
+            }
+            if let Err(e) = self.storage.abort_multipart(&self.key, &mp.upload_id) {
+                log::warn!("could not abort the unfinished upload of '{}': {e}", self.key);
+            }
+        }
+    }
+}
+
+/// Store everything `source` yields as `key`, unencoded.
+pub fn put_reader(storage: &Arc<dyn Storage>, key: &str, source: &mut dyn io::Read) -> io::Result<u64> {
+    let mut w = Box::new(ObjectWriter::new(storage.clone(), key));
+    let n = io::copy(source, &mut w)?;
+    w.finish()?;
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::fs::FsStorage;
+    use std::io::Read;
+
+    #[test]
+    fn large_objects_go_multipart_and_arrive_whole() {
+        let root = std::env::temp_dir().join(format!("walden-upload-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let storage: Arc<dyn Storage> = Arc::new(FsStorage::new(root.clone()));
+        let data: Vec<u8> = (0..(20u32 << 20)).map(|i| (i % 253) as u8).collect();
+        put_reader(&storage, "big", &mut &data[..]).unwrap();
+        let mut back = Vec::new();
+        storage.get("big", 0).unwrap().read_to_end(&mut back).unwrap();
+        assert!(back == data);
+        put_reader(&storage, "small", &mut &b"abc"[..]).unwrap();
+        let mut names = Vec::new();
+        storage
+            .list("", true, &mut |e| {
+                names.push(format!("{e:?}"));
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(names.len(), 2, "{names:?}");
+        std::fs::remove_dir_all(root).unwrap();
+    }
+}

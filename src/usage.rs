@@ -1,0 +1,104 @@
+//! The command table: every WAL-G PostgreSQL command name, a line about
+//! it, its usage text, and whether walden has it yet.
+
+pub struct Command {
+    pub name: &'static str,
+    pub summary: &'static str,
+    pub usage: &'static str,
+    pub built: bool,
+    /// Hidden commands (WAL-G's `wal-prefetch`) are not listed.
+    pub hidden: bool,
+}
+
+const fn cmd(name: &'static str, summary: &'static str, usage: &'static str, built: bool) -> Command {
+    Command {
+        name,
+        summary,
+        usage,
+        built,
+        hidden: false,
+    }
+}
+
+pub const COMMANDS: &[Command] = &[
+    cmd("backup-push", "make a base backup", "walden backup-push [PGDATA] [--full] [--permanent]", false),
+    cmd("backup-fetch", "restore a base backup", "walden backup-fetch DEST NAME|LATEST", false),
+    cmd("backup-list", "list base backups", "walden backup-list [--detail] [--json] [--pretty]", false),
+    cmd("backup-mark", "mark a backup permanent or not", "walden backup-mark NAME [-i]", false),
+    cmd("delete", "delete old backups and WAL", "walden delete retain|before|everything|target|garbage ...", false),
+    cmd("copy", "copy backups between storages", "walden copy --from CONFIG --to CONFIG", false),
+    cmd(
+        "wal-push",
+        "archive one WAL file (archive_command)",
+        "walden wal-push PATH\n\n  Compress, encrypt and upload PATH to wal_005/ in storage; other .ready\n  segments next to it are uploaded in parallel. Exits 0 only once the\n  object is durable. For archive_command = 'walden wal-push %p'.",
+        true,
+    ),
+    cmd(
+        "wal-fetch",
+        "restore one WAL file (restore_command)",
+        "walden wal-fetch NAME DEST\n\n  Download WAL file NAME from storage to DEST, then prefetch the next\n  WALG_DOWNLOAD_CONCURRENCY segments in the background. Exit 74 when NAME\n  is not in storage. For restore_command = 'walden wal-fetch %f %p'.",
+        true,
+    ),
+    Command {
+        name: "wal-prefetch",
+        summary: "internal: prefetch segments after NAME",
+        usage: "walden wal-prefetch NAME LOCATION",
+        built: true,
+        hidden: true,
+    },
+    cmd("wal-show", "show WAL segments and timelines in storage", "walden wal-show [--detailed-json]", false),
+    cmd("wal-verify", "check WAL integrity and timelines", "walden wal-verify integrity|timeline [--json]", false),
+    cmd("wal-receive", "stream WAL over the replication protocol", "walden wal-receive", false),
+    cmd("wal-restore", "restore missing WAL for pg_rewind", "walden wal-restore TARGET SOURCE", false),
+    cmd("daemon", "serve wal-push/wal-fetch over a socket", "walden daemon SOCKET", false),
+    cmd("catchup-push", "incremental catch-up backup", "walden catchup-push PGDATA --from-lsn LSN", false),
+    cmd("catchup-fetch", "apply a catch-up backup", "walden catchup-fetch PGDATA NAME", false),
+    cmd("catchup-list", "list catch-up backups", "walden catchup-list", false),
+    cmd("catchup-send", "send a catch-up backup over TCP", "walden catchup-send PGDATA HOST:PORT", false),
+    cmd("catchup-receive", "receive a catch-up backup over TCP", "walden catchup-receive PGDATA PORT", false),
+    cmd("pgbackrest", "read pgBackRest repositories", "walden pgbackrest backup-list|backup-fetch|wal-fetch|wal-show", false),
+    cmd(
+        "st",
+        "storage tools: ls, get, put, cat, rm, check",
+        "walden st ls [-r] [PATH]\n\
+walden st get PATH DEST [--no-decrypt] [--no-decompress]\n\
+walden st put SRC PATH [--no-compress] [--no-encrypt]\n\
+walden st cat PATH [--decrypt] [--decompress]\n\
+walden st rm PATH\n\
+walden st check read [PATH...] | write\n\n\
+  ls     list objects under PATH (recursively with -r): type, size, time, name\n\
+  get    download PATH to DEST, decrypting and decompressing by its extension\n\
+  put    upload SRC as PATH plus the compression extension (.lz4 by default)\n\
+  cat    write PATH to stdout, raw unless --decrypt/--decompress\n\
+  rm     delete PATH, or every object under PATH/ when it is a folder\n\
+  check  read: list the storage and read the given objects; write: store,\n\
+         read back and delete a probe object",
+        true,
+    ),
+    cmd("flags", "list the setting flags", "walden flags", true),
+];
+
+pub fn find(name: &str) -> Option<&'static Command> {
+    COMMANDS.iter().find(|c| c.name == name)
+}
+
+pub fn overview() -> String {
+    let mut out = String::from(
+        "walden: PostgreSQL backups and WAL archiving, compatible with WAL-G\n\n\
+Usage: walden [--config FILE] [--SETTING-NAME=VALUE...] COMMAND [ARGS]\n\
+       walden help COMMAND | walden COMMAND --help | walden --version\n\nCommands:\n",
+    );
+    for c in COMMANDS.iter().filter(|c| !c.hidden) {
+        let note = if c.built { "" } else { " (not built yet)" };
+        out.push_str(&format!("  {:<16} {}{}\n", c.name, c.summary, note));
+    }
+    out.push_str(
+        "\nSettings come from WALG_*/WALE_*/AWS_*/PG* environment variables or the\n\
+config file (--config, WALG_CONFIG_PATH, ~/.walg.json). See walden(1).\n",
+    );
+    out
+}
+
+pub fn command_help(c: &Command) -> String {
+    format!("walden {}: {}\n\nUsage: {}\n", c.name, c.summary, c.usage)
+}

@@ -1,0 +1,19 @@
+//! Test harness: real servers as child processes, no mocks.
+//!
+//! - [`TempDir`]: self-deleting scratch directories.
+//! - [`S3Server`]: nanio, an S3-compatible server that checks SigV4.
+//! - [`PgCluster`]: a PostgreSQL 15 cluster (run as `postgres` when root).
+//! - [`Walden`]: runs the built `walden` binary with a clean environment.
+//!
+//! Not every test module uses every item (or re-export), hence the allowances.
+#![allow(dead_code, unused_imports)]
+
+pub mod pg;
+pub mod s3;
+pub mod tmp;
+pub mod walden;
+
+pub use pg::{PgBuilder, PgCluster};
+pub use s3::S3Server;
+pub use tmp::TempDir;
+pub use walden::{walden_bin, walden_bin_for_postgres, Output, Walden};

@@ -1,0 +1,7 @@
+//! Integration tests: the real `walden` binary against real PostgreSQL 15 and
+//! a real S3-compatible server. Run through scripts/test.sh, which prepares
+//! the Python venv holding the S3 server. Add a test module with one `mod` line.
+
+mod harness;
+
+mod harness_selftest;
