@@ -1,13 +1,288 @@
-//! `walden wal-fetch NAME DEST`: restore_command.
-use std::ffi::OsString;
+//! `walden wal-fetch NAME DEST`, for `restore_command = 'walden wal-fetch
+//! %f %p'`, and the `wal-prefetch` worker it starts in the background.
+//!
+//! Prefetched segments wait in `.wal-g/prefetch/` beside DEST (or under
+//! `WALG_PREFETCH_DIR`), downloads in progress in `.wal-g/prefetch/running/`,
+//! as WAL-G lays them out. A prefetched file is complete by construction:
+//! it is renamed into `prefetch/` only after its download decoded and
+//! verified to the end.
 
+use std::ffi::OsString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::{codecs, open_storage, positionals};
+use crate::codec::Codecs;
 use crate::config::Settings;
 use crate::error::{Error, Result};
+use crate::localfile::AtomicFile;
+use crate::storage::Storage;
+use crate::wal::{object, Segment};
 
-pub fn run(_settings: &Settings, _args: Vec<OsString>) -> Result<()> {
-    Err(Error::NotBuilt("wal-fetch".into()))
+const USAGE: &str = "walden wal-fetch NAME DEST";
+/// The first bytes of every WAL page: XLOG_PAGE_MAGIC of PostgreSQL ≥ 9.x
+/// is at least this.
+const MIN_PAGE_MAGIC: u16 = 0xD061;
+/// Parallel downloads of one prefetch run.
+const PREFETCH_THREADS: usize = 4;
+
+pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
+    let values = positionals(args, USAGE, 2)?;
+    let (name, dest) = (values[0].clone(), PathBuf::from(&values[1]));
+    let wal_size = settings.positive("WALG_PG_WAL_SIZE")? as u64;
+    let concurrency = settings.positive("WALG_DOWNLOAD_CONCURRENCY")?;
+    let cache = PrefetchCache::new(settings, &dest);
+
+    let result = fetch(settings, &cache, &name, &dest, wal_size);
+    // As WAL-G: prefetch after every call, found or not, since recovery
+    // asks for the next segment right after this one.
+    if concurrency > 1 && !name.contains("history") && !name.contains("partial") {
+        if let Err(e) = spawn_prefetch(settings, &name, &dest) {
+            log::warn!("could not start prefetching after {name}: {e}");
+        }
+    }
+    result
 }
 
-pub fn run_prefetch(_settings: &Settings, _args: Vec<OsString>) -> Result<()> {
-    Err(Error::NotBuilt("wal-prefetch".into()))
+fn fetch(settings: &Settings, cache: &PrefetchCache, name: &str, dest: &Path, wal_size: u64) -> Result<()> {
+    if Segment::parse(name, wal_size).is_some() && cache.take(name, dest, wal_size) {
+        log::debug!("{name} came from the prefetch cache");
+        return Ok(());
+    }
+    let storage = open_storage(settings)?;
+    let codecs = codecs(settings)?;
+    download(&storage, &codecs, name, dest)?.ok_or_else(|| Error::WalNotFound(name.to_string()))
+}
+
+/// Download `name` into `dest` (temp name, fsync, rename). `Ok(None)` when
+/// storage has no such WAL file; on any error nothing is left at `dest`.
+fn download(storage: &Arc<dyn Storage>, codecs: &Codecs, name: &str, dest: &Path) -> Result<Option<()>> {
+    let Some((key, mut reader)) = object::open(storage, codecs, name)? else {
+        return Ok(None);
+    };
+    let mut file = AtomicFile::create(dest)
+        .map_err(|e| Error::io(format!("cannot create '{}'", dest.display()), e))?;
+    copy_object(&mut reader, &mut file, &key)?;
+    file.commit()
+        .map_err(|e| Error::io(format!("cannot write '{}'", dest.display()), e))?;
+    Ok(Some(()))
+}
+
+fn copy_object(reader: &mut dyn Read, out: &mut dyn Write, key: &str) -> Result<()> {
+    let mut buf = vec![0u8; 256 << 10];
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(Error::Other(format!(
+                    "WAL object '{key}' is damaged or cannot be read: {e}; nothing was restored"
+                )))
+            }
+        };
+        out.write_all(&buf[..n])
+            .map_err(|e| Error::io("writing the WAL file", e))?;
+    }
+}
+
+struct PrefetchCache {
+    ready: PathBuf,
+    running: PathBuf,
+}
+
+impl PrefetchCache {
+    fn new(settings: &Settings, dest: &Path) -> PrefetchCache {
+        let base = match settings.get_explicit("WALG_PREFETCH_DIR") {
+            Some(dir) => PathBuf::from(dir),
+            None => match dest.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                _ => PathBuf::from("."),
+            },
+        };
+        let ready = base.join(".wal-g").join("prefetch");
+        PrefetchCache {
+            running: ready.join("running"),
+            ready,
+        }
+    }
+
+    /// Move a prefetched `name` to `dest` if a good one is there or about
+    /// to be. A bad one is removed and the caller downloads directly.
+    fn take(&self, name: &str, dest: &Path, wal_size: u64) -> bool {
+        let ready = self.ready.join(name);
+        let running = self.running.join(name);
+        // A download in progress: wait while it grows.
+        let mut last = None;
+        let mut still = 0;
+        while !ready.exists() {
+            let Ok(meta) = fs::metadata(&running) else { break };
+            if last == Some(meta.len()) {
+                still += 1;
+                if still >= 20 {
+                    let _ = fs::remove_file(&running);
+                    return false;
+                }
+            } else {
+                still = 0;
+                last = Some(meta.len());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let Ok(meta) = fs::metadata(&ready) else {
+            return false;
+        };
+        if meta.len() != wal_size << 20 || !has_page_magic(&ready) {
+            log::warn!("Prefetch error: bad prefetched file {}; downloading again", ready.display());
+            let _ = fs::remove_file(&ready);
+            return false;
+        }
+        if let Err(e) = move_into_place(&ready, dest) {
+            log::warn!("cannot use prefetched {}: {e}", ready.display());
+            return false;
+        }
+        true
+    }
+}
+
+fn has_page_magic(path: &Path) -> bool {
+    let mut head = [0u8; 2];
+    File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok()
+        && u16::from_le_bytes(head) >= MIN_PAGE_MAGIC
+}
+
+/// Rename within one filesystem; copy through a temp file across two.
+fn move_into_place(from: &Path, dest: &Path) -> io::Result<()> {
+    match fs::rename(from, dest) {
+        Ok(()) => {
+            let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            File::open(dir)?.sync_all()
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            let mut out = AtomicFile::create(dest)?;
+            io::copy(&mut File::open(from)?, &mut out)?;
+            out.commit()?;
+            fs::remove_file(from)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Start `walden wal-prefetch NAME DEST` detached: recovery must not wait
+/// for it, and it must outlive us.
+fn spawn_prefetch(settings: &Settings, name: &str, dest: &Path) -> io::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe()?;
+    let mut cmd = Command::new(exe);
+    if let Some(config) = &settings.config_path {
+        cmd.arg("--config").arg(config);
+    }
+    cmd.arg("wal-prefetch").arg(name).arg(dest);
+    let devel = settings.get("WALG_LOG_LEVEL").as_deref() == Some("DEVEL");
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(if devel { Stdio::inherit() } else { Stdio::null() })
+        .process_group(0);
+    cmd.spawn().map(|_| ())
+}
+
+pub fn run_prefetch(settings: &Settings, args: Vec<OsString>) -> Result<()> {
+    let values = positionals(args, "walden wal-prefetch NAME LOCATION", 2)?;
+    let (name, location) = (values[0].clone(), PathBuf::from(&values[1]));
+    let wal_size = settings.positive("WALG_PG_WAL_SIZE")? as u64;
+    let count = settings.positive("WALG_DOWNLOAD_CONCURRENCY")?;
+    let Some(first) = Segment::parse(&name, wal_size) else {
+        return Ok(());
+    };
+    let cache = PrefetchCache::new(settings, &location);
+    clean(&cache, first, wal_size);
+    fs::create_dir_all(&cache.running)
+        .map_err(|e| Error::io(format!("cannot create {}", cache.running.display()), e))?;
+    let storage = open_storage(settings)?;
+    let codecs = codecs(settings)?;
+
+    let mut queue = Vec::new();
+    let mut seg = first;
+    for _ in 0..count {
+        seg = seg.next();
+        let file = seg.name(wal_size);
+        if !cache.ready.join(&file).exists() && !cache.running.join(&file).exists() {
+            queue.push(file);
+        }
+    }
+    queue.reverse();
+    let queue = Arc::new(Mutex::new(queue));
+    let threads = PREFETCH_THREADS.min(count);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                let next = queue.lock().ok().and_then(|mut q| q.pop());
+                let Some(file) = next else { return };
+                match prefetch_one(&storage, &codecs, &cache, &file) {
+                    Ok(true) => log::debug!("prefetched {file}"),
+                    Ok(false) => {
+                        // Later segments do not exist yet either.
+                        if let Ok(mut q) = queue.lock() {
+                            q.clear();
+                        }
+                    }
+                    Err(e) => log::debug!("prefetch of {file} failed: {e}"),
+                }
+            });
+        }
+    });
+    Ok(())
+}
+
+/// Download `file` into `running/`, then move it to the ready directory.
+/// `Ok(false)` when storage does not have it.
+fn prefetch_one(storage: &Arc<dyn Storage>, codecs: &Codecs, cache: &PrefetchCache, file: &str) -> Result<bool> {
+    let running = cache.running.join(file);
+    let Some((key, mut reader)) = object::open(storage, codecs, file)? else {
+        return Ok(false);
+    };
+    // O_EXCL: another prefetcher is already on it.
+    let mut out = match OpenOptions::new().write(true).create_new(true).open(&running) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(true),
+        Err(e) => return Err(Error::io(format!("cannot create {}", running.display()), e)),
+    };
+    let copied = copy_object(&mut reader, &mut out, &key).and_then(|()| {
+        out.sync_all()
+            .map_err(|e| Error::io(format!("cannot write {}", running.display()), e))
+    });
+    if let Err(e) = copied {
+        let _ = fs::remove_file(&running);
+        return Err(e);
+    }
+    let ready = cache.ready.join(file);
+    if ready.exists() {
+        let _ = fs::remove_file(&running);
+    } else if let Err(e) = fs::rename(&running, &ready) {
+        let _ = fs::remove_file(&running);
+        return Err(Error::io(format!("cannot move {} into place", running.display()), e));
+    }
+    Ok(true)
+}
+
+/// Remove cached segments older than `current`: recovery is past them.
+fn clean(cache: &PrefetchCache, current: Segment, wal_size: u64) {
+    for dir in [&cache.ready, &cache.running] {
+        let Ok(entries) = fs::read_dir(dir) else { continue };
+        for entry in entries.flatten() {
+            let file = entry.file_name();
+            let Some(seg) = file.to_str().and_then(|f| Segment::parse(f, wal_size)) else {
+                continue;
+            };
+            if seg < current {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
 }

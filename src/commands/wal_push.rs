@@ -1,9 +1,293 @@
-//! `walden wal-push PATH`: archive_command.
-use std::ffi::OsString;
+//! `walden wal-push PATH`, for `archive_command = 'walden wal-push %p'`.
+//!
+//! Uploads PATH, and meanwhile the other segments PostgreSQL has marked
+//! `.ready`, so that the archiver's later calls for those return at once.
+//! Exits 0 only when PATH is durable in storage.
 
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use super::{codecs, open_storage, positionals};
+use crate::codec::Codecs;
 use crate::config::Settings;
 use crate::error::{Error, Result};
+use crate::storage::Storage;
+use crate::wal::archive_status::Markers;
+use crate::wal::{metadata, object, Segment};
 
-pub fn run(_settings: &Settings, _args: Vec<OsString>) -> Result<()> {
-    Err(Error::NotBuilt("wal-push".into()))
+const USAGE: &str = "walden wal-push PATH";
+/// Read buffer per upload; reused for the whole file.
+const READ_BUFFER: usize = 256 << 10;
+
+pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
+    let path = PathBuf::from(positionals(args, USAGE, 1)?.remove(0));
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| Error::Usage(format!("'{}' has no file name; usage: {USAGE}", path.display())))?
+        .to_string();
+    let wal_dir = wal_dir(settings, &path);
+    let markers = Markers::new(&wal_dir);
+    let meta_level = metadata::level(settings)?;
+
+    if markers.is_marked(&name) {
+        // A background upload of an earlier call already stored it.
+        markers.unmark(&name);
+        let storage = open_storage(settings)?;
+        metadata::upload(&storage, meta_level, &name, &path, markers.dir())?;
+        log::info!("WAL file '{name}' was already uploaded in the background");
+        return Ok(());
+    }
+
+    let concurrency = settings.positive("WALG_UPLOAD_CONCURRENCY")?;
+    let bg_limit = settings.positive("TOTAL_BG_UPLOADED_LIMIT")?;
+    let prevent_overwrite = settings.bool("WALG_PREVENT_WAL_OVERWRITE")? || name.ends_with(".history");
+    let wal_size = settings.positive("WALG_PG_WAL_SIZE")? as u64;
+    let storage = open_storage(settings)?;
+    let codecs = codecs(settings)?;
+
+    let job = Arc::new(Job {
+        storage: storage.clone(),
+        codecs: codecs.clone(),
+        prevent_overwrite,
+    });
+    let background = Background::start(
+        job.clone(),
+        &path,
+        &name,
+        concurrency.saturating_sub(1).min(bg_threads()),
+        bg_limit.saturating_sub(1),
+        wal_size,
+        &markers,
+    );
+
+    let mut buf = vec![0u8; READ_BUFFER];
+    let result = job.push(&path, &name, &mut buf);
+    // Background uploads finish either way; their errors are only logged,
+    // as PostgreSQL will call us again for those files.
+    background.wait(&markers);
+    result?;
+    metadata::upload(&storage, meta_level, &name, &path, markers.dir())?;
+    Ok(())
+}
+
+/// Background uploads beyond the cores only hold more encoder memory: the
+/// work is compression first, and one PUT per segment.
+fn bg_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get() * 2)
+}
+
+/// pg_wal: `$PGDATA/pg_wal` if PGDATA is set, else the directory of the
+/// file being pushed (which is pg_wal when PostgreSQL calls us).
+fn wal_dir(settings: &Settings, path: &Path) -> PathBuf {
+    if let Some(pgdata) = settings.get_explicit("PGDATA") {
+        let p = Path::new(&pgdata).join("pg_wal");
+        if p.is_dir() {
+            return p;
+        }
+    }
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+struct Job {
+    storage: Arc<dyn Storage>,
+    codecs: Codecs,
+    prevent_overwrite: bool,
+}
+
+impl Job {
+    fn push(&self, path: &Path, name: &str, buf: &mut [u8]) -> Result<()> {
+        if self.prevent_overwrite && self.already_stored(path, name)? {
+            log::info!("WAL file '{}' already archived with equal content, skipping", path.display());
+            return Ok(());
+        }
+        let mut file = File::open(path)
+            .map_err(|e| Error::io(format!("cannot open WAL file '{}'", path.display()), e))?;
+        let key = object::upload(&self.storage, &self.codecs, name, &mut file, buf)?;
+        log::info!("FILE PATH: {}", key.trim_start_matches(object::WAL_FOLDER));
+        Ok(())
+    }
+
+    /// True when the same content is stored; an error when different
+    /// content is: overwriting archived WAL would lose history.
+    fn already_stored(&self, path: &Path, name: &str) -> Result<bool> {
+        let Some((key, mut stored)) = object::open(&self.storage, &self.codecs, name)? else {
+            return Ok(false);
+        };
+        let mut local = File::open(path)
+            .map_err(|e| Error::io(format!("cannot open WAL file '{}'", path.display()), e))?;
+        let equal = same_content(&mut stored, &mut local).map_err(|e| {
+            Error::Other(format!(
+                "Couldn't check whether there is an overwrite attempt due to inner error: reading '{key}': {e}"
+            ))
+        })?;
+        if equal {
+            Ok(true)
+        } else {
+            Err(Error::Other(format!(
+                "WAL file '{}' already archived, contents differ, unable to overwrite (stored as '{key}')",
+                path.display()
+            )))
+        }
+    }
+}
+
+/// Compare two streams chunk by chunk, without holding either whole.
+fn same_content(a: &mut dyn Read, b: &mut dyn Read) -> io::Result<bool> {
+    let mut x = vec![0u8; 64 << 10];
+    let mut y = vec![0u8; 64 << 10];
+    loop {
+        let n = read_full(a, &mut x)?;
+        let m = read_full(b, &mut y)?;
+        if n != m || x[..n] != y[..m] {
+            return Ok(false);
+        }
+        if n == 0 {
+            return Ok(true);
+        }
+    }
+}
+
+fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// Uploads of other `.ready` files next to the one PostgreSQL asked for.
+struct Background {
+    workers: Vec<std::thread::JoinHandle<()>>,
+    done: Arc<Mutex<Vec<String>>>,
+}
+
+impl Background {
+    fn start(
+        job: Arc<Job>,
+        path: &Path,
+        name: &str,
+        threads: usize,
+        limit: usize,
+        wal_size: u64,
+        markers: &Markers,
+    ) -> Background {
+        let done = Arc::new(Mutex::new(Vec::new()));
+        let mut background = Background {
+            workers: Vec::new(),
+            done: done.clone(),
+        };
+        if threads == 0 || limit == 0 {
+            return background;
+        }
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let queue = ready_files(&dir, name, limit, wal_size, markers);
+        if queue.is_empty() {
+            return background;
+        }
+        log::debug!("uploading {} more .ready files in the background", queue.len());
+        let queue = Arc::new(Mutex::new(queue));
+        for _ in 0..threads.min(queue.lock().map_or(0, |q| q.len())) {
+            let queue = queue.clone();
+            let job = job.clone();
+            let dir = dir.clone();
+            let done = done.clone();
+            background.workers.push(std::thread::spawn(move || {
+                let mut buf = vec![0u8; READ_BUFFER];
+                loop {
+                    let next = queue.lock().ok().and_then(|mut q| q.pop_front());
+                    let Some(file) = next else { return };
+                    match job.push(&dir.join(&file), &file, &mut buf) {
+                        Ok(()) => {
+                            if let Ok(mut d) = done.lock() {
+                                d.push(file);
+                            }
+                        }
+                        Err(e) => log::error!("Error of background uploader: {e}"),
+                    }
+                }
+            }));
+        }
+        background
+    }
+
+    fn wait(self, markers: &Markers) {
+        for w in self.workers {
+            let _ = w.join();
+        }
+        if let Ok(done) = self.done.lock() {
+            for file in done.iter() {
+                markers.mark(file);
+            }
+        }
+    }
+}
+
+/// Other WAL files PostgreSQL has marked ready for archiving, oldest first:
+/// the segments that follow `name` come first, as they are the archiver's
+/// next calls; then any other `.ready` file.
+fn ready_files(dir: &Path, name: &str, limit: usize, wal_size: u64, markers: &Markers) -> VecDeque<String> {
+    let status = dir.join("archive_status");
+    let mut out = VecDeque::new();
+    let mut next = Segment::parse(name, wal_size).map(|s| s.next());
+    while let Some(seg) = next {
+        if out.len() >= limit {
+            return out;
+        }
+        let file = seg.name(wal_size);
+        if !status.join(format!("{file}.ready")).exists() {
+            break;
+        }
+        if !markers.is_marked(&file) {
+            out.push_back(file);
+        }
+        next = Some(seg.next());
+    }
+    let Ok(entries) = fs::read_dir(&status) else {
+        return out;
+    };
+    let mut others: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter_map(|f| f.strip_suffix(".ready").map(str::to_string))
+        .filter(|f| f != name && !out.contains(f) && !markers.is_marked(f))
+        .collect();
+    others.sort();
+    for f in others {
+        if out.len() >= limit {
+            break;
+        }
+        out.push_back(f);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compares_streams() {
+        let a = vec![1u8; 200_000];
+        let mut b = a.clone();
+        assert!(same_content(&mut &a[..], &mut &b[..]).unwrap());
+        b[199_999] = 2;
+        assert!(!same_content(&mut &a[..], &mut &b[..]).unwrap());
+        assert!(!same_content(&mut &a[..], &mut &a[..100]).unwrap());
+    }
 }

@@ -310,7 +310,7 @@ mod tests {
         let mut out = String::new();
         r.read_to_string(&mut out).unwrap();
         assert_eq!(out, "b");
-        assert!(s.get("wal_005/zz", 0).unwrap_err().is_not_found());
+        assert!(s.get("wal_005/zz", 0).err().is_some_and(|e| e.is_not_found()));
         assert_eq!(s.stat("wal_005/b").unwrap().unwrap().size, 2);
         s.delete(&["wal_005/a".into(), "wal_005/none".into()]).unwrap();
         assert!(s.stat("wal_005/a").unwrap().is_none());

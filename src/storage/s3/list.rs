@@ -10,6 +10,10 @@ impl S3Storage {
     pub(super) fn list_objects(&self, prefix: &str, recursive: bool, f: &mut dyn FnMut(Entry) -> Result<()>) -> Result<()> {
         let full_prefix = self.object_key(prefix);
         let mut token: Option<String> = None;
+        // S3 lists in byte order and names each common prefix once, but
+        // some compatible servers repeat earlier prefixes on every page;
+        // only prefixes beyond the last one reported are new.
+        let mut last_dir: Option<String> = None;
         loop {
             let mut query = vec![("list-type".to_string(), "2".to_string()), ("prefix".to_string(), full_prefix.clone())];
             if !recursive {
@@ -34,9 +38,13 @@ impl S3Storage {
                 }
             }
             for dir in page.prefixes {
+                if last_dir.as_ref().is_some_and(|last| dir <= *last) {
+                    continue;
+                }
                 if let Some(rel) = self.relative(&dir) {
                     f(Entry::Dir(rel.to_string()))?;
                 }
+                last_dir = Some(dir);
             }
 
             if !page.is_truncated {

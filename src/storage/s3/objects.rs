@@ -47,8 +47,16 @@ impl S3Storage {
                 }
                 Ok(Box::new(reader))
             }
-            // Offset at or past the end: nothing left to read.
-            416 => Ok(Box::new(io::empty())),
+            // S3 answers 416 to a range starting at or past the end, some
+            // compatible servers 400; either way nothing is left to read
+            // if the object really is that short.
+            416 | 400 if offset > 0 => {
+                let err = client::error_from("get", key, resp);
+                match self.head_object(key)? {
+                    Some(info) if offset >= info.size => Ok(Box::new(io::empty())),
+                    _ => Err(err),
+                }
+            }
             _ => Err(client::error_from("get", key, resp)),
         }
     }
