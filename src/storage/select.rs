@@ -51,6 +51,8 @@ pub fn open(settings: &Settings) -> Result<Arc<dyn Storage>, ConfigError> {
                 })
             }
         };
+        // Checked for every backend: it is a general setting.
+        settings.positive("WALG_UPLOAD_CONCURRENCY")?;
         let retries = retries(settings)?;
         return Ok(Arc::new(Retrying::new(inner, retries)));
     }

@@ -5,3 +5,6 @@
 mod harness;
 
 mod harness_selftest;
+mod st;
+mod store;
+mod wal;

@@ -40,24 +40,38 @@ pub struct Call<'a> {
 }
 
 fn load_ca(path: &Path) -> Result<RootCerts, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read CA certificate file {}: {e}", path.display()))?;
+    let pem = std::fs::read(path)
+        .map_err(|e| format!("cannot read CA certificate file {}: {e}", path.display()))?;
     let mut certs = Vec::new();
     for item in ureq::tls::parse_pem(&pem) {
         match item {
             Ok(PemItem::Certificate(cert)) => certs.push(cert),
             Ok(_) => {}
-            Err(e) => return Err(format!("CA certificate file {} is not valid PEM: {e}", path.display())),
+            Err(e) => {
+                return Err(format!(
+                    "CA certificate file {} is not valid PEM: {e}",
+                    path.display()
+                ))
+            }
         }
     }
     if certs.is_empty() {
-        return Err(format!("CA certificate file {} holds no PEM certificate", path.display()));
+        return Err(format!(
+            "CA certificate file {} holds no PEM certificate",
+            path.display()
+        ));
     }
     Ok(RootCerts::new_with_certs(&certs))
 }
 
 impl Client {
     /// `connections` is how many idle keep-alive connections to keep.
-    pub fn new(endpoint: Endpoint, signer: Signer, ca_cert_file: Option<&Path>, connections: usize) -> Result<Self, String> {
+    pub fn new(
+        endpoint: Endpoint,
+        signer: Signer,
+        ca_cert_file: Option<&Path>,
+        connections: usize,
+    ) -> Result<Self, String> {
         let mut tls = TlsConfig::builder();
         if let Some(path) = ca_cert_file {
             tls = tls.root_certs(load_ca(path)?);
@@ -73,10 +87,14 @@ impl Client {
             .timeout_per_write(Some(Duration::from_secs(60)))
             .user_agent(concat!("walden/", env!("CARGO_PKG_VERSION")))
             .max_idle_connections_per_host(connections)
-            .max_idle_connections(connections * 2)
+            .max_idle_connections(connections.saturating_mul(2))
             .tls_config(tls.build())
             .build();
-        Ok(Client { agent: Agent::new_with_config(config), signer, endpoint })
+        Ok(Client {
+            agent: Agent::new_with_config(config),
+            signer,
+            endpoint,
+        })
     }
 
     /// Sends the request; any HTTP status is returned as a response, only
@@ -96,25 +114,47 @@ impl Client {
             headers: &call.headers,
             payload_sha256: &payload_sha256,
         };
-        let mut builder = http::Request::builder().method(call.method).uri(url.as_str());
+        let mut builder = http::Request::builder()
+            .method(call.method)
+            .uri(url.as_str());
         for (name, value) in self.signer.sign(&to_sign, SystemTime::now()) {
             builder = builder.header(name, value);
         }
         // The http crate's message names the bad part, never the value.
-        let invalid = |e: http::Error| StorageError::new(ErrorKind::Permanent, call.op, call.key, format!("invalid request: {e}"));
+        let invalid = |e: http::Error| {
+            StorageError::new(
+                ErrorKind::Permanent,
+                call.op,
+                call.key,
+                format!("invalid request: {e}"),
+            )
+        };
         let start = Instant::now();
         let result = match call.body {
             Some(data) => self.agent.run(builder.body(data).map_err(invalid)?),
-            None => self.agent.run(builder.body(SendBody::none()).map_err(invalid)?),
+            None => self
+                .agent
+                .run(builder.body(SendBody::none()).map_err(invalid)?),
         };
         let ms = start.elapsed().as_millis();
         match result {
             Ok(resp) => {
-                log::debug!("s3 {} {} '{}': HTTP {} in {ms} ms", call.op, call.method, call.key, resp.status().as_u16());
+                log::debug!(
+                    "s3 {} {} '{}': HTTP {} in {ms} ms",
+                    call.op,
+                    call.method,
+                    call.key,
+                    resp.status().as_u16()
+                );
                 Ok(resp)
             }
             Err(e) => {
-                log::debug!("s3 {} {} '{}': failed in {ms} ms: {e}", call.op, call.method, call.key);
+                log::debug!(
+                    "s3 {} {} '{}': failed in {ms} ms: {e}",
+                    call.op,
+                    call.method,
+                    call.key
+                );
                 Err(error::from_transport(call.op, call.key, e))
             }
         }
@@ -143,12 +183,20 @@ pub fn error_from(op: &'static str, key: &str, resp: Response<Body>) -> StorageE
     let region = header(&resp, "x-amz-bucket-region").map(str::to_string);
     let mut body = Vec::new();
     // A body that cannot be read still leaves the status to report.
-    let _ = resp.into_body().into_reader().take(ERROR_BODY_LIMIT).read_to_end(&mut body);
+    let _ = resp
+        .into_body()
+        .into_reader()
+        .take(ERROR_BODY_LIMIT)
+        .read_to_end(&mut body);
     error::from_response(op, key, status, &body, region.as_deref())
 }
 
 /// Reads a whole (small, XML) response body.
-pub fn read_body(op: &'static str, key: &str, resp: Response<Body>) -> Result<Vec<u8>, StorageError> {
+pub fn read_body(
+    op: &'static str,
+    key: &str,
+    resp: Response<Body>,
+) -> Result<Vec<u8>, StorageError> {
     resp.into_body()
         .into_with_config()
         .limit(BODY_LIMIT)

@@ -52,14 +52,25 @@ impl S3Storage {
             return Err(error::from_response("delete", &name, status, &answer, None));
         }
         let failures = xml::parse_delete_result(&answer).map_err(|e| {
-            StorageError::new(ErrorKind::Permanent, "delete", &name, format!("unreadable DeleteObjects answer: {e}"))
+            StorageError::new(
+                ErrorKind::Permanent,
+                "delete",
+                &name,
+                format!("unreadable DeleteObjects answer: {e}"),
+            )
         })?;
         // A key that is already gone is what the caller wanted.
-        let failures: Vec<_> = failures.into_iter().filter(|f| f.code != "NoSuchKey").collect();
+        let failures: Vec<_> = failures
+            .into_iter()
+            .filter(|f| f.code != "NoSuchKey")
+            .collect();
         if failures.is_empty() {
             return Ok(());
         }
-        let kind = if failures.iter().all(|f| error::kind_of_code(&f.code) == Some(ErrorKind::Transient)) {
+        let kind = if failures
+            .iter()
+            .all(|f| error::kind_of_code(&f.code) == Some(ErrorKind::Transient))
+        {
             ErrorKind::Transient
         } else {
             ErrorKind::Permanent
@@ -67,10 +78,22 @@ impl S3Storage {
         let shown: Vec<String> = failures
             .iter()
             .take(SHOWN_FAILURES)
-            .map(|f| format!("'{}': {} {}", self.relative(&f.key).unwrap_or(&f.key), f.code, f.message))
+            .map(|f| {
+                format!(
+                    "'{}': {} {}",
+                    self.relative(&f.key).unwrap_or(&f.key),
+                    f.code,
+                    f.message
+                )
+            })
             .collect();
         let more = failures.len().saturating_sub(SHOWN_FAILURES);
-        let mut detail = format!("{} of {} keys not deleted: {}", failures.len(), batch.len(), shown.join("; "));
+        let mut detail = format!(
+            "{} of {} keys not deleted: {}",
+            failures.len(),
+            batch.len(),
+            shown.join("; ")
+        );
         if more > 0 {
             detail.push_str(&format!("; and {more} more"));
         }
@@ -86,6 +109,9 @@ mod tests {
     fn batch_names() {
         assert_eq!(batch_name(&[]), "");
         assert_eq!(batch_name(&["a".to_string()]), "a");
-        assert_eq!(batch_name(&["a".to_string(), "b".to_string(), "c".to_string()]), "a (and 2 more)");
+        assert_eq!(
+            batch_name(&["a".to_string(), "b".to_string(), "c".to_string()]),
+            "a (and 2 more)"
+        );
     }
 }

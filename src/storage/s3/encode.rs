@@ -22,8 +22,16 @@ pub fn base64(bytes: &[u8]) -> String {
         let n = (b0 << 16) | (b1 << 8) | b2;
         out.push(ALPHABET[(n >> 18) as usize & 63] as char);
         out.push(ALPHABET[(n >> 12) as usize & 63] as char);
-        out.push(if chunk.len() > 1 { ALPHABET[(n >> 6) as usize & 63] as char } else { '=' });
-        out.push(if chunk.len() > 2 { ALPHABET[n as usize & 63] as char } else { '=' });
+        out.push(if chunk.len() > 1 {
+            ALPHABET[(n >> 6) as usize & 63] as char
+        } else {
+            '='
+        });
+        out.push(if chunk.len() > 2 {
+            ALPHABET[n as usize & 63] as char
+        } else {
+            '='
+        });
     }
     out
 }
@@ -84,6 +92,9 @@ mod tests {
         assert_eq!(uri_encode("dir/file", false), "dir%2Ffile");
         assert_eq!(uri_encode("*", true), "%2A");
         assert_eq!(uri_encode("é", true), "%C3%A9");
-        assert_eq!(uri_encode("wal_005/000000010000000000000001.lz4", true), "wal_005/000000010000000000000001.lz4");
+        assert_eq!(
+            uri_encode("wal_005/000000010000000000000001.lz4", true),
+            "wal_005/000000010000000000000001.lz4"
+        );
     }
 }

@@ -21,7 +21,9 @@ pub struct Endpoint {
 /// Virtual-host addressing needs a bucket that is a single DNS label under
 /// the endpoint; with TLS a dot would also break the wildcard certificate.
 fn dns_compatible(bucket: &str, https: bool) -> bool {
-    let ok_chars = bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    let ok_chars = bucket
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
     (3..=63).contains(&bucket.len())
         && ok_chars
         && !bucket.starts_with(['-', '.'])
@@ -42,7 +44,12 @@ fn is_ip_or_localhost(host_port: &str) -> bool {
 impl Endpoint {
     /// `endpoint` is a URL such as `http://127.0.0.1:9000` (scheme
     /// defaults to https); `None` means AWS for `region`.
-    pub fn new(endpoint: Option<&str>, region: &str, bucket: &str, force_path_style: bool) -> Result<Self, String> {
+    pub fn new(
+        endpoint: Option<&str>,
+        region: &str,
+        bucket: &str,
+        force_path_style: bool,
+    ) -> Result<Self, String> {
         if bucket.is_empty() {
             return Err("the S3 bucket name is empty".to_string());
         }
@@ -51,16 +58,33 @@ impl Endpoint {
         }
         let Some(url) = endpoint.map(str::trim).filter(|e| !e.is_empty()) else {
             if region.is_empty() {
-                return Err("no AWS region set (AWS_REGION) and no endpoint (AWS_ENDPOINT)".to_string());
+                return Err(
+                    "no AWS region set (AWS_REGION) and no endpoint (AWS_ENDPOINT)".to_string(),
+                );
             }
-            let domain = if region.starts_with("cn-") { "amazonaws.com.cn" } else { "amazonaws.com" };
+            let domain = if region.starts_with("cn-") {
+                "amazonaws.com.cn"
+            } else {
+                "amazonaws.com"
+            };
             let host = format!("s3.{region}.{domain}");
-            return Ok(Endpoint::build("https", host, String::new(), bucket, force_path_style, false));
+            return Ok(Endpoint::build(
+                "https",
+                host,
+                String::new(),
+                bucket,
+                force_path_style,
+                false,
+            ));
         };
         let (scheme, rest) = match url.split_once("://") {
             Some((s, r)) if s.eq_ignore_ascii_case("https") => ("https", r),
             Some((s, r)) if s.eq_ignore_ascii_case("http") => ("http", r),
-            Some((s, _)) => return Err(format!("S3 endpoint {url:?}: unsupported scheme {s:?}, expected http or https")),
+            Some((s, _)) => {
+                return Err(format!(
+                    "S3 endpoint {url:?}: unsupported scheme {s:?}, expected http or https"
+                ))
+            }
             None => ("https", url),
         };
         let (host, path) = rest.split_once('/').map_or((rest, ""), |(h, p)| (h, p));
@@ -68,18 +92,48 @@ impl Endpoint {
             return Err(format!("S3 endpoint {url:?} has no usable host"));
         }
         if path.contains(['?', '#']) {
-            return Err(format!("S3 endpoint {url:?} must not have a query or fragment"));
+            return Err(format!(
+                "S3 endpoint {url:?} must not have a query or fragment"
+            ));
         }
         let path = path.trim_matches('/');
-        let base_path = if path.is_empty() { String::new() } else { format!("/{}", uri_encode(path, true)) };
+        let base_path = if path.is_empty() {
+            String::new()
+        } else {
+            format!("/{}", uri_encode(path, true))
+        };
         let ip = is_ip_or_localhost(host);
-        Ok(Endpoint::build(scheme, host.to_string(), base_path, bucket, force_path_style, ip))
+        Ok(Endpoint::build(
+            scheme,
+            host.to_string(),
+            base_path,
+            bucket,
+            force_path_style,
+            ip,
+        ))
     }
 
-    fn build(scheme: &'static str, host: String, base_path: String, bucket: &str, force: bool, ip: bool) -> Self {
+    fn build(
+        scheme: &'static str,
+        host: String,
+        base_path: String,
+        bucket: &str,
+        force: bool,
+        ip: bool,
+    ) -> Self {
         let path_style = force || ip || !dns_compatible(bucket, scheme == "https");
-        let host = if path_style { host } else { format!("{bucket}.{host}") };
-        Endpoint { scheme, host, base_path, bucket: bucket.to_string(), path_style }
+        let host = if path_style {
+            host
+        } else {
+            format!("{bucket}.{host}")
+        };
+        Endpoint {
+            scheme,
+            host,
+            base_path,
+            bucket: bucket.to_string(),
+            path_style,
+        }
     }
 
     pub fn host(&self) -> &str {
@@ -126,8 +180,14 @@ mod tests {
         assert_eq!(e.host(), "my-bucket.s3.eu-west-1.amazonaws.com");
         assert_eq!(e.path("wal_005/0001.lz4"), "/wal_005/0001.lz4");
         assert_eq!(e.path(""), "/");
-        assert_eq!(e.url("/k", ""), "https://my-bucket.s3.eu-west-1.amazonaws.com/k");
-        assert_eq!(e.url("/", "list-type=2"), "https://my-bucket.s3.eu-west-1.amazonaws.com/?list-type=2");
+        assert_eq!(
+            e.url("/k", ""),
+            "https://my-bucket.s3.eu-west-1.amazonaws.com/k"
+        );
+        assert_eq!(
+            e.url("/", "list-type=2"),
+            "https://my-bucket.s3.eu-west-1.amazonaws.com/?list-type=2"
+        );
         let cn = Endpoint::new(None, "cn-north-1", "b-b-b", false).unwrap();
         assert_eq!(cn.host(), "b-b-b.s3.cn-north-1.amazonaws.com.cn");
     }
@@ -139,30 +199,67 @@ mod tests {
         assert_eq!(e.path("a b/c"), "/my-bucket/a%20b/c");
         assert_eq!(e.path(""), "/my-bucket");
         // A dot would not match the *.s3 wildcard certificate.
-        assert!(Endpoint::new(None, "us-east-1", "my.bucket", false).unwrap().path_style());
-        assert!(Endpoint::new(None, "us-east-1", "My_Bucket", false).unwrap().path_style());
+        assert!(Endpoint::new(None, "us-east-1", "my.bucket", false)
+            .unwrap()
+            .path_style());
+        assert!(Endpoint::new(None, "us-east-1", "My_Bucket", false)
+            .unwrap()
+            .path_style());
         // Over plain http a dotted bucket is fine as a sub-domain.
-        assert!(!Endpoint::new(Some("http://s3.example.com"), "r", "my.bucket", false).unwrap().path_style());
+        assert!(
+            !Endpoint::new(Some("http://s3.example.com"), "r", "my.bucket", false)
+                .unwrap()
+                .path_style()
+        );
     }
 
     #[test]
     fn ip_endpoints_use_path_style() {
-        let e = Endpoint::new(Some("http://127.0.0.1:9000"), "us-east-1", "walden-test", false).unwrap();
+        let e = Endpoint::new(
+            Some("http://127.0.0.1:9000"),
+            "us-east-1",
+            "walden-test",
+            false,
+        )
+        .unwrap();
         assert!(e.path_style());
         assert_eq!(e.host(), "127.0.0.1:9000");
         assert_eq!(e.path("root/key+1"), "/walden-test/root/key%2B1");
-        assert_eq!(e.url("/walden-test/k", ""), "http://127.0.0.1:9000/walden-test/k");
-        assert!(Endpoint::new(Some("http://[::1]:9000"), "r", "bucket", false).unwrap().path_style());
-        assert!(Endpoint::new(Some("http://localhost:9000/"), "r", "bucket", false).unwrap().path_style());
+        assert_eq!(
+            e.url("/walden-test/k", ""),
+            "http://127.0.0.1:9000/walden-test/k"
+        );
+        assert!(
+            Endpoint::new(Some("http://[::1]:9000"), "r", "bucket", false)
+                .unwrap()
+                .path_style()
+        );
+        assert!(
+            Endpoint::new(Some("http://localhost:9000/"), "r", "bucket", false)
+                .unwrap()
+                .path_style()
+        );
     }
 
     #[test]
     fn custom_host_name_is_virtual_host() {
-        let e = Endpoint::new(Some("https://storage.example.com:8443/"), "r", "bucket", false).unwrap();
+        let e = Endpoint::new(
+            Some("https://storage.example.com:8443/"),
+            "r",
+            "bucket",
+            false,
+        )
+        .unwrap();
         assert_eq!(e.host(), "bucket.storage.example.com:8443");
-        assert_eq!(e.url(&e.path("k"), ""), "https://bucket.storage.example.com:8443/k");
+        assert_eq!(
+            e.url(&e.path("k"), ""),
+            "https://bucket.storage.example.com:8443/k"
+        );
         let no_scheme = Endpoint::new(Some("minio.local:9000"), "r", "bucket", true).unwrap();
-        assert_eq!(no_scheme.url(&no_scheme.path("k"), ""), "https://minio.local:9000/bucket/k");
+        assert_eq!(
+            no_scheme.url(&no_scheme.path("k"), ""),
+            "https://minio.local:9000/bucket/k"
+        );
     }
 
     #[test]
@@ -183,7 +280,10 @@ mod tests {
     #[test]
     fn keys_are_encoded_per_segment() {
         let e = Endpoint::new(Some("http://127.0.0.1:1"), "r", "b", false).unwrap();
-        assert_eq!(e.path("dir/sub dir/ä?#&=%"), "/b/dir/sub%20dir/%C3%A4%3F%23%26%3D%25");
+        assert_eq!(
+            e.path("dir/sub dir/ä?#&=%"),
+            "/b/dir/sub%20dir/%C3%A4%3F%23%26%3D%25"
+        );
         assert_eq!(e.path("a//b"), "/b/a//b");
     }
 }

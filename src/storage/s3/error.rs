@@ -14,9 +14,8 @@ pub fn kind_of_code(code: &str) -> Option<ErrorKind> {
         "NoSuchBucket" => Some(ErrorKind::Permanent),
         "NoSuchKey" | "NoSuchUpload" => Some(ErrorKind::NotFound),
         // Sent as 400/409, yet the AWS SDKs retry them and so do we.
-        "RequestTimeout" | "OperationAborted" | "InternalError" | "SlowDown" | "ServiceUnavailable" => {
-            Some(ErrorKind::Transient)
-        }
+        "RequestTimeout" | "OperationAborted" | "InternalError" | "SlowDown"
+        | "ServiceUnavailable" => Some(ErrorKind::Transient),
         _ => None,
     }
 }
@@ -34,22 +33,31 @@ pub fn kind(status: u16, code: &str) -> ErrorKind {
 }
 
 fn hint(status: u16, code: &str, bucket_region: Option<&str>) -> Option<String> {
-    let region_hint = || match bucket_region {
+    let region_hint = || {
+        match bucket_region {
         Some(r) => format!("the bucket is in region {r:?}: set AWS_REGION={r} (or check AWS_ENDPOINT)"),
         None => "the bucket is in another region or behind another endpoint: check AWS_REGION and AWS_ENDPOINT"
             .to_string(),
+    }
     };
     let h = match code {
         "RequestTimeTooSkewed" => "the system clock is off: sync it (NTP)".to_string(),
         "ExpiredToken" | "InvalidToken" | "TokenRefreshRequired" => {
             "the session token is expired or invalid: check AWS_SESSION_TOKEN".to_string()
         }
-        "NoSuchBucket" => "the bucket does not exist: check the bucket in WALG_S3_PREFIX".to_string(),
-        "PermanentRedirect" | "AuthorizationHeaderMalformed" | "IllegalLocationConstraintException" => region_hint(),
-        "AccessDenied" | "AllAccessDisabled" => {
-            "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the bucket's permissions".to_string()
+        "NoSuchBucket" => {
+            "the bucket does not exist: check the bucket in WALG_S3_PREFIX".to_string()
         }
-        _ if status == 403 => "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and AWS_REGION".to_string(),
+        "PermanentRedirect"
+        | "AuthorizationHeaderMalformed"
+        | "IllegalLocationConstraintException" => region_hint(),
+        "AccessDenied" | "AllAccessDisabled" => {
+            "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the bucket's permissions"
+                .to_string()
+        }
+        _ if status == 403 => {
+            "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and AWS_REGION".to_string()
+        }
         _ if (300..400).contains(&status) => region_hint(),
         _ => return None,
     };
@@ -92,7 +100,11 @@ pub fn from_response(
     }
     // A 200 carrying <Error> (CompleteMultipartUpload does this) is judged
     // by its code alone.
-    let kind = if status < 300 { kind_of_code(code).unwrap_or(ErrorKind::Permanent) } else { kind(status, code) };
+    let kind = if status < 300 {
+        kind_of_code(code).unwrap_or(ErrorKind::Permanent)
+    } else {
+        kind(status, code)
+    };
     StorageError::new(kind, op, key, detail)
 }
 
@@ -100,7 +112,9 @@ pub fn from_transport(op: &'static str, key: &str, err: ureq::Error) -> StorageE
     use ureq::Error as E;
     let (kind, hint) = match &err {
         // Certificate and handshake failures surface as InvalidData.
-        E::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => (ErrorKind::Permanent, Some(TLS_HINT)),
+        E::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            (ErrorKind::Permanent, Some(TLS_HINT))
+        }
         E::Io(_) | E::Timeout(_) | E::ConnectionFailed | E::Protocol(_) | E::BodyStalled => {
             (ErrorKind::Transient, None)
         }
@@ -145,7 +159,12 @@ mod tests {
         assert_eq!(e.kind, ErrorKind::Permanent);
         assert_eq!(e.op, "get");
         assert_eq!(e.key, "wal_005/x");
-        assert!(e.detail.contains("HTTP 403 SignatureDoesNotMatch: The signature does not match"), "{}", e.detail);
+        assert!(
+            e.detail
+                .contains("HTTP 403 SignatureDoesNotMatch: The signature does not match"),
+            "{}",
+            e.detail
+        );
         assert!(e.detail.contains("AWS_SECRET_ACCESS_KEY"), "{}", e.detail);
         assert!(!e.detail.contains("secret-ish"));
     }
@@ -160,26 +179,52 @@ mod tests {
     #[test]
     fn error_inside_success_is_judged_by_code() {
         let body = b"<Error><Code>InternalError</Code><Message>try again</Message></Error>";
-        assert_eq!(from_response("complete_multipart", "k", 200, body, None).kind, ErrorKind::Transient);
+        assert_eq!(
+            from_response("complete_multipart", "k", 200, body, None).kind,
+            ErrorKind::Transient
+        );
         let body = b"<Error><Code>InvalidPart</Code><Message>bad etag</Message></Error>";
-        assert_eq!(from_response("complete_multipart", "k", 200, body, None).kind, ErrorKind::Permanent);
+        assert_eq!(
+            from_response("complete_multipart", "k", 200, body, None).kind,
+            ErrorKind::Permanent
+        );
     }
 
     #[test]
     fn non_xml_body_is_quoted_briefly() {
-        let body = format!("<html>\n<body>Bad   Gateway</body></html>{}", "x".repeat(500));
+        let body = format!(
+            "<html>\n<body>Bad   Gateway</body></html>{}",
+            "x".repeat(500)
+        );
         let e = from_response("put", "k", 502, body.as_bytes(), None);
         assert_eq!(e.kind, ErrorKind::Transient);
-        assert!(e.detail.starts_with("HTTP 502: <html> <body>Bad Gateway</body></html>x"), "{}", e.detail);
+        assert!(
+            e.detail
+                .starts_with("HTTP 502: <html> <body>Bad Gateway</body></html>x"),
+            "{}",
+            e.detail
+        );
         assert!(e.detail.len() < 260);
     }
 
     #[test]
     fn transport_errors() {
         let refused = ureq::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
-        assert_eq!(from_transport("put", "k", refused).kind, ErrorKind::Transient);
-        assert_eq!(from_transport("put", "k", ureq::Error::HostNotFound).kind, ErrorKind::Transient);
-        assert_eq!(from_transport("put", "k", ureq::Error::ConnectionFailed).kind, ErrorKind::Transient);
-        assert_eq!(from_transport("put", "k", ureq::Error::BadUri("x".into())).kind, ErrorKind::Permanent);
+        assert_eq!(
+            from_transport("put", "k", refused).kind,
+            ErrorKind::Transient
+        );
+        assert_eq!(
+            from_transport("put", "k", ureq::Error::HostNotFound).kind,
+            ErrorKind::Transient
+        );
+        assert_eq!(
+            from_transport("put", "k", ureq::Error::ConnectionFailed).kind,
+            ErrorKind::Transient
+        );
+        assert_eq!(
+            from_transport("put", "k", ureq::Error::BadUri("x".into())).kind,
+            ErrorKind::Permanent
+        );
     }
 }

@@ -7,7 +7,12 @@ use super::xml;
 use super::S3Storage;
 
 impl S3Storage {
-    pub(super) fn list_objects(&self, prefix: &str, recursive: bool, f: &mut dyn FnMut(Entry) -> Result<()>) -> Result<()> {
+    pub(super) fn list_objects(
+        &self,
+        prefix: &str,
+        recursive: bool,
+        f: &mut dyn FnMut(Entry) -> Result<()>,
+    ) -> Result<()> {
         let full_prefix = self.object_key(prefix);
         let mut token: Option<String> = None;
         // S3 lists in byte order and names each common prefix once, but
@@ -15,26 +20,45 @@ impl S3Storage {
         // only prefixes beyond the last one reported are new.
         let mut last_dir: Option<String> = None;
         loop {
-            let mut query = vec![("list-type".to_string(), "2".to_string()), ("prefix".to_string(), full_prefix.clone())];
+            let mut query = vec![
+                ("list-type".to_string(), "2".to_string()),
+                ("prefix".to_string(), full_prefix.clone()),
+            ];
             if !recursive {
                 query.push(("delimiter".to_string(), "/".to_string()));
             }
             if let Some(t) = &token {
                 query.push(("continuation-token".to_string(), t.clone()));
             }
-            let call =
-                Call { op: "list", method: "GET", object: "", key: prefix, query, headers: Vec::new(), body: None };
+            let call = Call {
+                op: "list",
+                method: "GET",
+                object: "",
+                key: prefix,
+                query,
+                headers: Vec::new(),
+                body: None,
+            };
             let resp = self.client.send_ok(&call)?;
             let body = client::read_body("list", prefix, resp)?;
             let page = xml::parse_list(&body).map_err(|e| {
-                StorageError::new(ErrorKind::Permanent, "list", prefix, format!("unreadable ListObjectsV2 answer: {e}"))
+                StorageError::new(
+                    ErrorKind::Permanent,
+                    "list",
+                    prefix,
+                    format!("unreadable ListObjectsV2 answer: {e}"),
+                )
             })?;
 
             for obj in page.objects {
                 // S3 only returns keys under the prefix, which is under the
                 // root; anything else would be a server bug, and is skipped.
                 if let Some(rel) = self.relative(&obj.key) {
-                    f(Entry::Object(ObjectInfo { key: rel.to_string(), size: obj.size, modified: obj.modified }))?;
+                    f(Entry::Object(ObjectInfo {
+                        key: rel.to_string(),
+                        size: obj.size,
+                        modified: obj.modified,
+                    }))?;
                 }
             }
             for dir in page.prefixes {

@@ -61,7 +61,10 @@ impl fmt::Debug for S3Config {
             .field("force_path_style", &self.force_path_style)
             .field("access_key", &HIDDEN)
             .field("secret_key", &HIDDEN)
-            .field("session_token", &self.session_token.as_ref().map(|_| HIDDEN))
+            .field(
+                "session_token",
+                &self.session_token.as_ref().map(|_| HIDDEN),
+            )
             .field("storage_class", &self.storage_class)
             .field("sse", &self.sse)
             .field("sse_kms_id", &self.sse_kms_id)
@@ -96,14 +99,40 @@ impl S3Storage {
             return Err("S3 parts in flight must be positive".to_string());
         }
         if cfg.access_key.is_empty() || cfg.secret_key.is_empty() {
-            return Err("no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY".to_string());
+            return Err(
+                "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY".to_string(),
+            );
         }
-        let region = if cfg.region.is_empty() && cfg.endpoint.is_some() { "us-east-1" } else { cfg.region.as_str() };
-        let endpoint = Endpoint::new(cfg.endpoint.as_deref(), region, &cfg.bucket, cfg.force_path_style)?;
-        let signer = Signer::new(&cfg.access_key, &cfg.secret_key, cfg.session_token.as_deref(), region);
+        let region = if cfg.region.is_empty() && cfg.endpoint.is_some() {
+            "us-east-1"
+        } else {
+            cfg.region.as_str()
+        };
+        let endpoint = Endpoint::new(
+            cfg.endpoint.as_deref(),
+            region,
+            &cfg.bucket,
+            cfg.force_path_style,
+        )?;
+        log::debug!(
+            "s3: bucket {} via {} ({} style)",
+            cfg.bucket,
+            endpoint.host(),
+            if endpoint.path_style() {
+                "path"
+            } else {
+                "virtual-host"
+            }
+        );
+        let signer = Signer::new(
+            &cfg.access_key,
+            &cfg.secret_key,
+            cfg.session_token.as_deref(),
+            region,
+        );
         // Enough idle connections for the parallel part uploads plus the
         // parallel downloads the commands run.
-        let connections = (cfg.parts_in_flight + 4).max(16);
+        let connections = cfg.parts_in_flight.saturating_add(4).max(16);
         let client = Client::new(endpoint, signer, cfg.ca_cert_file.as_deref(), connections)?;
 
         let mut create_headers = Vec::new();
@@ -114,7 +143,10 @@ impl S3Storage {
             create_headers.push(("x-amz-server-side-encryption".to_string(), sse.to_string()));
             // S3 rejects a KMS key id with any other kind of encryption.
             if let Some(kms) = non_empty(&cfg.sse_kms_id).filter(|_| sse.starts_with("aws:kms")) {
-                create_headers.push(("x-amz-server-side-encryption-aws-kms-key-id".to_string(), kms.to_string()));
+                create_headers.push((
+                    "x-amz-server-side-encryption-aws-kms-key-id".to_string(),
+                    kms.to_string(),
+                ));
             }
         }
 
@@ -168,7 +200,12 @@ impl Storage for S3Storage {
         self.head_object(key)
     }
 
-    fn list(&self, prefix: &str, recursive: bool, f: &mut dyn FnMut(Entry) -> Result<()>) -> Result<()> {
+    fn list(
+        &self,
+        prefix: &str,
+        recursive: bool,
+        f: &mut dyn FnMut(Entry) -> Result<()>,
+    ) -> Result<()> {
         self.list_objects(prefix, recursive, f)
     }
 
@@ -184,7 +221,12 @@ impl Storage for S3Storage {
         self.upload_part(key, upload_id, number, data)
     }
 
-    fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(u32, String)]) -> Result<()> {
+    fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[(u32, String)],
+    ) -> Result<()> {
         self.complete_upload(key, upload_id, parts)
     }
 
@@ -254,7 +296,13 @@ mod tests {
     fn create_headers_skip_standard_class() {
         let s = S3Storage::new(config("")).unwrap();
         let names: Vec<&str> = s.create_headers.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(names, ["x-amz-server-side-encryption", "x-amz-server-side-encryption-aws-kms-key-id"]);
+        assert_eq!(
+            names,
+            [
+                "x-amz-server-side-encryption",
+                "x-amz-server-side-encryption-aws-kms-key-id"
+            ]
+        );
 
         let mut cfg = config("");
         cfg.storage_class = Some("STANDARD_IA".to_string());
@@ -264,7 +312,10 @@ mod tests {
             s.create_headers,
             vec![
                 ("x-amz-storage-class".to_string(), "STANDARD_IA".to_string()),
-                ("x-amz-server-side-encryption".to_string(), "AES256".to_string()),
+                (
+                    "x-amz-server-side-encryption".to_string(),
+                    "AES256".to_string()
+                ),
             ]
         );
     }
@@ -274,7 +325,10 @@ mod tests {
         let mut cfg = config("");
         cfg.ca_cert_file = Some(PathBuf::from("/nonexistent/ca.pem"));
         let err = S3Storage::new(cfg).err().unwrap_or_default();
-        assert!(err.contains("cannot read CA certificate file /nonexistent/ca.pem"), "{err}");
+        assert!(
+            err.contains("cannot read CA certificate file /nonexistent/ca.pem"),
+            "{err}"
+        );
 
         let mut cfg = config("");
         cfg.bucket = String::new();

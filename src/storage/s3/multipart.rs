@@ -24,18 +24,32 @@ impl S3Storage {
         let resp = self.client.send_ok(&call)?;
         let body = client::read_body(call.op, key, resp)?;
         xml::parse_upload_id(&body).map_err(|e| {
-            StorageError::new(ErrorKind::Permanent, call.op, key, format!("unreadable CreateMultipartUpload answer: {e}"))
+            StorageError::new(
+                ErrorKind::Permanent,
+                call.op,
+                key,
+                format!("unreadable CreateMultipartUpload answer: {e}"),
+            )
         })
     }
 
-    pub(super) fn upload_part(&self, key: &str, upload_id: &str, number: u32, data: &[u8]) -> Result<String> {
+    pub(super) fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: u32,
+        data: &[u8],
+    ) -> Result<String> {
         let object = self.object_key(key);
         let call = Call {
             op: "put_part",
             method: "PUT",
             object: &object,
             key,
-            query: vec![param("partNumber", &number.to_string()), param("uploadId", upload_id)],
+            query: vec![
+                param("partNumber", &number.to_string()),
+                param("uploadId", upload_id),
+            ],
             headers: Vec::new(),
             body: Some(data),
         };
@@ -43,11 +57,21 @@ impl S3Storage {
         let etag = client::header(&resp, "etag").map(str::to_string);
         let _ = client::read_body(call.op, key, resp);
         etag.filter(|e| !e.is_empty()).ok_or_else(|| {
-            StorageError::new(ErrorKind::Permanent, call.op, key, format!("no ETag in the answer for part {number}"))
+            StorageError::new(
+                ErrorKind::Permanent,
+                call.op,
+                key,
+                format!("no ETag in the answer for part {number}"),
+            )
         })
     }
 
-    pub(super) fn complete_upload(&self, key: &str, upload_id: &str, parts: &[(u32, String)]) -> Result<()> {
+    pub(super) fn complete_upload(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[(u32, String)],
+    ) -> Result<()> {
         let object = self.object_key(key);
         let body = xml::complete_body(parts);
         let call = Call {

@@ -33,7 +33,15 @@ impl S3Storage {
         if offset > 0 {
             headers.push(("range".to_string(), format!("bytes={offset}-")));
         }
-        let call = Call { op: "get", method: "GET", object: &object, key, query: Vec::new(), headers, body: None };
+        let call = Call {
+            op: "get",
+            method: "GET",
+            object: &object,
+            key,
+            query: Vec::new(),
+            headers,
+            body: None,
+        };
         let resp = self.client.send(&call)?;
         match resp.status().as_u16() {
             206 => Ok(Box::new(resp.into_body().into_reader())),
@@ -42,7 +50,12 @@ impl S3Storage {
                 if offset > 0 {
                     // The server ignored the range: skip to the offset.
                     io::copy(&mut (&mut reader).take(offset), &mut io::sink()).map_err(|e| {
-                        StorageError::new(ErrorKind::Transient, "get", key, format!("reading up to offset {offset}: {e}"))
+                        StorageError::new(
+                            ErrorKind::Transient,
+                            "get",
+                            key,
+                            format!("reading up to offset {offset}: {e}"),
+                        )
                     })?;
                 }
                 Ok(Box::new(reader))
@@ -80,8 +93,19 @@ impl S3Storage {
         }
         let size = client::header(&resp, "content-length")
             .and_then(|v| v.trim().parse::<u64>().ok())
-            .ok_or_else(|| StorageError::new(ErrorKind::Permanent, "stat", key, "HEAD answer without Content-Length"))?;
+            .ok_or_else(|| {
+                StorageError::new(
+                    ErrorKind::Permanent,
+                    "stat",
+                    key,
+                    "HEAD answer without Content-Length",
+                )
+            })?;
         let modified = client::header(&resp, "last-modified").and_then(parse_http_date);
-        Ok(Some(ObjectInfo { key: key.to_string(), size, modified }))
+        Ok(Some(ObjectInfo {
+            key: key.to_string(),
+            size,
+            modified,
+        }))
     }
 }

@@ -44,8 +44,10 @@ pub struct Request<'a> {
 /// The query string for both the URL and the canonical request: encoded
 /// keys and values, sorted, `key=` for parameters without a value.
 pub fn canonical_query(query: &[(String, String)]) -> String {
-    let mut pairs: Vec<(String, String)> =
-        query.iter().map(|(k, v)| (uri_encode(k, false), uri_encode(v, false))).collect();
+    let mut pairs: Vec<(String, String)> = query
+        .iter()
+        .map(|(k, v)| (uri_encode(k, false), uri_encode(v, false)))
+        .collect();
     pairs.sort();
     let parts: Vec<String> = pairs.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
     parts.join("&")
@@ -62,7 +64,12 @@ fn canonical_value(v: &str) -> String {
 }
 
 impl Signer {
-    pub fn new(access_key: &str, secret_key: &str, session_token: Option<&str>, region: &str) -> Self {
+    pub fn new(
+        access_key: &str,
+        secret_key: &str,
+        session_token: Option<&str>,
+        region: &str,
+    ) -> Self {
         Signer {
             access_key: access_key.to_string(),
             secret_key: secret_key.to_string(),
@@ -78,11 +85,17 @@ impl Signer {
         let date_time = amz_date(now);
         let date = &date_time[..8];
 
-        let mut headers: Vec<(String, String)> =
-            req.headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), canonical_value(v))).collect();
+        let mut headers: Vec<(String, String)> = req
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), canonical_value(v)))
+            .collect();
         headers.push(("host".to_string(), req.host.to_string()));
         headers.push(("x-amz-date".to_string(), date_time.clone()));
-        headers.push(("x-amz-content-sha256".to_string(), req.payload_sha256.to_string()));
+        headers.push((
+            "x-amz-content-sha256".to_string(),
+            req.payload_sha256.to_string(),
+        ));
         if let Some(token) = &self.session_token {
             headers.push(("x-amz-security-token".to_string(), token.clone()));
         }
@@ -95,7 +108,11 @@ impl Signer {
             canonical_headers.push_str(v);
             canonical_headers.push('\n');
         }
-        let signed_headers = headers.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(";");
+        let signed_headers = headers
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .collect::<Vec<_>>()
+            .join(";");
 
         let canonical_request = format!(
             "{}\n{}\n{}\n{}\n{}\n{}",
@@ -143,18 +160,36 @@ mod tests {
     }
 
     fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-        headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
-        p.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        p.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
-    fn sign(method: &str, path: &str, query: &[(&str, &str)], extra: &[(&str, &str)], hash: &str) -> Vec<(String, String)> {
+    fn sign(
+        method: &str,
+        path: &str,
+        query: &[(&str, &str)],
+        extra: &[(&str, &str)],
+        hash: &str,
+    ) -> Vec<(String, String)> {
         let signer = Signer::new(ACCESS, SECRET, None, "us-east-1");
         let query = pairs(query);
         let extra = pairs(extra);
-        let req = Request { method, host: HOST, path, query: &query, headers: &extra, payload_sha256: hash };
+        let req = Request {
+            method,
+            host: HOST,
+            path,
+            query: &query,
+            headers: &extra,
+            payload_sha256: hash,
+        };
         signer.sign(&req, may_24_2013())
     }
 
@@ -162,7 +197,13 @@ mod tests {
     // Header" documentation.
     #[test]
     fn aws_get_object_example() {
-        let headers = sign("GET", "/test.txt", &[], &[("Range", "bytes=0-9")], EMPTY_SHA256);
+        let headers = sign(
+            "GET",
+            "/test.txt",
+            &[],
+            &[("Range", "bytes=0-9")],
+            EMPTY_SHA256,
+        );
         assert_eq!(
             header(&headers, "authorization"),
             Some(
@@ -181,48 +222,108 @@ mod tests {
     fn aws_put_object_example() {
         let body = b"Welcome to Amazon S3.";
         let hash = sha256_hex(body);
-        assert_eq!(hash, "44ce7dd67c959e0d3524ffac1771dfbba87d2b6b4b4e99e42034a8b803f8b072");
+        assert_eq!(
+            hash,
+            "44ce7dd67c959e0d3524ffac1771dfbba87d2b6b4b4e99e42034a8b803f8b072"
+        );
         let path = format!("/{}", uri_encode("test$file.text", true));
         assert_eq!(path, "/test%24file.text");
-        let extra = [("Date", "Fri, 24 May 2013 00:00:00 GMT"), ("x-amz-storage-class", "REDUCED_REDUNDANCY")];
+        let extra = [
+            ("Date", "Fri, 24 May 2013 00:00:00 GMT"),
+            ("x-amz-storage-class", "REDUCED_REDUNDANCY"),
+        ];
         let headers = sign("PUT", &path, &[], &extra, &hash);
         let auth = header(&headers, "authorization").unwrap_or_default();
-        assert!(auth.contains("SignedHeaders=date;host;x-amz-content-sha256;x-amz-date;x-amz-storage-class,"), "{auth}");
-        assert!(auth.ends_with("Signature=98ad721746da40c64f1a55b78f14c238d841ea1380cd77a1b5971af0ece108bd"), "{auth}");
+        assert!(
+            auth.contains(
+                "SignedHeaders=date;host;x-amz-content-sha256;x-amz-date;x-amz-storage-class,"
+            ),
+            "{auth}"
+        );
+        assert!(
+            auth.ends_with(
+                "Signature=98ad721746da40c64f1a55b78f14c238d841ea1380cd77a1b5971af0ece108bd"
+            ),
+            "{auth}"
+        );
     }
 
     #[test]
     fn aws_get_bucket_lifecycle_example() {
         let headers = sign("GET", "/", &[("lifecycle", "")], &[], EMPTY_SHA256);
         let auth = header(&headers, "authorization").unwrap_or_default();
-        assert!(auth.ends_with("Signature=fea454ca298b7da1c68078a5d1bdbfbbe0d65c699e0f91ac7a200a0136783543"), "{auth}");
+        assert!(
+            auth.ends_with(
+                "Signature=fea454ca298b7da1c68078a5d1bdbfbbe0d65c699e0f91ac7a200a0136783543"
+            ),
+            "{auth}"
+        );
     }
 
     #[test]
     fn aws_list_objects_example() {
-        let headers = sign("GET", "/", &[("prefix", "J"), ("max-keys", "2")], &[], EMPTY_SHA256);
+        let headers = sign(
+            "GET",
+            "/",
+            &[("prefix", "J"), ("max-keys", "2")],
+            &[],
+            EMPTY_SHA256,
+        );
         let auth = header(&headers, "authorization").unwrap_or_default();
-        assert!(auth.ends_with("Signature=34b48302e7b5fa45bde8084f4b7868a86f0a534bc59db6670ed5711ef69dc6f7"), "{auth}");
+        assert!(
+            auth.ends_with(
+                "Signature=34b48302e7b5fa45bde8084f4b7868a86f0a534bc59db6670ed5711ef69dc6f7"
+            ),
+            "{auth}"
+        );
     }
 
     #[test]
     fn session_token_is_sent_and_signed() {
         let signer = Signer::new(ACCESS, SECRET, Some("TOKEN/with+chars"), "eu-west-1");
-        let req = Request { method: "HEAD", host: HOST, path: "/a", query: &[], headers: &[], payload_sha256: EMPTY_SHA256 };
+        let req = Request {
+            method: "HEAD",
+            host: HOST,
+            path: "/a",
+            query: &[],
+            headers: &[],
+            payload_sha256: EMPTY_SHA256,
+        };
         let headers = signer.sign(&req, may_24_2013());
-        assert_eq!(header(&headers, "x-amz-security-token"), Some("TOKEN/with+chars"));
+        assert_eq!(
+            header(&headers, "x-amz-security-token"),
+            Some("TOKEN/with+chars")
+        );
         let auth = header(&headers, "authorization").unwrap_or_default();
-        assert!(auth.contains("/20130524/eu-west-1/s3/aws4_request,"), "{auth}");
-        assert!(auth.contains("SignedHeaders=host;x-amz-content-sha256;x-amz-date;x-amz-security-token,"), "{auth}");
+        assert!(
+            auth.contains("/20130524/eu-west-1/s3/aws4_request,"),
+            "{auth}"
+        );
+        assert!(
+            auth.contains(
+                "SignedHeaders=host;x-amz-content-sha256;x-amz-date;x-amz-security-token,"
+            ),
+            "{auth}"
+        );
         assert!(!auth.contains(SECRET));
     }
 
     #[test]
     fn canonical_query_sorts_and_encodes() {
         let q = pairs(&[("uploadId", "a/b+c"), ("partNumber", "3"), ("delete", "")]);
-        assert_eq!(canonical_query(&q), "delete=&partNumber=3&uploadId=a%2Fb%2Bc");
-        let q = pairs(&[("prefix", "wal 005/"), ("list-type", "2"), ("delimiter", "/")]);
-        assert_eq!(canonical_query(&q), "delimiter=%2F&list-type=2&prefix=wal%20005%2F");
+        assert_eq!(
+            canonical_query(&q),
+            "delete=&partNumber=3&uploadId=a%2Fb%2Bc"
+        );
+        let q = pairs(&[
+            ("prefix", "wal 005/"),
+            ("list-type", "2"),
+            ("delimiter", "/"),
+        ]);
+        assert_eq!(
+            canonical_query(&q),
+            "delimiter=%2F&list-type=2&prefix=wal%20005%2F"
+        );
         assert_eq!(canonical_query(&[]), "");
     }
 }

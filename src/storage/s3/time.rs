@@ -46,12 +46,13 @@ fn unix_seconds(t: SystemTime) -> i64 {
     }
 }
 
-fn from_unix(secs: i64, nanos: u32) -> SystemTime {
-    if secs >= 0 {
-        UNIX_EPOCH + Duration::new(secs as u64, nanos)
+fn from_unix(secs: i64, nanos: u32) -> Option<SystemTime> {
+    let t = if secs >= 0 {
+        UNIX_EPOCH.checked_add(Duration::from_secs(secs as u64))?
     } else {
-        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()) + Duration::from_nanos(nanos as u64)
-    }
+        UNIX_EPOCH.checked_sub(Duration::from_secs(secs.unsigned_abs()))?
+    };
+    t.checked_add(Duration::from_nanos(nanos as u64))
 }
 
 /// `YYYYMMDDTHHMMSSZ`, the `x-amz-date` format.
@@ -76,7 +77,7 @@ fn to_time(y: i64, mo: u32, d: u32, h: u32, mi: u32, s: u32, nanos: u32) -> Opti
         return None;
     }
     let secs = days_from_civil(y, mo, d) * SECS_PER_DAY + (h * 3600 + mi * 60 + s) as i64;
-    Some(from_unix(secs, nanos))
+    from_unix(secs, nanos)
 }
 
 fn digits(s: &str) -> Option<u32> {
@@ -105,7 +106,10 @@ pub fn parse_iso8601(s: &str) -> Option<SystemTime> {
         let (c, off) = rest.split_at(pos);
         let sign = if off.starts_with('-') { -1 } else { 1 };
         let (oh, om) = off[1..].split_once(':').unwrap_or((&off[1..], "0"));
-        (c, sign * (digits(oh)? as i64 * 3600 + digits(om)? as i64 * 60))
+        (
+            c,
+            sign * (digits(oh)? as i64 * 3600 + digits(om)? as i64 * 60),
+        )
     };
     let (hms, frac) = clock.split_once('.').unwrap_or((clock, ""));
     let mut tp = hms.split(':');
@@ -128,11 +132,11 @@ pub fn parse_iso8601(s: &str) -> Option<SystemTime> {
         padded.parse().ok()?
     };
     let t = to_time(y, mo, d, h, mi, sec, nanos)?;
-    Some(if offset_secs >= 0 {
-        t - Duration::from_secs(offset_secs as u64)
+    if offset_secs >= 0 {
+        t.checked_sub(Duration::from_secs(offset_secs as u64))
     } else {
-        t + Duration::from_secs(offset_secs.unsigned_abs())
-    })
+        t.checked_add(Duration::from_secs(offset_secs.unsigned_abs()))
+    }
 }
 
 /// RFC 1123 as in `Last-Modified: Wed, 21 Oct 2015 07:28:00 GMT`.
@@ -146,7 +150,9 @@ pub fn parse_http_date(s: &str) -> Option<SystemTime> {
     if !matches!(it.next(), Some("GMT") | Some("UTC") | None) {
         return None;
     }
-    const MONTHS: [&str; 12] = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"];
+    const MONTHS: [&str; 12] = [
+        "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+    ];
     let mo = MONTHS.iter().position(|m| m.eq_ignore_ascii_case(mon))? as u32 + 1;
     let mut tp = clock.split(':');
     let h = digits(tp.next()?)?;
@@ -193,7 +199,10 @@ mod tests {
         assert_eq!(parse_iso8601("2026-11-24T06:07:54Z"), Some(want));
         assert_eq!(parse_iso8601("2026-11-24T08:07:54+02:00"), Some(want));
         assert_eq!(parse_iso8601("2026-11-24T05:37:54-00:30"), Some(want));
-        assert_eq!(parse_iso8601("2026-11-24T06:07:54.5Z"), Some(want + Duration::from_millis(500)));
+        assert_eq!(
+            parse_iso8601("2026-11-24T06:07:54.5Z"),
+            Some(want + Duration::from_millis(500))
+        );
         assert_eq!(parse_iso8601("2026-13-24T06:07:54Z"), None);
         assert_eq!(parse_iso8601("2026-11-24"), None);
         assert_eq!(parse_iso8601("garbage"), None);
@@ -202,8 +211,14 @@ mod tests {
 
     #[test]
     fn http_date() {
-        assert_eq!(parse_http_date("Wed, 21 Oct 2015 07:28:00 GMT"), Some(at(1_445_412_480)));
-        assert_eq!(parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"), Some(at(784_111_777)));
+        assert_eq!(
+            parse_http_date("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(at(1_445_412_480))
+        );
+        assert_eq!(
+            parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(at(784_111_777))
+        );
         assert_eq!(parse_http_date("Sun, 06 Foo 1994 08:49:37 GMT"), None);
         assert_eq!(parse_http_date("Sun, 06 Nov 1994 08:49 GMT"), None);
         assert_eq!(parse_http_date(""), None);
@@ -213,6 +228,9 @@ mod tests {
     fn before_epoch() {
         let t = parse_iso8601("1969-12-31T23:59:59Z");
         assert_eq!(t, Some(UNIX_EPOCH - Duration::from_secs(1)));
-        assert_eq!(amz_date(UNIX_EPOCH - Duration::from_secs(1)), "19691231T235959Z");
+        assert_eq!(
+            amz_date(UNIX_EPOCH - Duration::from_secs(1)),
+            "19691231T235959Z"
+        );
     }
 }

@@ -46,7 +46,9 @@ pub fn unescape(s: &str) -> Result<String, String> {
     while let Some(amp) = rest.find('&') {
         out.push_str(&rest[..amp]);
         let after = &rest[amp + 1..];
-        let semi = after.find(';').ok_or_else(|| format!("unterminated entity in {s:?}"))?;
+        let semi = after
+            .find(';')
+            .ok_or_else(|| format!("unterminated entity in {s:?}"))?;
         let entity = &after[..semi];
         let ch = match entity {
             "amp" => '&',
@@ -55,14 +57,18 @@ pub fn unescape(s: &str) -> Result<String, String> {
             "quot" => '"',
             "apos" => '\'',
             _ => {
-                let code = if let Some(h) = entity.strip_prefix("#x").or_else(|| entity.strip_prefix("#X")) {
+                let code = if let Some(h) = entity
+                    .strip_prefix("#x")
+                    .or_else(|| entity.strip_prefix("#X"))
+                {
                     u32::from_str_radix(h, 16).ok()
                 } else if let Some(d) = entity.strip_prefix('#') {
                     d.parse::<u32>().ok()
                 } else {
                     None
                 };
-                code.and_then(char::from_u32).ok_or_else(|| format!("unknown entity &{entity};"))?
+                code.and_then(char::from_u32)
+                    .ok_or_else(|| format!("unknown entity &{entity};"))?
             }
         };
         out.push(ch);
@@ -94,7 +100,9 @@ pub fn escape(s: &str) -> String {
 }
 
 fn skip_past<'a>(s: &'a str, end: &str) -> Result<&'a str, String> {
-    s.find(end).map(|i| &s[i + end.len()..]).ok_or_else(|| format!("missing {end:?}"))
+    s.find(end)
+        .map(|i| &s[i + end.len()..])
+        .ok_or_else(|| format!("missing {end:?}"))
 }
 
 /// Parses a document into its root element.
@@ -115,7 +123,9 @@ pub fn parse(input: &[u8]) -> Result<Element, String> {
         let text = &rest[..lt];
         match stack.last_mut() {
             Some(top) => top.text.push_str(&unescape(text)?),
-            None if !text.trim().is_empty() => return Err("text outside the root element".to_string()),
+            None if !text.trim().is_empty() => {
+                return Err("text outside the root element".to_string())
+            }
             None => {}
         }
         rest = &rest[lt..];
@@ -163,7 +173,9 @@ pub fn parse(input: &[u8]) -> Result<Element, String> {
 /// and the input after the `>`. Attributes are skipped; S3's responses
 /// carry nothing in them that the backend needs.
 fn parse_start_tag(s: &str) -> Result<(Element, bool, &str), String> {
-    let name_end = s.find(|c: char| c.is_whitespace() || c == '/' || c == '>').ok_or("unterminated start tag")?;
+    let name_end = s
+        .find(|c: char| c.is_whitespace() || c == '/' || c == '>')
+        .ok_or("unterminated start tag")?;
     let name = &s[..name_end];
     if name.is_empty() {
         return Err("empty element name".to_string());
@@ -177,7 +189,10 @@ fn parse_start_tag(s: &str) -> Result<(Element, bool, &str), String> {
             (None, '>') => {
                 let pos = name_end + i;
                 let self_closing = s[..pos].ends_with('/');
-                let element = Element { name: local_name(name).to_string(), ..Element::default() };
+                let element = Element {
+                    name: local_name(name).to_string(),
+                    ..Element::default()
+                };
                 return Ok((element, self_closing, &s[pos + 1..]));
             }
             (None, _) => {}
@@ -233,20 +248,35 @@ pub fn parse_list(body: &[u8]) -> Result<ListPage, String> {
     let root = expect_root(body, "ListBucketResult")?;
     let mut page = ListPage {
         is_truncated: root.child_text("IsTruncated") == Some("true"),
-        next_token: root.child_text("NextContinuationToken").filter(|t| !t.is_empty()).map(str::to_string),
+        next_token: root
+            .child_text("NextContinuationToken")
+            .filter(|t| !t.is_empty())
+            .map(str::to_string),
         ..ListPage::default()
     };
     for c in root.children_named("Contents") {
-        let key = c.child("Key").ok_or("<Contents> without <Key>")?.text.clone();
+        let key = c
+            .child("Key")
+            .ok_or("<Contents> without <Key>")?
+            .text
+            .clone();
         let size = match c.child_text("Size") {
-            Some(s) => s.parse().map_err(|_| format!("bad <Size> {s:?} for {key:?}"))?,
+            Some(s) => s
+                .parse()
+                .map_err(|_| format!("bad <Size> {s:?} for {key:?}"))?,
             None => 0,
         };
         let modified = c.child_text("LastModified").and_then(parse_iso8601);
-        page.objects.push(ListedObject { key, size, modified });
+        page.objects.push(ListedObject {
+            key,
+            size,
+            modified,
+        });
     }
     for p in root.children_named("CommonPrefixes") {
-        let prefix = p.child("Prefix").ok_or("<CommonPrefixes> without <Prefix>")?;
+        let prefix = p
+            .child("Prefix")
+            .ok_or("<CommonPrefixes> without <Prefix>")?;
         page.prefixes.push(prefix.text.clone());
     }
     Ok(page)
@@ -284,7 +314,9 @@ const NS: &str = "http://s3.amazonaws.com/doc/2006-03-01/";
 
 /// DeleteObjects body; quiet mode so the answer lists only failures.
 pub fn delete_body(keys: &[String]) -> String {
-    let mut out = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Delete xmlns=\"{NS}\"><Quiet>true</Quiet>");
+    let mut out = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Delete xmlns=\"{NS}\"><Quiet>true</Quiet>"
+    );
     for key in keys {
         out.push_str("<Object><Key>");
         out.push_str(&escape(key));
@@ -295,9 +327,14 @@ pub fn delete_body(keys: &[String]) -> String {
 }
 
 pub fn complete_body(parts: &[(u32, String)]) -> String {
-    let mut out = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><CompleteMultipartUpload xmlns=\"{NS}\">");
+    let mut out = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><CompleteMultipartUpload xmlns=\"{NS}\">"
+    );
     for (number, etag) in parts {
-        out.push_str(&format!("<Part><PartNumber>{number}</PartNumber><ETag>{}</ETag></Part>", escape(etag)));
+        out.push_str(&format!(
+            "<Part><PartNumber>{number}</PartNumber><ETag>{}</ETag></Part>",
+            escape(etag)
+        ));
     }
     out.push_str("</CompleteMultipartUpload>");
     out
@@ -331,12 +368,21 @@ mod tests {
         assert_eq!(page.objects.len(), 2);
         assert_eq!(page.objects[0].key, "root/a&b <c> \"d\" 'e' AB");
         assert_eq!(page.objects[0].size, 12_345_678_901);
-        assert_eq!(page.objects[0].modified, Some(UNIX_EPOCH + Duration::from_secs(1_795_500_474)));
+        assert_eq!(
+            page.objects[0].modified,
+            Some(UNIX_EPOCH + Duration::from_secs(1_795_500_474))
+        );
         assert_eq!(page.objects[1].key, " root/spaced ");
         assert_eq!(page.objects[1].modified, None);
-        assert_eq!(page.prefixes, vec!["root/dir/".to_string(), "root/<cdata>/".to_string()]);
+        assert_eq!(
+            page.prefixes,
+            vec!["root/dir/".to_string(), "root/<cdata>/".to_string()]
+        );
         assert!(page.is_truncated);
-        assert_eq!(page.next_token.as_deref(), Some("1ueGcxLPRx1Tr/XYExHnhbYLgveDs2J/wm36Hy4vbOwM="));
+        assert_eq!(
+            page.next_token.as_deref(),
+            Some("1ueGcxLPRx1Tr/XYExHnhbYLgveDs2J/wm36Hy4vbOwM=")
+        );
     }
 
     #[test]
@@ -349,8 +395,14 @@ mod tests {
     #[test]
     fn list_rejects_other_documents() {
         assert!(parse_list(b"<Error><Code>NoSuchBucket</Code></Error>").is_err());
-        assert!(parse_list(b"<ListBucketResult><Contents><Size>1</Size></Contents></ListBucketResult>").is_err());
-        assert!(parse_list(b"<ListBucketResult><Contents><Key>k</Key><Size>x</Size></Contents></ListBucketResult>").is_err());
+        assert!(parse_list(
+            b"<ListBucketResult><Contents><Size>1</Size></Contents></ListBucketResult>"
+        )
+        .is_err());
+        assert!(parse_list(
+            b"<ListBucketResult><Contents><Key>k</Key><Size>x</Size></Contents></ListBucketResult>"
+        )
+        .is_err());
         assert!(parse_list(b"not xml").is_err());
         assert!(parse_list(b"").is_err());
         assert!(parse_list(b"<ListBucketResult><IsTruncated>").is_err());
@@ -364,8 +416,14 @@ mod tests {
   <Bucket>example-bucket</Bucket><Key>example-object</Key>
   <UploadId>VXBsb2FkIElEIGZvciA2aWWpbmcncyBteS1tb3ZpZS5tMnRzIHVwbG9hZA</UploadId>
 </InitiateMultipartUploadResult>"#;
-        assert_eq!(parse_upload_id(body).unwrap(), "VXBsb2FkIElEIGZvciA2aWWpbmcncyBteS1tb3ZpZS5tMnRzIHVwbG9hZA");
-        assert!(parse_upload_id(b"<InitiateMultipartUploadResult><UploadId/></InitiateMultipartUploadResult>").is_err());
+        assert_eq!(
+            parse_upload_id(body).unwrap(),
+            "VXBsb2FkIElEIGZvciA2aWWpbmcncyBteS1tb3ZpZS5tMnRzIHVwbG9hZA"
+        );
+        assert!(parse_upload_id(
+            b"<InitiateMultipartUploadResult><UploadId/></InitiateMultipartUploadResult>"
+        )
+        .is_err());
     }
 
     #[test]
@@ -389,7 +447,11 @@ mod tests {
         let failures = parse_delete_result(body).unwrap();
         assert_eq!(
             failures,
-            vec![DeleteFailure { key: "a&b".into(), code: "AccessDenied".into(), message: "Access Denied".into() }]
+            vec![DeleteFailure {
+                key: "a&b".into(),
+                code: "AccessDenied".into(),
+                message: "Access Denied".into()
+            }]
         );
         assert_eq!(parse_delete_result(b"<DeleteResult/>").unwrap(), vec![]);
     }
@@ -409,14 +471,21 @@ mod tests {
 
     #[test]
     fn unescape_entities() {
-        assert_eq!(unescape("a&lt;b&gt;c&amp;d&quot;e&apos;f&#48;&#x31;&#X32;").unwrap(), "a<b>c&d\"e'f012");
+        assert_eq!(
+            unescape("a&lt;b&gt;c&amp;d&quot;e&apos;f&#48;&#x31;&#X32;").unwrap(),
+            "a<b>c&d\"e'f012"
+        );
         assert_eq!(unescape("plain").unwrap(), "plain");
         assert!(unescape("&#xD800;").is_err());
     }
 
     #[test]
     fn delete_body_escapes_keys() {
-        let keys = vec!["root/a&b".to_string(), "root/<x>'\"".to_string(), "r\rn".to_string()];
+        let keys = vec![
+            "root/a&b".to_string(),
+            "root/<x>'\"".to_string(),
+            "r\rn".to_string(),
+        ];
         let body = delete_body(&keys);
         assert!(body.contains("<Quiet>true</Quiet>"));
         assert!(body.contains("<Object><Key>root/a&amp;b</Key></Object>"));
@@ -424,7 +493,10 @@ mod tests {
         assert!(body.contains("<Key>r&#xD;n</Key>"));
         // What we send must read back as the same keys.
         let root = parse(body.as_bytes()).unwrap();
-        let back: Vec<String> = root.children_named("Object").map(|o| o.child("Key").unwrap().text.clone()).collect();
+        let back: Vec<String> = root
+            .children_named("Object")
+            .map(|o| o.child("Key").unwrap().text.clone())
+            .collect();
         assert_eq!(back, keys);
     }
 
