@@ -26,7 +26,9 @@ struct Logger {
 
 impl Log for Logger {
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        metadata.level() <= log::max_level()
+        // Library logs (ureq, rustls) could show request headers; only
+        // walden's own lines are written.
+        metadata.level() <= log::max_level() && metadata.target().starts_with("walden")
     }
 
     fn log(&self, record: &Record<'_>) {

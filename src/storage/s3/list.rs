@@ -50,15 +50,18 @@ impl S3Storage {
                 )
             })?;
 
+            // One page (at most 1000 entries) is merged into key order, so
+            // directories and objects interleave as in a filesystem listing.
+            let mut entries: Vec<Entry> = Vec::with_capacity(page.objects.len() + page.prefixes.len());
             for obj in page.objects {
                 // S3 only returns keys under the prefix, which is under the
                 // root; anything else would be a server bug, and is skipped.
                 if let Some(rel) = self.relative(&obj.key) {
-                    f(Entry::Object(ObjectInfo {
+                    entries.push(Entry::Object(ObjectInfo {
                         key: rel.to_string(),
                         size: obj.size,
                         modified: obj.modified,
-                    }))?;
+                    }));
                 }
             }
             for dir in page.prefixes {
@@ -66,9 +69,13 @@ impl S3Storage {
                     continue;
                 }
                 if let Some(rel) = self.relative(&dir) {
-                    f(Entry::Dir(rel.to_string()))?;
+                    entries.push(Entry::Dir(rel.to_string()));
                 }
                 last_dir = Some(dir);
+            }
+            entries.sort_by(|a, b| entry_key(a).cmp(entry_key(b)));
+            for entry in entries {
+                f(entry)?;
             }
 
             if !page.is_truncated {
@@ -86,5 +93,12 @@ impl S3Storage {
                 }
             }
         }
+    }
+}
+
+fn entry_key(e: &Entry) -> &str {
+    match e {
+        Entry::Object(o) => &o.key,
+        Entry::Dir(d) => d,
     }
 }
