@@ -119,7 +119,7 @@ pub fn encoder(
 pub fn decoder(method: Method, source: Box<dyn Read + Send>) -> Box<dyn Read + Send> {
     match method {
         Method::None => source,
-        Method::Lz4 => Box::new(lz4_flex::frame::FrameDecoder::new(source)),
+        Method::Lz4 => Box::new(StrictLz4(lz4_flex::frame::FrameDecoder::new(Tail::new(source)))),
         Method::Zstd => match zstd::stream::read::Decoder::new(source) {
             Ok(d) => Box::new(d),
             Err(e) => Box::new(FailingReader(Some(e))),
@@ -187,6 +187,75 @@ impl FinishWrite for BrotliWriter {
 impl FinishWrite for LzmaWriter {
     fn finish(mut self: Box<Self>) -> io::Result<()> {
         self.0.take().ok_or_else(gone)?.finish()?.finish()
+    }
+}
+
+/// lz4_flex ends a stream quietly when the source stops where a block
+/// header should be, even in the middle of a frame; a stream cut at a
+/// block boundary would decode as a shorter, "valid" one. So at the end we
+/// check that the last bytes read were a frame's end mark (and checksum).
+struct StrictLz4<R: Read>(lz4_flex::frame::FrameDecoder<Tail<R>>);
+
+impl<R: Read> Read for StrictLz4<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.0.read(buf)?;
+        if n == 0 && !buf.is_empty() && !self.0.get_ref().ends_a_frame() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the lz4 stream is truncated: it ends inside a frame",
+            ));
+        }
+        Ok(n)
+    }
+}
+
+/// Remembers the frame flags and the last 8 bytes that passed through.
+struct Tail<R> {
+    inner: R,
+    total: u64,
+    flags: u8,
+    last: [u8; 8],
+}
+
+impl<R> Tail<R> {
+    fn new(inner: R) -> Self {
+        Tail {
+            inner,
+            total: 0,
+            flags: 0,
+            last: [0xff; 8],
+        }
+    }
+
+    fn ends_a_frame(&self) -> bool {
+        const CONTENT_CHECKSUM: u8 = 0x04;
+        if self.total < 15 {
+            // Shorter than the smallest frame; the decoder has already
+            // failed on anything but an empty source.
+            return self.total == 0;
+        }
+        let end_mark = if self.flags & CONTENT_CHECKSUM != 0 {
+            &self.last[0..4]
+        } else {
+            &self.last[4..8]
+        };
+        end_mark == [0, 0, 0, 0]
+    }
+}
+
+impl<R: Read> Read for Tail<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        for (i, &b) in buf[..n].iter().enumerate() {
+            if self.total + i as u64 == 4 {
+                self.flags = b;
+            }
+        }
+        let keep = n.min(8);
+        self.last.rotate_left(keep);
+        self.last[8 - keep..].copy_from_slice(&buf[n - keep..n]);
+        self.total += n as u64;
+        Ok(n)
     }
 }
 
@@ -269,11 +338,23 @@ mod tests {
     fn truncated_streams_are_errors() {
         for m in [Method::Lz4, Method::Lzma, Method::Zstd, Method::Brotli] {
             let enc = encode(m, &sample());
-            for cut in [enc.len() - 1, enc.len() / 2, 5] {
+            for cut in [enc.len() - 1, enc.len() - 5, enc.len() - 8, enc.len() / 2, 5] {
                 let r = decode(m, enc[..cut].to_vec());
                 assert!(r.is_err(), "{m:?} cut at {cut} of {} decoded", enc.len());
             }
         }
+    }
+
+    #[test]
+    fn lz4_cut_at_a_block_boundary_is_an_error() {
+        // Several 4 MiB blocks; cut right after the first one.
+        let data: Vec<u8> = (0..10_000_000u32).map(|i| (i % 97) as u8).collect();
+        let enc = encode(Method::Lz4, &data);
+        let first_block = u32::from_le_bytes(enc[7..11].try_into().unwrap()) & 0x7fff_ffff;
+        let cut = 7 + 4 + first_block as usize;
+        assert!(cut < enc.len() - 8);
+        assert!(decode(Method::Lz4, enc[..cut].to_vec()).is_err());
+        assert_eq!(decode(Method::Lz4, enc).unwrap(), data);
     }
 
     #[test]
