@@ -8,3 +8,4 @@ mod harness_selftest;
 mod st;
 mod store;
 mod wal;
+mod interop;
