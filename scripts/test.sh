@@ -4,7 +4,10 @@
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+bash scripts/install-deps.sh
 bash scripts/setup-test-env.sh
+# shellcheck disable=SC1091
+command -v cargo >/dev/null 2>&1 || . "$HOME/.cargo/env"
 export WALDEN_TEST_VENV="${WALDEN_TEST_VENV:-$PWD/target/test-venv}"
 
 # --release: the binary under test is the one users get (LTO, abort on panic).

@@ -15,7 +15,10 @@ pub enum Error {
     Storage(StorageError),
     Codec(CodecError),
     /// A local file or stream operation failed: what we were doing, then why.
-    Io { context: String, source: io::Error },
+    Io {
+        context: String,
+        source: io::Error,
+    },
     /// wal-fetch found no such WAL in storage: exit 74 as WAL-G does.
     WalNotFound(String),
     /// A WAL-G command walden does not have yet.

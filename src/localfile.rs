@@ -35,7 +35,10 @@ impl AtomicFile {
 
     /// Make the file durable and visible under its real name.
     pub fn commit(mut self) -> io::Result<()> {
-        let file = self.file.take().ok_or_else(|| io::Error::other("already committed"))?;
+        let file = self
+            .file
+            .take()
+            .ok_or_else(|| io::Error::other("already committed"))?;
         file.sync_all()?;
         drop(file);
         fs::rename(&self.temp, &self.dest)?;
@@ -88,7 +91,11 @@ mod tests {
         let mut b = AtomicFile::create(&dir.join("g")).unwrap();
         b.write_all(b"y").unwrap();
         drop(b);
-        assert_eq!(fs::read_dir(&dir).unwrap().count(), 1, "the abandoned temp file is gone");
+        assert_eq!(
+            fs::read_dir(&dir).unwrap().count(),
+            1,
+            "the abandoned temp file is gone"
+        );
         fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -41,7 +41,13 @@ impl Log for Logger {
             Level::Info => "INFO",
             Level::Debug | Level::Trace => "DEBUG",
         };
-        let line = format!("{}{}: {} {}\n", self.prefix, level, timestamp(), record.args());
+        let line = format!(
+            "{}{}: {} {}\n",
+            self.prefix,
+            level,
+            timestamp(),
+            record.args()
+        );
         if let Ok(mut sink) = self.sink.lock() {
             // A log line that cannot be written has nowhere else to go.
             let _ = sink.write_all(line.as_bytes());
@@ -58,7 +64,11 @@ impl Log for Logger {
 
 /// Install the logger. `destination` is `WALG_LOG_DESTINATION`: unset or
 /// `stderr` means stderr, anything else a file opened for appending.
-pub fn init(level: LevelFilter, destination: Option<&str>, prefix: &'static str) -> Result<(), String> {
+pub fn init(
+    level: LevelFilter,
+    destination: Option<&str>,
+    prefix: &'static str,
+) -> Result<(), String> {
     let sink: Box<dyn Write + Send> = match destination {
         None | Some("") | Some("stderr") => Box::new(std::io::stderr()),
         Some(path) => Box::new(
@@ -81,7 +91,9 @@ pub fn init(level: LevelFilter, destination: Option<&str>, prefix: &'static str)
 
 /// `YYYY/MM/DD HH:MM:SS.uuuuuu` in local time, as Go's log package prints.
 fn timestamp() -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     let secs = now.as_secs() as libc::time_t;
     // SAFETY: localtime_r writes only into `tm`, which lives on our stack.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };

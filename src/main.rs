@@ -51,9 +51,10 @@ fn parse_global(args: Vec<OsString>) -> Result<Invocation> {
                 let setting = config::flag_setting(&name).ok_or_else(|| {
                     Error::Usage(format!("unknown option --{name}; see walden --help"))
                 })?;
-                let value = parser.value()?.into_string().map_err(|_| {
-                    Error::Usage(format!("--{name} needs a UTF-8 value"))
-                })?;
+                let value = parser
+                    .value()?
+                    .into_string()
+                    .map_err(|_| Error::Usage(format!("--{name} needs a UTF-8 value")))?;
                 flags.insert(setting, value);
             }
             Value(command) => {
@@ -140,8 +141,12 @@ fn setup_logging(settings: &config::Settings, command: &str) -> Result<()> {
         ("wal-prefetch", true) => (level, "PREFETCH "),
         _ => (level, ""),
     };
-    logger::init(level, settings.get("WALG_LOG_DESTINATION").as_deref(), prefix)
-        .map_err(Error::Other)?;
+    logger::init(
+        level,
+        settings.get("WALG_LOG_DESTINATION").as_deref(),
+        prefix,
+    )
+    .map_err(Error::Other)?;
     if devel {
         log::debug!("--- COMPILED ENVIRONMENT VARS ---");
         for line in settings.describe() {

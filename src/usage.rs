@@ -10,7 +10,12 @@ pub struct Command {
     pub hidden: bool,
 }
 
-const fn cmd(name: &'static str, summary: &'static str, usage: &'static str, built: bool) -> Command {
+const fn cmd(
+    name: &'static str,
+    summary: &'static str,
+    usage: &'static str,
+    built: bool,
+) -> Command {
     Command {
         name,
         summary,

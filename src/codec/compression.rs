@@ -62,7 +62,9 @@ impl Method {
         match ext {
             "history" | "partial" | "backup" | "json" => Ok(Method::None),
             _ if is_wal_offset_ext(ext) => Ok(Method::None),
-            _ => Method::from_extension(ext).ok_or_else(|| CodecError::UnknownExtension(ext.into())),
+            _ => {
+                Method::from_extension(ext).ok_or_else(|| CodecError::UnknownExtension(ext.into()))
+            }
         }
     }
 }
@@ -96,9 +98,9 @@ pub fn encoder(
                 .block_size(lz4_flex::frame::BlockSize::Max4MB)
                 .block_mode(lz4_flex::frame::BlockMode::Independent)
                 .content_checksum(true);
-            Box::new(Lz4Writer(Some(lz4_flex::frame::FrameEncoder::with_frame_info(
-                info, sink,
-            ))))
+            Box::new(Lz4Writer(Some(
+                lz4_flex::frame::FrameEncoder::with_frame_info(info, sink),
+            )))
         }
         Method::Zstd => {
             let mut enc = zstd::stream::write::Encoder::new(sink, zstd_level)?;
@@ -110,8 +112,11 @@ pub fn encoder(
         )))),
         Method::Lzma => {
             let options = xz2::stream::LzmaOptions::new_preset(6).map_err(io::Error::other)?;
-            let stream = xz2::stream::Stream::new_lzma_encoder(&options).map_err(io::Error::other)?;
-            Box::new(LzmaWriter(Some(xz2::write::XzEncoder::new_stream(sink, stream))))
+            let stream =
+                xz2::stream::Stream::new_lzma_encoder(&options).map_err(io::Error::other)?;
+            Box::new(LzmaWriter(Some(xz2::write::XzEncoder::new_stream(
+                sink, stream,
+            ))))
         }
     })
 }
@@ -119,7 +124,9 @@ pub fn encoder(
 pub fn decoder(method: Method, source: Box<dyn Read + Send>) -> Box<dyn Read + Send> {
     match method {
         Method::None => source,
-        Method::Lz4 => Box::new(StrictLz4(lz4_flex::frame::FrameDecoder::new(Tail::new(source)))),
+        Method::Lz4 => Box::new(StrictLz4(lz4_flex::frame::FrameDecoder::new(Tail::new(
+            source,
+        )))),
         Method::Zstd => match zstd::stream::read::Decoder::new(source) {
             Ok(d) => Box::new(d),
             Err(e) => Box::new(FailingReader(Some(e))),
@@ -263,7 +270,10 @@ struct FailingReader(Option<io::Error>);
 
 impl Read for FailingReader {
     fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
-        Err(self.0.take().unwrap_or_else(|| io::Error::other("decoder failed")))
+        Err(self
+            .0
+            .take()
+            .unwrap_or_else(|| io::Error::other("decoder failed")))
     }
 }
 
@@ -305,12 +315,20 @@ mod tests {
     }
 
     fn sample() -> Vec<u8> {
-        (0..300_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect()
+        (0..300_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect()
     }
 
     #[test]
     fn every_method_round_trips() {
-        for m in [Method::Lz4, Method::Lzma, Method::Zstd, Method::Brotli, Method::None] {
+        for m in [
+            Method::Lz4,
+            Method::Lzma,
+            Method::Zstd,
+            Method::Brotli,
+            Method::None,
+        ] {
             let data = sample();
             let enc = encode(m, &data);
             assert_eq!(decode(m, enc).unwrap(), data, "{m:?}");
@@ -338,7 +356,13 @@ mod tests {
     fn truncated_streams_are_errors() {
         for m in [Method::Lz4, Method::Lzma, Method::Zstd, Method::Brotli] {
             let enc = encode(m, &sample());
-            for cut in [enc.len() - 1, enc.len() - 5, enc.len() - 8, enc.len() / 2, 5] {
+            for cut in [
+                enc.len() - 1,
+                enc.len() - 5,
+                enc.len() - 8,
+                enc.len() / 2,
+                5,
+            ] {
                 let r = decode(m, enc[..cut].to_vec());
                 assert!(r.is_err(), "{m:?} cut at {cut} of {} decoded", enc.len());
             }
@@ -369,9 +393,18 @@ mod tests {
 
     #[test]
     fn names_to_methods() {
-        assert_eq!(Method::from_object_name("wal_005/0001.lz4").unwrap(), Method::Lz4);
-        assert_eq!(Method::from_object_name("a/part_1.tar.zst").unwrap(), Method::Zstd);
-        assert_eq!(Method::from_object_name("a/part_1.tar").unwrap(), Method::None);
+        assert_eq!(
+            Method::from_object_name("wal_005/0001.lz4").unwrap(),
+            Method::Lz4
+        );
+        assert_eq!(
+            Method::from_object_name("a/part_1.tar.zst").unwrap(),
+            Method::Zstd
+        );
+        assert_eq!(
+            Method::from_object_name("a/part_1.tar").unwrap(),
+            Method::None
+        );
         assert_eq!(
             Method::from_object_name("wal_005/000000010000000000000002").unwrap(),
             Method::None

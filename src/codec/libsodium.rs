@@ -94,7 +94,7 @@ impl SecretKey {
 
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
     let t = text.as_bytes();
-    if t.len() % 2 != 0 {
+    if !t.len().is_multiple_of(2) {
         return None;
     }
     t.chunks(2)
@@ -109,7 +109,7 @@ fn decode_hex(text: &str) -> Option<Vec<u8>> {
 /// Standard alphabet with padding (RFC 4648 §4), as Go's StdEncoding.
 fn decode_base64(text: &str) -> Option<Vec<u8>> {
     let t = text.as_bytes();
-    if t.len() % 4 != 0 {
+    if !t.len().is_multiple_of(4) {
         return None;
     }
     let value = |c: u8| -> Option<u32> {
@@ -150,7 +150,8 @@ pub struct EncryptWriter {
 
 impl EncryptWriter {
     pub fn new(inner: Box<dyn FinishWrite>, key: &SecretKey) -> Self {
-        let (stream, header): (DryocStream<Push>, Header) = DryocStream::init_push(&key.dryoc_key());
+        let (stream, header): (DryocStream<Push>, Header) =
+            DryocStream::init_push(&key.dryoc_key());
         EncryptWriter {
             inner: Some(inner),
             stream,
@@ -160,7 +161,10 @@ impl EncryptWriter {
     }
 
     fn push(&mut self, tag: Tag) -> io::Result<()> {
-        let inner = self.inner.as_mut().ok_or_else(|| io::Error::other("used after finish"))?;
+        let inner = self
+            .inner
+            .as_mut()
+            .ok_or_else(|| io::Error::other("used after finish"))?;
         if let Some(header) = self.header.take() {
             inner.write_all(header.as_ref())?;
         }
@@ -241,9 +245,10 @@ impl DecryptReader {
             ));
         }
         let stream = self.stream.as_mut().ok_or_else(|| bad("no stream"))?;
-        let (plain, tag): (Vec<u8>, Tag) = stream.pull_to_vec(&sealed[..n], None).map_err(|_| {
-            bad("decryption failed: wrong WALG_LIBSODIUM_KEY, or the object is corrupt")
-        })?;
+        let (plain, tag): (Vec<u8>, Tag) =
+            stream.pull_to_vec(&sealed[..n], None).map_err(|_| {
+                bad("decryption failed: wrong WALG_LIBSODIUM_KEY, or the object is corrupt")
+            })?;
         if tag == Tag::Final {
             let mut probe = [0u8; 1];
             if read_full(&mut self.inner, &mut probe)? != 0 {

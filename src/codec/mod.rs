@@ -8,8 +8,8 @@ pub mod libsodium;
 use std::fmt;
 use std::io::{self, Read, Write};
 
-pub use compression::Method;
 use crate::config::{ConfigError, Settings};
+pub use compression::Method;
 
 /// A writer that must be told when the data ends, so that it can write its
 /// trailer (frame end mark, FINAL chunk, last multipart part) and report
@@ -22,8 +22,6 @@ pub trait FinishWrite: Write + Send {
 pub enum CodecError {
     /// The object's extension names no format walden reads.
     UnknownExtension(String),
-    /// A libsodium key that cannot be used.
-    Key(String),
 }
 
 impl fmt::Display for CodecError {
@@ -33,7 +31,6 @@ impl fmt::Display for CodecError {
                 f,
                 "unknown compression extension '.{ext}' (known: lz4, lzma, zst, br, gz is not supported)"
             ),
-            CodecError::Key(problem) => write!(f, "libsodium key: {problem}"),
         }
     }
 }

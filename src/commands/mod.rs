@@ -43,7 +43,9 @@ pub fn positionals(args: Vec<OsString>, usage: &str, count: usize) -> Result<Vec
         })
         .collect::<Result<_>>()?;
     if values.len() != count || values.iter().any(|v| v.starts_with("--")) {
-        return Err(Error::Usage(format!("expected {count} argument(s); usage: {usage}")));
+        return Err(Error::Usage(format!(
+            "expected {count} argument(s); usage: {usage}"
+        )));
     }
     Ok(values)
 }

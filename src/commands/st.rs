@@ -59,19 +59,50 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
             .ok_or_else(|| Error::Usage(format!("st {sub}: missing {what}")))
     };
     match sub.as_str() {
-        "ls" => ls(settings, values.first().map(String::as_str).unwrap_or(""), has("recursive")),
-        "get" => get(settings, &arg(0, "PATH")?, &arg(1, "DEST")?, !has("no-decrypt"), !has("no-decompress")),
+        "ls" => ls(
+            settings,
+            values.first().map(String::as_str).unwrap_or(""),
+            has("recursive"),
+        ),
+        "get" => get(
+            settings,
+            &arg(0, "PATH")?,
+            &arg(1, "DEST")?,
+            !has("no-decrypt"),
+            !has("no-decompress"),
+        ),
         "put" => {
-            let remote = if has("read-stdin") { arg(0, "PATH")? } else { arg(1, "PATH")? };
-            let local = if has("read-stdin") { None } else { Some(arg(0, "SRC")?) };
-            put(settings, local.as_deref(), &remote, !has("no-compress"), !has("no-encrypt"))
+            let remote = if has("read-stdin") {
+                arg(0, "PATH")?
+            } else {
+                arg(1, "PATH")?
+            };
+            let local = if has("read-stdin") {
+                None
+            } else {
+                Some(arg(0, "SRC")?)
+            };
+            put(
+                settings,
+                local.as_deref(),
+                &remote,
+                !has("no-compress"),
+                !has("no-encrypt"),
+            )
         }
-        "cat" => cat(settings, &arg(0, "PATH")?, has("decrypt"), has("decompress")),
+        "cat" => cat(
+            settings,
+            &arg(0, "PATH")?,
+            has("decrypt"),
+            has("decompress"),
+        ),
         "rm" => rm(settings, &arg(0, "PATH")?),
         _ => match arg(0, "read|write")?.as_str() {
             "read" => check_read(settings, &values[1..]),
             "write" => check_write(settings),
-            other => Err(Error::Usage(format!("st check {other}: expected read or write"))),
+            other => Err(Error::Usage(format!(
+                "st check {other}: expected read or write"
+            ))),
         },
     }
 }
@@ -98,7 +129,9 @@ fn ls(settings: &Settings, path: &str, recursive: bool) -> Result<()> {
             Entry::Object(o) => format!(
                 "obj\t{}\t{}\t{}",
                 o.size,
-                o.modified.map(crate::time::rfc3339_nano).unwrap_or_else(|| "-".into()),
+                o.modified
+                    .map(crate::time::rfc3339_nano)
+                    .unwrap_or_else(|| "-".into()),
                 &o.key[prefix.len()..]
             ),
         };
@@ -161,7 +194,13 @@ fn copy(source: &mut dyn Read, dest: &mut dyn Write, key: &str) -> Result<u64> {
     }
 }
 
-fn put(settings: &Settings, local: Option<&str>, path: &str, compress: bool, encrypt: bool) -> Result<()> {
+fn put(
+    settings: &Settings,
+    local: Option<&str>,
+    path: &str,
+    compress: bool,
+    encrypt: bool,
+) -> Result<()> {
     let storage = open_storage(settings)?;
     let codecs = codecs(settings)?;
     let mut key = key_of(path);
@@ -184,7 +223,12 @@ fn put(settings: &Settings, local: Option<&str>, path: &str, compress: bool, enc
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Error::io(format!("reading '{}'", local.unwrap_or("stdin")), e)),
+            Err(e) => {
+                return Err(Error::io(
+                    format!("reading '{}'", local.unwrap_or("stdin")),
+                    e,
+                ))
+            }
         };
         writer
             .write_all(&buf[..n])
@@ -234,7 +278,9 @@ fn rm(settings: &Settings, path: &str) -> Result<()> {
         count += batch.len();
     }
     if count == 0 {
-        return Err(Error::Other(format!("nothing to delete: '{key}' is not in storage")));
+        return Err(Error::Other(format!(
+            "nothing to delete: '{key}' is not in storage"
+        )));
     }
     log::info!("deleted {count} objects under {prefix}");
     Ok(())
@@ -246,8 +292,7 @@ fn check_read(settings: &Settings, paths: &[String]) -> Result<()> {
     for path in paths {
         let key = key_of(path);
         let mut r = storage.get(&key, 0)?;
-        io::copy(&mut r, &mut io::sink())
-            .map_err(|e| Error::io(format!("reading '{key}'"), e))?;
+        io::copy(&mut r, &mut io::sink()).map_err(|e| Error::io(format!("reading '{key}'"), e))?;
     }
     log::info!("read check passed on {}", storage.location());
     Ok(())

@@ -48,7 +48,13 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     result
 }
 
-fn fetch(settings: &Settings, cache: &PrefetchCache, name: &str, dest: &Path, wal_size: u64) -> Result<()> {
+fn fetch(
+    settings: &Settings,
+    cache: &PrefetchCache,
+    name: &str,
+    dest: &Path,
+    wal_size: u64,
+) -> Result<()> {
     if Segment::parse(name, wal_size).is_some() && cache.take(name, dest, wal_size) {
         log::debug!("{name} came from the prefetch cache");
         return Ok(());
@@ -60,7 +66,12 @@ fn fetch(settings: &Settings, cache: &PrefetchCache, name: &str, dest: &Path, wa
 
 /// Download `name` into `dest` (temp name, fsync, rename). `Ok(None)` when
 /// storage has no such WAL file; on any error nothing is left at `dest`.
-fn download(storage: &Arc<dyn Storage>, codecs: &Codecs, name: &str, dest: &Path) -> Result<Option<()>> {
+fn download(
+    storage: &Arc<dyn Storage>,
+    codecs: &Codecs,
+    name: &str,
+    dest: &Path,
+) -> Result<Option<()>> {
     let Some((key, mut reader)) = object::open(storage, codecs, name)? else {
         return Ok(None);
     };
@@ -120,7 +131,9 @@ impl PrefetchCache {
         let mut last = None;
         let mut still = 0;
         while !ready.exists() {
-            let Ok(meta) = fs::metadata(&running) else { break };
+            let Ok(meta) = fs::metadata(&running) else {
+                break;
+            };
             if last == Some(meta.len()) {
                 still += 1;
                 if still >= 20 {
@@ -137,7 +150,10 @@ impl PrefetchCache {
             return false;
         };
         if meta.len() != wal_size << 20 || !has_page_magic(&ready) {
-            log::warn!("Prefetch error: bad prefetched file {}; downloading again", ready.display());
+            log::warn!(
+                "Prefetch error: bad prefetched file {}; downloading again",
+                ready.display()
+            );
             let _ = fs::remove_file(&ready);
             return false;
         }
@@ -161,7 +177,10 @@ fn has_page_magic(path: &Path) -> bool {
 fn move_into_place(from: &Path, dest: &Path) -> io::Result<()> {
     match fs::rename(from, dest) {
         Ok(()) => {
-            let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let dir = dest
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
             File::open(dir)?.sync_all()
         }
         Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
@@ -187,7 +206,11 @@ fn spawn_prefetch(settings: &Settings, name: &str, dest: &Path) -> io::Result<()
     let devel = settings.get("WALG_LOG_LEVEL").as_deref() == Some("DEVEL");
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(if devel { Stdio::inherit() } else { Stdio::null() })
+        .stderr(if devel {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
         .process_group(0);
     cmd.spawn().map(|_| ())
 }
@@ -242,13 +265,22 @@ pub fn run_prefetch(settings: &Settings, args: Vec<OsString>) -> Result<()> {
 
 /// Download `file` into `running/`, then move it to the ready directory.
 /// `Ok(false)` when storage does not have it.
-fn prefetch_one(storage: &Arc<dyn Storage>, codecs: &Codecs, cache: &PrefetchCache, file: &str) -> Result<bool> {
+fn prefetch_one(
+    storage: &Arc<dyn Storage>,
+    codecs: &Codecs,
+    cache: &PrefetchCache,
+    file: &str,
+) -> Result<bool> {
     let running = cache.running.join(file);
     let Some((key, mut reader)) = object::open(storage, codecs, file)? else {
         return Ok(false);
     };
     // O_EXCL: another prefetcher is already on it.
-    let mut out = match OpenOptions::new().write(true).create_new(true).open(&running) {
+    let mut out = match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&running)
+    {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(true),
         Err(e) => return Err(Error::io(format!("cannot create {}", running.display()), e)),
@@ -266,7 +298,10 @@ fn prefetch_one(storage: &Arc<dyn Storage>, codecs: &Codecs, cache: &PrefetchCac
         let _ = fs::remove_file(&running);
     } else if let Err(e) = fs::rename(&running, &ready) {
         let _ = fs::remove_file(&running);
-        return Err(Error::io(format!("cannot move {} into place", running.display()), e));
+        return Err(Error::io(
+            format!("cannot move {} into place", running.display()),
+            e,
+        ));
     }
     Ok(true)
 }
@@ -274,7 +309,9 @@ fn prefetch_one(storage: &Arc<dyn Storage>, codecs: &Codecs, cache: &PrefetchCac
 /// Remove cached segments older than `current`: recovery is past them.
 fn clean(cache: &PrefetchCache, current: Segment, wal_size: u64) {
     for dir in [&cache.ready, &cache.running] {
-        let Ok(entries) = fs::read_dir(dir) else { continue };
+        let Ok(entries) = fs::read_dir(dir) else {
+            continue;
+        };
         for entry in entries.flatten() {
             let file = entry.file_name();
             let Some(seg) = file.to_str().and_then(|f| Segment::parse(f, wal_size)) else {

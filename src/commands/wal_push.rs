@@ -28,7 +28,12 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
-        .ok_or_else(|| Error::Usage(format!("'{}' has no file name; usage: {USAGE}", path.display())))?
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "'{}' has no file name; usage: {USAGE}",
+                path.display()
+            ))
+        })?
         .to_string();
     let wal_dir = wal_dir(settings, &path);
     let markers = Markers::new(&wal_dir);
@@ -45,7 +50,8 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
 
     let concurrency = settings.positive("WALG_UPLOAD_CONCURRENCY")?;
     let bg_limit = settings.positive("TOTAL_BG_UPLOADED_LIMIT")?;
-    let prevent_overwrite = settings.bool("WALG_PREVENT_WAL_OVERWRITE")? || name.ends_with(".history");
+    let prevent_overwrite =
+        settings.bool("WALG_PREVENT_WAL_OVERWRITE")? || name.ends_with(".history");
     let wal_size = settings.positive("WALG_PG_WAL_SIZE")? as u64;
     let storage = open_storage(settings)?;
     let codecs = codecs(settings)?;
@@ -105,7 +111,10 @@ struct Job {
 impl Job {
     fn push(&self, path: &Path, name: &str, buf: &mut [u8]) -> Result<()> {
         if self.prevent_overwrite && self.already_stored(path, name)? {
-            log::info!("WAL file '{}' already archived with equal content, skipping", path.display());
+            log::info!(
+                "WAL file '{}' already archived with equal content, skipping",
+                path.display()
+            );
             return Ok(());
         }
         let mut file = File::open(path)
@@ -200,7 +209,10 @@ impl Background {
         if queue.is_empty() {
             return background;
         }
-        log::debug!("uploading {} more .ready files in the background", queue.len());
+        log::debug!(
+            "uploading {} more .ready files in the background",
+            queue.len()
+        );
         let queue = Arc::new(Mutex::new(queue));
         for _ in 0..threads.min(queue.lock().map_or(0, |q| q.len())) {
             let queue = queue.clone();
@@ -241,7 +253,13 @@ impl Background {
 /// Other WAL files PostgreSQL has marked ready for archiving, oldest first:
 /// the segments that follow `name` come first, as they are the archiver's
 /// next calls; then any other `.ready` file.
-fn ready_files(dir: &Path, name: &str, limit: usize, wal_size: u64, markers: &Markers) -> VecDeque<String> {
+fn ready_files(
+    dir: &Path,
+    name: &str,
+    limit: usize,
+    wal_size: u64,
+    markers: &Markers,
+) -> VecDeque<String> {
     let status = dir.join("archive_status");
     let mut out = VecDeque::new();
     let mut next = Segment::parse(name, wal_size).map(|s| s.next());

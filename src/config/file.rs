@@ -60,7 +60,10 @@ fn parse_flat(text: &str, separator: char) -> Result<HashMap<String, String>, St
             .ok_or_else(|| format!("line {}: expected KEY{separator} value", number + 1))?;
         let key = key.trim();
         if key.is_empty() || key.contains(char::is_whitespace) {
-            return Err(format!("line {}: '{key}' is not a setting name", number + 1));
+            return Err(format!(
+                "line {}: '{key}' is not a setting name",
+                number + 1
+            ));
         }
         out.insert(key.to_uppercase(), unquote(value.trim()));
     }
@@ -84,8 +87,10 @@ mod tests {
 
     #[test]
     fn json_values_of_any_scalar_type() {
-        let m = parse_json(r#"{"walg_file_prefix": "/b", "WALG_UPLOAD_CONCURRENCY": 4, "X": true, "N": null}"#)
-            .unwrap();
+        let m = parse_json(
+            r#"{"walg_file_prefix": "/b", "WALG_UPLOAD_CONCURRENCY": 4, "X": true, "N": null}"#,
+        )
+        .unwrap();
         assert_eq!(m["WALG_FILE_PREFIX"], "/b");
         assert_eq!(m["WALG_UPLOAD_CONCURRENCY"], "4");
         assert_eq!(m["X"], "true");

@@ -14,7 +14,11 @@ pub enum ConfigError {
     /// The config file cannot be read or parsed.
     File { path: String, problem: String },
     /// A setting has a value walden cannot use.
-    Invalid { name: String, value: String, problem: String },
+    Invalid {
+        name: String,
+        value: String,
+        problem: String,
+    },
     /// A required setting is missing.
     Missing { name: String, hint: String },
 }
@@ -25,7 +29,11 @@ impl fmt::Display for ConfigError {
             ConfigError::File { path, problem } => {
                 write!(f, "config file '{path}' cannot be used: {problem}")
             }
-            ConfigError::Invalid { name, value, problem } => {
+            ConfigError::Invalid {
+                name,
+                value,
+                problem,
+            } => {
                 if known::is_secret(name) {
                     write!(f, "setting {name} is invalid: {problem}")
                 } else {
@@ -225,15 +233,27 @@ mod tests {
 
     #[test]
     fn non_positive_is_an_error_naming_the_setting() {
-        let s = settings(&[("WALG_UPLOAD_CONCURRENCY", "0"), ("WALG_DOWNLOAD_CONCURRENCY", "x")]);
-        let e = s.positive("WALG_UPLOAD_CONCURRENCY").unwrap_err().to_string();
-        assert!(e.contains("WALG_UPLOAD_CONCURRENCY='0'") && e.contains("positive"), "{e}");
+        let s = settings(&[
+            ("WALG_UPLOAD_CONCURRENCY", "0"),
+            ("WALG_DOWNLOAD_CONCURRENCY", "x"),
+        ]);
+        let e = s
+            .positive("WALG_UPLOAD_CONCURRENCY")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("WALG_UPLOAD_CONCURRENCY='0'") && e.contains("positive"),
+            "{e}"
+        );
         assert!(s.positive("WALG_DOWNLOAD_CONCURRENCY").is_err());
     }
 
     #[test]
     fn secrets_are_not_echoed() {
-        let s = settings(&[("AWS_SECRET_ACCESS_KEY", "sup3rs3cret"), ("WALG_LIBSODIUM_KEY", "k")]);
+        let s = settings(&[
+            ("AWS_SECRET_ACCESS_KEY", "sup3rs3cret"),
+            ("WALG_LIBSODIUM_KEY", "k"),
+        ]);
         let all = s.describe().join("\n");
         assert!(!all.contains("sup3rs3cret"), "{all}");
         assert!(all.contains("AWS_SECRET_ACCESS_KEY=--HIDDEN--"));
@@ -247,7 +267,10 @@ mod tests {
 
     #[test]
     fn flag_names() {
-        assert_eq!(flag_setting("walg-s3-prefix").as_deref(), Some("WALG_S3_PREFIX"));
+        assert_eq!(
+            flag_setting("walg-s3-prefix").as_deref(),
+            Some("WALG_S3_PREFIX")
+        );
         assert_eq!(flag_setting("no-such-thing"), None);
     }
 }

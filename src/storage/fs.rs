@@ -33,10 +33,7 @@ impl FsStorage {
     /// The file for `key`, refusing keys that would leave the root.
     fn path(&self, op: &'static str, key: &str) -> Result<PathBuf> {
         let rel = Path::new(key);
-        if rel
-            .components()
-            .any(|c| !matches!(c, Component::Normal(_)))
-        {
+        if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
             return Err(StorageError::new(
                 ErrorKind::Permanent,
                 op,
@@ -63,7 +60,9 @@ fn io_error(op: &'static str, key: &str, path: &Path, e: io::Error) -> StorageEr
 }
 
 fn temp_name(path: &Path) -> PathBuf {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     let mut random = [0u8; 8];
     // Uniqueness, not secrecy: fall back to time and pid bits.
     if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random).is_err() {
@@ -71,7 +70,10 @@ fn temp_name(path: &Path) -> PathBuf {
     }
     let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
     let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!("{TEMP_MARK}{}-{hex}", crate::time::compact_utc(now.as_secs())));
+    name.push(format!(
+        "{TEMP_MARK}{}-{hex}",
+        crate::time::compact_utc(now.as_secs())
+    ));
     path.with_file_name(name)
 }
 
@@ -244,7 +246,12 @@ impl Storage for FsStorage {
         Ok(number.to_string())
     }
 
-    fn complete_multipart(&self, key: &str, upload_id: &str, _parts: &[(u32, String)]) -> Result<()> {
+    fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        _parts: &[(u32, String)],
+    ) -> Result<()> {
         let path = self.path("put", key)?;
         publish(Path::new(upload_id), &path).map_err(|e| io_error("put", key, &path, e))
     }
@@ -305,14 +312,24 @@ mod tests {
             Ok(())
         })
         .unwrap();
-        assert_eq!(top, [Entry::Dir("basebackups_005/".into()), Entry::Dir("wal_005/".into())]);
+        assert_eq!(
+            top,
+            [
+                Entry::Dir("basebackups_005/".into()),
+                Entry::Dir("wal_005/".into())
+            ]
+        );
         let mut r = s.get("wal_005/b", 1).unwrap();
         let mut out = String::new();
         r.read_to_string(&mut out).unwrap();
         assert_eq!(out, "b");
-        assert!(s.get("wal_005/zz", 0).err().is_some_and(|e| e.is_not_found()));
+        assert!(s
+            .get("wal_005/zz", 0)
+            .err()
+            .is_some_and(|e| e.is_not_found()));
         assert_eq!(s.stat("wal_005/b").unwrap().unwrap().size, 2);
-        s.delete(&["wal_005/a".into(), "wal_005/none".into()]).unwrap();
+        s.delete(&["wal_005/a".into(), "wal_005/none".into()])
+            .unwrap();
         assert!(s.stat("wal_005/a").unwrap().is_none());
         assert!(s.get("../etc/passwd", 0).is_err());
         fs::remove_dir_all(root).unwrap();

@@ -63,10 +63,6 @@ impl StorageError {
         }
     }
 
-    pub fn not_found(op: &'static str, key: &str) -> Self {
-        Self::new(ErrorKind::NotFound, op, key, "object does not exist")
-    }
-
     pub fn is_not_found(&self) -> bool {
         self.kind == ErrorKind::NotFound
     }
@@ -74,7 +70,11 @@ impl StorageError {
 
 impl fmt::Display for StorageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "storage {} of '{}' failed: {}", self.op, self.key, self.detail)
+        write!(
+            f,
+            "storage {} of '{}' failed: {}",
+            self.op, self.key, self.detail
+        )
     }
 }
 
@@ -121,7 +121,8 @@ pub trait Storage: Send + Sync {
     fn put_part(&self, key: &str, upload_id: &str, number: u32, data: &[u8]) -> Result<String>;
 
     /// Make the object visible, built from `parts` (number, ETag) in order.
-    fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(u32, String)]) -> Result<()>;
+    fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(u32, String)])
+        -> Result<()>;
 
     /// Throw away an unfinished multipart upload.
     fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<()>;

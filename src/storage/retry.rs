@@ -112,21 +112,32 @@ impl Storage for Retrying {
     }
 
     fn create_multipart(&self, key: &str) -> Result<String> {
-        self.run("create multipart upload", || self.inner.create_multipart(key))
+        self.run("create multipart upload", || {
+            self.inner.create_multipart(key)
+        })
     }
 
     fn put_part(&self, key: &str, upload_id: &str, number: u32, data: &[u8]) -> Result<String> {
-        self.run("put part", || self.inner.put_part(key, upload_id, number, data))
+        self.run("put part", || {
+            self.inner.put_part(key, upload_id, number, data)
+        })
     }
 
-    fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(u32, String)]) -> Result<()> {
+    fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[(u32, String)],
+    ) -> Result<()> {
         self.run("complete multipart upload", || {
             self.inner.complete_multipart(key, upload_id, parts)
         })
     }
 
     fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<()> {
-        self.run("abort multipart upload", || self.inner.abort_multipart(key, upload_id))
+        self.run("abort multipart upload", || {
+            self.inner.abort_multipart(key, upload_id)
+        })
     }
 
     fn part_size(&self) -> usize {
@@ -196,7 +207,11 @@ mod tests {
             Err(StorageError::new(ErrorKind::Permanent, "put", "k", "403"))
         });
         assert!(r.is_err());
-        assert_eq!(calls.load(Ordering::SeqCst), 1, "permanent errors are not retried");
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "permanent errors are not retried"
+        );
     }
 
     #[test]

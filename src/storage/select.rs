@@ -58,17 +58,22 @@ pub fn open(settings: &Settings) -> Result<Arc<dyn Storage>, ConfigError> {
     }
     Err(ConfigError::Missing {
         name: "storage".into(),
-        hint: "Failed to find any configured storage: set WALG_FILE_PREFIX or WALG_S3_PREFIX".into(),
+        hint: "Failed to find any configured storage: set WALG_FILE_PREFIX or WALG_S3_PREFIX"
+            .into(),
     })
 }
 
 fn retries(settings: &Settings) -> Result<u32, ConfigError> {
-    let text = settings.storage("S3_MAX_RETRIES").unwrap_or_else(|| "15".into());
-    text.trim().parse::<u32>().map_err(|_| ConfigError::Invalid {
-        name: "S3_MAX_RETRIES".into(),
-        value: text,
-        problem: "not a whole number of retries".into(),
-    })
+    let text = settings
+        .storage("S3_MAX_RETRIES")
+        .unwrap_or_else(|| "15".into());
+    text.trim()
+        .parse::<u32>()
+        .map_err(|_| ConfigError::Invalid {
+            name: "S3_MAX_RETRIES".into(),
+            value: text,
+            problem: "not a whole number of retries".into(),
+        })
 }
 
 fn file_storage(name: &str, prefix: &str, sub: &str) -> Result<FsStorage, ConfigError> {
@@ -105,23 +110,34 @@ pub fn parse_url(name: &str, prefix: &str, scheme: &str) -> Result<(String, Stri
     Ok((bucket.to_string(), path.trim_matches('/').to_string()))
 }
 
-fn s3_storage(settings: &Settings, name: &str, prefix: &str, sub: &str) -> Result<S3Storage, ConfigError> {
+fn s3_storage(
+    settings: &Settings,
+    name: &str,
+    prefix: &str,
+    sub: &str,
+) -> Result<S3Storage, ConfigError> {
     let (bucket, mut root) = parse_url(name, prefix, "s3")?;
     if !sub.is_empty() {
-        root = if root.is_empty() { sub.to_string() } else { format!("{root}/{sub}") };
+        root = if root.is_empty() {
+            sub.to_string()
+        } else {
+            format!("{root}/{sub}")
+        };
     }
     let get = |k: &str| settings.storage(k);
     let access_key = get("AWS_ACCESS_KEY_ID")
         .or_else(|| get("AWS_ACCESS_KEY"))
         .ok_or_else(|| ConfigError::Missing {
             name: "AWS_ACCESS_KEY_ID".into(),
-            hint: "walden reads S3 credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY".into(),
+            hint: "walden reads S3 credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+                .into(),
         })?;
     let secret_key = get("AWS_SECRET_ACCESS_KEY")
         .or_else(|| get("AWS_SECRET_KEY"))
         .ok_or_else(|| ConfigError::Missing {
             name: "AWS_SECRET_ACCESS_KEY".into(),
-            hint: "walden reads S3 credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY".into(),
+            hint: "walden reads S3 credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+                .into(),
         })?;
     let bool_setting = |k: &str| -> Result<bool, ConfigError> {
         match get(k) {
@@ -149,7 +165,8 @@ fn s3_storage(settings: &Settings, name: &str, prefix: &str, sub: &str) -> Resul
     if sse.as_deref() == Some("aws:kms") && sse_kms_id.is_none() {
         return Err(ConfigError::Missing {
             name: "S3_SSE_KMS_ID".into(),
-            hint: "server-side encryption KMS key ID must be set if 'aws:kms' encryption is used".into(),
+            hint: "server-side encryption KMS key ID must be set if 'aws:kms' encryption is used"
+                .into(),
         });
     }
     let endpoint = get("AWS_ENDPOINT");
@@ -189,9 +206,17 @@ mod tests {
             parse_url("P", "s3://b/x/y/", "s3").unwrap(),
             ("b".to_string(), "x/y".to_string())
         );
-        assert_eq!(parse_url("P", "s3://b", "s3").unwrap(), ("b".to_string(), String::new()));
-        let e = parse_url("WALG_S3_PREFIX", "b/x", "s3").unwrap_err().to_string();
-        assert!(e.contains("WALG_S3_PREFIX") && e.contains("s3://bucket/path"), "{e}");
+        assert_eq!(
+            parse_url("P", "s3://b", "s3").unwrap(),
+            ("b".to_string(), String::new())
+        );
+        let e = parse_url("WALG_S3_PREFIX", "b/x", "s3")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("WALG_S3_PREFIX") && e.contains("s3://bucket/path"),
+            "{e}"
+        );
         assert!(parse_url("P", "s3:///x", "s3").is_err());
     }
 }

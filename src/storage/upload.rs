@@ -100,7 +100,14 @@ impl ObjectWriter {
         mp.collect()?;
         mp.sent += 1;
         let data = std::mem::take(&mut self.current);
-        let closed = || StorageError::new(super::ErrorKind::Permanent, "put", "", "upload workers stopped");
+        let closed = || {
+            StorageError::new(
+                super::ErrorKind::Permanent,
+                "put",
+                "",
+                "upload workers stopped",
+            )
+        };
         mp.jobs
             .as_ref()
             .ok_or_else(closed)?
@@ -111,12 +118,7 @@ impl ObjectWriter {
             Vec::with_capacity(self.part_size)
         } else {
             // Blocks until a worker is done with a part: this is the bound.
-            loop {
-                match mp.free.recv() {
-                    Ok(buf) => break buf,
-                    Err(_) => return Err(closed()),
-                }
-            }
+            mp.free.recv().map_err(|_| closed())?
         };
         mp.collect()
     }
@@ -147,7 +149,8 @@ impl ObjectWriter {
                 }
                 let parts = std::mem::take(&mut mp.done);
                 let upload_id = mp.upload_id.clone();
-                self.storage.complete_multipart(&self.key, &upload_id, &parts)?;
+                self.storage
+                    .complete_multipart(&self.key, &upload_id, &parts)?;
                 self.multipart = None;
                 Ok(())
             }
@@ -212,14 +215,22 @@ impl Drop for ObjectWriter {
                 let _ = w.join();
             }
             if let Err(e) = self.storage.abort_multipart(&self.key, &mp.upload_id) {
-                log::warn!("could not abort the unfinished upload of '{}': {e}", self.key);
+                log::warn!(
+                    "could not abort the unfinished upload of '{}': {e}",
+                    self.key
+                );
             }
         }
     }
 }
 
 /// Store everything `source` yields as `key`, unencoded.
-pub fn put_reader(storage: &Arc<dyn Storage>, key: &str, source: &mut dyn io::Read) -> io::Result<u64> {
+#[cfg(test)]
+pub fn put_reader(
+    storage: &Arc<dyn Storage>,
+    key: &str,
+    source: &mut dyn io::Read,
+) -> io::Result<u64> {
     let mut w = Box::new(ObjectWriter::new(storage.clone(), key));
     let n = io::copy(source, &mut w)?;
     w.finish()?;
@@ -240,7 +251,11 @@ mod tests {
         let data: Vec<u8> = (0..(20u32 << 20)).map(|i| (i % 253) as u8).collect();
         put_reader(&storage, "big", &mut &data[..]).unwrap();
         let mut back = Vec::new();
-        storage.get("big", 0).unwrap().read_to_end(&mut back).unwrap();
+        storage
+            .get("big", 0)
+            .unwrap()
+            .read_to_end(&mut back)
+            .unwrap();
         assert!(back == data);
         put_reader(&storage, "small", &mut &b"abc"[..]).unwrap();
         let mut names = Vec::new();

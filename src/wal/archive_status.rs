@@ -28,7 +28,10 @@ impl Markers {
         let dir = match fs::create_dir_all(&dir) {
             Ok(()) => Some(dir),
             Err(e) => {
-                log::warn!("cannot use {}: {e}; background uploads will not be remembered", dir.display());
+                log::warn!(
+                    "cannot use {}: {e}; background uploads will not be remembered",
+                    dir.display()
+                );
                 None
             }
         };
@@ -66,9 +69,15 @@ mod tests {
 
     #[test]
     fn marker_names() {
-        assert_eq!(marker_name("000000010000000000000002"), "000000010000000000000002");
+        assert_eq!(
+            marker_name("000000010000000000000002"),
+            "000000010000000000000002"
+        );
         assert_eq!(marker_name("00000002.history"), "00000002");
-        assert_eq!(marker_name("000000010000000000000005.partial"), "000000010000000000000005");
+        assert_eq!(
+            marker_name("000000010000000000000005.partial"),
+            "000000010000000000000005"
+        );
         assert_eq!(
             marker_name("000000010000000000000002.00000028.backup"),
             "000000010000000000000002.00000028"

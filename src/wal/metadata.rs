@@ -83,7 +83,8 @@ pub fn upload(
 fn upload_bulk(storage: &Arc<dyn Storage>, dir: &Path, group: &str) -> Result<()> {
     let mut merged = serde_json::Map::new();
     let mut files = Vec::new();
-    let entries = fs::read_dir(dir).map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
+    let entries =
+        fs::read_dir(dir).map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
     for entry in entries.flatten() {
         let file_name = entry.file_name().to_string_lossy().into_owned();
         if !(file_name.starts_with(group) && file_name.ends_with(".json")) {
@@ -94,7 +95,10 @@ fn upload_bulk(storage: &Arc<dyn Storage>, dir: &Path, group: &str) -> Result<()
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
         {
             Some(serde_json::Value::Object(map)) => merged.extend(map),
-            _ => log::error!("skipping unreadable WAL metadata {}", entry.path().display()),
+            _ => log::error!(
+                "skipping unreadable WAL metadata {}",
+                entry.path().display()
+            ),
         }
         files.push(entry.path());
     }

@@ -67,6 +67,12 @@ mod tests {
             Segment::parse("000000010000000000000040", 64).map(|s| s.number),
             None
         );
-        assert_eq!(Segment::parse("00000001000000000000003F", 64).unwrap().next().name(64), "000000010000000100000000");
+        assert_eq!(
+            Segment::parse("00000001000000000000003F", 64)
+                .unwrap()
+                .next()
+                .name(64),
+            "000000010000000100000000"
+        );
     }
 }

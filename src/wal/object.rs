@@ -51,7 +51,6 @@ pub fn upload(
     Ok(key)
 }
 
-
 /// Open the stored WAL file `name`, decoded. The configured compression's
 /// extension is tried first, then every other one WAL-G writes; a GET that
 /// answers "not found" is the probe, so a hit costs one request.
@@ -62,7 +61,13 @@ pub fn open(
     name: &str,
 ) -> Result<Option<(String, Box<dyn Read + Send>)>> {
     let mut methods = vec![codecs.method];
-    for m in [Method::Lz4, Method::Zstd, Method::Lzma, Method::Brotli, Method::None] {
+    for m in [
+        Method::Lz4,
+        Method::Zstd,
+        Method::Lzma,
+        Method::Brotli,
+        Method::None,
+    ] {
         if !methods.contains(&m) {
             methods.push(m);
         }

@@ -9,10 +9,17 @@ fn s3_server_starts_stops_and_restarts() {
     let mut s3 = S3Server::start();
     let addr = ("127.0.0.1", s3.port());
     TcpStream::connect(addr).expect("nanio answers on its port");
-    assert!(s3.bucket_dir().is_dir(), "bucket dir {} exists", s3.bucket_dir().display());
+    assert!(
+        s3.bucket_dir().is_dir(),
+        "bucket dir {} exists",
+        s3.bucket_dir().display()
+    );
     assert!(s3.endpoint().starts_with("http://127.0.0.1:"));
     let env = s3.env("/selftest");
-    assert!(env.contains(&("WALG_S3_PREFIX".into(), "s3://walden-test/selftest".into())), "{env:?}");
+    assert!(
+        env.contains(&("WALG_S3_PREFIX".into(), "s3://walden-test/selftest".into())),
+        "{env:?}"
+    );
 
     s3.stop();
     assert!(TcpStream::connect(addr).is_err(), "port closed after stop");
@@ -57,18 +64,30 @@ fn pg_cluster_archives_and_restores_without_walden() {
         .conf("archive_command", &cmd)
         .env([("MARKER", "yes")])
         .start();
-    assert!(pg.walden_path().is_file(), "walden binary for postgres exists");
+    assert!(
+        pg.walden_path().is_file(),
+        "walden binary for postgres exists"
+    );
     pg.psql("CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 500) g");
 
     let copy = TempDir::new("selftest-restore");
     let data = copy.join("data");
     let out = std::process::Command::new(format!("{}/pg_basebackup", crate::harness::pg::PG_BIN))
-        .args(["-h", &pg.socket_dir().display().to_string(), "-p", &pg.port().to_string()])
+        .args([
+            "-h",
+            &pg.socket_dir().display().to_string(),
+            "-p",
+            &pg.port().to_string(),
+        ])
         .args(["-U", "postgres", "-X", "none", "-c", "fast", "-D"])
         .arg(&data)
         .output()
         .expect("run pg_basebackup");
-    assert!(out.status.success(), "pg_basebackup: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "pg_basebackup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     pg.psql("INSERT INTO t SELECT g FROM generate_series(501, 1000) g");
     let last = pg.switch_wal();
     pg.wait_for_archive(&last, Duration::from_secs(60));
@@ -76,7 +95,15 @@ fn pg_cluster_archives_and_restores_without_walden() {
 
     std::fs::write(data.join("recovery.signal"), "").expect("write recovery.signal");
     let restore = format!("'cp {dir}/%f %p'");
-    let restored = PgCluster::start_restored(data, &[("restore_command", &restore), ("archive_mode", "off")]);
+    let restored = PgCluster::start_restored(
+        data,
+        &[("restore_command", &restore), ("archive_mode", "off")],
+    );
     restored.wait_for_promotion(Duration::from_secs(60));
-    assert_eq!(restored.psql("SELECT count(*) FROM t"), "1000", "{}", restored.log_tail());
+    assert_eq!(
+        restored.psql("SELECT count(*) FROM t"),
+        "1000",
+        "{}",
+        restored.log_tail()
+    );
 }

@@ -5,7 +5,7 @@
 mod harness;
 
 mod harness_selftest;
+mod interop;
 mod st;
 mod store;
 mod wal;
-mod interop;

@@ -23,7 +23,13 @@ fn every_codec_round_trips_on_both_storages() {
     let src = tmp.join("src");
     fs::write(&src, &data).unwrap();
     for store in Store::both() {
-        for (method, ext) in [("lz4", ".lz4"), ("zstd", ".zst"), ("lzma", ".lzma"), ("brotli", ".br"), ("none", "")] {
+        for (method, ext) in [
+            ("lz4", ".lz4"),
+            ("zstd", ".zst"),
+            ("lzma", ".lzma"),
+            ("brotli", ".br"),
+            ("none", ""),
+        ] {
             for encrypted in [false, true] {
                 let env = codec_env(method, encrypted);
                 let remote = format!("t/{method}-{encrypted}");
@@ -45,7 +51,11 @@ fn every_codec_round_trips_on_both_storages() {
                     .arg(&dest)
                     .run()
                     .assert_ok();
-                assert!(fs::read(&dest).unwrap() == data, "{} {method} {encrypted}", store.name());
+                assert!(
+                    fs::read(&dest).unwrap() == data,
+                    "{} {method} {encrypted}",
+                    store.name()
+                );
                 let cat = store
                     .walden()
                     .envs(env.clone())
@@ -77,7 +87,12 @@ fn lists_recurses_and_deletes() {
     let src = tmp.join("f");
     fs::write(&src, b"hello").unwrap();
     for store in Store::both() {
-        for remote in ["basebackups_005/b1/part_1", "basebackups_005/b1/part_2", "wal_005/a", "top"] {
+        for remote in [
+            "basebackups_005/b1/part_1",
+            "basebackups_005/b1/part_2",
+            "wal_005/a",
+            "top",
+        ] {
             store
                 .walden()
                 .args(["st", "put", "--no-compress"])
@@ -90,22 +105,53 @@ fn lists_recurses_and_deletes() {
         top.assert_ok();
         let lines: Vec<String> = top.stdout_str().lines().map(String::from).collect();
         assert_eq!(lines[0], "type\tsize\tlast modified\tname");
-        let names: Vec<&str> = lines[1..].iter().map(|l| l.rsplit('\t').next().unwrap()).collect();
-        assert_eq!(names, ["basebackups_005/", "top", "wal_005/"], "{}", store.name());
-        assert!(lines.iter().any(|l| l.starts_with("obj\t5\t") && l.ends_with("\ttop")));
-        let rec = store.walden().args(["st", "ls", "-r", "basebackups_005"]).run();
+        let names: Vec<&str> = lines[1..]
+            .iter()
+            .map(|l| l.rsplit('\t').next().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            ["basebackups_005/", "top", "wal_005/"],
+            "{}",
+            store.name()
+        );
+        assert!(lines
+            .iter()
+            .any(|l| l.starts_with("obj\t5\t") && l.ends_with("\ttop")));
+        let rec = store
+            .walden()
+            .args(["st", "ls", "-r", "basebackups_005"])
+            .run();
         rec.assert_ok();
-        let names: Vec<String> = rec.stdout_str().lines().skip(1).map(|l| l.rsplit('\t').next().unwrap().to_string()).collect();
+        let names: Vec<String> = rec
+            .stdout_str()
+            .lines()
+            .skip(1)
+            .map(|l| l.rsplit('\t').next().unwrap().to_string())
+            .collect();
         assert_eq!(names, ["b1/part_1", "b1/part_2"], "{}", store.name());
         store.walden().args(["st", "rm", "top"]).run().assert_ok();
-        store.walden().args(["st", "rm", "basebackups_005"]).run().assert_ok();
+        store
+            .walden()
+            .args(["st", "rm", "basebackups_005"])
+            .run()
+            .assert_ok();
         let after = store.walden().args(["st", "ls", "-r"]).run();
         after.assert_ok();
-        let names: Vec<String> = after.stdout_str().lines().skip(1).map(|l| l.rsplit('\t').next().unwrap().to_string()).collect();
+        let names: Vec<String> = after
+            .stdout_str()
+            .lines()
+            .skip(1)
+            .map(|l| l.rsplit('\t').next().unwrap().to_string())
+            .collect();
         assert_eq!(names, ["wal_005/a"], "{}", store.name());
         let missing = store.walden().args(["st", "rm", "nothing/here"]).run();
         assert_eq!(missing.code, 1, "{}", missing.stderr);
-        assert!(missing.stderr.contains("nothing/here"), "{}", missing.stderr);
+        assert!(
+            missing.stderr.contains("nothing/here"),
+            "{}",
+            missing.stderr
+        );
     }
 }
 
@@ -139,14 +185,23 @@ fn listing_more_than_a_thousand_keys_and_deleting_them() {
         }
         let ls = store.walden().args(["st", "ls", "wal_005/"]).run();
         ls.assert_ok();
-        let names: Vec<String> = ls.stdout_str().lines().skip(1).map(|l| l.rsplit('\t').next().unwrap().to_string()).collect();
+        let names: Vec<String> = ls
+            .stdout_str()
+            .lines()
+            .skip(1)
+            .map(|l| l.rsplit('\t').next().unwrap().to_string())
+            .collect();
         assert_eq!(names.len(), 1100, "{}", store.name());
         assert_eq!(names[0], format!("{:024X}", 0));
         assert_eq!(names[1099], format!("{:024X}", 1099));
         let mut sorted = names.clone();
         sorted.sort();
         assert_eq!(sorted, names, "listing comes in key order");
-        store.walden().args(["st", "rm", "wal_005"]).run().assert_ok();
+        store
+            .walden()
+            .args(["st", "rm", "wal_005"])
+            .run()
+            .assert_ok();
         let ls = store.walden().args(["st", "ls", "-r"]).run();
         ls.assert_ok();
         assert_eq!(ls.stdout_str().lines().count(), 1, "{}", ls.stdout_str());
@@ -170,17 +225,30 @@ fn s3_multipart_round_trip_of_100_mb() {
         .assert_ok();
     // nanio keeps S3's multipart ETag form, "<md5>-<parts>", in its metadata.
     let meta = store_meta(&store, "big/object");
-    assert!(meta.contains("-5\\\""), "100 MiB in 20 MiB parts is 5 parts: {meta}");
+    assert!(
+        meta.contains("-5\\\""),
+        "100 MiB in 20 MiB parts is 5 parts: {meta}"
+    );
     let dest = tmp.join("back");
-    store.walden().args(["st", "get", "big/object"]).arg(&dest).run().assert_ok();
+    store
+        .walden()
+        .args(["st", "get", "big/object"])
+        .arg(&dest)
+        .run()
+        .assert_ok();
     assert!(fs::read(&dest).unwrap() == data);
 }
 
 fn store_meta(store: &Store, key: &str) -> String {
     let object = store.object_file(key);
-    let Store::S3 { server } = store else { return String::new() };
+    let Store::S3 { server } = store else {
+        return String::new();
+    };
     let rel = object.strip_prefix(server.bucket_dir()).unwrap();
-    let meta = server.bucket_dir().join(".nanio-meta").join(format!("{}.json", rel.display()));
+    let meta = server
+        .bucket_dir()
+        .join(".nanio-meta")
+        .join(format!("{}.json", rel.display()));
     fs::read_to_string(&meta).unwrap_or_else(|e| panic!("{}: {e}", meta.display()))
 }
 
@@ -212,7 +280,14 @@ fn damaged_objects_and_wrong_keys_are_refused_and_nothing_is_written() {
             };
             for encrypted in [false, true] {
                 let env = codec_env(method, encrypted);
-                store.walden().envs(env.clone()).args(["st", "put"]).arg(&src).arg("obj").run().assert_ok();
+                store
+                    .walden()
+                    .envs(env.clone())
+                    .args(["st", "put"])
+                    .arg(&src)
+                    .arg("obj")
+                    .run()
+                    .assert_ok();
                 let key = format!("obj.{ext}");
                 let raw = store.walden().args(["st", "cat", &key]).run();
                 raw.assert_ok();
@@ -232,11 +307,30 @@ fn damaged_objects_and_wrong_keys_are_refused_and_nothing_is_written() {
                 for (what, bytes) in cases {
                     put_raw(&store, &tmp, &key, &bytes);
                     let dest = tmp.join("dest");
-                    let out = store.walden().envs(env.clone()).args(["st", "get", &key]).arg(&dest).run();
-                    assert_eq!(out.code, 1, "{} {method} {encrypted} {what}: {}", store.name(), out.stderr);
-                    assert!(out.stderr.contains(&key), "error names the object: {}", out.stderr);
+                    let out = store
+                        .walden()
+                        .envs(env.clone())
+                        .args(["st", "get", &key])
+                        .arg(&dest)
+                        .run();
+                    assert_eq!(
+                        out.code,
+                        1,
+                        "{} {method} {encrypted} {what}: {}",
+                        store.name(),
+                        out.stderr
+                    );
+                    assert!(
+                        out.stderr.contains(&key),
+                        "error names the object: {}",
+                        out.stderr
+                    );
                     assert!(!dest.exists(), "{what}: nothing may be written");
-                    assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 2, "no temp file left behind");
+                    assert_eq!(
+                        fs::read_dir(tmp.path()).unwrap().count(),
+                        2,
+                        "no temp file left behind"
+                    );
                 }
                 if encrypted {
                     put_raw(&store, &tmp, &key, &good);
@@ -249,7 +343,11 @@ fn damaged_objects_and_wrong_keys_are_refused_and_nothing_is_written() {
                         .arg(&dest)
                         .run();
                     assert_eq!(out.code, 1);
-                    assert!(out.stderr.contains("wrong WALG_LIBSODIUM_KEY"), "{}", out.stderr);
+                    assert!(
+                        out.stderr.contains("wrong WALG_LIBSODIUM_KEY"),
+                        "{}",
+                        out.stderr
+                    );
                     assert!(!dest.exists());
                 }
             }
@@ -264,17 +362,57 @@ fn bad_settings_are_errors_that_name_the_setting() {
     let src = tmp.join("f");
     fs::write(&src, b"x").unwrap();
     let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
-        (vec![("WALG_FILE_PREFIX", &repo), ("WALG_COMPRESSION_METHOD", "snappy")], "WALG_COMPRESSION_METHOD"),
-        (vec![("WALG_FILE_PREFIX", &repo), ("WALG_UPLOAD_CONCURRENCY", "0")], "WALG_UPLOAD_CONCURRENCY"),
-        (vec![("WALG_S3_PREFIX", "bucket/path"), ("AWS_ACCESS_KEY_ID", "a"), ("AWS_SECRET_ACCESS_KEY", "b")], "WALG_S3_PREFIX"),
-        (vec![("WALG_FILE_PREFIX", &repo), ("WALG_LIBSODIUM_KEY", "short")], "WALG_LIBSODIUM_KEY"),
-        (vec![("WALG_FILE_PREFIX", &repo), ("WALG_LIBSODIUM_KEY", "abababababababababab"), ("WALG_LIBSODIUM_KEY_TRANSFORM", "hex")], "WALG_LIBSODIUM_KEY"),
-        (vec![("WALG_FILE_PREFIX", &repo), ("WALG_LOG_LEVEL", "LOUD")], "WALG_LOG_LEVEL"),
-        (vec![("WALG_FILE_PREFIX", &repo), ("WALG_ZSTD_LEVEL", "best")], "WALG_ZSTD_LEVEL"),
+        (
+            vec![
+                ("WALG_FILE_PREFIX", &repo),
+                ("WALG_COMPRESSION_METHOD", "snappy"),
+            ],
+            "WALG_COMPRESSION_METHOD",
+        ),
+        (
+            vec![
+                ("WALG_FILE_PREFIX", &repo),
+                ("WALG_UPLOAD_CONCURRENCY", "0"),
+            ],
+            "WALG_UPLOAD_CONCURRENCY",
+        ),
+        (
+            vec![
+                ("WALG_S3_PREFIX", "bucket/path"),
+                ("AWS_ACCESS_KEY_ID", "a"),
+                ("AWS_SECRET_ACCESS_KEY", "b"),
+            ],
+            "WALG_S3_PREFIX",
+        ),
+        (
+            vec![("WALG_FILE_PREFIX", &repo), ("WALG_LIBSODIUM_KEY", "short")],
+            "WALG_LIBSODIUM_KEY",
+        ),
+        (
+            vec![
+                ("WALG_FILE_PREFIX", &repo),
+                ("WALG_LIBSODIUM_KEY", "abababababababababab"),
+                ("WALG_LIBSODIUM_KEY_TRANSFORM", "hex"),
+            ],
+            "WALG_LIBSODIUM_KEY",
+        ),
+        (
+            vec![("WALG_FILE_PREFIX", &repo), ("WALG_LOG_LEVEL", "LOUD")],
+            "WALG_LOG_LEVEL",
+        ),
+        (
+            vec![("WALG_FILE_PREFIX", &repo), ("WALG_ZSTD_LEVEL", "best")],
+            "WALG_ZSTD_LEVEL",
+        ),
         (vec![], "WALG_FILE_PREFIX or WALG_S3_PREFIX"),
     ];
     for (env, named) in cases {
-        let out = Walden::new().envs(env.clone()).args(["st", "put"]).arg(&src).arg("x").run();
+        let out = Walden::new()
+            .envs(env.clone())
+            .args(["st", "put"])
+            .arg(&src)
+            .arg("x")
+            .run();
         assert_eq!(out.code, 1, "{env:?}");
         assert!(out.stderr.contains(named), "{env:?}: {}", out.stderr);
         assert!(out.stderr.starts_with("ERROR: "), "{}", out.stderr);
@@ -305,21 +443,56 @@ fn config_file_and_secrets() {
     .unwrap();
     let src = tmp.join("f");
     fs::write(&src, b"config works").unwrap();
-    let out = Walden::new().arg("--config").arg(&config).args(["st", "put"]).arg(&src).arg("c").run();
+    let out = Walden::new()
+        .arg("--config")
+        .arg(&config)
+        .args(["st", "put"])
+        .arg(&src)
+        .arg("c")
+        .run();
     out.assert_ok();
     assert!(repo.join("c.lz4").is_file());
-    assert!(out.stderr.contains("DEBUG: "), "DEVEL logging from the file: {}", out.stderr);
-    assert!(out.stderr.contains("WALG_LIBSODIUM_KEY=--HIDDEN--"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("DEBUG: "),
+        "DEVEL logging from the file: {}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("WALG_LIBSODIUM_KEY=--HIDDEN--"),
+        "{}",
+        out.stderr
+    );
     for secret in ["config-file-secret", "aws-secret-value"] {
-        assert!(!out.stderr.contains(secret), "secret leaked: {}", out.stderr);
+        assert!(
+            !out.stderr.contains(secret),
+            "secret leaked: {}",
+            out.stderr
+        );
     }
     // The same file through WALG_CONFIG_PATH, and a YAML one.
-    let out = Walden::new().env("WALG_CONFIG_PATH", &config).args(["st", "cat", "c.lz4", "--decrypt", "--decompress"]).run();
+    let out = Walden::new()
+        .env("WALG_CONFIG_PATH", &config)
+        .args(["st", "cat", "c.lz4", "--decrypt", "--decompress"])
+        .run();
     out.assert_ok();
     assert_eq!(out.stdout, b"config works");
     let yaml = tmp.join("walg.yaml");
-    fs::write(&yaml, format!("WALG_FILE_PREFIX: {}\nWALG_COMPRESSION_METHOD: zstd\n", repo.display())).unwrap();
-    Walden::new().arg("--config").arg(&yaml).args(["st", "put"]).arg(&src).arg("y").run().assert_ok();
+    fs::write(
+        &yaml,
+        format!(
+            "WALG_FILE_PREFIX: {}\nWALG_COMPRESSION_METHOD: zstd\n",
+            repo.display()
+        ),
+    )
+    .unwrap();
+    Walden::new()
+        .arg("--config")
+        .arg(&yaml)
+        .args(["st", "put"])
+        .arg(&src)
+        .arg("y")
+        .run()
+        .assert_ok();
     assert!(repo.join("y.zst").is_file());
     // The environment wins over the file.
     let out = Walden::new()
@@ -334,7 +507,11 @@ fn config_file_and_secrets() {
     assert!(repo.join("z.br").is_file());
     let broken = tmp.join("broken.json");
     fs::write(&broken, "{ not json").unwrap();
-    let out = Walden::new().arg("--config").arg(&broken).args(["st", "ls"]).run();
+    let out = Walden::new()
+        .arg("--config")
+        .arg(&broken)
+        .args(["st", "ls"])
+        .run();
     assert_eq!(out.code, 1);
     assert!(out.stderr.contains("broken.json"), "{}", out.stderr);
 }
@@ -343,7 +520,14 @@ fn config_file_and_secrets() {
 fn help_version_and_unknown_commands_need_no_configuration() {
     let out = Walden::new().arg("--help").run();
     out.assert_ok();
-    for cmd in ["backup-push", "wal-push", "wal-fetch", "st", "delete", "wal-verify"] {
+    for cmd in [
+        "backup-push",
+        "wal-push",
+        "wal-fetch",
+        "st",
+        "delete",
+        "wal-verify",
+    ] {
         assert!(out.stdout_str().contains(cmd), "{cmd}");
     }
     let out = Walden::new().args(["help", "st"]).run();
@@ -357,10 +541,18 @@ fn help_version_and_unknown_commands_need_no_configuration() {
     assert!(out.stdout_str().starts_with("walden version "));
     let out = Walden::new().arg("frobnicate").run();
     assert_eq!(out.code, 1);
-    assert!(out.stderr.contains("unknown command 'frobnicate'"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("unknown command 'frobnicate'"),
+        "{}",
+        out.stderr
+    );
     let out = Walden::new().arg("backup-list").run();
     assert_eq!(out.code, 1);
-    assert!(out.stderr.contains("does not implement yet"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("does not implement yet"),
+        "{}",
+        out.stderr
+    );
     let out = Walden::new().args(["st", "check", "write"]).run();
     assert_eq!(out.code, 1, "no storage configured");
 }
@@ -368,11 +560,23 @@ fn help_version_and_unknown_commands_need_no_configuration() {
 #[test]
 fn check_read_and_write() {
     for mut store in Store::both() {
-        store.walden().args(["st", "check", "write"]).run().assert_ok();
-        store.walden().args(["st", "check", "read"]).run().assert_ok();
+        store
+            .walden()
+            .args(["st", "check", "write"])
+            .run()
+            .assert_ok();
+        store
+            .walden()
+            .args(["st", "check", "read"])
+            .run()
+            .assert_ok();
         if let Some(server) = store.server() {
             server.stop();
-            let out = store.walden().env("S3_MAX_RETRIES", "1").args(["st", "check", "read"]).run();
+            let out = store
+                .walden()
+                .env("S3_MAX_RETRIES", "1")
+                .args(["st", "check", "read"])
+                .run();
             assert_eq!(out.code, 1);
             assert!(out.stderr.contains("ERROR"), "{}", out.stderr);
         }

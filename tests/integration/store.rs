@@ -88,7 +88,13 @@ pub fn text(len: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(len);
     let mut i = 0u64;
     while out.len() < len {
-        out.extend_from_slice(format!("row {i} of the walden test data, value {}\n", i * 7919 % 10007).as_bytes());
+        out.extend_from_slice(
+            format!(
+                "row {i} of the walden test data, value {}\n",
+                i * 7919 % 10007
+            )
+            .as_bytes(),
+        );
         i += 1;
     }
     out.truncate(len);

@@ -24,7 +24,10 @@ fn codec_env(method: &str, encrypted: bool) -> Vec<(String, String)> {
 /// A cluster archiving with walden, keeping a plain copy of every segment
 /// in `copies` through a second archive_command step.
 fn archiving_cluster(store: &Store, codec: &[(String, String)], copies: &TempDir) -> PgCluster {
-    let cmd = format!("'cp %p {}/%f && {{walden}} wal-push %p'", copies.path().display());
+    let cmd = format!(
+        "'cp %p {}/%f && {{walden}} wal-push %p'",
+        copies.path().display()
+    );
     PgCluster::builder()
         .conf("archive_mode", "on")
         .conf("archive_command", &cmd)
@@ -36,12 +39,21 @@ fn archiving_cluster(store: &Store, codec: &[(String, String)], copies: &TempDir
 
 fn base_backup(pg: &PgCluster, dest: &Path) {
     let out = std::process::Command::new(format!("{PG_BIN}/pg_basebackup"))
-        .args(["-h", &pg.socket_dir().display().to_string(), "-p", &pg.port().to_string()])
+        .args([
+            "-h",
+            &pg.socket_dir().display().to_string(),
+            "-p",
+            &pg.port().to_string(),
+        ])
         .args(["-U", "postgres", "-X", "none", "-c", "fast", "-D"])
         .arg(dest)
         .output()
         .expect("run pg_basebackup");
-    assert!(out.status.success(), "pg_basebackup: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "pg_basebackup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn segment_names(dir: &Path) -> Vec<String> {
@@ -75,7 +87,10 @@ fn archive_fetch_and_replay(store: Store, method: &str, encrypted: bool) {
 
     // Every segment PostgreSQL wrote comes back byte for byte.
     let names = segment_names(copies.path());
-    assert!(names.len() >= 4, "pgbench wrote several segments: {names:?}");
+    assert!(
+        names.len() >= 4,
+        "pgbench wrote several segments: {names:?}"
+    );
     let ext = match method {
         "zstd" => ".zst",
         "lz4" => ".lz4",
@@ -83,7 +98,10 @@ fn archive_fetch_and_replay(store: Store, method: &str, encrypted: bool) {
     };
     let fetched = TempDir::new("wal-fetched");
     for name in &names {
-        assert!(store.object_file(&format!("wal_005/{name}{ext}")).is_file(), "{name} stored");
+        assert!(
+            store.object_file(&format!("wal_005/{name}{ext}")).is_file(),
+            "{name} stored"
+        );
         let dest = fetched.join(name);
         store
             .walden()
@@ -95,7 +113,10 @@ fn archive_fetch_and_replay(store: Store, method: &str, encrypted: bool) {
             .assert_ok();
         let original = fs::read(copies.join(name)).unwrap();
         assert_eq!(original.len(), WAL_SIZE);
-        assert!(fs::read(&dest).unwrap() == original, "{name} differs after the round trip");
+        assert!(
+            fs::read(&dest).unwrap() == original,
+            "{name} differs after the round trip"
+        );
     }
 
     // Replay from the archive with prefetch on.
@@ -113,14 +134,20 @@ fn archive_fetch_and_replay(store: Store, method: &str, encrypted: bool) {
     assert_eq!(got, expected, "{}", restored.log_tail());
     assert_eq!(restored.psql("SELECT note FROM marker"), "after the backup");
     let log = fs::read_to_string(restored.log_path()).unwrap();
-    assert!(log.contains("restored log file"), "replayed from the archive:\n{log}");
+    assert!(
+        log.contains("restored log file"),
+        "replayed from the archive:\n{log}"
+    );
     // Let the last background prefetchers finish, then nothing may be left
     // in the cache: every prefetched segment was used or cleaned up.
     std::thread::sleep(Duration::from_secs(2));
     let cache = data.join("pg_wal/.wal-g/prefetch");
     assert!(cache.is_dir(), "prefetch was used");
     let leftovers: Vec<String> = walk(&cache);
-    assert!(leftovers.is_empty(), "prefetch cache not clean: {leftovers:?}");
+    assert!(
+        leftovers.is_empty(),
+        "prefetch cache not clean: {leftovers:?}"
+    );
 }
 
 fn walk(dir: &Path) -> Vec<String> {
@@ -199,7 +226,12 @@ fn missing_and_damaged_wal_is_refused_without_writing_dest() {
         for name in [SEG1, "00000002.history"] {
             let out = store.walden().args(["wal-fetch", name]).arg(&dest).run();
             assert_eq!(out.code, 74, "{}: {}", store.name(), out.stderr);
-            assert!(out.stderr.contains(&format!("Archive '{name}' does not exist.")), "{}", out.stderr);
+            assert!(
+                out.stderr
+                    .contains(&format!("Archive '{name}' does not exist.")),
+                "{}",
+                out.stderr
+            );
             assert!(!dest.exists());
         }
         let seg = wal.segment(SEG1, 1, false);
@@ -212,9 +244,20 @@ fn missing_and_damaged_wal_is_refused_without_writing_dest() {
         for damaged in [bad, raw[..raw.len() - 5].to_vec()] {
             let f = out_dir.join("raw");
             fs::write(&f, &damaged).unwrap();
-            store.walden().args(["st", "put", "--no-compress"]).arg(&f).arg(&key).run().assert_ok();
+            store
+                .walden()
+                .args(["st", "put", "--no-compress"])
+                .arg(&f)
+                .arg(&key)
+                .run()
+                .assert_ok();
             fs::remove_file(&f).unwrap();
-            let out = store.walden().env("WALG_DOWNLOAD_CONCURRENCY", "1").args(["wal-fetch", SEG1]).arg(&dest).run();
+            let out = store
+                .walden()
+                .env("WALG_DOWNLOAD_CONCURRENCY", "1")
+                .args(["wal-fetch", SEG1])
+                .arg(&dest)
+                .run();
             assert_eq!(out.code, 1, "{}: {}", store.name(), out.stderr);
             assert!(out.stderr.contains(&key), "{}", out.stderr);
             assert!(!dest.exists());
@@ -233,7 +276,9 @@ fn missing_and_damaged_wal_is_refused_without_writing_dest() {
 fn background_uploads_mark_ready_segments_and_later_calls_return_at_once() {
     for store in Store::both() {
         let wal = FakeWal::new();
-        let names: Vec<String> = (1..=5).map(|i| format!("0000000100000000000000{i:02X}")).collect();
+        let names: Vec<String> = (1..=5)
+            .map(|i| format!("0000000100000000000000{i:02X}"))
+            .collect();
         for (i, n) in names.iter().enumerate() {
             wal.segment(n, i as u8, true);
         }
@@ -247,13 +292,22 @@ fn background_uploads_mark_ready_segments_and_later_calls_return_at_once() {
             .assert_ok();
         let markers = wal.dir().join("walg_data/walg_archive_status");
         for n in &names {
-            assert!(store.object_file(&format!("wal_005/{n}.lz4")).is_file(), "{n} uploaded");
+            assert!(
+                store.object_file(&format!("wal_005/{n}.lz4")).is_file(),
+                "{n} uploaded"
+            );
         }
         for n in &names[1..] {
             assert!(markers.join(n).is_file(), "{n} marked");
         }
-        assert!(!markers.join(&names[0]).exists(), "the foreground file is not marked");
-        let meta = store.walden().args(["st", "cat", &format!("wal_005/{}.json", names[0])]).run();
+        assert!(
+            !markers.join(&names[0]).exists(),
+            "the foreground file is not marked"
+        );
+        let meta = store
+            .walden()
+            .args(["st", "cat", &format!("wal_005/{}.json", names[0])])
+            .run();
         meta.assert_ok();
         let doc: serde_json::Value = serde_json::from_slice(&meta.stdout).unwrap();
         assert_eq!(doc[&names[0]]["date_fmt"], "%Y-%m-%dT%H:%M:%S.%fZ");
@@ -267,7 +321,9 @@ fn background_uploads_mark_ready_segments_and_later_calls_return_at_once() {
             .run()
             .assert_ok();
         assert!(!markers.join(&names[1]).exists());
-        assert!(store.object_file(&format!("wal_005/{}.json", names[1])).is_file());
+        assert!(store
+            .object_file(&format!("wal_005/{}.json", names[1]))
+            .is_file());
     }
 }
 
@@ -276,8 +332,16 @@ fn concurrent_pushes_of_one_segment_both_succeed() {
     for store in Store::both() {
         let wal = FakeWal::new();
         let seg = wal.segment(SEG2, 9, false);
-        let a = store.walden().env("WALG_PREVENT_WAL_OVERWRITE", "true").arg("wal-push").arg(&seg);
-        let b = store.walden().env("WALG_PREVENT_WAL_OVERWRITE", "true").arg("wal-push").arg(&seg);
+        let a = store
+            .walden()
+            .env("WALG_PREVENT_WAL_OVERWRITE", "true")
+            .arg("wal-push")
+            .arg(&seg);
+        let b = store
+            .walden()
+            .env("WALG_PREVENT_WAL_OVERWRITE", "true")
+            .arg("wal-push")
+            .arg(&seg);
         let (ra, rb) = std::thread::scope(|s| {
             let ha = s.spawn(|| a.run());
             let hb = s.spawn(|| b.run());
@@ -286,7 +350,13 @@ fn concurrent_pushes_of_one_segment_both_succeed() {
         ra.assert_ok();
         rb.assert_ok();
         let dest = wal.tmp.join("back");
-        store.walden().args(["wal-fetch", SEG2]).arg(&dest).env("WALG_DOWNLOAD_CONCURRENCY", "1").run().assert_ok();
+        store
+            .walden()
+            .args(["wal-fetch", SEG2])
+            .arg(&dest)
+            .env("WALG_DOWNLOAD_CONCURRENCY", "1")
+            .run()
+            .assert_ok();
         assert!(fs::read(&dest).unwrap() == fs::read(&seg).unwrap());
     }
 }
@@ -302,14 +372,24 @@ fn prevent_overwrite_keeps_the_stored_segment() {
         // Same content again: fine.
         let again = guarded().arg("wal-push").arg(&seg).run();
         again.assert_ok();
-        assert!(again.stderr.contains("already archived with equal content"), "{}", again.stderr);
+        assert!(
+            again.stderr.contains("already archived with equal content"),
+            "{}",
+            again.stderr
+        );
         // Different content: refused, stored object untouched.
         wal.segment(SEG1, 2, false);
         let out = guarded().arg("wal-push").arg(&seg).run();
         assert_eq!(out.code, 1, "{}", out.stderr);
         assert!(out.stderr.contains("contents differ"), "{}", out.stderr);
         let dest = wal.tmp.join("back");
-        store.walden().args(["wal-fetch", SEG1]).arg(&dest).env("WALG_DOWNLOAD_CONCURRENCY", "1").run().assert_ok();
+        store
+            .walden()
+            .args(["wal-fetch", SEG1])
+            .arg(&dest)
+            .env("WALG_DOWNLOAD_CONCURRENCY", "1")
+            .run()
+            .assert_ok();
         assert!(fs::read(&dest).unwrap() == original);
         // History files are always guarded, as in WAL-G.
         let hist = wal.dir().join("00000002.history");
@@ -336,14 +416,27 @@ fn archiving_survives_storage_outage() {
     pg.psql("INSERT INTO t SELECT g FROM generate_series(1, 10000) g");
     let during = pg.switch_wal();
     // The archiver fails and keeps the segment.
-    pg.wait_for_sql("SELECT failed_count > 0 FROM pg_stat_archiver", "t", Duration::from_secs(60));
+    pg.wait_for_sql(
+        "SELECT failed_count > 0 FROM pg_stat_archiver",
+        "t",
+        Duration::from_secs(60),
+    );
     assert!(pg.data_dir().join("pg_wal").join(&during).is_file());
-    assert!(pg.data_dir().join(format!("pg_wal/archive_status/{during}.ready")).is_file());
+    assert!(pg
+        .data_dir()
+        .join(format!("pg_wal/archive_status/{during}.ready"))
+        .is_file());
 
     store.server().unwrap().restart();
     pg.wait_for_archive(&during, Duration::from_secs(120));
     let dest = copies.join("check");
-    store.walden().args(["wal-fetch", during.as_str()]).arg(&dest).env("WALG_DOWNLOAD_CONCURRENCY", "1").run().assert_ok();
+    store
+        .walden()
+        .args(["wal-fetch", during.as_str()])
+        .arg(&dest)
+        .env("WALG_DOWNLOAD_CONCURRENCY", "1")
+        .run()
+        .assert_ok();
     assert!(fs::read(&dest).unwrap() == fs::read(copies.join(&during)).unwrap());
 }
 
@@ -351,30 +444,58 @@ fn archiving_survives_storage_outage() {
 fn prefetch_fills_the_cache_and_a_prefetched_segment_is_used() {
     let store = Store::fs();
     let wal = FakeWal::new();
-    let names: Vec<String> = (1..=4).map(|i| format!("0000000100000000000000{i:02X}")).collect();
+    let names: Vec<String> = (1..=4)
+        .map(|i| format!("0000000100000000000000{i:02X}"))
+        .collect();
     for (i, n) in names.iter().enumerate() {
         let p = wal.segment(n, i as u8, false);
         store.walden().arg("wal-push").arg(&p).run().assert_ok();
     }
     let restore = TempDir::new("prefetch-pgwal");
     let dest = restore.join("RECOVERYXLOG");
-    store.walden().env("WALG_DOWNLOAD_CONCURRENCY", "3").args(["wal-fetch", &names[0]]).arg(&dest).run().assert_ok();
+    store
+        .walden()
+        .env("WALG_DOWNLOAD_CONCURRENCY", "3")
+        .args(["wal-fetch", &names[0]])
+        .arg(&dest)
+        .run()
+        .assert_ok();
     let cache = restore.join(".wal-g/prefetch");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !(cache.join(&names[1]).is_file() && cache.join(&names[2]).is_file() && cache.join(&names[3]).is_file()) {
-        assert!(std::time::Instant::now() < deadline, "prefetch did not fill {}: {:?}", cache.display(), walk(&cache));
+    while !(cache.join(&names[1]).is_file()
+        && cache.join(&names[2]).is_file()
+        && cache.join(&names[3]).is_file())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "prefetch did not fill {}: {:?}",
+            cache.display(),
+            walk(&cache)
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     // Remove the object: the next fetch must come from the cache.
     fs::remove_file(store.object_file(&format!("wal_005/{}.lz4", names[1]))).unwrap();
     fs::remove_file(&dest).unwrap();
-    store.walden().env("WALG_DOWNLOAD_CONCURRENCY", "1").args(["wal-fetch", &names[1]]).arg(&dest).run().assert_ok();
+    store
+        .walden()
+        .env("WALG_DOWNLOAD_CONCURRENCY", "1")
+        .args(["wal-fetch", &names[1]])
+        .arg(&dest)
+        .run()
+        .assert_ok();
     assert!(fs::read(&dest).unwrap() == fs::read(wal.dir().join(&names[1])).unwrap());
     assert!(!cache.join(&names[1]).exists(), "moved, not copied");
     // A torn prefetch (wrong size) is never used: direct download instead.
     fs::write(cache.join(&names[2]), b"torn").unwrap();
     fs::remove_file(&dest).unwrap();
-    store.walden().env("WALG_DOWNLOAD_CONCURRENCY", "1").args(["wal-fetch", &names[2]]).arg(&dest).run().assert_ok();
+    store
+        .walden()
+        .env("WALG_DOWNLOAD_CONCURRENCY", "1")
+        .args(["wal-fetch", &names[2]])
+        .arg(&dest)
+        .run()
+        .assert_ok();
     assert!(fs::read(&dest).unwrap() == fs::read(wal.dir().join(&names[2])).unwrap());
     let _ = Walden::new();
 }

@@ -52,7 +52,8 @@ impl S3Storage {
 
             // One page (at most 1000 entries) is merged into key order, so
             // directories and objects interleave as in a filesystem listing.
-            let mut entries: Vec<Entry> = Vec::with_capacity(page.objects.len() + page.prefixes.len());
+            let mut entries: Vec<Entry> =
+                Vec::with_capacity(page.objects.len() + page.prefixes.len());
             for obj in page.objects {
                 // S3 only returns keys under the prefix, which is under the
                 // root; anything else would be a server bug, and is skipped.

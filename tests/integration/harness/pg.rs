@@ -44,7 +44,8 @@ impl PgBuilder {
     }
 
     pub fn confs(mut self, kv: &[(&str, &str)]) -> Self {
-        self.conf.extend(kv.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        self.conf
+            .extend(kv.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         self
     }
 
@@ -56,7 +57,8 @@ impl PgBuilder {
         K: Into<String>,
         V: Into<String>,
     {
-        self.env.extend(it.into_iter().map(|(k, v)| (k.into(), v.into())));
+        self.env
+            .extend(it.into_iter().map(|(k, v)| (k.into(), v.into())));
         self
     }
 
@@ -70,7 +72,15 @@ impl PgBuilder {
             .server_cmd("initdb")
             .arg("-D")
             .arg(&pg.data)
-            .args(["--data-checksums", "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C"])
+            .args([
+                "--data-checksums",
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ])
             // Only skips initdb's final flush; the server's fsync stays on.
             .arg("--no-sync")
             .output()
@@ -109,12 +119,21 @@ impl PgCluster {
     }
 
     pub fn start_restored(data_dir: PathBuf, extra_conf: &[(&str, &str)]) -> PgCluster {
-        PgCluster::builder().confs(extra_conf).start_restored(data_dir)
+        PgCluster::builder()
+            .confs(extra_conf)
+            .start_restored(data_dir)
     }
 
     fn new(tmp: TempDir, data: PathBuf, server_env: Vec<(String, String)>) -> PgCluster {
         let walden = walden_bin_for_postgres(tmp.path());
-        PgCluster { data, port: free_port(), running: false, server_env, walden, tmp }
+        PgCluster {
+            data,
+            port: free_port(),
+            running: false,
+            server_env,
+            walden,
+            tmp,
+        }
     }
 
     /// A command for a server-side binary, run as postgres when we are root,
@@ -124,7 +143,9 @@ impl PgCluster {
         let mut cmd = if running_as_root() {
             // runuser resets HOME, so set it through env(1) after the switch.
             let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--", "env"]).arg(format!("HOME={}", self.tmp.path().display())).arg(bin);
+            c.args(["-u", "postgres", "--", "env"])
+                .arg(format!("HOME={}", self.tmp.path().display()))
+                .arg(bin);
             c
         } else {
             let mut c = Command::new(bin);
@@ -156,7 +177,10 @@ impl PgCluster {
         let mut s = String::from("\n# walden test harness\n");
         s += &format!("port = {}\n", self.port);
         s += "listen_addresses = '127.0.0.1'\n";
-        s += &format!("unix_socket_directories = '{}'\n", self.socket_dir().display());
+        s += &format!(
+            "unix_socket_directories = '{}'\n",
+            self.socket_dir().display()
+        );
         s += "wal_level = replica\nmax_wal_senders = 4\n";
         for (k, v) in extra {
             s += &format!("{k} = {}\n", v.replace("{walden}", &walden));
@@ -166,7 +190,8 @@ impl PgCluster {
             .append(true)
             .open(&path)
             .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-        f.write_all(s.as_bytes()).expect("append to postgresql.conf");
+        f.write_all(s.as_bytes())
+            .expect("append to postgresql.conf");
     }
 
     /// Starts the server again after `stop`/`kill`, waiting up to 120 s
@@ -176,11 +201,19 @@ impl PgCluster {
             return;
         }
         let mut cmd = self.server_cmd("pg_ctl");
-        cmd.arg("-D").arg(&self.data).arg("-l").arg(self.log_path()).args(["-w", "-t", "120", "start"]);
+        cmd.arg("-D")
+            .arg(&self.data)
+            .arg("-l")
+            .arg(self.log_path())
+            .args(["-w", "-t", "120", "start"]);
         cmd.envs(self.server_env.iter().map(|(k, v)| (k, v)));
         let out = cmd.output().expect("run pg_ctl start");
         if !out.status.success() {
-            panic!("pg_ctl start failed\n{}\n--- server log ---\n{}", describe(&out), self.log_tail());
+            panic!(
+                "pg_ctl start failed\n{}\n--- server log ---\n{}",
+                describe(&out),
+                self.log_tail()
+            );
         }
         self.running = true;
     }
@@ -214,7 +247,11 @@ impl PgCluster {
         self.running = false;
         match out {
             Ok(o) if o.status.success() || !must_succeed => {}
-            Ok(o) => panic!("pg_ctl stop -m {mode} failed\n{}\n{}", describe(&o), self.log_tail()),
+            Ok(o) => panic!(
+                "pg_ctl stop -m {mode} failed\n{}\n{}",
+                describe(&o),
+                self.log_tail()
+            ),
             Err(e) if must_succeed => panic!("run pg_ctl stop: {e}"),
             Err(_) => {}
         }
@@ -259,14 +296,25 @@ impl PgCluster {
 
     /// Runs SQL and returns the unaligned, tuples-only output, trimmed.
     pub fn psql(&self, sql: &str) -> String {
-        self.try_psql(sql).unwrap_or_else(|e| panic!("psql failed: {sql}\n{e}"))
+        self.try_psql(sql)
+            .unwrap_or_else(|e| panic!("psql failed: {sql}\n{e}"))
     }
 
     /// Like `psql` but returns stderr instead of panicking, for expected errors.
     pub fn try_psql(&self, sql: &str) -> Result<String, String> {
         let out = self
             .client_cmd("psql")
-            .args(["-X", "-A", "-t", "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .args([
+                "-X",
+                "-A",
+                "-t",
+                "-d",
+                "postgres",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                sql,
+            ])
             .output()
             .expect("run psql");
         if out.status.success() {
@@ -286,7 +334,10 @@ impl PgCluster {
                 return;
             }
             if Instant::now() > deadline {
-                panic!("{sql}: wanted {expected:?}, last got {last:?} after {timeout:?}\n{}", self.log_tail());
+                panic!(
+                    "{sql}: wanted {expected:?}, last got {last:?} after {timeout:?}\n{}",
+                    self.log_tail()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -305,7 +356,8 @@ impl PgCluster {
     /// Waits until the archiver reports `walfile` (or a later one) archived.
     /// Segment names compare lexically within a timeline.
     pub fn wait_for_archive(&self, walfile: &str, timeout: Duration) {
-        let sql = format!("SELECT coalesce(last_archived_wal, '') >= '{walfile}' FROM pg_stat_archiver");
+        let sql =
+            format!("SELECT coalesce(last_archived_wal, '') >= '{walfile}' FROM pg_stat_archiver");
         self.wait_for_sql(&sql, "t", timeout);
     }
 
@@ -315,7 +367,12 @@ impl PgCluster {
 
     /// Runs pgbench with `args` against database postgres; returns stdout.
     pub fn pgbench(&self, args: &[&str]) -> String {
-        let out = self.client_cmd("pgbench").args(args).arg("postgres").output().expect("run pgbench");
+        let out = self
+            .client_cmd("pgbench")
+            .args(args)
+            .arg("postgres")
+            .output()
+            .expect("run pgbench");
         check(&out, "pgbench");
         String::from_utf8_lossy(&out.stdout).into_owned()
     }

@@ -32,7 +32,10 @@ fn nanio_path() -> PathBuf {
     };
     let bin = venv.join("bin/nanio");
     if !bin.is_file() {
-        panic!("nanio not found: run scripts/setup-test-env.sh (looked at {})", bin.display());
+        panic!(
+            "nanio not found: run scripts/setup-test-env.sh (looked at {})",
+            bin.display()
+        );
     }
     bin
 }
@@ -42,7 +45,12 @@ impl S3Server {
         let tmp = TempDir::new("s3");
         let bucket = tmp.join("data").join(BUCKET);
         std::fs::create_dir_all(&bucket).expect("create bucket directory for nanio");
-        let mut s = S3Server { child: None, port: free_port(), nanio: nanio_path(), tmp };
+        let mut s = S3Server {
+            child: None,
+            port: free_port(),
+            nanio: nanio_path(),
+            tmp,
+        };
         s.spawn();
         s
     }
@@ -56,7 +64,13 @@ impl S3Server {
             .expect("open nanio log file");
         let log2 = log.try_clone().expect("clone nanio log handle");
         let child = Command::new(&self.nanio)
-            .args(["serve", "--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .args([
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &self.port.to_string(),
+            ])
             .arg("--data-dir")
             .arg(self.tmp.join("data"))
             .arg("--no-access-log")
@@ -82,12 +96,18 @@ impl S3Server {
             if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
                 return;
             }
-            let child = self.child.as_mut().expect("nanio child present while waiting");
+            let child = self
+                .child
+                .as_mut()
+                .expect("nanio child present while waiting");
             if let Ok(Some(st)) = child.try_wait() {
                 panic!("nanio exited early ({st}); log:\n{}", self.log());
             }
             if Instant::now() > deadline {
-                panic!("nanio not listening on {addr} after 10s; log:\n{}", self.log());
+                panic!(
+                    "nanio not listening on {addr} after 10s; log:\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -127,7 +147,8 @@ impl S3Server {
     /// so a longer or shorter file would be silently cut or fail mid-read.
     pub fn corrupt_object(&self, key: &str) {
         let path = self.object_path(key);
-        let mut bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        let mut bytes =
+            std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
         assert!(!bytes.is_empty(), "cannot corrupt empty object {key}");
         let mid = bytes.len() / 2;
         bytes[mid] ^= 0xff;
@@ -139,7 +160,11 @@ impl S3Server {
         let key = key.trim_start_matches('/');
         let path = self.object_path(key);
         std::fs::remove_file(&path).unwrap_or_else(|e| panic!("remove {}: {e}", path.display()));
-        let _ = std::fs::remove_file(self.bucket_dir().join(".nanio-meta").join(format!("{key}.json")));
+        let _ = std::fs::remove_file(
+            self.bucket_dir()
+                .join(".nanio-meta")
+                .join(format!("{key}.json")),
+        );
     }
 
     pub fn log_path(&self) -> PathBuf {
@@ -194,13 +219,19 @@ impl Drop for S3Server {
 
 /// Walks `dir` collecting relative file paths, skipping nanio's dot-dirs.
 fn collect_files(dir: &std::path::Path, rel: &str, out: &mut Vec<String>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if rel.is_empty() && name.starts_with(".nanio") {
             continue;
         }
-        let key = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+        let key = if rel.is_empty() {
+            name
+        } else {
+            format!("{rel}/{name}")
+        };
         match entry.file_type() {
             Ok(t) if t.is_dir() => collect_files(&entry.path(), &key, out),
             Ok(_) => out.push(key),

@@ -72,8 +72,12 @@ pub fn postgres_ids() -> (u32, u32) {
     for line in passwd.lines() {
         let f: Vec<&str> = line.split(':').collect();
         if f.len() >= 4 && f[0] == "postgres" {
-            let uid = f[2].parse().expect("numeric uid of postgres in /etc/passwd");
-            let gid = f[3].parse().expect("numeric gid of postgres in /etc/passwd");
+            let uid = f[2]
+                .parse()
+                .expect("numeric uid of postgres in /etc/passwd");
+            let gid = f[3]
+                .parse()
+                .expect("numeric gid of postgres in /etc/passwd");
             return (uid, gid);
         }
     }
@@ -93,11 +97,11 @@ pub fn chown_postgres(path: &Path) {
 fn chown_tree(path: &Path, uid: u32, gid: u32) {
     std::os::unix::fs::lchown(path, Some(uid), Some(gid))
         .unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
-    let meta = std::fs::symlink_metadata(path)
-        .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()));
+    let meta =
+        std::fs::symlink_metadata(path).unwrap_or_else(|e| panic!("stat {}: {e}", path.display()));
     if meta.is_dir() {
-        let entries = std::fs::read_dir(path)
-            .unwrap_or_else(|e| panic!("read dir {}: {e}", path.display()));
+        let entries =
+            std::fs::read_dir(path).unwrap_or_else(|e| panic!("read dir {}: {e}", path.display()));
         for entry in entries {
             let entry = entry.unwrap_or_else(|e| panic!("read dir {}: {e}", path.display()));
             chown_tree(&entry.path(), uid, gid);
@@ -109,6 +113,7 @@ fn chown_tree(path: &Path, uid: u32, gid: u32) {
 /// server binds, so another process could grab the port in between; the
 /// kernel hands out ephemeral ports round-robin, which makes that unlikely.
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 to find a free port");
+    let l =
+        std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 to find a free port");
     l.local_addr().expect("local addr of probe listener").port()
 }

@@ -33,11 +33,17 @@ pub fn walden_bin_for_postgres(dir: &Path) -> PathBuf {
 
 /// True if every ancestor directory has o+x and the file has o+x.
 fn executable_by_others(bin: &Path) -> bool {
-    let mode = |p: &Path| std::fs::metadata(p).map(|m| m.permissions().mode()).unwrap_or(0);
+    let mode = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| m.permissions().mode())
+            .unwrap_or(0)
+    };
     if mode(bin) & 0o001 == 0 {
         return false;
     }
-    bin.ancestors().skip(1).all(|d| d.as_os_str().is_empty() || mode(d) & 0o001 != 0)
+    bin.ancestors()
+        .skip(1)
+        .all(|d| d.as_os_str().is_empty() || mode(d) & 0o001 != 0)
 }
 
 /// Inherited variables with these prefixes would change walden's behaviour
@@ -116,7 +122,8 @@ impl Walden {
         K: Into<OsString>,
         V: Into<OsString>,
     {
-        self.envs.extend(it.into_iter().map(|(k, v)| (k.into(), v.into())));
+        self.envs
+            .extend(it.into_iter().map(|(k, v)| (k.into(), v.into())));
         self
     }
 
@@ -147,11 +154,24 @@ impl Walden {
         if let Some(d) = &self.dir {
             cmd.current_dir(d);
         }
-        let cmdline = format!("walden {}", self.args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" "));
-        cmd.stdin(if self.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmdline}: {e}"));
+        let cmdline = format!(
+            "walden {}",
+            self.args
+                .iter()
+                .map(|a| a.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        cmd.stdin(if self.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {cmdline}: {e}"));
 
         // Threads for every pipe: writing all of stdin before reading stdout
         // would deadlock once both pipe buffers fill.
@@ -189,9 +209,17 @@ impl Walden {
             let _ = t.join();
         }
         let stdout = out_thread.join().expect("stdout reader thread");
-        let stderr = String::from_utf8_lossy(&err_thread.join().expect("stderr reader thread")).into_owned();
-        let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
-        Output { code, stdout, stderr, cmdline }
+        let stderr =
+            String::from_utf8_lossy(&err_thread.join().expect("stderr reader thread")).into_owned();
+        let code = status
+            .code()
+            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+        Output {
+            code,
+            stdout,
+            stderr,
+            cmdline,
+        }
     }
 }
 
@@ -210,7 +238,12 @@ impl Output {
 
     pub fn assert_code(&self, code: i32) -> &Self {
         if self.code != code {
-            panic!("{}: expected exit code {code}, got {}\n{}", self.cmdline, self.code, self.dump());
+            panic!(
+                "{}: expected exit code {code}, got {}\n{}",
+                self.cmdline,
+                self.code,
+                self.dump()
+            );
         }
         self
     }
@@ -218,7 +251,11 @@ impl Output {
     /// Asserts a non-zero exit, for tests where the exact code is not specified.
     pub fn assert_failed(&self) -> &Self {
         if self.code == 0 {
-            panic!("{}: expected failure, got exit code 0\n{}", self.cmdline, self.dump());
+            panic!(
+                "{}: expected failure, got exit code 0\n{}",
+                self.cmdline,
+                self.dump()
+            );
         }
         self
     }
@@ -227,7 +264,11 @@ impl Output {
     pub fn dump(&self) -> String {
         const MAX: usize = 8192;
         let out = if self.stdout.len() > MAX {
-            format!("{}... ({} bytes total)", String::from_utf8_lossy(&self.stdout[..MAX]), self.stdout.len())
+            format!(
+                "{}... ({} bytes total)",
+                String::from_utf8_lossy(&self.stdout[..MAX]),
+                self.stdout.len()
+            )
         } else {
             self.stdout_str()
         };

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The demo: a throwaway PostgreSQL 15 archives its WAL through
+# `walden wal-push` into a local directory; a base backup of it (taken with
+# pg_basebackup until walden's backup-push exists) is restored and replayed
+# through `walden wal-fetch`; the rows are compared. Everything lives in a
+# temp dir that is removed at the end.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+bash scripts/install-deps.sh
+# shellcheck disable=SC1091
+command -v cargo >/dev/null 2>&1 || . "$HOME/.cargo/env"
+
+echo "== building walden (release)"
+cargo build --release --quiet
+PGBIN=/usr/lib/postgresql/15/bin
+work=$(mktemp -d /tmp/walden-demo.XXXXXX)
+chmod 755 "$work"
+cp target/release/walden "$work/walden"
+as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+if [ "$(id -u)" -eq 0 ]; then chown postgres: "$work"; fi
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+cleanup() {
+    as_pg "$PGBIN/pg_ctl" -D "$work/restored" -m immediate stop >/dev/null 2>&1 || true
+    as_pg "$PGBIN/pg_ctl" -D "$work/primary" -m immediate stop >/dev/null 2>&1 || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+export WALG_FILE_PREFIX="$work/archive" WALG_COMPRESSION_METHOD=zstd
+
+echo "== a primary archiving with: archive_command = '$work/walden wal-push %p'"
+as_pg "$PGBIN/initdb" -D "$work/primary" --data-checksums -U postgres --auth=trust >/dev/null
+cat >> "$work/primary/postgresql.conf" <<CONF
+port = $port
+listen_addresses = ''
+unix_socket_directories = '$work'
+archive_mode = on
+archive_command = '$work/walden wal-push %p'
+CONF
+as_pg env WALG_FILE_PREFIX="$WALG_FILE_PREFIX" WALG_COMPRESSION_METHOD=zstd \
+    "$PGBIN/pg_ctl" -D "$work/primary" -l "$work/primary.log" -w start >/dev/null
+psql_p() { psql -X -A -t -h "$work" -p "$port" -U postgres -d postgres -c "$1"; }
+pgbench -i -q -s 10 -h "$work" -p "$port" -U postgres postgres 2>/dev/null
+as_pg "$PGBIN/pg_basebackup" -h "$work" -p "$port" -U postgres -X none -c fast -D "$work/restored"
+pgbench -n -t 2000 -c 2 -h "$work" -p "$port" -U postgres postgres >/dev/null
+expected=$(psql_p "SELECT count(*) || ' rows, balance ' || sum(abalance) FROM pgbench_accounts")
+last=$(psql_p "SELECT pg_walfile_name(pg_switch_wal())")
+until [ "$(psql_p "SELECT coalesce(last_archived_wal,'') >= '$last' FROM pg_stat_archiver")" = t ]; do sleep 0.2; done
+as_pg "$PGBIN/pg_ctl" -D "$work/primary" -m fast stop >/dev/null
+echo "   archived up to $last; storage holds:"
+"$work/walden" st ls wal_005/ | tail -n +2 | awk '{print "     " $NF}' | head -5
+echo "     ... $("$work/walden" st ls wal_005/ | tail -n +2 | wc -l) objects"
+
+echo "== restoring with: restore_command = '$work/walden wal-fetch %f %p'"
+cat >> "$work/restored/postgresql.conf" <<CONF
+port = $port
+archive_mode = off
+restore_command = '$work/walden wal-fetch %f %p'
+CONF
+touch "$work/restored/recovery.signal"
+as_pg env WALG_FILE_PREFIX="$WALG_FILE_PREFIX" WALG_COMPRESSION_METHOD=zstd \
+    "$PGBIN/pg_ctl" -D "$work/restored" -l "$work/restored.log" -w -t 300 start >/dev/null
+until [ "$(psql_p "SELECT pg_is_in_recovery()")" = f ]; do sleep 0.2; done
+got=$(psql_p "SELECT count(*) || ' rows, balance ' || sum(abalance) FROM pgbench_accounts")
+echo "   primary:  $expected"
+echo "   restored: $got"
+echo "   WAL files replayed from the archive: $(grep -c 'restored log file' "$work/restored.log")"
+[ "$got" = "$expected" ] && echo "== demo OK" || { echo "== demo FAILED"; exit 1; }
