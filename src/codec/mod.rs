@@ -4,6 +4,7 @@
 
 pub mod compression;
 pub mod libsodium;
+mod lz4;
 
 use std::fmt;
 use std::io::{self, Read, Write};

@@ -185,6 +185,13 @@ impl Write for ObjectWriter {
             }
         }
         let take = buf.len().min(self.part_size - self.current.len());
+        let needed = self.current.len() + take;
+        if needed > self.current.capacity() {
+            // Grow by doubling but never past one part: a Vec left to grow
+            // on its own would overshoot the part size by up to half again.
+            let target = needed.max(self.current.capacity() * 2).min(self.part_size);
+            self.current.reserve_exact(target - self.current.len());
+        }
         self.current.extend_from_slice(&buf[..take]);
         Ok(take)
     }

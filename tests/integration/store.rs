@@ -1,6 +1,7 @@
 //! The two storages every storage-touching test runs against: a directory
 //! (`WALG_FILE_PREFIX`) and a real S3-compatible server (`WALG_S3_PREFIX`).
 
+use std::fs;
 use std::path::PathBuf;
 
 use crate::harness::{S3Server, TempDir, Walden};
@@ -99,4 +100,39 @@ pub fn text(len: usize) -> Vec<u8> {
     }
     out.truncate(len);
     out
+}
+
+/// The size of a PostgreSQL WAL segment (the default 16 MiB).
+pub const WAL_SIZE: usize = 16 << 20;
+
+/// A fake pg_wal with segments that look like WAL (page magic first).
+pub struct FakeWal {
+    tmp: TempDir,
+}
+
+impl FakeWal {
+    pub fn new() -> FakeWal {
+        let tmp = TempDir::new("fakewal");
+        fs::create_dir_all(tmp.join("pg_wal/archive_status")).unwrap();
+        FakeWal { tmp }
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        self.tmp.join("pg_wal")
+    }
+
+    /// A 16 MiB segment `name` that differs by `seed`; `ready` adds its
+    /// archive_status/NAME.ready marker.
+    pub fn segment(&self, name: &str, seed: u8, ready: bool) -> PathBuf {
+        let mut data = vec![0x10u8, 0xD1];
+        let body = text(WAL_SIZE);
+        data.extend_from_slice(&body[..WAL_SIZE - 2]);
+        data[100] = seed;
+        let path = self.dir().join(name);
+        fs::write(&path, &data).unwrap();
+        if ready {
+            fs::write(self.dir().join(format!("archive_status/{name}.ready")), "").unwrap();
+        }
+        path
+    }
 }

@@ -8,10 +8,9 @@ use std::time::Duration;
 
 use crate::harness::pg::PG_BIN;
 use crate::harness::{PgCluster, TempDir, Walden};
-use crate::store::{text, Store};
+use crate::store::{FakeWal, Store, WAL_SIZE};
 
 const KEY: &str = "wal-test-key-0123456789abcdefghij";
-const WAL_SIZE: usize = 16 << 20;
 
 fn codec_env(method: &str, encrypted: bool) -> Vec<(String, String)> {
     let mut env = vec![("WALG_COMPRESSION_METHOD".to_string(), method.to_string())];
@@ -181,36 +180,6 @@ fn archive_fetch_replay_s3_lz4_plain() {
 #[test]
 fn archive_fetch_replay_fs_zstd_encrypted() {
     archive_fetch_and_replay(Store::fs(), "zstd", true);
-}
-
-/// A fake pg_wal with segments that look like WAL (page magic first).
-struct FakeWal {
-    tmp: TempDir,
-}
-
-impl FakeWal {
-    fn new() -> FakeWal {
-        let tmp = TempDir::new("fakewal");
-        fs::create_dir_all(tmp.join("pg_wal/archive_status")).unwrap();
-        FakeWal { tmp }
-    }
-
-    fn dir(&self) -> PathBuf {
-        self.tmp.join("pg_wal")
-    }
-
-    fn segment(&self, name: &str, seed: u8, ready: bool) -> PathBuf {
-        let mut data = vec![0x10u8, 0xD1];
-        let body = text(WAL_SIZE);
-        data.extend_from_slice(&body[..WAL_SIZE - 2]);
-        data[100] = seed;
-        let path = self.dir().join(name);
-        fs::write(&path, &data).unwrap();
-        if ready {
-            fs::write(self.dir().join(format!("archive_status/{name}.ready")), "").unwrap();
-        }
-        path
-    }
 }
 
 const SEG1: &str = "000000010000000000000001";

@@ -60,7 +60,10 @@ pub fn scrub_env(cmd: &mut Command) {
     }
 }
 
+/// A command line for the walden binary, or (through [`Walden::program`])
+/// for another program that reads the same settings, such as WAL-G.
 pub struct Walden {
+    bin: PathBuf,
     args: Vec<OsString>,
     envs: Vec<(OsString, OsString)>,
     stdin: Option<Vec<u8>>,
@@ -86,7 +89,13 @@ impl Default for Walden {
 
 impl Walden {
     pub fn new() -> Walden {
+        Walden::program(walden_bin())
+    }
+
+    /// Runs `bin` instead of walden, with the same scrubbed environment.
+    pub fn program(bin: impl Into<PathBuf>) -> Walden {
         Walden {
+            bin: bin.into(),
             args: Vec::new(),
             envs: Vec::new(),
             stdin: None,
@@ -145,7 +154,7 @@ impl Walden {
     pub fn run(self) -> Output {
         // A fresh HOME so ~/.walg.json of whoever runs the tests never leaks in.
         let home = TempDir::new("home");
-        let mut cmd = Command::new(walden_bin());
+        let mut cmd = Command::new(&self.bin);
         scrub_env(&mut cmd);
         cmd.env("HOME", home.path()).args(&self.args);
         for (k, v) in &self.envs {
@@ -154,8 +163,10 @@ impl Walden {
         if let Some(d) = &self.dir {
             cmd.current_dir(d);
         }
+        let program = self.bin.file_name().unwrap_or(self.bin.as_os_str());
         let cmdline = format!(
-            "walden {}",
+            "{} {}",
+            program.to_string_lossy(),
             self.args
                 .iter()
                 .map(|a| a.to_string_lossy())
@@ -195,7 +206,7 @@ impl Walden {
 
         let deadline = Instant::now() + self.timeout;
         let status = loop {
-            match child.try_wait().expect("wait for walden") {
+            match child.try_wait().expect("wait for the child") {
                 Some(st) => break st,
                 None if Instant::now() > deadline => {
                     let _ = child.kill();
