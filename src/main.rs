@@ -9,6 +9,7 @@ mod error;
 mod localfile;
 mod logger;
 mod storage;
+mod stream;
 mod time;
 mod usage;
 mod wal;

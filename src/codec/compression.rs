@@ -86,9 +86,12 @@ pub fn zstd_level(value: &str) -> Option<i32> {
     }
 }
 
+/// `zstd_workers` > 1 spreads one zstd stream over that many threads; the
+/// output is still one standard frame.
 pub fn encoder(
     method: Method,
     zstd_level: i32,
+    zstd_workers: u32,
     sink: Box<dyn FinishWrite>,
 ) -> io::Result<Box<dyn FinishWrite>> {
     Ok(match method {
@@ -97,6 +100,9 @@ pub fn encoder(
         Method::Zstd => {
             let mut enc = zstd::stream::write::Encoder::new(sink, zstd_level)?;
             enc.include_checksum(true)?;
+            if zstd_workers > 1 {
+                enc.multithread(zstd_workers)?;
+            }
             Box::new(ZstdWriter(Some(enc)))
         }
         Method::Brotli => Box::new(BrotliWriter(Some(brotli::CompressorWriter::new(
@@ -281,7 +287,7 @@ mod tests {
 
     fn encode(method: Method, data: &[u8]) -> Vec<u8> {
         let out = Shared::default();
-        let mut w = encoder(method, 3, Box::new(PlainSink(out.clone()))).unwrap();
+        let mut w = encoder(method, 3, 2, Box::new(PlainSink(out.clone()))).unwrap();
         for chunk in data.chunks(7777) {
             w.write_all(chunk).unwrap();
         }

@@ -12,6 +12,7 @@ use dryoc::dryocstream::{DryocStream, Header, Key, Pull, Push, Tag};
 
 use super::FinishWrite;
 use crate::config::{ConfigError, Settings};
+use crate::stream::read_full;
 
 pub const CHUNK: usize = 8192;
 const ABYTES: usize = 17;
@@ -268,20 +269,6 @@ impl DecryptReader {
 
 fn bad(message: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message.to_string())
-}
-
-/// Read until `buf` is full or the source ends; returns the count.
-fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match r.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
 }
 
 impl Read for DecryptReader {

@@ -43,6 +43,10 @@ impl std::error::Error for CodecError {}
 pub struct Codecs {
     pub method: Method,
     pub zstd_level: i32,
+    /// Threads for one zstd stream: zstd is the one codec slower than
+    /// disks and networks, so a lone stream uses every core. Callers that
+    /// run several streams at once set it to 1.
+    pub zstd_workers: u32,
     pub key: Option<libsodium::SecretKey>,
 }
 
@@ -75,6 +79,11 @@ impl Codecs {
         Ok(Codecs {
             method,
             zstd_level,
+            // Counting cores reads cgroup files: only when zstd needs it.
+            zstd_workers: match method {
+                Method::Zstd => std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+                _ => 1,
+            },
             key,
         })
     }
@@ -92,7 +101,7 @@ impl Codecs {
             _ => sink,
         };
         if compress {
-            compression::encoder(self.method, self.zstd_level, sink)
+            compression::encoder(self.method, self.zstd_level, self.zstd_workers, sink)
         } else {
             Ok(sink)
         }

@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::localfile::AtomicFile;
 use crate::storage::upload::ObjectWriter;
 use crate::storage::{Entry, Storage};
+use crate::stream::{buffer, copy_object, upload_from};
 
 const USAGE: &str = "walden st ls|get|put|cat|rm|check ... (see walden help st)";
 
@@ -167,31 +168,9 @@ fn get(settings: &Settings, path: &str, dest: &str, decrypt: bool, decompress: b
     let mut source = open_decoded(settings, &storage, &key, decrypt, decompress)?;
     let mut file = AtomicFile::create(dest.as_ref())
         .map_err(|e| Error::io(format!("cannot create '{dest}'"), e))?;
-    copy(&mut source, &mut file, &key)?;
+    copy_object(&mut source, &mut file, &key)?;
     file.commit()
         .map_err(|e| Error::io(format!("cannot write '{dest}'"), e))
-}
-
-/// Copy, telling a broken source (corrupt, truncated, wrong key) apart from
-/// a failing destination.
-fn copy(source: &mut dyn Read, dest: &mut dyn Write, key: &str) -> Result<u64> {
-    let mut buf = vec![0u8; 256 << 10];
-    let mut total = 0u64;
-    loop {
-        let n = match source.read(&mut buf) {
-            Ok(0) => return Ok(total),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                return Err(Error::Other(format!(
-                    "object '{key}' cannot be read back: {e}; nothing was written"
-                )))
-            }
-        };
-        dest.write_all(&buf[..n])
-            .map_err(|e| Error::io("writing the output", e))?;
-        total += n as u64;
-    }
 }
 
 fn put(
@@ -214,29 +193,14 @@ fn put(
         None => Box::new(io::stdin().lock()),
     };
     let sink = Box::new(ObjectWriter::new(storage.clone(), &key));
-    let mut writer = codecs
+    let writer = codecs
         .writer(sink, compress, encrypt)
         .map_err(|e| Error::io("starting the encoder", e))?;
-    let mut buf = vec![0u8; 256 << 10];
-    loop {
-        let n = match source.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                return Err(Error::io(
-                    format!("reading '{}'", local.unwrap_or("stdin")),
-                    e,
-                ))
-            }
-        };
-        writer
-            .write_all(&buf[..n])
-            .map_err(|e| Error::io(format!("uploading '{key}'"), e))?;
-    }
-    writer
-        .finish()
-        .map_err(|e| Error::io(format!("uploading '{key}'"), e))?;
+    let what = match local {
+        Some(p) => format!("'{p}'"),
+        None => "stdin".to_string(),
+    };
+    upload_from(&mut source, &what, writer, &key, &mut buffer())?;
     log::info!("uploaded {} as {key}", local.unwrap_or("stdin"));
     Ok(())
 }
@@ -246,7 +210,7 @@ fn cat(settings: &Settings, path: &str, decrypt: bool, decompress: bool) -> Resu
     let key = key_of(path);
     let mut source = open_decoded(settings, &storage, &key, decrypt, decompress)?;
     let mut out: Box<dyn FinishWrite> = Box::new(PlainSink(io::BufWriter::new(io::stdout())));
-    copy(&mut source, &mut out, &key)?;
+    copy_object(&mut source, &mut out, &key)?;
     out.finish().map_err(|e| Error::io("writing to stdout", e))
 }
 

@@ -9,7 +9,7 @@
 
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -21,6 +21,7 @@ use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::localfile::AtomicFile;
 use crate::storage::Storage;
+use crate::stream::copy_object;
 use crate::wal::{object, Segment};
 
 const USAGE: &str = "walden wal-fetch NAME DEST";
@@ -81,24 +82,6 @@ fn download(
     file.commit()
         .map_err(|e| Error::io(format!("cannot write '{}'", dest.display()), e))?;
     Ok(Some(()))
-}
-
-fn copy_object(reader: &mut dyn Read, out: &mut dyn Write, key: &str) -> Result<()> {
-    let mut buf = vec![0u8; 256 << 10];
-    loop {
-        let n = match reader.read(&mut buf) {
-            Ok(0) => return Ok(()),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                return Err(Error::Other(format!(
-                    "WAL object '{key}' is damaged or cannot be read: {e}; nothing was restored"
-                )))
-            }
-        };
-        out.write_all(&buf[..n])
-            .map_err(|e| Error::io("writing the WAL file", e))?;
-    }
 }
 
 struct PrefetchCache {
@@ -285,7 +268,7 @@ fn prefetch_one(
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(true),
         Err(e) => return Err(Error::io(format!("cannot create {}", running.display()), e)),
     };
-    let copied = copy_object(&mut reader, &mut out, &key).and_then(|()| {
+    let copied = copy_object(&mut reader, &mut out, &key).and_then(|_| {
         out.sync_all()
             .map_err(|e| Error::io(format!("cannot write {}", running.display()), e))
     });

@@ -16,12 +16,11 @@ use crate::codec::Codecs;
 use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::storage::Storage;
+use crate::stream::read_full;
 use crate::wal::archive_status::Markers;
 use crate::wal::{metadata, object, Segment};
 
 const USAGE: &str = "walden wal-push PATH";
-/// Read buffer per upload; reused for the whole file.
-const READ_BUFFER: usize = 256 << 10;
 
 pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     let path = PathBuf::from(positionals(args, USAGE, 1)?.remove(0));
@@ -56,22 +55,34 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     let storage = open_storage(settings)?;
     let codecs = codecs(settings)?;
 
-    let job = Arc::new(Job {
+    // Background uploads compress one stream per thread.
+    let mut bg_codecs = codecs.clone();
+    bg_codecs.zstd_workers = 1;
+    let bg_job = Arc::new(Job {
         storage: storage.clone(),
-        codecs: codecs.clone(),
+        codecs: bg_codecs,
         prevent_overwrite,
     });
     let background = Background::start(
-        job.clone(),
+        bg_job,
         &path,
         &name,
-        concurrency.saturating_sub(1).min(bg_threads()),
+        concurrency.saturating_sub(1),
         bg_limit.saturating_sub(1),
         wal_size,
         &markers,
     );
 
-    let mut buf = vec![0u8; READ_BUFFER];
+    let mut codecs = codecs;
+    if background.busy() {
+        codecs.zstd_workers = 1;
+    }
+    let job = Job {
+        storage: storage.clone(),
+        codecs,
+        prevent_overwrite,
+    };
+    let mut buf = crate::stream::buffer();
     let result = job.push(&path, &name, &mut buf);
     // Background uploads finish either way; their errors are only logged,
     // as PostgreSQL will call us again for those files.
@@ -79,12 +90,6 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     result?;
     metadata::upload(&storage, meta_level, &name, &path, markers.dir())?;
     Ok(())
-}
-
-/// Background uploads beyond the cores only hold more encoder memory: the
-/// work is compression first, and one PUT per segment.
-fn bg_threads() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get() * 2)
 }
 
 /// pg_wal: `$PGDATA/pg_wal` if PGDATA is set, else the directory of the
@@ -164,19 +169,6 @@ fn same_content(a: &mut dyn Read, b: &mut dyn Read) -> io::Result<bool> {
     }
 }
 
-fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match r.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
-}
-
 /// Uploads of other `.ready` files next to the one PostgreSQL asked for.
 struct Background {
     workers: Vec<std::thread::JoinHandle<()>>,
@@ -214,13 +206,19 @@ impl Background {
             queue.len()
         );
         let queue = Arc::new(Mutex::new(queue));
-        for _ in 0..threads.min(queue.lock().map_or(0, |q| q.len())) {
+        // More threads than twice the cores only hold more encoder memory:
+        // the work is compression first, then one PUT per segment.
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let threads = threads
+            .min(cores * 2)
+            .min(queue.lock().map_or(0, |q| q.len()));
+        for _ in 0..threads {
             let queue = queue.clone();
             let job = job.clone();
             let dir = dir.clone();
             let done = done.clone();
             background.workers.push(std::thread::spawn(move || {
-                let mut buf = vec![0u8; READ_BUFFER];
+                let mut buf = crate::stream::buffer();
                 loop {
                     let next = queue.lock().ok().and_then(|mut q| q.pop_front());
                     let Some(file) = next else { return };
@@ -236,6 +234,10 @@ impl Background {
             }));
         }
         background
+    }
+
+    fn busy(&self) -> bool {
+        !self.workers.is_empty()
     }
 
     fn wait(self, markers: &Markers) {

@@ -2,13 +2,14 @@
 //! encrypted like every WAL-G object, read back whatever compression they
 //! were written with.
 
-use std::io::{self, Read, Write};
+use std::io::Read;
 use std::sync::Arc;
 
 use crate::codec::{Codecs, Method};
 use crate::error::{Error, Result};
 use crate::storage::upload::ObjectWriter;
 use crate::storage::Storage;
+use crate::stream::upload_from;
 
 pub const WAL_FOLDER: &str = "wal_005/";
 
@@ -31,23 +32,11 @@ pub fn upload(
 ) -> Result<String> {
     let key = key_for(codecs, name);
     let sink = Box::new(ObjectWriter::new(storage.clone(), &key));
-    let mut writer = codecs
+    let writer = codecs
         .writer(sink, true, true)
         .map_err(|e| Error::io("starting the encoder", e))?;
-    loop {
-        let n = match source.read(buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Error::io(format!("reading WAL file '{name}'"), e)),
-        };
-        writer
-            .write_all(&buf[..n])
-            .map_err(|e| Error::io(format!("uploading '{key}' to {}", storage.location()), e))?;
-    }
-    writer
-        .finish()
-        .map_err(|e| Error::io(format!("uploading '{key}' to {}", storage.location()), e))?;
+    upload_from(source, &format!("WAL file '{name}'"), writer, &key, buf)
+        .map_err(|e| Error::Other(format!("{e} (storage {})", storage.location())))?;
     Ok(key)
 }
 

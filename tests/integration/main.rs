@@ -9,3 +9,4 @@ mod interop;
 mod st;
 mod store;
 mod wal;
+mod walg_compat;

@@ -107,7 +107,8 @@ pub const WAL_SIZE: usize = 16 << 20;
 
 /// A fake pg_wal with segments that look like WAL (page magic first).
 pub struct FakeWal {
-    tmp: TempDir,
+    /// The scratch directory holding `pg_wal/`; free for other files.
+    pub tmp: TempDir,
 }
 
 impl FakeWal {

@@ -3,7 +3,7 @@
 //! `walden wal-fetch %f %p`, on both storages; and the failure cases.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use crate::harness::pg::PG_BIN;

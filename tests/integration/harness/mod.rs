@@ -3,7 +3,8 @@
 //! - [`TempDir`]: self-deleting scratch directories.
 //! - [`S3Server`]: nanio, an S3-compatible server that checks SigV4.
 //! - [`PgCluster`]: a PostgreSQL 15 cluster (run as `postgres` when root).
-//! - [`Walden`]: runs the built `walden` binary with a clean environment.
+//! - [`Walden`]: runs the built `walden` binary (or another, e.g. WAL-G) with a
+//!   clean environment.
 //!
 //! Not every test module uses every item (or re-export), hence the allowances.
 #![allow(dead_code, unused_imports)]
