@@ -67,7 +67,7 @@ pub const COMMANDS: &[Command] = &[
         "storage tools: ls, get, put, cat, rm, check",
         "walden st ls [-r] [PATH]\n\
 walden st get PATH DEST [--no-decrypt] [--no-decompress]\n\
-walden st put SRC PATH [--no-compress] [--no-encrypt]\n\
+walden st put SRC PATH [-f] [--no-compress] [--no-encrypt]\n\
 walden st cat PATH [--decrypt] [--decompress]\n\
 walden st rm PATH\n\
 walden st check read [PATH...] | write\n\n\

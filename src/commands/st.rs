@@ -83,13 +83,12 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
             } else {
                 Some(arg(0, "SRC")?)
             };
-            put(
-                settings,
-                local.as_deref(),
-                &remote,
-                !has("no-compress"),
-                !has("no-encrypt"),
-            )
+            let options = PutOptions {
+                compress: !has("no-compress"),
+                encrypt: !has("no-encrypt"),
+                force: has("force"),
+            };
+            put(settings, local.as_deref(), &remote, options)
         }
         "cat" => cat(
             settings,
@@ -173,18 +172,29 @@ fn get(settings: &Settings, path: &str, dest: &str, decrypt: bool, decompress: b
         .map_err(|e| Error::io(format!("cannot write '{dest}'"), e))
 }
 
-fn put(
-    settings: &Settings,
-    local: Option<&str>,
-    path: &str,
+struct PutOptions {
     compress: bool,
     encrypt: bool,
-) -> Result<()> {
+    /// Replace an existing object; without it that is refused, as in WAL-G.
+    force: bool,
+}
+
+fn put(settings: &Settings, local: Option<&str>, path: &str, options: PutOptions) -> Result<()> {
+    let PutOptions {
+        compress,
+        encrypt,
+        force,
+    } = options;
     let storage = open_storage(settings)?;
     let codecs = codecs(settings)?;
     let mut key = key_of(path);
     if compress && !codecs.extension().is_empty() {
         key = format!("{key}.{}", codecs.extension());
+    }
+    if !force && storage.stat(&key)?.is_some() {
+        return Err(Error::Other(format!(
+            "object '{key}' already exists. To overwrite it, add the -f flag"
+        )));
     }
     let mut source: Box<dyn Read> = match local {
         Some(p) => Box::new(

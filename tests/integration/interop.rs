@@ -50,7 +50,7 @@ fn decode_with_walden(
     fs::write(&f, raw).unwrap();
     store
         .walden()
-        .args(["st", "put", "--no-compress", "--no-encrypt"])
+        .args(["st", "put", "-f", "--no-compress", "--no-encrypt"])
         .arg(&f)
         .arg(key)
         .run()

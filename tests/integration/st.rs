@@ -130,6 +130,26 @@ fn lists_recurses_and_deletes() {
             .map(|l| l.rsplit('\t').next().unwrap().to_string())
             .collect();
         assert_eq!(names, ["b1/part_1", "b1/part_2"], "{}", store.name());
+        // As WAL-G: an existing object is only replaced with -f.
+        let again = store
+            .walden()
+            .args(["st", "put", "--no-compress"])
+            .arg(&src)
+            .arg("top")
+            .run();
+        assert_eq!(again.code, 1);
+        assert!(
+            again.stderr.contains("already exists") && again.stderr.contains("-f"),
+            "{}",
+            again.stderr
+        );
+        store
+            .walden()
+            .args(["st", "put", "-f", "--no-compress"])
+            .arg(&src)
+            .arg("top")
+            .run()
+            .assert_ok();
         store.walden().args(["st", "rm", "top"]).run().assert_ok();
         store
             .walden()
@@ -172,7 +192,8 @@ fn listing_more_than_a_thousand_keys_and_deleting_them() {
                 .args(["st", "put", "--no-compress"])
                 .arg(&src)
                 .arg(format!("wal_005/{i:024X}"))
-                .stdout(std::process::Stdio::null());
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
             children.push(cmd.spawn().expect("spawn walden"));
             if children.len() == 16 {
                 for mut c in children.drain(..) {
@@ -258,7 +279,7 @@ fn put_raw(store: &Store, tmp: &TempDir, key: &str, bytes: &[u8]) {
     fs::write(&f, bytes).unwrap();
     store
         .walden()
-        .args(["st", "put", "--no-compress", "--no-encrypt"])
+        .args(["st", "put", "-f", "--no-compress", "--no-encrypt"])
         .arg(&f)
         .arg(key)
         .run()
@@ -283,7 +304,7 @@ fn damaged_objects_and_wrong_keys_are_refused_and_nothing_is_written() {
                 store
                     .walden()
                     .envs(env.clone())
-                    .args(["st", "put"])
+                    .args(["st", "put", "-f"])
                     .arg(&src)
                     .arg("obj")
                     .run()

@@ -215,7 +215,7 @@ fn missing_and_damaged_wal_is_refused_without_writing_dest() {
             fs::write(&f, &damaged).unwrap();
             store
                 .walden()
-                .args(["st", "put", "--no-compress"])
+                .args(["st", "put", "-f", "--no-compress"])
                 .arg(&f)
                 .arg(&key)
                 .run()
