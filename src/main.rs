@@ -5,6 +5,7 @@
 mod codec;
 mod commands;
 mod config;
+mod encoding;
 mod error;
 mod localfile;
 mod logger;

@@ -72,7 +72,7 @@ fn temp_name(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(format!(
         "{TEMP_MARK}{}-{hex}",
-        crate::time::compact_utc(now.as_secs())
+        crate::time::amz_date(SystemTime::now())
     ));
     path.with_file_name(name)
 }

@@ -3,9 +3,9 @@
 use crate::storage::{ErrorKind, Result, StorageError};
 
 use super::client::{self, Call};
-use super::encode::base64;
 use super::md5::md5;
 use super::{error, xml, S3Storage};
+use crate::encoding::base64;
 
 const BATCH: usize = 1000;
 

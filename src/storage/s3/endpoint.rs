@@ -4,7 +4,7 @@
 
 use std::net::Ipv4Addr;
 
-use super::encode::uri_encode;
+use crate::encoding::uri_encode;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Endpoint {

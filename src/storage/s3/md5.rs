@@ -82,7 +82,7 @@ pub fn md5(data: &[u8]) -> [u8; 16] {
 #[cfg(test)]
 mod tests {
     use super::md5;
-    use crate::storage::s3::encode::{base64, hex};
+    use crate::encoding::{base64, hex};
 
     #[test]
     fn rfc1321_test_suite() {

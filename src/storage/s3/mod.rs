@@ -2,7 +2,6 @@
 
 mod client;
 mod delete;
-mod encode;
 mod endpoint;
 mod error;
 mod list;
@@ -10,7 +9,6 @@ mod md5;
 mod multipart;
 mod objects;
 mod sigv4;
-mod time;
 mod xml;
 
 use std::fmt;

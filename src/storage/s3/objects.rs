@@ -5,8 +5,8 @@ use std::io::{self, Read};
 use crate::storage::{ErrorKind, ObjectInfo, Result, StorageError};
 
 use super::client::{self, Call};
-use super::time::parse_http_date;
 use super::S3Storage;
+use crate::time::parse_http_date;
 
 impl S3Storage {
     pub(super) fn put_object(&self, key: &str, data: &[u8]) -> Result<()> {

@@ -6,8 +6,8 @@ use std::time::SystemTime;
 
 use ring::{digest, hmac};
 
-use super::encode::{hex, uri_encode};
-use super::time::amz_date;
+use crate::encoding::{hex, uri_encode};
+use crate::time::amz_date;
 
 /// SHA-256 of the empty payload, for requests without a body.
 pub const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";

@@ -5,7 +5,7 @@
 
 use std::time::SystemTime;
 
-use super::time::parse_iso8601;
+use crate::time::parse_iso8601;
 
 #[derive(Debug, Default, PartialEq)]
 pub struct Element {

@@ -1,5 +1,5 @@
-//! Byte-to-text encodings S3 requests need: hex for hashes and signatures,
-//! base64 for Content-MD5, and the percent-encoding SigV4 prescribes.
+//! Byte-to-text encodings: hex for hashes, signatures and keys, base64 for
+//! Content-MD5 and keys, and the percent-encoding SigV4 prescribes.
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
@@ -57,6 +57,54 @@ pub fn uri_encode(s: &str, keep_slash: bool) -> String {
     out
 }
 
+pub fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    let t = text.as_bytes();
+    if !t.len().is_multiple_of(2) {
+        return None;
+    }
+    t.chunks(2)
+        .map(|p| {
+            let h = (p[0] as char).to_digit(16)?;
+            let l = (p[1] as char).to_digit(16)?;
+            Some((h * 16 + l) as u8)
+        })
+        .collect()
+}
+
+/// Standard alphabet with padding (RFC 4648 §4), as Go's StdEncoding.
+pub fn decode_base64(text: &str) -> Option<Vec<u8>> {
+    let t = text.as_bytes();
+    if !t.len().is_multiple_of(4) {
+        return None;
+    }
+    let value = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let mut out = Vec::with_capacity(t.len() / 4 * 3);
+    for (i, quad) in t.chunks(4).enumerate() {
+        let last = i == t.len() / 4 - 1;
+        let pads = quad.iter().rev().take_while(|&&c| c == b'=').count();
+        if pads > 2 || (pads > 0 && !last) {
+            return None;
+        }
+        let mut n = 0u32;
+        for &c in &quad[..4 - pads] {
+            n = (n << 6) | value(c)?;
+        }
+        n <<= 6 * pads as u32;
+        let bytes = n.to_be_bytes();
+        out.extend_from_slice(&bytes[1..4 - pads]);
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,5 +144,14 @@ mod tests {
             uri_encode("wal_005/000000010000000000000001.lz4", true),
             "wal_005/000000010000000000000001.lz4"
         );
+    }
+
+    #[test]
+    fn base64_decoder() {
+        assert_eq!(decode_base64("aGVsbG8=").unwrap(), b"hello");
+        assert_eq!(decode_base64("aGk=").unwrap(), b"hi");
+        assert_eq!(decode_base64("aGVsbG8h").unwrap(), b"hello!");
+        assert!(decode_base64("aGk").is_none());
+        assert!(decode_base64("a=k=").is_none());
     }
 }
