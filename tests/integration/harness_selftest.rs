@@ -72,22 +72,7 @@ fn pg_cluster_archives_and_restores_without_walden() {
 
     let copy = TempDir::new("selftest-restore");
     let data = copy.join("data");
-    let out = std::process::Command::new(format!("{}/pg_basebackup", crate::harness::pg::PG_BIN))
-        .args([
-            "-h",
-            &pg.socket_dir().display().to_string(),
-            "-p",
-            &pg.port().to_string(),
-        ])
-        .args(["-U", "postgres", "-X", "none", "-c", "fast", "-D"])
-        .arg(&data)
-        .output()
-        .expect("run pg_basebackup");
-    assert!(
-        out.status.success(),
-        "pg_basebackup: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    pg.base_backup(&data);
     pg.psql("INSERT INTO t SELECT g FROM generate_series(501, 1000) g");
     let last = pg.switch_wal();
     pg.wait_for_archive(&last, Duration::from_secs(60));

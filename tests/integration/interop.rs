@@ -46,15 +46,7 @@ fn decode_with_walden(
     raw: &[u8],
     env: &[(&str, &str)],
 ) -> Vec<u8> {
-    let f = tmp.join("raw");
-    fs::write(&f, raw).unwrap();
-    store
-        .walden()
-        .args(["st", "put", "-f", "--no-compress", "--no-encrypt"])
-        .arg(&f)
-        .arg(key)
-        .run()
-        .assert_ok();
+    store.put_raw(tmp.path(), key, raw);
     let out = store
         .walden()
         .envs(env.iter().map(|(k, v)| (k.to_string(), v.to_string())))

@@ -13,6 +13,18 @@ pub enum Store {
 
 pub const S3_PREFIX_PATH: &str = "cluster-a";
 
+/// A libsodium key (32 bytes, `none` transform).
+pub const KEY: &str = "0123456789abcdef0123456789abcdef";
+
+/// Settings for a compression method, encrypted with [`KEY`] or not.
+pub fn codec_env(method: &str, encrypted: bool) -> Vec<(String, String)> {
+    let mut env = vec![("WALG_COMPRESSION_METHOD".to_string(), method.to_string())];
+    if encrypted {
+        env.push(("WALG_LIBSODIUM_KEY".into(), KEY.into()));
+    }
+    env
+}
+
 impl Store {
     pub fn fs() -> Store {
         let dir = TempDir::new("store");
@@ -60,6 +72,20 @@ impl Store {
             Store::Fs { dir } => dir.join("repo").join(key),
             Store::S3 { server } => server.object_path(&format!("{S3_PREFIX_PATH}/{key}")),
         }
+    }
+
+    /// Store `bytes` as `key` unencoded (through a file in `scratch`), to
+    /// plant a foreign or damaged object.
+    pub fn put_raw(&self, scratch: &std::path::Path, key: &str, bytes: &[u8]) {
+        let f = scratch.join("raw-object");
+        std::fs::write(&f, bytes).unwrap();
+        self.walden()
+            .args(["st", "put", "-f", "--no-compress", "--no-encrypt"])
+            .arg(&f)
+            .arg(key)
+            .run()
+            .assert_ok();
+        std::fs::remove_file(&f).unwrap();
     }
 
     pub fn server(&mut self) -> Option<&mut S3Server> {

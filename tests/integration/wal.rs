@@ -6,19 +6,8 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::harness::pg::PG_BIN;
 use crate::harness::{PgCluster, TempDir, Walden};
-use crate::store::{FakeWal, Store, WAL_SIZE};
-
-const KEY: &str = "wal-test-key-0123456789abcdefghij";
-
-fn codec_env(method: &str, encrypted: bool) -> Vec<(String, String)> {
-    let mut env = vec![("WALG_COMPRESSION_METHOD".to_string(), method.to_string())];
-    if encrypted {
-        env.push(("WALG_LIBSODIUM_KEY".into(), KEY.into()));
-    }
-    env
-}
+use crate::store::{codec_env, FakeWal, Store, WAL_SIZE};
 
 /// A cluster archiving with walden, keeping a plain copy of every segment
 /// in `copies` through a second archive_command step.
@@ -34,25 +23,6 @@ fn archiving_cluster(store: &Store, codec: &[(String, String)], copies: &TempDir
         .env(store.env())
         .env(codec.to_vec())
         .start()
-}
-
-fn base_backup(pg: &PgCluster, dest: &Path) {
-    let out = std::process::Command::new(format!("{PG_BIN}/pg_basebackup"))
-        .args([
-            "-h",
-            &pg.socket_dir().display().to_string(),
-            "-p",
-            &pg.port().to_string(),
-        ])
-        .args(["-U", "postgres", "-X", "none", "-c", "fast", "-D"])
-        .arg(dest)
-        .output()
-        .expect("run pg_basebackup");
-    assert!(
-        out.status.success(),
-        "pg_basebackup: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn segment_names(dir: &Path) -> Vec<String> {
@@ -76,7 +46,7 @@ fn archive_fetch_and_replay(store: Store, method: &str, encrypted: bool) {
     pg.pgbench_init(4);
     let restored_dir = TempDir::new("wal-restored");
     let data = restored_dir.join("data");
-    base_backup(&pg, &data);
+    pg.base_backup(&data);
     pg.pgbench(&["-n", "-t", "3000", "-c", "2"]);
     pg.psql("CREATE TABLE marker AS SELECT 'after the backup'::text AS note");
     let expected = pg.psql("SELECT sum(abalance)::text || '/' || count(*) FROM pgbench_accounts");
@@ -211,16 +181,7 @@ fn missing_and_damaged_wal_is_refused_without_writing_dest() {
         let mid = bad.len() / 2;
         bad[mid] ^= 1;
         for damaged in [bad, raw[..raw.len() - 5].to_vec()] {
-            let f = out_dir.join("raw");
-            fs::write(&f, &damaged).unwrap();
-            store
-                .walden()
-                .args(["st", "put", "-f", "--no-compress"])
-                .arg(&f)
-                .arg(&key)
-                .run()
-                .assert_ok();
-            fs::remove_file(&f).unwrap();
+            store.put_raw(out_dir.path(), &key, &damaged);
             let out = store
                 .walden()
                 .env("WALG_DOWNLOAD_CONCURRENCY", "1")

@@ -348,6 +348,23 @@ impl PgCluster {
         self.wait_for_sql("SELECT pg_is_in_recovery()", "f", timeout);
     }
 
+    /// A base backup with PostgreSQL's own pg_basebackup (fast checkpoint,
+    /// no WAL: replaying it needs the archive).
+    pub fn base_backup(&self, dest: &Path) {
+        let out = Command::new(format!("{PG_BIN}/pg_basebackup"))
+            .args([
+                "-h",
+                &self.socket_dir().display().to_string(),
+                "-p",
+                &self.port.to_string(),
+            ])
+            .args(["-U", "postgres", "-X", "none", "-c", "fast", "-D"])
+            .arg(dest)
+            .output()
+            .expect("run pg_basebackup");
+        check(&out, "pg_basebackup");
+    }
+
     /// Forces a WAL switch and returns the name of the segment just closed.
     pub fn switch_wal(&self) -> String {
         self.psql("SELECT pg_walfile_name(pg_switch_wal())")
