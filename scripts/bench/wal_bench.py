@@ -152,7 +152,8 @@ def reset_repos(cname):
                     shutil.rmtree(f"{pgbr}/{entry}/{sub}")
     for entry in os.listdir(WORK):
         if entry.startswith("repo-") and entry.endswith(cname) and not entry.startswith("repo-pgbr"):
-            shutil.rmtree(f"{WORK}/{entry}")
+            for sub in os.listdir(f"{WORK}/{entry}"):
+                shutil.rmtree(f"{WORK}/{entry}/{sub}")
 
 
 def bench_config(cname, ctools, names, timed):
@@ -201,7 +202,9 @@ def bench_config(cname, ctools, names, timed):
             secs, kib, _ = run(pusher(f"{d}/{n}"), env)
             seq_push[t].append(secs)
             seq_rss[t] = max(seq_rss[t], kib)
-            os.rename(f"{d}/archive_status/{n}.ready", f"{d}/archive_status/{n}.done")
+            # wal-rus renames .ready to .done itself.
+            if os.path.exists(f"{d}/archive_status/{n}.ready"):
+                os.rename(f"{d}/archive_status/{n}.ready", f"{d}/archive_status/{n}.done")
     for n in names[:-SEGMENTS]:
         for t, (pusher, env, _) in ctools.items():
             run(pusher(f"{SEGS}/{n}"), env)
@@ -230,7 +233,10 @@ def main():
     pg_ctl(PG, "start", log=f"{WORK}/pg.log")
     configs = {
         "zstd-3": {
-            "walden": {"WALG_COMPRESSION_METHOD": "zstd", "WALG_ZSTD_LEVEL": "3"},
+            # WAL-G names its levels ("default" is zstd level 3, as in
+            # walden); wal-rus reads a number from WALG_COMPRESSION_LEVEL.
+            "walden": {"WALG_COMPRESSION_METHOD": "zstd", "WALG_ZSTD_LEVEL": "default",
+                       "WALG_COMPRESSION_LEVEL": "3"},
             "pgbr": ["compress-type=zst", "compress-level=3"],
         },
         "defaults": {"walden": {}, "pgbr": []},
@@ -255,6 +261,12 @@ def main():
                 tools[cname][label] = (lambda seg, exe=exe: [exe, "wal-push", seg], penv,
                                        lambda n, d, exe=exe: [exe, "wal-fetch", n, d])
     pg_ctl(PG, "stop", extra=["-m", "fast"])
+    # WAL-G refuses a file storage root that does not exist yet.
+    for cname, ctools in tools.items():
+        for _, env, _ in ctools.values():
+            if "WALG_FILE_PREFIX" in env:
+                os.makedirs(env["WALG_FILE_PREFIX"], exist_ok=True)
+                shutil.chown(env["WALG_FILE_PREFIX"], "postgres")
 
     for cname, ctools in tools.items():
         bench_config(cname, ctools, names, timed)

@@ -119,7 +119,8 @@ impl PrefetchCache {
             };
             if last == Some(meta.len()) {
                 still += 1;
-                if still >= 20 {
+                // ~200 ms without growth: the prefetcher died.
+                if still >= 100 {
                     let _ = fs::remove_file(&running);
                     return false;
                 }
@@ -127,7 +128,7 @@ impl PrefetchCache {
                 still = 0;
                 last = Some(meta.len());
             }
-            std::thread::sleep(Duration::from_millis(10));
+            std::thread::sleep(Duration::from_millis(2));
         }
         let Ok(meta) = fs::metadata(&ready) else {
             return false;
