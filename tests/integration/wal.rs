@@ -6,7 +6,7 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::harness::{PgCluster, TempDir, Walden};
+use crate::harness::{PgCluster, TempDir};
 use crate::store::{codec_env, FakeWal, Store, WAL_SIZE};
 
 /// A cluster archiving with walden, keeping a plain copy of every segment
@@ -427,5 +427,4 @@ fn prefetch_fills_the_cache_and_a_prefetched_segment_is_used() {
         .run()
         .assert_ok();
     assert!(fs::read(&dest).unwrap() == fs::read(wal.dir().join(&names[2])).unwrap());
-    let _ = Walden::new();
 }
