@@ -166,7 +166,7 @@ fn main() {
     if let Err(e) = run(args) {
         // The logger may not be set up yet (bad arguments, bad config):
         // fall back to the same line format on stderr.
-        if log::max_level() == log::LevelFilter::Off || !log::log_enabled!(log::Level::Error) {
+        if !log::log_enabled!(log::Level::Error) {
             let _ = logger::init(log::LevelFilter::Error, None, "");
         }
         log::error!("{e}");

@@ -186,6 +186,7 @@ fn spawn_prefetch(settings: &Settings, name: &str, dest: &Path) -> io::Result<()
     if let Some(config) = &settings.config_path {
         cmd.arg("--config").arg(config);
     }
+    cmd.args(settings.flag_args());
     cmd.arg("wal-prefetch").arg(name).arg(dest);
     let devel = settings.get("WALG_LOG_LEVEL").as_deref() == Some("DEVEL");
     cmd.stdin(Stdio::null())

@@ -88,6 +88,18 @@ impl Settings {
         }
     }
 
+    /// The `--setting-name=value` flags this run was given, to pass on to
+    /// a child process (the prefetcher), which must see the same settings.
+    pub fn flag_args(&self) -> Vec<String> {
+        let mut args: Vec<String> = self
+            .flags
+            .iter()
+            .map(|(name, value)| format!("--{}={value}", name.to_lowercase().replace('_', "-")))
+            .collect();
+        args.sort();
+        args
+    }
+
     /// The value without defaults.
     pub fn get_explicit(&self, name: &str) -> Option<String> {
         if let Some(v) = self.flags.get(name) {
@@ -263,6 +275,16 @@ mod tests {
             problem: "short".into(),
         };
         assert!(!e.to_string().contains("sup3rs3cret"));
+    }
+
+    #[test]
+    fn flag_args_round_trip() {
+        let mut s = settings(&[]);
+        s.flags.insert("WALG_FILE_PREFIX".into(), "/b".into());
+        let args = s.flag_args();
+        assert_eq!(args, ["--walg-file-prefix=/b"]);
+        let long = args[0].trim_start_matches("--").split('=').next().unwrap();
+        assert_eq!(flag_setting(long).as_deref(), Some("WALG_FILE_PREFIX"));
     }
 
     #[test]

@@ -428,3 +428,37 @@ fn prefetch_fills_the_cache_and_a_prefetched_segment_is_used() {
         .assert_ok();
     assert!(fs::read(&dest).unwrap() == fs::read(wal.dir().join(&names[2])).unwrap());
 }
+
+/// Settings given as flags reach the detached prefetcher too: here the
+/// storage itself is only a flag.
+#[test]
+fn prefetch_child_sees_settings_given_as_flags() {
+    let store = Store::fs();
+    let wal = FakeWal::new();
+    let names: Vec<String> = (1..=2)
+        .map(|i| format!("0000000100000000000000{i:02X}"))
+        .collect();
+    for (i, n) in names.iter().enumerate() {
+        let p = wal.segment(n, i as u8, false);
+        store.walden().arg("wal-push").arg(&p).run().assert_ok();
+    }
+    let (_, repo) = store.env().remove(0);
+    let restore = TempDir::new("prefetch-flags");
+    let dest = restore.join("RECOVERYXLOG");
+    crate::harness::Walden::new()
+        .arg(format!("--walg-file-prefix={repo}"))
+        .arg("--walg-download-concurrency=2")
+        .args(["wal-fetch", &names[0]])
+        .arg(&dest)
+        .run()
+        .assert_ok();
+    let cached = restore.join(".wal-g/prefetch").join(&names[1]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !cached.is_file() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the prefetcher did not get the storage flag"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
