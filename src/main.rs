@@ -7,6 +7,8 @@ mod commands;
 mod config;
 mod encoding;
 mod error;
+#[cfg(test)]
+mod fuzz;
 mod localfile;
 mod logger;
 mod storage;

@@ -8,9 +8,11 @@ pub struct Segment {
     pub number: u64,
 }
 
-/// Segments per xlogid for a segment size in MiB (`WALG_PG_WAL_SIZE`).
+/// Segments per xlogid for a segment size in MiB (`WALG_PG_WAL_SIZE`,
+/// checked to be a power of two from 1 to 1024 where it is read; the
+/// clamps only keep a bad value from dividing by zero).
 pub fn segments_per_xlogid(wal_size_mb: u64) -> u64 {
-    0x1_0000_0000 / (wal_size_mb.max(1) << 20)
+    (0x1_0000_0000 / (wal_size_mb.clamp(1, 4096) << 20)).max(1)
 }
 
 impl Segment {
@@ -74,5 +76,33 @@ mod tests {
                 .name(64),
             "000000010000000100000000"
         );
+    }
+
+    #[test]
+    fn fuzz_wal_names() {
+        let seeds: Vec<Vec<u8>> = [
+            "000000010000000000000001",
+            "0000000100000002000000FF",
+            "FFFFFFFFFFFFFFFF000000FF",
+            "00000002.history",
+            "000000010000000000000002.00000028.backup",
+            "000000010000000000000003.partial",
+        ]
+        .iter()
+        .map(|s| s.as_bytes().to_vec())
+        .collect();
+        crate::fuzz::run("wal_names", &seeds, |input| {
+            let Ok(name) = std::str::from_utf8(input) else {
+                return;
+            };
+            for size in [1, 16, 64, 1024, 0, 4096, u64::MAX] {
+                if let Some(seg) = Segment::parse(name, size) {
+                    // Whatever parses prints back as the same segment.
+                    assert_eq!(Segment::parse(&seg.name(size), size), Some(seg));
+                    assert!(seg.name(size).eq_ignore_ascii_case(name));
+                    let _ = seg.next().name(size);
+                }
+            }
+        });
     }
 }
