@@ -107,7 +107,10 @@ pub fn mutate(rng: &mut Rng, input: &[u8], seeds: &[Vec<u8>]) -> Vec<u8> {
                 }
             }
             6 => {
-                let extra = { let n = 1 + rng.below(32); rng.bytes(n) };
+                let extra = {
+                    let n = 1 + rng.below(32);
+                    rng.bytes(n)
+                };
                 let i = rng.below(len + 1);
                 out.splice(i..i, extra);
             }
@@ -122,7 +125,10 @@ pub fn mutate(rng: &mut Rng, input: &[u8], seeds: &[Vec<u8>]) -> Vec<u8> {
                 }
             }
             _ => {
-                let extra = { let n = rng.below(8); rng.bytes(n) };
+                let extra = {
+                    let n = rng.below(8);
+                    rng.bytes(n)
+                };
                 out.extend_from_slice(&extra);
             }
         }
@@ -201,11 +207,15 @@ mod tests {
         let seeds = vec![b"hello world".to_vec()];
         let a: Vec<Vec<u8>> = {
             let mut rng = Rng::new(7);
-            (0..50).map(|_| mutate(&mut rng, &seeds[0], &seeds)).collect()
+            (0..50)
+                .map(|_| mutate(&mut rng, &seeds[0], &seeds))
+                .collect()
         };
         let b: Vec<Vec<u8>> = {
             let mut rng = Rng::new(7);
-            (0..50).map(|_| mutate(&mut rng, &seeds[0], &seeds)).collect()
+            (0..50)
+                .map(|_| mutate(&mut rng, &seeds[0], &seeds))
+                .collect()
         };
         assert_eq!(a, b);
         assert!(a.iter().any(|m| m != &seeds[0]));

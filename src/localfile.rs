@@ -1,15 +1,49 @@
 //! Writing a local file so that nobody ever sees it half-written: bytes go
 //! to a temp name in the same directory, which is fsynced and renamed into
-//! place only when everything arrived. A failure leaves nothing behind.
+//! place only when everything arrived. A failure, or a stop signal, leaves
+//! nothing behind.
+//!
+//! The temp file is created exclusively (`O_EXCL`, `O_NOFOLLOW`) under an
+//! unpredictable name: DEST's directory may be writable by others (a
+//! shared spool, /tmp), and a name they could guess and pre-create as a
+//! symlink would make us write through it into any file we can write.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+
+use crate::cleanup::{self, Tracked};
 
 pub struct AtomicFile {
     temp: PathBuf,
     dest: PathBuf,
     file: Option<File>,
+    _tracked: Tracked,
+}
+
+/// 16 random hex digits, for temp names no one else can predict.
+pub fn random_suffix() -> String {
+    let mut random = [0u8; 8];
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random).is_err() {
+        // No system randomness: still unique, less unpredictable; the
+        // exclusive create below is what keeps us safe.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        random = (now ^ ((std::process::id() as u64) << 32)).to_le_bytes();
+    }
+    random.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Create `path` for writing; fails if anything (a file, a symlink) is
+/// already there.
+pub fn create_exclusive(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
 }
 
 impl AtomicFile {
@@ -19,29 +53,34 @@ impl AtomicFile {
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
         let mut temp_name = std::ffi::OsString::from(".");
         temp_name.push(name);
-        temp_name.push(format!(".walden-tmp.{}", std::process::id()));
+        temp_name.push(format!(".walden-tmp.{}", random_suffix()));
         let temp = dest.with_file_name(temp_name);
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&temp)?;
+        let file = create_exclusive(&temp)?;
         Ok(AtomicFile {
+            _tracked: cleanup::track_file(temp.clone()),
             temp,
             dest: dest.to_path_buf(),
             file: Some(file),
         })
     }
 
-    /// Make the file durable and visible under its real name.
+    /// Make the file durable and visible under its real name. On failure
+    /// the temp file is removed and DEST is as it was.
     pub fn commit(mut self) -> io::Result<()> {
         let file = self
             .file
             .take()
             .ok_or_else(|| io::Error::other("already committed"))?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&self.temp, &self.dest)?;
+        let published = file
+            .sync_all()
+            .and_then(|()| {
+                drop(file);
+                fs::rename(&self.temp, &self.dest)
+            })
+            .inspect_err(|_| {
+                let _ = fs::remove_file(&self.temp);
+            });
+        published?;
         let dir = match self.dest.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
@@ -96,6 +135,42 @@ mod tests {
             1,
             "the abandoned temp file is gone"
         );
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_failed_rename_leaves_no_temp_file() {
+        let dir = std::env::temp_dir().join(format!("walden-atomic-dir-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        // DEST is a non-empty directory: the rename fails after the fsync.
+        fs::create_dir_all(dir.join("dest/inside")).unwrap();
+        let mut a = AtomicFile::create(&dir.join("dest")).unwrap();
+        a.write_all(b"x").unwrap();
+        assert!(a.commit().is_err());
+        let names: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names, ["dest"], "only DEST is left");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn temp_names_are_created_exclusively() {
+        let dir = std::env::temp_dir().join(format!("walden-atomic-excl-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let target = dir.join("victim");
+        fs::write(&target, b"keep").unwrap();
+        let link = dir.join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(
+            create_exclusive(&link).is_err(),
+            "a symlink is not followed"
+        );
+        assert_eq!(fs::read(&target).unwrap(), b"keep");
+        assert_ne!(random_suffix(), random_suffix());
         fs::remove_dir_all(dir).unwrap();
     }
 }

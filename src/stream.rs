@@ -25,6 +25,20 @@ pub fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
 
 /// Copy the decoded object `key` to `dest`.
 pub fn copy_object(source: &mut dyn Read, dest: &mut dyn Write, key: &str) -> Result<u64> {
+    copy_object_limited(source, dest, key, u64::MAX, "")
+}
+
+/// Copy the decoded object `key` to `dest`, refusing it when it decodes
+/// to more than `limit` bytes: a small object can expand into gigabytes
+/// (a decompression bomb), and a WAL file is never bigger than a segment.
+/// `why` ends the error message: what the limit is and what to check.
+pub fn copy_object_limited(
+    source: &mut dyn Read,
+    dest: &mut dyn Write,
+    key: &str,
+    limit: u64,
+    why: &str,
+) -> Result<u64> {
     let mut buf = vec![0u8; BUFFER];
     let mut total = 0u64;
     loop {
@@ -38,9 +52,14 @@ pub fn copy_object(source: &mut dyn Read, dest: &mut dyn Write, key: &str) -> Re
                 )))
             }
         };
+        total += n as u64;
+        if total > limit {
+            return Err(Error::Other(format!(
+                "object '{key}' decodes to more than {limit} bytes{why}; nothing was written"
+            )));
+        }
         dest.write_all(&buf[..n])
             .map_err(|e| Error::io("writing the output", e))?;
-        total += n as u64;
     }
 }
 

@@ -119,22 +119,128 @@ pub fn encoder(
     })
 }
 
+/// Memory the LZMA decoder may use. Its dictionary size comes from the
+/// object's header, so a tiny hostile object could ask for 4 GiB; WAL-G
+/// and walden write 8 MiB dictionaries (64 MiB at most at preset 9).
+const LZMA_MEMORY_LIMIT: u64 = 128 << 20;
+
 pub fn decoder(method: Method, source: Box<dyn Read + Send>) -> Box<dyn Read + Send> {
     match method {
         Method::None => source,
-        Method::Lz4 => Box::new(StrictLz4(lz4_flex::frame::FrameDecoder::new(Tail::new(
-            source,
-        )))),
+        Method::Lz4 => Box::new(StrictLz4 {
+            decoder: lz4_flex::frame::FrameDecoder::new(Tail::new(source)),
+            at_end: false,
+        }),
         Method::Zstd => match zstd::stream::read::Decoder::new(source) {
             Ok(d) => Box::new(d),
             Err(e) => Box::new(FailingReader(Some(e))),
         },
-        Method::Brotli => Box::new(brotli::Decompressor::new(source, 65536)),
-        Method::Lzma => match xz2::stream::Stream::new_lzma_decoder(u64::MAX) {
-            Ok(stream) => Box::new(xz2::read::XzDecoder::new_stream(source, stream)),
+        Method::Brotli => Box::new(EndChecked::new(
+            BrotliEnd(brotli::Decompressor::new(source, 65536)),
+            "brotli",
+        )),
+        Method::Lzma => match xz2::stream::Stream::new_lzma_decoder(LZMA_MEMORY_LIMIT) {
+            Ok(stream) => Box::new(EndChecked::new(
+                LzmaEnd(xz2::bufread::XzDecoder::new_stream(
+                    io::BufReader::with_capacity(64 << 10, source),
+                    stream,
+                )),
+                "lzma",
+            )),
             Err(e) => Box::new(FailingReader(Some(io::Error::other(e)))),
         },
     }
+}
+
+/// A decoder that stops at the end of its stream, leaving whatever follows
+/// unread; [`EndChecked`] asks it whether anything did.
+trait StreamEnd: Read {
+    /// True when input remains after the end of the compressed stream.
+    fn trailing_data(&mut self) -> io::Result<bool>;
+}
+
+struct BrotliEnd<R: Read>(brotli::Decompressor<R>);
+
+impl<R: Read> Read for BrotliEnd<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl<R: Read> StreamEnd for BrotliEnd<R> {
+    fn trailing_data(&mut self) -> io::Result<bool> {
+        // Read once more past the end: the decoder reports input it
+        // buffered but did not use as an error.
+        if self.0.read(&mut [0u8; 1]).is_err() {
+            return Ok(true);
+        }
+        Ok(self.0.get_mut().read(&mut [0u8; 1])? > 0)
+    }
+}
+
+struct LzmaEnd<R: Read>(xz2::bufread::XzDecoder<io::BufReader<R>>);
+
+impl<R: Read> Read for LzmaEnd<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf).map_err(|e| {
+            if e.to_string().contains("memory") {
+                io::Error::other(format!(
+                    "the lzma stream asks for a dictionary larger than walden allows ({} MiB): it is damaged or hostile ({e})",
+                    LZMA_MEMORY_LIMIT >> 20
+                ))
+            } else {
+                e
+            }
+        })
+    }
+}
+
+impl<R: Read> StreamEnd for LzmaEnd<R> {
+    fn trailing_data(&mut self) -> io::Result<bool> {
+        let buffered = self.0.get_mut();
+        if !buffered.buffer().is_empty() {
+            return Ok(true);
+        }
+        Ok(buffered.get_mut().read(&mut [0u8; 1])? > 0)
+    }
+}
+
+/// Refuses data after the end of the compressed stream: an object is one
+/// stream, and bytes after it mean it is not what we wrote.
+struct EndChecked<D> {
+    decoder: D,
+    format: &'static str,
+    checked: bool,
+}
+
+impl<D: StreamEnd> EndChecked<D> {
+    fn new(decoder: D, format: &'static str) -> Self {
+        EndChecked {
+            decoder,
+            format,
+            checked: false,
+        }
+    }
+}
+
+impl<D: StreamEnd> Read for EndChecked<D> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.decoder.read(buf)?;
+        if n == 0 && !buf.is_empty() && !self.checked {
+            if self.decoder.trailing_data()? {
+                return Err(trailing(self.format));
+            }
+            self.checked = true;
+        }
+        Ok(n)
+    }
+}
+
+fn trailing(format: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("data follows the end of the {format} stream: the object is damaged"),
+    )
 }
 
 /// Each wrapper below holds its encoder in an `Option` so that `finish`
@@ -188,27 +294,55 @@ impl FinishWrite for LzmaWriter {
 
 /// lz4_flex ends a stream quietly when the source stops where a block
 /// header should be, even in the middle of a frame; a stream cut at a
-/// block boundary would decode as a shorter, "valid" one. So at the end we
-/// check that the last bytes read were a frame's end mark (and checksum).
-struct StrictLz4<R: Read>(lz4_flex::frame::FrameDecoder<Tail<R>>);
+/// block boundary would decode as a shorter, "valid" one. And it returns
+/// end-of-stream at the end of each frame. So at each frame's end we check
+/// that the last bytes read were its end mark (and checksum), then go on
+/// with the next frame (lz4 streams may be concatenated frames), and at
+/// the very end that nothing but whole frames was read.
+struct StrictLz4<R: Read> {
+    decoder: lz4_flex::frame::FrameDecoder<Tail<R>>,
+    at_end: bool,
+}
 
 impl<R: Read> Read for StrictLz4<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.0.read(buf)?;
-        if n == 0 && !buf.is_empty() && !self.0.get_ref().ends_a_frame() {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the lz4 stream is truncated: it ends inside a frame",
-            ));
+        if buf.is_empty() || self.at_end {
+            return Ok(0);
         }
-        Ok(n)
+        loop {
+            let n = self.decoder.read(buf)?;
+            if n > 0 {
+                return Ok(n);
+            }
+            let tail = self.decoder.get_ref();
+            if tail.in_frame() == 0 {
+                // Nothing read since the last frame ended: the real end.
+                self.at_end = true;
+                return Ok(0);
+            }
+            if !tail.ends_a_frame() {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    if tail.frames == 0 {
+                        "the lz4 stream is truncated: it ends inside a frame"
+                    } else {
+                        "the lz4 stream is damaged: data after the last whole frame"
+                    },
+                ));
+            }
+            self.decoder.get_mut().next_frame();
+        }
     }
 }
 
-/// Remembers the frame flags and the last 8 bytes that passed through.
+/// Remembers, for the frame being read, its flags and the last 8 bytes
+/// that passed through.
 struct Tail<R> {
     inner: R,
+    /// Bytes read since the current frame began.
     total: u64,
+    /// Whole frames before the current one.
+    frames: u64,
     flags: u8,
     last: [u8; 8],
 }
@@ -218,17 +352,29 @@ impl<R> Tail<R> {
         Tail {
             inner,
             total: 0,
+            frames: 0,
             flags: 0,
             last: [0xff; 8],
         }
     }
 
+    fn in_frame(&self) -> u64 {
+        self.total
+    }
+
+    fn next_frame(&mut self) {
+        self.total = 0;
+        self.frames += 1;
+        self.flags = 0;
+        self.last = [0xff; 8];
+    }
+
     fn ends_a_frame(&self) -> bool {
         const CONTENT_CHECKSUM: u8 = 0x04;
-        if self.total < 15 {
-            // Shorter than the smallest frame; the decoder has already
-            // failed on anything but an empty source.
-            return self.total == 0;
+        if self.total < 11 {
+            // Shorter than the smallest frame (magic, 3 header bytes, end
+            // mark): the decoder stopped on something that is not one.
+            return false;
         }
         let end_mark = if self.flags & CONTENT_CHECKSUM != 0 {
             &self.last[0..4]
@@ -242,14 +388,15 @@ impl<R> Tail<R> {
 impl<R: Read> Read for Tail<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        for (i, &b) in buf[..n].iter().enumerate() {
-            if self.total + i as u64 == 4 {
-                self.flags = b;
+        let got = buf.get(..n).unwrap_or_default();
+        if self.total <= 4 && self.total + n as u64 > 4 {
+            if let Some(&flags) = got.get((4 - self.total) as usize) {
+                self.flags = flags;
             }
         }
         let keep = n.min(8);
         self.last.rotate_left(keep);
-        self.last[8 - keep..].copy_from_slice(&buf[n - keep..n]);
+        self.last[8 - keep..].copy_from_slice(&got[n - keep..]);
         self.total += n as u64;
         Ok(n)
     }
@@ -377,6 +524,59 @@ mod tests {
             let mid = enc.len() / 2;
             enc[mid] ^= 0x55;
             assert!(decode(m, enc).is_err(), "{m:?}");
+        }
+    }
+
+    #[test]
+    fn concatenated_lz4_frames_all_decode() {
+        let a = sample();
+        let b = b"second frame".to_vec();
+        let mut both = encode(Method::Lz4, &a);
+        both.extend(encode(Method::Lz4, b""));
+        both.extend(encode(Method::Lz4, &b));
+        assert_eq!(decode(Method::Lz4, both).unwrap(), [a, b].concat());
+    }
+
+    #[test]
+    fn data_after_the_stream_is_refused() {
+        for m in [Method::Lz4, Method::Lzma, Method::Zstd, Method::Brotli] {
+            for garbage in [&b"x"[..], b"abcd", b"0123456789abcdef", &[0u8; 70_000][..]] {
+                let mut enc = encode(m, &sample());
+                enc.extend_from_slice(garbage);
+                assert!(
+                    decode(m, enc).is_err(),
+                    "{m:?} with {} bytes of garbage after it decoded",
+                    garbage.len()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn lzma_dictionary_bomb_is_refused() {
+        // LZMA-alone header asking for a 4 GiB dictionary, unknown size.
+        let mut enc = encode(Method::Lzma, &[0u8; 100_000]);
+        enc[1..5].copy_from_slice(&[0xff, 0xff, 0xff, 0xff]);
+        let err = decode(Method::Lzma, enc).unwrap_err().to_string();
+        assert!(err.contains("dictionary"), "{err}");
+    }
+
+    #[test]
+    fn fuzz_decoders() {
+        for m in [Method::Lz4, Method::Lzma, Method::Zstd, Method::Brotli] {
+            let seeds = vec![
+                encode(m, &sample()[..20_000]),
+                encode(m, b""),
+                encode(m, b"short"),
+                [encode(m, b"one"), encode(m, b"two")].concat(),
+            ];
+            crate::fuzz::run(&format!("decode_{m:?}"), &seeds, |input| {
+                let mut r = decoder(m, Box::new(io::Cursor::new(input.to_vec())));
+                // Output is bounded by what the caller reads; reading a
+                // bounded amount must end (with data, an end or an error).
+                let mut out = Vec::new();
+                let _ = (&mut r).take(64 << 20).read_to_end(&mut out);
+            });
         }
     }
 

@@ -10,11 +10,16 @@ use std::ffi::OsString;
 use std::sync::Arc;
 
 use crate::codec::Codecs;
-use crate::config::Settings;
+use crate::config::{ConfigError, Settings};
 use crate::error::{Error, Result};
 use crate::storage::{self, Storage};
 
 pub fn run(command: &str, settings: Settings, args: Vec<OsString>) -> Result<()> {
+    // These create temp files or uploads that a stop signal must not leave
+    // behind; set up before any thread starts.
+    if matches!(command, "st" | "wal-push" | "wal-fetch" | "wal-prefetch") {
+        crate::cleanup::install();
+    }
     match command {
         "st" => st::run(&settings, args),
         "wal-push" => wal_push::run(&settings, args),
@@ -25,7 +30,27 @@ pub fn run(command: &str, settings: Settings, args: Vec<OsString>) -> Result<()>
     }
 }
 
+/// Most parts of one object, or WAL files, uploaded at once. WAL-G sets no
+/// bound; a value beyond this is a typo, and would ask for that many
+/// threads and part buffers.
+const MAX_UPLOAD_CONCURRENCY: usize = 1024;
+
+/// `WALG_UPLOAD_CONCURRENCY`, checked.
+pub fn upload_concurrency(settings: &Settings) -> Result<usize> {
+    let n = settings.positive("WALG_UPLOAD_CONCURRENCY")?;
+    if n > MAX_UPLOAD_CONCURRENCY {
+        return Err(ConfigError::Invalid {
+            name: "WALG_UPLOAD_CONCURRENCY".into(),
+            value: n.to_string(),
+            problem: format!("at most {MAX_UPLOAD_CONCURRENCY} uploads at once are allowed"),
+        }
+        .into());
+    }
+    Ok(n)
+}
+
 pub fn open_storage(settings: &Settings) -> Result<Arc<dyn Storage>> {
+    upload_concurrency(settings)?;
     Ok(storage::select::open(settings)?)
 }
 

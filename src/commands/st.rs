@@ -30,6 +30,7 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     while let Some(arg) = parser.next()? {
         match arg {
             Short('r') => switches.push("recursive".into()),
+            Short('a') => switches.push("all".into()),
             Short('s') => switches.push("read-stdin".into()),
             Short('f') => switches.push("force".into()),
             Long(name) => switches.push(name.to_string()),
@@ -38,7 +39,7 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
         }
     }
     let allowed: &[&str] = match sub.as_str() {
-        "ls" => &["recursive"],
+        "ls" => &["recursive", "all"],
         "get" => &["no-decrypt", "no-decompress"],
         "put" => &["no-compress", "no-encrypt", "read-stdin", "force"],
         "cat" => &["decrypt", "decompress"],
@@ -64,6 +65,7 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
             settings,
             values.first().map(String::as_str).unwrap_or(""),
             has("recursive"),
+            has("all"),
         ),
         "get" => get(
             settings,
@@ -112,38 +114,78 @@ fn key_of(path: &str) -> String {
     path.trim_start_matches('/').to_string()
 }
 
-fn ls(settings: &Settings, path: &str, recursive: bool) -> Result<()> {
+fn ls(settings: &Settings, path: &str, recursive: bool, all: bool) -> Result<()> {
     let storage = open_storage(settings)?;
     let mut prefix = key_of(path);
     if !prefix.is_empty() && !prefix.ends_with('/') {
         prefix.push('/');
     }
     let stdout = io::stdout();
-    let mut out = io::BufWriter::new(stdout.lock());
-    let write_err = |e: io::Error| Error::io("writing the listing", e);
-    writeln!(out, "type\tsize\tlast modified\tname").map_err(write_err)?;
-    let mut failure = None;
+    let mut out = Listing {
+        out: io::BufWriter::new(stdout.lock()),
+        header_written: false,
+        failure: None,
+    };
+    let relative = |key: &str| key.strip_prefix(prefix.as_str()).unwrap_or(key).to_string();
     storage.list(&prefix, recursive, &mut |entry| {
-        let line = match entry {
-            Entry::Dir(d) => format!("dir\t0\t-\t{}", &d[prefix.len()..]),
-            Entry::Object(o) => format!(
-                "obj\t{}\t{}\t{}",
-                o.size,
-                o.modified
-                    .map(crate::time::rfc3339_nano)
-                    .unwrap_or_else(|| "-".into()),
-                &o.key[prefix.len()..]
-            ),
-        };
-        if let Err(e) = writeln!(out, "{line}") {
-            failure = Some(e);
+        match entry {
+            Entry::Dir(d) => out.line("dir", 0, None, &relative(&d)),
+            Entry::Object(o) => out.line("obj", o.size, o.modified, &relative(&o.key)),
         }
         Ok(())
     })?;
-    if let Some(e) = failure {
-        return Err(write_err(e));
+    if all {
+        // Temp objects of writes that never finished (a killed process):
+        // hidden from every other listing, shown here so they can be found
+        // and removed with `st rm`.
+        storage.list_leftovers(&prefix, &mut |o| {
+            out.line("tmp", o.size, o.modified, &relative(&o.key));
+            Ok(())
+        })?;
     }
-    out.flush().map_err(write_err)
+    out.finish()
+}
+
+/// `st ls` output. The header is written with the first line (or at the
+/// end), so that a listing that fails at once prints only the error.
+struct Listing<W: Write> {
+    out: W,
+    header_written: bool,
+    failure: Option<io::Error>,
+}
+
+impl<W: Write> Listing<W> {
+    fn line(&mut self, kind: &str, size: u64, modified: Option<std::time::SystemTime>, name: &str) {
+        if self.failure.is_some() {
+            return;
+        }
+        let modified = modified
+            .map(crate::time::rfc3339_nano)
+            .unwrap_or_else(|| "-".into());
+        let written = self
+            .header()
+            .and_then(|()| writeln!(self.out, "{kind}\t{size}\t{modified}\t{name}"));
+        if let Err(e) = written {
+            self.failure = Some(e);
+        }
+    }
+
+    fn header(&mut self) -> io::Result<()> {
+        if !self.header_written {
+            self.header_written = true;
+            writeln!(self.out, "type\tsize\tlast modified\tname")?;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<()> {
+        let write_err = |e: io::Error| Error::io("writing the listing", e);
+        if let Some(e) = self.failure.take() {
+            return Err(write_err(e));
+        }
+        self.header().map_err(write_err)?;
+        self.out.flush().map_err(write_err)
+    }
 }
 
 /// Open `key` and put the decoding the flags ask for in front of it.
@@ -244,6 +286,16 @@ fn rm(settings: &Settings, path: &str) -> Result<()> {
                 count += batch.len();
                 batch.clear();
             }
+        }
+        Ok(())
+    })?;
+    // Temp objects of killed writes go with their folder.
+    storage.list_leftovers(&prefix, &mut |o| {
+        batch.push(o.key);
+        if batch.len() == 1000 {
+            storage.delete(&batch)?;
+            count += batch.len();
+            batch.clear();
         }
         Ok(())
     })?;

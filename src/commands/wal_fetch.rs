@@ -21,7 +21,7 @@ use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::localfile::AtomicFile;
 use crate::storage::Storage;
-use crate::stream::copy_object;
+use crate::stream::copy_object_limited;
 use crate::wal::{object, Segment};
 
 const USAGE: &str = "walden wal-fetch NAME DEST";
@@ -34,7 +34,7 @@ const PREFETCH_THREADS: usize = 4;
 pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     let values = positionals(args, USAGE, 2)?;
     let (name, dest) = (values[0].clone(), PathBuf::from(&values[1]));
-    let wal_size = settings.positive("WALG_PG_WAL_SIZE")? as u64;
+    let wal_size = crate::wal::segment_size_mb(settings)?;
     let concurrency = settings.positive("WALG_DOWNLOAD_CONCURRENCY")?;
     let cache = PrefetchCache::new(settings, &dest);
 
@@ -62,7 +62,15 @@ fn fetch(
     }
     let storage = open_storage(settings)?;
     let codecs = codecs(settings)?;
-    download(&storage, &codecs, name, dest)?.ok_or_else(|| Error::WalNotFound(name.to_string()))
+    match download(&storage, &codecs, name, dest, wal_size)? {
+        Some(()) => Ok(()),
+        None => {
+            // Exit 74 tells PostgreSQL the archive has no more WAL and ends
+            // recovery: only say so when the storage itself is there.
+            storage.verify_root()?;
+            Err(Error::WalNotFound(name.to_string()))
+        }
+    }
 }
 
 /// Download `name` into `dest` (temp name, fsync, rename). `Ok(None)` when
@@ -72,16 +80,41 @@ fn download(
     codecs: &Codecs,
     name: &str,
     dest: &Path,
+    wal_size: u64,
 ) -> Result<Option<()>> {
     let Some((key, mut reader)) = object::open(storage, codecs, name)? else {
         return Ok(None);
     };
     let mut file = AtomicFile::create(dest)
         .map_err(|e| Error::io(format!("cannot create '{}'", dest.display()), e))?;
-    copy_object(&mut reader, &mut file, &key)?;
+    let size = copy_wal(&mut reader, &mut file, &key, name, wal_size)?;
+    log::debug!("{key}: {size} bytes");
     file.commit()
         .map_err(|e| Error::io(format!("cannot write '{}'", dest.display()), e))?;
     Ok(Some(()))
+}
+
+/// Copy the decoded WAL object `key` (WAL file `name`): never more than a
+/// segment, and a segment exactly whole. A short segment would be replayed
+/// as far as it goes and then end recovery early.
+fn copy_wal(
+    reader: &mut dyn Read,
+    out: &mut dyn io::Write,
+    key: &str,
+    name: &str,
+    wal_size: u64,
+) -> Result<u64> {
+    let segment_bytes = wal_size << 20;
+    let why = format!(
+        ", more than a WAL segment ({wal_size} MiB): it is damaged, or WALG_PG_WAL_SIZE does not match the cluster's wal_segment_size"
+    );
+    let size = copy_object_limited(reader, out, key, segment_bytes, &why)?;
+    if Segment::parse(name, wal_size).is_some() && size != segment_bytes {
+        return Err(Error::Other(format!(
+            "object '{key}' decodes to {size} bytes, not a whole WAL segment of {segment_bytes}: it is truncated, or WALG_PG_WAL_SIZE does not match the cluster; nothing was written"
+        )));
+    }
+    Ok(size)
 }
 
 struct PrefetchCache {
@@ -203,7 +236,7 @@ fn spawn_prefetch(settings: &Settings, name: &str, dest: &Path) -> io::Result<()
 pub fn run_prefetch(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     let values = positionals(args, "walden wal-prefetch NAME LOCATION", 2)?;
     let (name, location) = (values[0].clone(), PathBuf::from(&values[1]));
-    let wal_size = settings.positive("WALG_PG_WAL_SIZE")? as u64;
+    let wal_size = crate::wal::segment_size_mb(settings)?;
     let count = settings.positive("WALG_DOWNLOAD_CONCURRENCY")?;
     let Some(first) = Segment::parse(&name, wal_size) else {
         return Ok(());
@@ -232,7 +265,7 @@ pub fn run_prefetch(settings: &Settings, args: Vec<OsString>) -> Result<()> {
             scope.spawn(|| loop {
                 let next = queue.lock().ok().and_then(|mut q| q.pop());
                 let Some(file) = next else { return };
-                match prefetch_one(&storage, &codecs, &cache, &file) {
+                match prefetch_one(&storage, &codecs, &cache, &file, wal_size) {
                     Ok(true) => log::debug!("prefetched {file}"),
                     Ok(false) => {
                         // Later segments do not exist yet either.
@@ -255,6 +288,7 @@ fn prefetch_one(
     codecs: &Codecs,
     cache: &PrefetchCache,
     file: &str,
+    wal_size: u64,
 ) -> Result<bool> {
     let running = cache.running.join(file);
     let Some((key, mut reader)) = object::open(storage, codecs, file)? else {
@@ -270,7 +304,7 @@ fn prefetch_one(
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(true),
         Err(e) => return Err(Error::io(format!("cannot create {}", running.display()), e)),
     };
-    let copied = copy_object(&mut reader, &mut out, &key).and_then(|_| {
+    let copied = copy_wal(&mut reader, &mut out, &key, file, wal_size).and_then(|_| {
         out.sync_all()
             .map_err(|e| Error::io(format!("cannot write {}", running.display()), e))
     });

@@ -11,7 +11,7 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use super::{codecs, open_storage, positionals};
+use super::{codecs, open_storage, positionals, upload_concurrency};
 use crate::codec::Codecs;
 use crate::config::Settings;
 use crate::error::{Error, Result};
@@ -47,11 +47,10 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
         return Ok(());
     }
 
-    let concurrency = settings.positive("WALG_UPLOAD_CONCURRENCY")?;
+    let concurrency = upload_concurrency(settings)?;
     let bg_limit = settings.positive("TOTAL_BG_UPLOADED_LIMIT")?;
-    let prevent_overwrite =
-        settings.bool("WALG_PREVENT_WAL_OVERWRITE")? || name.ends_with(".history");
-    let wal_size = settings.positive("WALG_PG_WAL_SIZE")? as u64;
+    let prevent_overwrite = settings.bool("WALG_PREVENT_WAL_OVERWRITE")?;
+    let wal_size = crate::wal::segment_size_mb(settings)?;
     let storage = open_storage(settings)?;
     let codecs = codecs(settings)?;
 
@@ -110,12 +109,21 @@ fn wal_dir(settings: &Settings, path: &Path) -> PathBuf {
 struct Job {
     storage: Arc<dyn Storage>,
     codecs: Codecs,
+    /// `WALG_PREVENT_WAL_OVERWRITE`: compare every file with what is stored.
     prevent_overwrite: bool,
 }
 
 impl Job {
+    /// Whether `name` must be compared with a stored copy before upload:
+    /// always for timeline history files, whose replacement by a different
+    /// one would make recovery follow the wrong timeline, whichever call
+    /// (foreground or background) uploads them.
+    fn compares(&self, name: &str) -> bool {
+        self.prevent_overwrite || name.ends_with(".history")
+    }
+
     fn push(&self, path: &Path, name: &str, buf: &mut [u8]) -> Result<()> {
-        if self.prevent_overwrite && self.already_stored(path, name)? {
+        if self.compares(name) && self.already_stored(path, name)? {
             log::info!(
                 "WAL file '{}' already archived with equal content, skipping",
                 path.display()

@@ -7,9 +7,11 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Component, Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use super::{Entry, ErrorKind, ObjectInfo, Result, Storage, StorageError};
+use crate::cleanup;
+use crate::localfile::{create_exclusive, random_suffix};
 
 /// Marks temp files, as WAL-G's `<file>.tmp.<time>-<hex>` does.
 const TEMP_MARK: &str = ".tmp.";
@@ -59,20 +61,14 @@ fn io_error(op: &'static str, key: &str, path: &Path, e: io::Error) -> StorageEr
     StorageError::new(kind, op, key, format!("{}: {e}{hint}", path.display()))
 }
 
+/// `<file>.tmp.<UTC time>-<random>`: the time lets a later clean-up tell
+/// a stale leftover of a killed process from a write in progress.
 fn temp_name(path: &Path) -> PathBuf {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let mut random = [0u8; 8];
-    // Uniqueness, not secrecy: fall back to time and pid bits.
-    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random).is_err() {
-        random = (now.as_nanos() as u64 ^ ((std::process::id() as u64) << 32)).to_le_bytes();
-    }
-    let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(format!(
-        "{TEMP_MARK}{}-{hex}",
-        crate::time::amz_date(SystemTime::now())
+        "{TEMP_MARK}{}-{}",
+        crate::time::amz_date(SystemTime::now()),
+        random_suffix()
     ));
     path.with_file_name(name)
 }
@@ -98,8 +94,9 @@ impl FsStorage {
         let dir = path.parent().unwrap_or(&self.root).to_path_buf();
         fs::create_dir_all(&dir).map_err(|e| io_error("put", key, &dir, e))?;
         let temp = temp_name(&path);
+        let _tracked = cleanup::track_file(temp.clone());
         let result = (|| {
-            let mut f = File::create(&temp)?;
+            let mut f = create_exclusive(&temp)?;
             f.write_all(data)?;
             drop(f);
             publish(&temp, &path)
@@ -111,11 +108,14 @@ impl FsStorage {
         Ok(())
     }
 
+    /// List `dir_key`; `temps` selects what is reported: finished objects,
+    /// or only the temp files of unfinished writes.
     fn walk(
         &self,
         dir_key: &str,
         name_prefix: &str,
         recursive: bool,
+        temps: bool,
         f: &mut dyn FnMut(Entry) -> Result<()>,
     ) -> Result<()> {
         let dir = if dir_key.is_empty() {
@@ -135,7 +135,7 @@ impl FsStorage {
             let Ok(name) = entry.file_name().into_string() else {
                 continue;
             };
-            if !name.starts_with(name_prefix) || is_temp(&name) {
+            if !name.starts_with(name_prefix) {
                 continue;
             }
             let meta = match entry.metadata() {
@@ -151,11 +151,11 @@ impl FsStorage {
             let key = format!("{dir_key}{name}");
             if meta.is_dir() {
                 if recursive {
-                    self.walk(&format!("{key}/"), "", true, f)?;
-                } else {
+                    self.walk(&format!("{key}/"), "", true, temps, f)?;
+                } else if !temps {
                     f(Entry::Dir(format!("{key}/")))?;
                 }
-            } else if meta.is_file() {
+            } else if meta.is_file() && is_temp(&name) == temps {
                 f(Entry::Object(ObjectInfo {
                     key,
                     size: meta.len(),
@@ -210,7 +210,46 @@ impl Storage for FsStorage {
             Some(i) => (&prefix[..=i], &prefix[i + 1..]),
             None => ("", prefix),
         };
-        self.walk(dir_key, name_prefix, recursive, f)
+        self.walk(dir_key, name_prefix, recursive, false, f)
+    }
+
+    fn list_leftovers(
+        &self,
+        prefix: &str,
+        f: &mut dyn FnMut(ObjectInfo) -> Result<()>,
+    ) -> Result<()> {
+        let (dir_key, name_prefix) = match prefix.rfind('/') {
+            Some(i) => (&prefix[..=i], &prefix[i + 1..]),
+            None => ("", prefix),
+        };
+        self.walk(dir_key, name_prefix, true, true, &mut |entry| match entry {
+            Entry::Object(o) => f(o),
+            Entry::Dir(_) => Ok(()),
+        })
+    }
+
+    /// A missing root is not an empty storage: it is an unmounted share or
+    /// a wrong setting, and must not be reported as "WAL not found" (which
+    /// ends a recovery).
+    fn verify_root(&self) -> Result<()> {
+        match fs::metadata(&self.root) {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => Err(StorageError::new(
+                ErrorKind::Permanent,
+                "open",
+                "",
+                format!("storage root {} is not a directory", self.root.display()),
+            )),
+            Err(e) => Err(StorageError::new(
+                ErrorKind::Permanent,
+                "open",
+                "",
+                format!(
+                    "storage root {} cannot be read: {e}; is the share mounted and WALG_FILE_PREFIX right?",
+                    self.root.display()
+                ),
+            )),
+        }
     }
 
     fn delete(&self, keys: &[String]) -> Result<()> {
@@ -230,7 +269,7 @@ impl Storage for FsStorage {
         let dir = path.parent().unwrap_or(&self.root).to_path_buf();
         fs::create_dir_all(&dir).map_err(|e| io_error("put", key, &dir, e))?;
         let temp = temp_name(&path);
-        File::create(&temp).map_err(|e| io_error("put", key, &temp, e))?;
+        create_exclusive(&temp).map_err(|e| io_error("put", key, &temp, e))?;
         Ok(temp.display().to_string())
     }
 

@@ -134,4 +134,22 @@ pub trait Storage: Send + Sync {
     /// How many parts of one object may be buffered at once (being filled or
     /// being uploaded).
     fn parts_in_flight(&self) -> usize;
+
+    /// Temp objects that unfinished writes (killed processes) left under
+    /// `prefix`, recursively; they never show in [`Storage::list`]. Only
+    /// storages that write through visible temp objects have any.
+    fn list_leftovers(
+        &self,
+        _prefix: &str,
+        _f: &mut dyn FnMut(ObjectInfo) -> Result<()>,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    /// Check that the storage itself is there, before a missing object is
+    /// reported as absent: an absence can end a recovery (wal-fetch exit
+    /// 74), a missing bucket or unmounted directory must not.
+    fn verify_root(&self) -> Result<()> {
+        Ok(())
+    }
 }

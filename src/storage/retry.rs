@@ -147,6 +147,18 @@ impl Storage for Retrying {
     fn parts_in_flight(&self) -> usize {
         self.inner.parts_in_flight()
     }
+
+    fn list_leftovers(
+        &self,
+        prefix: &str,
+        f: &mut dyn FnMut(ObjectInfo) -> Result<()>,
+    ) -> Result<()> {
+        self.inner.list_leftovers(prefix, f)
+    }
+
+    fn verify_root(&self) -> Result<()> {
+        self.run("open", || self.inner.verify_root())
+    }
 }
 
 /// Re-opens the object at the current offset when the connection breaks.

@@ -5,11 +5,12 @@
 //! `parts_in_flight × part_size` whatever the object's size.
 
 use std::io::{self, Write};
-use std::sync::mpsc::{self, Receiver, SyncSender};
-use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use super::{Result, Storage, StorageError};
+use crate::cleanup::{self, Tracked};
 use crate::codec::FinishWrite;
 
 pub struct ObjectWriter {
@@ -21,12 +22,29 @@ pub struct ObjectWriter {
     failed: Option<StorageError>,
 }
 
+/// Part buffers (and upload threads) of one object, whatever
+/// `WALG_UPLOAD_CONCURRENCY` asks: more only multiplies memory (a part is
+/// 20 MiB by default) without making one object's upload faster.
+const MAX_PARTS_IN_FLIGHT: usize = 64;
+
+type PartResult = Result<(u32, String)>;
+/// A part to upload: its number and bytes.
+type PartJob = (u32, Vec<u8>);
+
 struct Multipart {
     upload_id: String,
-    jobs: Option<SyncSender<(u32, Vec<u8>)>>,
-    results: Receiver<Result<(u32, String)>>,
+    /// Aborts the upload if the process is stopped by a signal.
+    _tracked: Tracked,
+    jobs: Option<SyncSender<PartJob>>,
+    jobs_rx: Arc<Mutex<Receiver<PartJob>>>,
+    results_tx: Sender<PartResult>,
+    results: Receiver<PartResult>,
+    free_tx: Sender<Vec<u8>>,
     free: Receiver<Vec<u8>>,
+    /// Started as parts are shipped, up to `max_workers`: a small object
+    /// never pays for threads it does not use.
     workers: Vec<JoinHandle<()>>,
+    max_workers: usize,
     buffers: usize,
     max_buffers: usize,
     sent: u32,
@@ -48,39 +66,25 @@ impl ObjectWriter {
 
     fn start_multipart(&mut self) -> Result<()> {
         let upload_id = self.storage.create_multipart(&self.key)?;
-        let max_buffers = self.storage.parts_in_flight().max(1);
-        // One buffer is always being filled; the rest can be uploading.
-        let worker_count = (max_buffers - 1).max(1);
-        let (jobs_tx, jobs_rx) = mpsc::sync_channel::<(u32, Vec<u8>)>(0);
-        let jobs_rx = Arc::new(std::sync::Mutex::new(jobs_rx));
+        let tracked = cleanup::track_upload(self.storage.clone(), &self.key, &upload_id);
+        let max_buffers = self.storage.parts_in_flight().clamp(1, MAX_PARTS_IN_FLIGHT);
+        let (jobs_tx, jobs_rx) = mpsc::sync_channel::<PartJob>(0);
         let (results_tx, results_rx) = mpsc::channel();
         let (free_tx, free_rx) = mpsc::channel();
-        let mut workers = Vec::with_capacity(worker_count);
-        for _ in 0..worker_count {
-            let jobs = jobs_rx.clone();
-            let results = results_tx.clone();
-            let free = free_tx.clone();
-            let storage = self.storage.clone();
-            let key = self.key.clone();
-            let upload_id = upload_id.clone();
-            workers.push(std::thread::spawn(move || loop {
-                let job = match jobs.lock() {
-                    Ok(rx) => rx.recv(),
-                    Err(_) => return,
-                };
-                let Ok((number, mut data)) = job else { return };
-                let r = storage.put_part(&key, &upload_id, number, &data);
-                let _ = results.send(r.map(|etag| (number, etag)));
-                data.clear();
-                let _ = free.send(data);
-            }));
-        }
+        // Set before any worker starts, so that a failure from here on
+        // still aborts the upload (in Drop).
         self.multipart = Some(Multipart {
             upload_id,
+            _tracked: tracked,
             jobs: Some(jobs_tx),
+            jobs_rx: Arc::new(std::sync::Mutex::new(jobs_rx)),
+            results_tx,
             results: results_rx,
+            free_tx,
             free: free_rx,
-            workers,
+            workers: Vec::new(),
+            // One buffer is always being filled; the rest can be uploading.
+            max_workers: (max_buffers - 1).max(1),
             buffers: 1,
             max_buffers,
             sent: 0,
@@ -98,6 +102,11 @@ impl ObjectWriter {
             return Ok(());
         };
         mp.collect()?;
+        // A new worker when every one is busy (all buffers but the one
+        // being filled are out), up to the limit.
+        if mp.workers.len() < mp.max_workers && mp.workers.len() < mp.buffers {
+            mp.add_worker(self.storage.clone(), &self.key)?;
+        }
         mp.sent += 1;
         let data = std::mem::take(&mut self.current);
         let closed = || {
@@ -165,6 +174,42 @@ impl ObjectWriter {
 }
 
 impl Multipart {
+    fn add_worker(&mut self, storage: Arc<dyn Storage>, key: &str) -> Result<()> {
+        let jobs = self.jobs_rx.clone();
+        let results = self.results_tx.clone();
+        let free = self.free_tx.clone();
+        let key_owned = key.to_string();
+        let upload_id = self.upload_id.clone();
+        let spawned = std::thread::Builder::new().spawn(move || loop {
+            let job = match jobs.lock() {
+                Ok(rx) => rx.recv(),
+                Err(_) => return,
+            };
+            let Ok((number, mut data)) = job else { return };
+            let r = storage.put_part(&key_owned, &upload_id, number, &data);
+            let _ = results.send(r.map(|etag| (number, etag)));
+            data.clear();
+            let _ = free.send(data);
+        });
+        match spawned {
+            Ok(handle) => {
+                self.workers.push(handle);
+                Ok(())
+            }
+            // Fewer threads than hoped only slows the upload down.
+            Err(_) if !self.workers.is_empty() => {
+                self.max_workers = self.workers.len();
+                Ok(())
+            }
+            Err(e) => Err(StorageError::new(
+                super::ErrorKind::Permanent,
+                "put",
+                key,
+                format!("cannot start an upload thread: {e}"),
+            )),
+        }
+    }
+
     /// Gather finished parts; the first failed part fails the upload.
     fn collect(&mut self) -> Result<()> {
         while let Ok(result) = self.results.try_recv() {

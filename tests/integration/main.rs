@@ -4,6 +4,7 @@
 
 mod harness;
 
+mod hardening;
 mod harness_selftest;
 mod interop;
 mod st;

@@ -161,6 +161,8 @@ fn missing_and_damaged_wal_is_refused_without_writing_dest() {
         let wal = FakeWal::new();
         let out_dir = TempDir::new("fetch-out");
         let dest = out_dir.join("RECOVERYXLOG");
+        // An empty storage (a missing directory is an error of its own).
+        fs::create_dir_all(store.object_file("")).unwrap();
         // Missing: 74, also for history files, and nothing at DEST.
         for name in [SEG1, "00000002.history"] {
             let out = store.walden().args(["wal-fetch", name]).arg(&dest).run();

@@ -17,4 +17,4 @@ pub mod walden;
 pub use pg::{PgBuilder, PgCluster};
 pub use s3::S3Server;
 pub use tmp::TempDir;
-pub use walden::{walden_bin, walden_bin_for_postgres, Output, Walden};
+pub use walden::{walden_bin, walden_bin_for_postgres, Output, Running, Walden};

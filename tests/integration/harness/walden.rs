@@ -152,6 +152,29 @@ impl Walden {
     }
 
     pub fn run(self) -> Output {
+        let timeout = self.timeout;
+        let stdin = self.stdin.clone();
+        let mut running = self.spawn();
+        // A thread for stdin: writing all of it before reading stdout would
+        // deadlock once both pipe buffers fill.
+        let pipe = running.child.stdin.take();
+        let stdin_thread = match (stdin, pipe) {
+            (Some(data), Some(mut pipe)) => {
+                // A broken pipe just means walden stopped reading; its exit code tells the story.
+                Some(std::thread::spawn(move || drop(pipe.write_all(&data))))
+            }
+            _ => None,
+        };
+        let out = running.wait(timeout);
+        if let Some(t) = stdin_thread {
+            let _ = t.join();
+        }
+        out
+    }
+
+    /// Start the command and return at once, with stdin as a pipe the test
+    /// writes to (and may keep open), to signal or kill it mid-way.
+    pub fn spawn(self) -> Running {
         // A fresh HOME so ~/.walg.json of whoever runs the tests never leaks in.
         let home = TempDir::new("home");
         let mut cmd = Command::new(&self.bin);
@@ -173,24 +196,16 @@ impl Walden {
                 .collect::<Vec<_>>()
                 .join(" ")
         );
-        cmd.stdin(if self.stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {cmdline}: {e}"));
-
-        // Threads for every pipe: writing all of stdin before reading stdout
-        // would deadlock once both pipe buffers fill.
-        let stdin_thread = self.stdin.map(|data| {
-            let mut pipe = child.stdin.take().expect("child stdin pipe");
-            // A broken pipe just means walden stopped reading; its exit code tells the story.
-            std::thread::spawn(move || drop(pipe.write_all(&data)))
-        });
+        if self.stdin.is_none() {
+            // Nothing to send: the command sees end of input at once.
+            drop(child.stdin.take());
+        }
         let mut out_pipe = child.stdout.take().expect("child stdout pipe");
         let mut err_pipe = child.stderr.take().expect("child stderr pipe");
         let out_thread = std::thread::spawn(move || {
@@ -203,25 +218,65 @@ impl Walden {
             let _ = err_pipe.read_to_end(&mut b);
             b
         });
+        Running {
+            child,
+            cmdline,
+            out_thread,
+            err_thread,
+            _home: home,
+        }
+    }
+}
 
-        let deadline = Instant::now() + self.timeout;
+/// A command started with [`Walden::spawn`].
+pub struct Running {
+    pub child: std::process::Child,
+    cmdline: String,
+    out_thread: std::thread::JoinHandle<Vec<u8>>,
+    err_thread: std::thread::JoinHandle<Vec<u8>>,
+    _home: TempDir,
+}
+
+impl Running {
+    /// Its stdin, for a test that feeds it by hand (see [`Walden::stdin_bytes`]
+    /// to start with some bytes instead).
+    pub fn stdin(&mut self) -> &mut std::process::ChildStdin {
+        self.child
+            .stdin
+            .as_mut()
+            .expect("stdin was given to the command")
+    }
+
+    /// Send `signal` (e.g. `libc::SIGTERM`) to the process.
+    pub fn signal(&self, signal: i32) {
+        let pid = self.child.id().to_string();
+        let sig = format!("-{signal}");
+        let ok = Command::new("kill")
+            .args([sig.as_str(), pid.as_str()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} {pid}");
+    }
+
+    /// Wait for the end (killing it after `timeout`) and collect its output.
+    pub fn wait(mut self, timeout: Duration) -> Output {
+        drop(self.child.stdin.take());
+        let deadline = Instant::now() + timeout;
         let status = loop {
-            match child.try_wait().expect("wait for the child") {
+            match self.child.try_wait().expect("wait for the child") {
                 Some(st) => break st,
                 None if Instant::now() > deadline => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("{cmdline} did not finish within {:?}", self.timeout);
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    panic!("{} did not finish within {timeout:?}", self.cmdline);
                 }
                 None => std::thread::sleep(Duration::from_millis(10)),
             }
         };
-        if let Some(t) = stdin_thread {
-            let _ = t.join();
-        }
-        let stdout = out_thread.join().expect("stdout reader thread");
+        let stdout = self.out_thread.join().expect("stdout reader thread");
         let stderr =
-            String::from_utf8_lossy(&err_thread.join().expect("stderr reader thread")).into_owned();
+            String::from_utf8_lossy(&self.err_thread.join().expect("stderr reader thread"))
+                .into_owned();
         let code = status
             .code()
             .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
@@ -229,7 +284,7 @@ impl Walden {
             code,
             stdout,
             stderr,
-            cmdline,
+            cmdline: self.cmdline,
         }
     }
 }
