@@ -5,6 +5,7 @@
 mod harness;
 
 mod harness_selftest;
+mod hostile_s3;
 mod interop;
 mod st;
 mod store;
