@@ -6,6 +6,7 @@ mod harness;
 
 mod hardening;
 mod harness_selftest;
+mod hostile_s3;
 mod interop;
 mod st;
 mod store;

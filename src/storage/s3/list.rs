@@ -50,28 +50,25 @@ impl S3Storage {
                 )
             })?;
 
-            // One page (at most 1000 entries) is merged into key order, so
+            // One page (1000 entries from S3, never more than
+            // xml::MAX_PAGE_ENTRIES) is merged into key order, so
             // directories and objects interleave as in a filesystem listing.
             let mut entries: Vec<Entry> =
                 Vec::with_capacity(page.objects.len() + page.prefixes.len());
             for obj in page.objects {
-                // S3 only returns keys under the prefix, which is under the
-                // root; anything else would be a server bug, and is skipped.
-                if let Some(rel) = self.relative(&obj.key) {
-                    entries.push(Entry::Object(ObjectInfo {
-                        key: rel.to_string(),
-                        size: obj.size,
-                        modified: obj.modified,
-                    }));
-                }
+                let rel = self.listed_key(prefix, &full_prefix, &obj.key)?;
+                entries.push(Entry::Object(ObjectInfo {
+                    key: rel.to_string(),
+                    size: obj.size,
+                    modified: obj.modified,
+                }));
             }
             for dir in page.prefixes {
+                let rel = self.listed_key(prefix, &full_prefix, &dir)?.to_string();
                 if last_dir.as_ref().is_some_and(|last| dir <= *last) {
                     continue;
                 }
-                if let Some(rel) = self.relative(&dir) {
-                    entries.push(Entry::Dir(rel.to_string()));
-                }
+                entries.push(Entry::Dir(rel));
                 last_dir = Some(dir);
             }
             entries.sort_by(|a, b| entry_key(a).cmp(entry_key(b)));
@@ -97,9 +94,68 @@ impl S3Storage {
     }
 }
 
+impl S3Storage {
+    /// The key relative to the root for a key or common prefix the server
+    /// listed. Callers rely on every entry starting with the prefix they
+    /// asked for (they cut it off to print the rest), and S3 only ever
+    /// lists such keys; anything else is a broken or hostile server, and
+    /// trusting it would hand out keys from elsewhere in the bucket.
+    fn listed_key<'a>(&self, prefix: &str, full_prefix: &str, listed: &'a str) -> Result<&'a str> {
+        match self.relative(listed) {
+            Some(rel) if listed.starts_with(full_prefix) => Ok(rel),
+            _ => Err(StorageError::new(
+                ErrorKind::Permanent,
+                "list",
+                prefix,
+                format!(
+                    "the server answered with '{listed}', outside the requested prefix \
+                     '{full_prefix}'; a correct S3 server never does, so the listing is not \
+                     trusted (check AWS_ENDPOINT and any proxy in between)"
+                ),
+            )),
+        }
+    }
+}
+
 fn entry_key(e: &Entry) -> &str {
     match e {
         Entry::Object(o) => &o.key,
         Entry::Dir(d) => d,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::config;
+    use super::*;
+
+    #[test]
+    fn listed_keys_must_be_under_the_prefix() {
+        let s = S3Storage::new(config("root")).unwrap();
+        let full = s.object_key("wal_005/");
+        assert_eq!(
+            s.listed_key("wal_005/", &full, "root/wal_005/x").unwrap(),
+            "wal_005/x"
+        );
+        assert_eq!(
+            s.listed_key("wal_005/", &full, "root/wal_005/").unwrap(),
+            "wal_005/"
+        );
+        for bad in [
+            "root/x",
+            "root/wal_00",
+            "other/wal_005/x",
+            "",
+            "rootwal_005/x",
+        ] {
+            let err = s.listed_key("wal_005/", &full, bad).unwrap_err();
+            assert_eq!(err.kind, ErrorKind::Permanent);
+            assert!(err.detail.contains(&format!("'{bad}'")), "{err}");
+            assert!(err.detail.contains("outside the requested prefix"), "{err}");
+        }
+
+        let s = S3Storage::new(config("")).unwrap();
+        assert_eq!(s.listed_key("", "", "anything").unwrap(), "anything");
+        assert!(s.listed_key("a/", "a/", "b").is_err());
     }
 }

@@ -4,6 +4,9 @@ use std::io::{self, Read};
 
 use crate::storage::{ErrorKind, ObjectInfo, Result, StorageError};
 
+use ureq::http::Response;
+use ureq::{Body, BodyReader};
+
 use super::client::{self, Call};
 use super::S3Storage;
 use crate::time::parse_http_date;
@@ -44,9 +47,26 @@ impl S3Storage {
         };
         let resp = self.client.send(&call)?;
         match resp.status().as_u16() {
-            206 => Ok(Box::new(resp.into_body().into_reader())),
+            206 => {
+                // Bytes from anywhere but the offset asked for would be
+                // spliced into the download unnoticed.
+                let range = client::header(&resp, "content-range");
+                if range.and_then(range_start) != Some(offset) {
+                    return Err(StorageError::new(
+                        ErrorKind::Permanent,
+                        "get",
+                        key,
+                        format!(
+                            "asked for bytes from {offset}, the partial answer has \
+                             Content-Range {}",
+                            range.unwrap_or("(none)")
+                        ),
+                    ));
+                }
+                Ok(Box::new(body_reader(key, offset, resp)?))
+            }
             200 => {
-                let mut reader = resp.into_body().into_reader();
+                let mut reader = body_reader(key, 0, resp)?;
                 if offset > 0 {
                     // The server ignored the range: skip to the offset.
                     io::copy(&mut (&mut reader).take(offset), &mut io::sink()).map_err(|e| {
@@ -107,5 +127,144 @@ impl S3Storage {
             size,
             modified,
         }))
+    }
+}
+
+/// The first byte of `Content-Range: bytes FIRST-LAST/TOTAL`.
+fn range_start(value: &str) -> Option<u64> {
+    let (first, _) = value.trim().strip_prefix("bytes ")?.split_once('-')?;
+    first.trim().parse().ok()
+}
+
+/// The body of a successful GET, checked to arrive whole.
+///
+/// S3 always sends a Content-Length with an object. Without one, and
+/// without chunked encoding (whose end marker ureq checks), the body ends
+/// wherever the connection closes, so a connection that drops half way
+/// would look like a complete, shorter object. `start` is the object offset
+/// the body begins at, so messages count bytes of the whole object.
+fn body_reader(
+    key: &str,
+    start: u64,
+    resp: Response<Body>,
+) -> Result<LengthChecked<BodyReader<'static>>> {
+    let chunked = client::header(&resp, "transfer-encoding")
+        .is_some_and(|te| te.to_ascii_lowercase().contains("chunked"));
+    let expected = resp
+        .body()
+        .content_length()
+        .map(|n| n.saturating_add(start));
+    if expected.is_none() && !chunked {
+        return Err(StorageError::new(
+            ErrorKind::Permanent,
+            "get",
+            key,
+            format!(
+                "HTTP {} answer had no length (no Content-Length, not chunked), so walden \
+                 cannot tell whether the object arrived whole; S3 always sends one, so \
+                 check AWS_ENDPOINT and any proxy in between",
+                resp.status().as_u16()
+            ),
+        ));
+    }
+    Ok(LengthChecked {
+        inner: resp.into_body().into_reader(),
+        key: key.to_string(),
+        expected,
+        received: start,
+    })
+}
+
+/// Counts the bytes of a body with a known length (`received` and
+/// `expected` are object offsets) and turns an early end
+/// into an `UnexpectedEof` error. ureq does that check itself today; doing
+/// it here as well keeps a short object from ever passing as complete, and
+/// gives the error a message naming the object and the byte count.
+/// `UnexpectedEof` is what the retry layer resumes from, at the offset
+/// reached.
+struct LengthChecked<R> {
+    inner: R,
+    key: String,
+    expected: Option<u64>,
+    received: u64,
+}
+
+impl<R> LengthChecked<R> {
+    fn cut_short(&self, cause: &dyn std::fmt::Display) -> io::Error {
+        let expected = self.expected.map_or("?".to_string(), |n| n.to_string());
+        io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!(
+                "the connection ended after {} of {expected} bytes of '{}' ({cause})",
+                self.received, self.key
+            ),
+        )
+    }
+}
+
+impl<R: Read> Read for LengthChecked<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.inner.read(buf) {
+            Ok(0) if !buf.is_empty() && self.expected.is_some_and(|n| self.received < n) => {
+                Err(self.cut_short(&"closed early"))
+            }
+            Ok(n) => {
+                self.received = self.received.saturating_add(n as u64);
+                Ok(n)
+            }
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(self.cut_short(&e)),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checked(data: &'static [u8], expected: Option<u64>) -> LengthChecked<&'static [u8]> {
+        LengthChecked {
+            inner: data,
+            key: "wal_005/x".to_string(),
+            expected,
+            received: 0,
+        }
+    }
+
+    #[test]
+    fn content_range_start() {
+        assert_eq!(
+            range_start("bytes 8388608-16777215/16777216"),
+            Some(8_388_608)
+        );
+        assert_eq!(range_start(" bytes 0-0/*"), Some(0));
+        assert_eq!(range_start("bytes */100"), None);
+        assert_eq!(range_start("items 1-2/3"), None);
+        assert_eq!(range_start(""), None);
+    }
+
+    #[test]
+    fn short_body_is_unexpected_eof() {
+        let mut out = Vec::new();
+        let err = checked(b"12345678", Some(16))
+            .read_to_end(&mut out)
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        assert_eq!(out, b"12345678");
+        let text = err.to_string();
+        assert!(
+            text.contains("after 8 of 16 bytes of 'wal_005/x'"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn whole_or_unknown_length_body_reads_to_the_end() {
+        let mut out = Vec::new();
+        checked(b"12345678", Some(8)).read_to_end(&mut out).unwrap();
+        assert_eq!(out, b"12345678");
+        out.clear();
+        checked(b"1234", None).read_to_end(&mut out).unwrap();
+        assert_eq!(out, b"1234");
     }
 }

@@ -1,7 +1,10 @@
 //! Just enough XML for S3: a small tree parser for the response bodies the
 //! backend reads, the typed views of those bodies, and the two request
-//! bodies it sends. S3 responses are small (a listing page is at most 1000
-//! keys), so building a tree is cheap and keeps the readers simple.
+//! bodies it sends. S3 responses are small and shallow (a listing page is
+//! at most 1000 keys, three levels deep), so a tree keeps the readers
+//! simple; hard limits on depth and element count keep a hostile or broken
+//! server from turning that tree into a stack overflow (dropping a deep
+//! tree recurses) or into hundreds of megabytes of tiny elements.
 
 use std::time::SystemTime;
 
@@ -105,11 +108,24 @@ fn skip_past<'a>(s: &'a str, end: &str) -> Result<&'a str, String> {
         .ok_or_else(|| format!("missing {end:?}"))
 }
 
-/// Parses a document into its root element.
+/// Deepest nesting accepted. S3's documents are at most four levels deep
+/// (`ListBucketResult/Contents/Owner/ID`); the limit leaves room for
+/// compatible servers' extensions while keeping recursion over the tree
+/// (drop, `Debug`, `PartialEq`) shallow.
+pub const MAX_DEPTH: usize = 32;
+
+/// Most elements accepted in one document. A full listing page of 1000
+/// keys has about 10,000 (with owner and checksum fields); each element
+/// costs ~100 bytes, so the tree stays near 10 MB at worst.
+pub const MAX_ELEMENTS: usize = 100_000;
+
+/// Parses a document into its root element; documents deeper than
+/// [`MAX_DEPTH`] or with more than [`MAX_ELEMENTS`] elements are errors.
 pub fn parse(input: &[u8]) -> Result<Element, String> {
     let doc = std::str::from_utf8(input).map_err(|e| format!("response is not UTF-8: {e}"))?;
     let mut rest = doc.strip_prefix('\u{feff}').unwrap_or(doc);
     let mut stack: Vec<Element> = Vec::new();
+    let mut elements = 0usize;
     loop {
         let Some(lt) = rest.find('<') else {
             if !rest.trim().is_empty() {
@@ -155,6 +171,17 @@ pub fn parse(input: &[u8]) -> Result<Element, String> {
                 None => return Ok(done),
             }
         } else {
+            elements += 1;
+            if elements > MAX_ELEMENTS {
+                return Err(format!(
+                    "more than {MAX_ELEMENTS} elements, far more than any S3 answer holds"
+                ));
+            }
+            if stack.len() >= MAX_DEPTH {
+                return Err(format!(
+                    "elements nested deeper than {MAX_DEPTH}, which no S3 answer is"
+                ));
+            }
             let (element, self_closing, after) = parse_start_tag(&rest[1..])?;
             rest = after;
             if self_closing {
@@ -235,6 +262,12 @@ pub struct ListedObject {
     pub modified: Option<SystemTime>,
 }
 
+/// Most entries (objects plus common prefixes) accepted in one listing
+/// page. S3 sends at most 1000 (`max-keys` cannot raise it); compatible
+/// servers that send more still fit ten times over, and the page held in
+/// memory stays bounded.
+pub const MAX_PAGE_ENTRIES: usize = 10_000;
+
 /// One page of ListObjectsV2.
 #[derive(Debug, Default, PartialEq)]
 pub struct ListPage {
@@ -246,8 +279,22 @@ pub struct ListPage {
 
 pub fn parse_list(body: &[u8]) -> Result<ListPage, String> {
     let root = expect_root(body, "ListBucketResult")?;
+    let entries =
+        root.children_named("Contents").count() + root.children_named("CommonPrefixes").count();
+    if entries > MAX_PAGE_ENTRIES {
+        return Err(format!(
+            "{entries} entries in one page, more than {MAX_PAGE_ENTRIES} (S3 sends at most 1000)"
+        ));
+    }
+    // A flag that reads as neither could hide the rest of the listing.
+    let is_truncated = match root.child_text("IsTruncated") {
+        None => false,
+        Some(t) if t.eq_ignore_ascii_case("false") => false,
+        Some(t) if t.eq_ignore_ascii_case("true") => true,
+        Some(t) => return Err(format!("<IsTruncated> is {t:?}, neither true nor false")),
+    };
     let mut page = ListPage {
-        is_truncated: root.child_text("IsTruncated") == Some("true"),
+        is_truncated,
         next_token: root
             .child_text("NextContinuationToken")
             .filter(|t| !t.is_empty())
@@ -508,5 +555,146 @@ mod tests {
             "<Part><PartNumber>1</PartNumber><ETag>&quot;etag1&quot;</ETag></Part>\
              <Part><PartNumber>2</PartNumber><ETag>&quot;etag2&quot;</ETag></Part></CompleteMultipartUpload>"
         ));
+    }
+
+    /// Depth and element count of a tree, without recursion (a tree that
+    /// broke the depth limit must fail the assertion, not the stack).
+    fn shape(root: &Element) -> (usize, usize) {
+        let mut stack = vec![(root, 1usize)];
+        let (mut depth, mut count) = (0, 0);
+        while let Some((e, d)) = stack.pop() {
+            depth = depth.max(d);
+            count += 1;
+            stack.extend(e.children.iter().map(|c| (c, d + 1)));
+        }
+        (depth, count)
+    }
+
+    fn nested(depth: usize) -> Vec<u8> {
+        format!("{}{}", "<a>".repeat(depth), "</a>".repeat(depth)).into_bytes()
+    }
+
+    #[test]
+    fn depth_is_limited() {
+        let root = parse(&nested(MAX_DEPTH)).unwrap();
+        assert_eq!(shape(&root), (MAX_DEPTH, MAX_DEPTH));
+        let err = parse(&nested(MAX_DEPTH + 1)).unwrap_err();
+        assert!(err.contains("nested deeper than 32"), "{err}");
+        // Self-closing elements count too.
+        let body = format!(
+            "{}<b/>{}",
+            "<a>".repeat(MAX_DEPTH),
+            "</a>".repeat(MAX_DEPTH)
+        );
+        assert!(parse(body.as_bytes()).is_err());
+        // Deep enough to overflow the stack if it were ever built.
+        assert!(parse(&nested(1_000_000)).is_err());
+        assert!(parse_error(&nested(1_000_000)).is_none());
+    }
+
+    #[test]
+    fn element_count_is_limited() {
+        let doc = |n: usize| format!("<r>{}</r>", "<a/>".repeat(n - 1)).into_bytes();
+        assert_eq!(shape(&parse(&doc(MAX_ELEMENTS)).unwrap()).1, MAX_ELEMENTS);
+        let err = parse(&doc(MAX_ELEMENTS + 1)).unwrap_err();
+        assert!(err.contains("more than 100000 elements"), "{err}");
+        // 32 MB of tiny elements stops at the limit, not at the end.
+        assert!(parse_list(&doc(8_000_000)).is_err());
+        assert!(parse_delete_result(&doc(8_000_000)).is_err());
+        assert!(parse_upload_id(&doc(8_000_000)).is_err());
+    }
+
+    fn page(keys: usize, prefixes: usize) -> Vec<u8> {
+        let mut body = String::from(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ListBucketResult \
+             xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Name>b</Name><Prefix>p/</Prefix>\
+             <KeyCount>1000</KeyCount><MaxKeys>1000</MaxKeys><IsTruncated>true</IsTruncated>",
+        );
+        for i in 0..keys {
+            body.push_str(&format!(
+                "<Contents><Key>p/wal_005/{i:024X}.lz4</Key>\
+                 <LastModified>2026-11-24T06:07:54.000Z</LastModified>\
+                 <ETag>&quot;d41d8cd98f00b204e9800998ecf8427e&quot;</ETag><Size>{i}</Size>\
+                 <Owner><ID>abc</ID><DisplayName>me</DisplayName></Owner>\
+                 <StorageClass>STANDARD</StorageClass></Contents>"
+            ));
+        }
+        for i in 0..prefixes {
+            body.push_str(&format!(
+                "<CommonPrefixes><Prefix>p/d{i}/</Prefix></CommonPrefixes>"
+            ));
+        }
+        body.push_str("<NextContinuationToken>tok</NextContinuationToken></ListBucketResult>");
+        body.into_bytes()
+    }
+
+    #[test]
+    fn full_page_is_far_below_the_limits() {
+        let body = page(1000, 1000);
+        let (depth, count) = shape(&parse(&body).unwrap());
+        assert!(depth <= 4 && count * 5 < MAX_ELEMENTS, "{depth} {count}");
+        let p = parse_list(&body).unwrap();
+        assert_eq!((p.objects.len(), p.prefixes.len()), (1000, 1000));
+    }
+
+    #[test]
+    fn page_entries_are_limited() {
+        let body = format!(
+            "<ListBucketResult>{}</ListBucketResult>",
+            "<Contents><Key>k</Key></Contents>".repeat(MAX_PAGE_ENTRIES + 1)
+        );
+        let err = parse_list(body.as_bytes()).unwrap_err();
+        assert!(err.contains("more than 10000"), "{err}");
+    }
+
+    #[test]
+    fn truncation_flag_must_be_a_boolean() {
+        let flag = |v: &str| {
+            parse_list(format!("<ListBucketResult><IsTruncated>{v}</IsTruncated><NextContinuationToken>t</NextContinuationToken></ListBucketResult>").as_bytes())
+                .map(|p| p.is_truncated)
+        };
+        assert_eq!(flag("true"), Ok(true));
+        assert_eq!(flag(" TRUE\n"), Ok(true));
+        assert_eq!(flag("false"), Ok(false));
+        assert!(flag("yes").unwrap_err().contains("neither true nor false"));
+        assert!(flag("").is_err());
+    }
+
+    #[test]
+    fn fuzz_list_xml() {
+        let seeds: Vec<Vec<u8>> = vec![
+            page(3, 2),
+            page(1000, 0),
+            b"<ListBucketResult><IsTruncated>false</IsTruncated><KeyCount>0</KeyCount></ListBucketResult>".to_vec(),
+            br#"<?xml version="1.0"?><!-- c --><ListBucketResult><Contents><Key><![CDATA[p/<x>]]></Key><Size>1</Size></Contents><CommonPrefixes><Prefix>p/a&amp;b/</Prefix></CommonPrefixes><IsTruncated>false</IsTruncated></ListBucketResult>"#.to_vec(),
+            b"<Error><Code>NoSuchKey</Code><Message>The specified key does not exist.</Message></Error>".to_vec(),
+            b"<InitiateMultipartUploadResult><Bucket>b</Bucket><Key>k</Key><UploadId>VXBsb2Fk</UploadId></InitiateMultipartUploadResult>".to_vec(),
+            b"<DeleteResult><Deleted><Key>ok</Key></Deleted><Error><Key>a&amp;b</Key><Code>AccessDenied</Code><Message>no</Message></Error></DeleteResult>".to_vec(),
+            nested(MAX_DEPTH),
+        ];
+        crate::fuzz::run("list_xml", &seeds, |input| {
+            if let Ok(root) = parse(input) {
+                let (depth, count) = shape(&root);
+                assert!(depth <= MAX_DEPTH, "depth {depth}");
+                assert!(count <= MAX_ELEMENTS, "{count} elements");
+            }
+            if let Ok(page) = parse_list(input) {
+                assert!(page.objects.len() + page.prefixes.len() <= MAX_PAGE_ENTRIES);
+                assert!(page.next_token.as_ref().is_none_or(|t| !t.is_empty()));
+                // Every key is text from the body: never longer than it.
+                for o in &page.objects {
+                    assert!(o.key.len() <= input.len());
+                }
+            }
+            if let Some(e) = parse_error(input) {
+                assert!(e.code.len() + e.message.len() <= input.len());
+            }
+            if let Ok(id) = parse_upload_id(input) {
+                assert!(!id.is_empty());
+            }
+            if let Ok(failures) = parse_delete_result(input) {
+                assert!(failures.len() <= MAX_ELEMENTS);
+            }
+        });
     }
 }

@@ -2,6 +2,7 @@
 //!
 //! - [`TempDir`]: self-deleting scratch directories.
 //! - [`S3Server`]: nanio, an S3-compatible server that checks SigV4.
+//! - [`FakeS3`]: a scripted, hostile S3 server for what real ones never do.
 //! - [`PgCluster`]: a PostgreSQL 15 cluster (run as `postgres` when root).
 //! - [`Walden`]: runs the built `walden` binary (or another, e.g. WAL-G) with a
 //!   clean environment.
@@ -9,11 +10,13 @@
 //! Not every test module uses every item (or re-export), hence the allowances.
 #![allow(dead_code, unused_imports)]
 
+pub mod fake_s3;
 pub mod pg;
 pub mod s3;
 pub mod tmp;
 pub mod walden;
 
+pub use fake_s3::{FakeRequest, FakeResponse, FakeS3};
 pub use pg::{PgBuilder, PgCluster};
 pub use s3::S3Server;
 pub use tmp::TempDir;
