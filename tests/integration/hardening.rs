@@ -385,3 +385,56 @@ fn concatenated_lz4_frames_and_garbage_after_streams() {
         assert_eq!(out.code, 1, "{method}: {}", out.dump());
     }
 }
+
+#[test]
+fn sigterm_during_an_s3_multipart_upload_aborts_it() {
+    use crate::harness::fake_s3::{FakeResponse, FakeS3};
+    // Parts are accepted slowly, so the upload is in progress when the
+    // signal comes.
+    let s3 = FakeS3::start(|req| {
+        if req.method == "POST" && req.query_value("uploads").is_some() {
+            FakeResponse::xml(
+                200,
+                "<InitiateMultipartUploadResult><UploadId>up-1</UploadId></InitiateMultipartUploadResult>",
+            )
+        } else if req.method == "PUT" && req.query_value("partNumber").is_some() {
+            FakeResponse::ok(Vec::new())
+                .header("ETag", "\"e\"")
+                .stall(Duration::from_secs(20))
+        } else if req.method == "DELETE" {
+            FakeResponse::new(204, Vec::new())
+        } else {
+            FakeResponse::no_such_key()
+        }
+    });
+    let mut put = Walden::new()
+        .envs(s3.env("pfx"))
+        .env("WALG_COMPRESSION_METHOD", "none")
+        .env("S3_MAX_PART_SIZE", (5 << 20).to_string())
+        .args(["st", "put", "-s", "big"])
+        .stdin_bytes(Vec::new())
+        .spawn();
+    let chunk = vec![1u8; 1 << 20];
+    for _ in 0..6 {
+        put.stdin().write_all(&chunk).unwrap();
+    }
+    put.stdin().flush().unwrap();
+    wait_for("the first part", || {
+        s3.requests()
+            .iter()
+            .any(|r| r.query_value("partNumber").is_some())
+    });
+    put.signal(SIGTERM);
+    let out = put.wait(Duration::from_secs(30));
+    assert_eq!(out.code, 128 + SIGTERM, "{}", out.dump());
+    assert!(
+        s3.requests()
+            .iter()
+            .any(|r| r.method == "DELETE" && r.query_value("uploadId") == Some("up-1")),
+        "the upload was aborted: {:?}",
+        s3.requests()
+            .iter()
+            .map(|r| format!("{} {}", r.method, r.path))
+            .collect::<Vec<_>>()
+    );
+}
