@@ -65,17 +65,19 @@ pub const COMMANDS: &[Command] = &[
     cmd(
         "st",
         "storage tools: ls, get, put, cat, rm, check",
-        "walden st ls [-r] [PATH]\n\
+        "walden st ls [-r] [-a] [PATH]\n\
 walden st get PATH DEST [--no-decrypt] [--no-decompress]\n\
 walden st put SRC PATH [-f] [--no-compress] [--no-encrypt]\n\
 walden st cat PATH [--decrypt] [--decompress]\n\
 walden st rm PATH\n\
 walden st check read [PATH...] | write\n\n\
-  ls     list objects under PATH (recursively with -r): type, size, time, name\n\
+  ls     list objects under PATH (recursively with -r): type, size, time, name;\n\
+         -a adds the temp objects of writes that never finished (type tmp)\n\
   get    download PATH to DEST, decrypting and decompressing by its extension\n\
   put    upload SRC as PATH plus the compression extension (.lz4 by default)\n\
   cat    write PATH to stdout, raw unless --decrypt/--decompress\n\
   rm     delete PATH, or every object under PATH/ when it is a folder\n\
+         (with the temp objects of unfinished writes in it)\n\
   check  read: list the storage and read the given objects; write: store,\n\
          read back and delete a probe object",
         true,
