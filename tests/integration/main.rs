@@ -4,6 +4,7 @@
 
 mod harness;
 
+mod config;
 mod harness_selftest;
 mod interop;
 mod st;
