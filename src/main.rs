@@ -124,6 +124,12 @@ fn run(args: Vec<OsString>) -> Result<()> {
             }
             let settings = config::Settings::load(config, flags)?;
             setup_logging(&settings, &command)?;
+            // Before any storage is opened: a setting walden would ignore
+            // must not let data go unencrypted or elsewhere. `flags` only
+            // lists names, so it runs whatever is set.
+            if command != "flags" {
+                config::unsupported::check(&settings)?;
+            }
             commands::run(&command, settings, args)
         }
     }

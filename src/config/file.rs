@@ -1,111 +1,140 @@
-//! Reading a WAL-G config file: JSON, and the flat subsets of YAML, TOML
-//! and dotenv that such files use (`KEY: value`, `KEY = "value"`,
-//! `KEY=value`). Keys are upper-cased, as viper makes them case-insensitive.
+//! Reading a WAL-G config file. The format comes from the extension, as
+//! in viper: `.json`, `.yaml`/`.yml`, `.toml`, `.env`/`.dotenv`. Viper
+//! cannot read a file without one (WAL-G then warns and runs without
+//! it); walden refuses it instead of guessing, and refuses viper's
+//! other formats (`.properties`, `.hcl`, `.ini`...) that it does not read.
 
-use std::collections::HashMap;
 use std::path::Path;
 
-use super::ConfigError;
+use super::value::{ParseError, Section};
+use super::{parse_dotenv, parse_json, parse_toml, parse_yaml, ConfigError};
 
-pub fn read(path: &Path) -> Result<HashMap<String, String>, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
-        path: path.display().to_string(),
-        problem: e.to_string(),
-    })?;
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-    let parsed = match ext {
-        "json" => parse_json(&text),
-        "yaml" | "yml" => parse_flat(&text, ':'),
-        "toml" | "env" | "dotenv" => parse_flat(&text, '='),
-        // WALG_CONFIG_PATH may name a file without an extension; WAL-G's
-        // files are nearly always JSON, so try that first.
-        _ => parse_json(&text).or_else(|_| parse_flat(&text, ':')),
-    };
-    parsed.map_err(|problem| ConfigError::File {
-        path: path.display().to_string(),
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Format {
+    Json,
+    Yaml,
+    Toml,
+    Dotenv,
+}
+
+/// The extensions viper tries for `~/.walg`, in its order.
+pub const HOME_EXTENSIONS: &[&str] = &[
+    "json",
+    "toml",
+    "yaml",
+    "yml",
+    "properties",
+    "props",
+    "prop",
+    "hcl",
+    "tfvars",
+    "dotenv",
+    "env",
+    "ini",
+];
+
+impl Format {
+    fn of(path: &Path) -> Result<Format, String> {
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        Ok(match ext.as_str() {
+            "json" => Format::Json,
+            "yaml" | "yml" => Format::Yaml,
+            "toml" => Format::Toml,
+            "env" | "dotenv" => Format::Dotenv,
+            "" => {
+                return Err("the file name has no extension, so its format is unknown \
+                     (WAL-G would ignore the file): name it .json, .yaml, .toml or .env"
+                    .into())
+            }
+            other => {
+                return Err(format!(
+                    "walden does not read .{other} files: use .json, .yaml, .toml or .env"
+                ))
+            }
+        })
+    }
+}
+
+pub fn parse(format: Format, text: &str) -> Result<Section, ParseError> {
+    // A byte-order mark is not part of the first key.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    match format {
+        Format::Json => parse_json::parse(text),
+        Format::Yaml => parse_yaml::parse(text),
+        Format::Toml => parse_toml::parse(text),
+        Format::Dotenv => parse_dotenv::parse(text),
+    }
+}
+
+pub fn read(path: &Path) -> Result<Section, ConfigError> {
+    let shown = path.display().to_string();
+    let file_error = |problem: String| ConfigError::File {
+        path: shown.clone(),
         problem,
+    };
+    let format = Format::of(path).map_err(file_error)?;
+    let bytes = std::fs::read(path).map_err(|e| file_error(e.to_string()))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        file_error(format!(
+            "not UTF-8 text (bad byte at offset {})",
+            e.utf8_error().valid_up_to()
+        ))
+    })?;
+    parse(format, &text).map_err(|e| ConfigError::Syntax {
+        path: shown.clone(),
+        line: e.line,
+        column: e.column,
+        problem: e.problem,
     })
-}
-
-fn parse_json(text: &str) -> Result<HashMap<String, String>, String> {
-    let value: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
-    let object = value
-        .as_object()
-        .ok_or("the top level is not a JSON object")?;
-    let mut out = HashMap::new();
-    for (key, value) in object {
-        let text = match value {
-            serde_json::Value::String(s) => s.clone(),
-            serde_json::Value::Null => continue,
-            // Numbers and booleans are settings too ("WALG_UPLOAD_CONCURRENCY": 4);
-            // nested values (WALG_FAILOVER_STORAGES) stay as JSON text.
-            other => other.to_string(),
-        };
-        out.insert(key.to_uppercase(), text);
-    }
-    Ok(out)
-}
-
-fn parse_flat(text: &str, separator: char) -> Result<HashMap<String, String>, String> {
-    let mut out = HashMap::new();
-    for (number, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') || line == "---" {
-            continue;
-        }
-        let line = line.strip_prefix("export ").unwrap_or(line);
-        let (key, value) = line
-            .split_once(separator)
-            .ok_or_else(|| format!("line {}: expected KEY{separator} value", number + 1))?;
-        let key = key.trim();
-        if key.is_empty() || key.contains(char::is_whitespace) {
-            return Err(format!(
-                "line {}: '{key}' is not a setting name",
-                number + 1
-            ));
-        }
-        out.insert(key.to_uppercase(), unquote(value.trim()));
-    }
-    Ok(out)
-}
-
-fn unquote(value: &str) -> String {
-    let bytes = value.as_bytes();
-    if bytes.len() >= 2
-        && (bytes[0] == b'"' || bytes[0] == b'\'')
-        && bytes[bytes.len() - 1] == bytes[0]
-    {
-        return value[1..value.len() - 1].to_string();
-    }
-    value.to_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::value::Value;
+    use std::path::PathBuf;
 
     #[test]
-    fn json_values_of_any_scalar_type() {
-        let m = parse_json(
-            r#"{"walg_file_prefix": "/b", "WALG_UPLOAD_CONCURRENCY": 4, "X": true, "N": null}"#,
-        )
-        .unwrap();
-        assert_eq!(m["WALG_FILE_PREFIX"], "/b");
-        assert_eq!(m["WALG_UPLOAD_CONCURRENCY"], "4");
-        assert_eq!(m["X"], "true");
-        assert!(!m.contains_key("N"));
-        assert!(parse_json("[1]").is_err());
-        assert!(parse_json("{").is_err());
+    fn a_byte_order_mark_does_not_eat_the_first_key() {
+        for (format, text) in [
+            (Format::Yaml, "\u{feff}WALG_LIBSODIUM_KEY: k\nB: 1\n"),
+            (Format::Json, "\u{feff}{\"WALG_LIBSODIUM_KEY\": \"k\"}"),
+            (Format::Toml, "\u{feff}WALG_LIBSODIUM_KEY = \"k\"\n"),
+            (Format::Dotenv, "\u{feff}WALG_LIBSODIUM_KEY=k\n"),
+        ] {
+            let m = parse(format, text).unwrap();
+            assert_eq!(m.scalar("WALG_LIBSODIUM_KEY"), Some("k"), "{format:?}");
+        }
     }
 
     #[test]
-    fn yaml_and_toml_flat() {
-        let y = parse_flat("# c\nWALG_FILE_PREFIX: '/b'\nwalg_log_level: DEVEL\n", ':').unwrap();
-        assert_eq!(y["WALG_FILE_PREFIX"], "/b");
-        assert_eq!(y["WALG_LOG_LEVEL"], "DEVEL");
-        let t = parse_flat("WALG_FILE_PREFIX = \"/b\"\n", '=').unwrap();
-        assert_eq!(t["WALG_FILE_PREFIX"], "/b");
-        assert!(parse_flat("just words\n", ':').is_err());
+    fn formats_by_extension() {
+        let of = |p: &str| Format::of(&PathBuf::from(p));
+        assert_eq!(of("/etc/walg.json"), Ok(Format::Json));
+        assert_eq!(of("a.YML"), Ok(Format::Yaml));
+        assert_eq!(of("a.toml"), Ok(Format::Toml));
+        assert_eq!(of(".walg.env"), Ok(Format::Dotenv));
+        assert!(of("/etc/walg").unwrap_err().contains("no extension"));
+        assert!(of("a.properties").unwrap_err().contains(".properties"));
+    }
+
+    #[test]
+    fn errors_name_the_file_and_line() {
+        let dir = std::env::temp_dir().join(format!("walden-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bad.yaml");
+        std::fs::write(&path, "A: 1\nB: [\n").unwrap();
+        let e = read(&path).unwrap_err().to_string();
+        assert!(e.contains("bad.yaml") && e.contains("line "), "{e}");
+        std::fs::write(&path, "A: [1]\n").unwrap();
+        assert!(matches!(
+            read(&path).unwrap().get("A"),
+            Some(Value::List(_))
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

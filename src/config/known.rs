@@ -31,6 +31,9 @@ pub const DEFAULTS: &[(&str, &str)] = &[
 ];
 
 /// Settings whose values are secrets: shown as `--HIDDEN--`, never logged.
+/// Case does not matter (nested config sections keep the file's case in
+/// spirit), and any name that says it holds a password, secret, token or
+/// passphrase counts, so a section's storage credentials are hidden too.
 pub fn is_secret(name: &str) -> bool {
     const SECRETS: &[&str] = &[
         "AWS_ACCESS_KEY_ID",
@@ -39,27 +42,136 @@ pub fn is_secret(name: &str) -> bool {
         "AWS_SECRET_KEY",
         "AWS_SESSION_TOKEN",
         "PGPASSWORD",
-        "WALG_LIBSODIUM_KEY",
-        "WALG_PGP_KEY",
-        "WALG_PGP_KEY_PASSPHRASE",
-        "WALG_ENVELOPE_PGP_KEY",
+        "LIBSODIUM_KEY",
+        "PGP_KEY",
+        "PGP_KEY_PASSPHRASE",
+        "ENVELOPE_PGP_KEY",
         "SSH_PASSWORD",
         "OS_PASSWORD",
         "AZURE_STORAGE_ACCESS_KEY",
         "AZURE_STORAGE_SAS_TOKEN",
+        "OSS_ACCESS_KEY_ID",
         "OSS_ACCESS_KEY_SECRET",
         "OSS_SESSION_TOKEN",
         "S3_SSE_C",
         "GCS_ENCRYPTION_KEY",
-        "WALG_GPG_KEY_ID",
-        "WALE_GPG_KEY_ID",
+        "GOOGLE_APPLICATION_CREDENTIALS",
+        "GPG_KEY_ID",
+        "REDIS_PASSWORD",
     ];
-    let bare = name
+    const WORDS: &[&str] = &["PASSWORD", "SECRET", "TOKEN", "PASSPHRASE", "CREDENTIAL"];
+    let upper = name.to_uppercase();
+    let bare = upper
         .strip_prefix("WALG_")
-        .or_else(|| name.strip_prefix("WALE_"))
-        .unwrap_or(name);
-    SECRETS.contains(&name) || SECRETS.contains(&bare)
+        .or_else(|| upper.strip_prefix("WALE_"))
+        .unwrap_or(&upper);
+    SECRETS.contains(&upper.as_str())
+        || SECRETS.contains(&bare)
+        || WORDS.iter().any(|w| upper.contains(w))
 }
+
+/// Settings that hold structure (a map of maps) rather than one value;
+/// WAL-G's `complexSettings`.
+pub const STRUCTURED: &[&str] = &["WALG_FAILOVER_STORAGES", "WALG_STATSD_EXTRA_TAGS"];
+
+/// WAL-G's storage prefixes (`WALG_` or `WALE_` + bare name) in the order
+/// it tries them, with the backend's name and whether walden has it.
+/// WAL-G takes the first one set and ignores the rest without a word.
+pub const STORAGE_PREFIXES: &[(&str, &str, bool)] = &[
+    ("OSS_PREFIX", "Alibaba OSS", false),
+    ("S3_PREFIX", "S3", true),
+    ("FILE_PREFIX", "file", true),
+    ("GS_PREFIX", "Google Cloud Storage", false),
+    ("AZ_PREFIX", "Azure", false),
+    ("SWIFT_PREFIX", "Swift", false),
+    ("SSH_PREFIX", "SSH", false),
+];
+
+/// Settings walden does not implement yet and whose absence would change
+/// who can read the data, where it goes, or under whose name it is
+/// written: setting one is an error before anything is read or written.
+/// A name ending in `*` covers every setting starting with it.
+///
+/// Known settings walden leaves alone because they only tune speed or
+/// logging, or belong to commands walden does not have yet (which refuse
+/// to run): WALG_NETWORK_RATE_LIMIT, WALG_DISK_RATE_LIMIT, --turbo,
+/// WALG_UPLOAD_DISK_CONCURRENCY, WALG_UPLOAD_QUEUE, S3_USE_LIST_OBJECTS_V1,
+/// S3_LOG_LEVEL, S3_SKIP_VALIDATION, S3_RANGE_BATCH_ENABLED,
+/// S3_RANGE_MAX_RETRIES, WALG_USE_WAL_DELTA (WAL-G then also writes delta
+/// maps at wal-push; without them a later delta backup reads whole
+/// files), WALG_DELTA_*, WALG_TAR_*, WALG_*_COMPOSER, WALG_DIRECT_IO*,
+/// WALG_SERIALIZER_TYPE, WALG_ALIVE_CHECK_INTERVAL, WALG_STOP_BACKUP_TIMEOUT,
+/// WALG_INTEGRITY_MAX_DELAYED_WALS, WALG_DAEMON_WAL_UPLOAD_TIMEOUT,
+/// PG_READY_RENAME, WALG_CSE_KMS_REGION (only with WALG_CSE_KMS_ID).
+/// The storage backends walden lacks (GS, Azure, Swift, SSH, OSS) are
+/// refused through [`STORAGE_PREFIXES`], and their credentials matter
+/// only with their prefix.
+pub const REFUSED: &[(&str, &str)] = &[
+    (
+        "WALG_PGP_*",
+        "PGP encryption is not built; the data would be stored unencrypted",
+    ),
+    (
+        "WALG_ENVELOPE_PGP_*",
+        "envelope PGP encryption is not built; the data would be stored unencrypted",
+    ),
+    (
+        "WALG_CSE_KMS_ID",
+        "client-side KMS encryption is not built; the data would be stored unencrypted",
+    ),
+    (
+        "YC_CSE_KMS_KEY_ID",
+        "Yandex Cloud KMS encryption is not built; the data would be stored unencrypted",
+    ),
+    (
+        "WALG_GPG_KEY_ID",
+        "GPG encryption is not built; the data would be stored unencrypted",
+    ),
+    (
+        "WALE_GPG_KEY_ID",
+        "GPG encryption is not built; the data would be stored unencrypted",
+    ),
+    (
+        "S3_SSE_C",
+        "S3 SSE-C (customer key) headers are not sent yet; S3 would store the objects without your key",
+    ),
+    (
+        "WALG_S3_SSE_C",
+        "S3 SSE-C (customer key) headers are not sent yet; S3 would store the objects without your key",
+    ),
+    (
+        "WALE_S3_SSE_C",
+        "S3 SSE-C (customer key) headers are not sent yet; S3 would store the objects without your key",
+    ),
+    (
+        "WALG_FAILOVER_STORAGES*",
+        "failover storages are not built; walden would use only the primary storage",
+    ),
+    (
+        "WALG_STATSD_*",
+        "statsd metrics are not built; nothing would be sent",
+    ),
+    (
+        "AWS_ROLE_ARN",
+        "assuming an IAM role is not built; requests would be made with the plain keys' identity instead",
+    ),
+    (
+        "S3_ENDPOINT_SOURCE",
+        "fetching the S3 endpoint from a URL is not built; requests would go to another host",
+    ),
+    (
+        "WALG_S3_ENDPOINT_SOURCE",
+        "fetching the S3 endpoint from a URL is not built; requests would go to another host",
+    ),
+    (
+        "S3_ENDPOINT_PORT",
+        "the endpoint port setting is not built; requests would go to another port",
+    ),
+    (
+        "WALG_S3_ENDPOINT_PORT",
+        "the endpoint port setting is not built; requests would go to another port",
+    ),
+];
 
 /// Every setting name WAL-G's PostgreSQL binary accepts (the ones a config
 /// file may hold without a warning, and the ones `--long-flag` overrides).
@@ -178,4 +290,10 @@ pub const KNOWN: &[&str] = &[
     "S3_SKIP_VALIDATION",
     "S3_USE_LIST_OBJECTS_V1",
     "S3_LOG_LEVEL",
+    "S3_ENDPOINT_SOURCE",
+    "S3_ENDPOINT_PORT",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_CONFIG_FILE",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "YC_CSE_KMS_KEY_ID",
 ];

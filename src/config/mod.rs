@@ -3,16 +3,43 @@
 //! `WALG_CONFIG_PATH`, `~/.walg.json`), then WAL-G's defaults.
 
 mod file;
+#[cfg(test)]
+mod fuzz_targets;
 pub mod known;
+mod parse_dotenv;
+mod parse_json;
+mod parse_toml;
+mod parse_yaml;
+pub mod redact;
+pub mod unsupported;
+pub mod value;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
 
+use value::{Section, Value};
+
 #[derive(Debug)]
 pub enum ConfigError {
-    /// The config file cannot be read or parsed.
+    /// The config file cannot be read or used.
     File { path: String, problem: String },
+    /// The config file is not valid in its format, at a known place.
+    Syntax {
+        path: String,
+        line: Option<usize>,
+        column: Option<usize>,
+        problem: String,
+    },
+    /// A setting walden does not implement, whose absence would change
+    /// where data goes or who can read it.
+    Unsupported {
+        name: String,
+        origin: &'static str,
+        why: String,
+    },
+    /// Settings that exclude each other (WAL-G would drop one silently).
+    Conflict { names: Vec<String>, problem: String },
     /// A setting has a value walden cannot use.
     Invalid {
         name: String,
@@ -29,14 +56,38 @@ impl fmt::Display for ConfigError {
             ConfigError::File { path, problem } => {
                 write!(f, "config file '{path}' cannot be used: {problem}")
             }
+            ConfigError::Syntax {
+                path,
+                line,
+                column,
+                problem,
+            } => {
+                write!(f, "config file '{path}' cannot be used: ")?;
+                match (line, column) {
+                    (Some(l), Some(c)) => write!(f, "line {l}, column {c}: ")?,
+                    (Some(l), None) => write!(f, "line {l}: ")?,
+                    _ => {}
+                }
+                write!(f, "{problem}")
+            }
+            ConfigError::Unsupported { name, origin, why } => write!(
+                f,
+                "{name} is set ({origin}) but walden does not support it yet: {why}. \
+                 Unset it to use walden, or keep WAL-G for this setup"
+            ),
+            ConfigError::Conflict { names, problem } => {
+                write!(f, "{} are all set: {problem}", names.join(" and "))
+            }
             ConfigError::Invalid {
                 name,
                 value,
                 problem,
             } => {
+                let problem = redact::urls(problem);
                 if known::is_secret(name) {
                     write!(f, "setting {name} is invalid: {problem}")
                 } else {
+                    let value = redact::value(value);
                     write!(f, "setting {name}='{value}' is invalid: {problem}")
                 }
             }
@@ -50,14 +101,15 @@ impl std::error::Error for ConfigError {}
 pub struct Settings {
     /// `--walg-s3-prefix=...` style overrides from the command line.
     flags: HashMap<String, String>,
-    file: HashMap<String, String>,
+    /// The config file's top level; nested sections stay nested.
+    file: Section,
     /// The config file that was read, passed on to child processes.
     pub config_path: Option<PathBuf>,
 }
 
 impl Settings {
     /// Load the config file: `explicit` (`--config`), else
-    /// `WALG_CONFIG_PATH`, else `~/.walg.{json,toml,yaml,yml}` if present.
+    /// `WALG_CONFIG_PATH`, else `~/.walg.EXT` if present (viper's order).
     pub fn load(
         explicit: Option<PathBuf>,
         flags: HashMap<String, String>,
@@ -68,8 +120,15 @@ impl Settings {
             None => home_config(),
         };
         let file = match &path {
-            Some(path) => file::read(path)?,
-            None => HashMap::new(),
+            Some(path) => {
+                let file = file::read(path)?;
+                check_shapes(&file).map_err(|problem| ConfigError::File {
+                    path: path.display().to_string(),
+                    problem,
+                })?;
+                file
+            }
+            None => Section::default(),
         };
         Ok(Settings {
             flags,
@@ -78,9 +137,18 @@ impl Settings {
         })
     }
 
-    /// Settings from flags and environment only (for tests).
+    /// Settings with `file` as the config file's content (for tests).
     #[cfg(test)]
     pub fn from_map(file: HashMap<String, String>) -> Settings {
+        let mut section = Section::default();
+        for (k, v) in file {
+            let _ = section.insert(&k, Value::Scalar(v));
+        }
+        Settings::from_section(section)
+    }
+
+    #[cfg(test)]
+    pub fn from_section(file: Section) -> Settings {
         Settings {
             flags: HashMap::new(),
             file,
@@ -108,10 +176,51 @@ impl Settings {
         if let Some(v) = env_value(name) {
             return Some(v);
         }
+        // Only a scalar: a nested section (WALG_FAILOVER_STORAGES) is
+        // not a value, and its inner keys never stand in for top-level ones.
         self.file
-            .get(name)
+            .scalar(name)
             .filter(|v| !v.is_empty())
             .map(|v| v.trim_end_matches(['\r', '\n']).to_string())
+    }
+
+    /// A structured setting from the config file (a map of maps such as
+    /// WALG_FAILOVER_STORAGES), for the code that will use it.
+    #[allow(dead_code)]
+    pub fn section(&self, name: &str) -> Option<&Section> {
+        match self.file.get(name)? {
+            Value::Map(section) => Some(section),
+            _ => None,
+        }
+    }
+
+    /// Where `name` is set, if it is: "flag", "environment" or "config file".
+    pub fn origin(&self, name: &str) -> Option<&'static str> {
+        if self.flags.get(name).is_some_and(|v| !v.is_empty()) {
+            Some("flag")
+        } else if env_value(name).is_some() {
+            Some("environment")
+        } else {
+            match self.file.get(name)? {
+                Value::Scalar(v) if v.is_empty() => None,
+                _ => Some("config file"),
+            }
+        }
+    }
+
+    /// Every setting name given a value, by flag, environment or config
+    /// file (top level), each once.
+    pub fn names_set(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.flags.keys().cloned().collect();
+        names.extend(std::env::vars_os().filter_map(|(k, v)| {
+            let k = k.into_string().ok()?;
+            (!v.is_empty()).then_some(k)
+        }));
+        names.extend(self.file.keys().cloned());
+        names.sort();
+        names.dedup();
+        names.retain(|n| self.origin(n).is_some());
+        names
     }
 
     /// The value, or WAL-G's default.
@@ -162,7 +271,8 @@ impl Settings {
         }
     }
 
-    /// Every setting with a value, secrets hidden, for `WALG_LOG_LEVEL=DEVEL`.
+    /// Every setting with a value, for `WALG_LOG_LEVEL=DEVEL`: secrets
+    /// hidden at any depth of a section, credentials cut out of URLs.
     pub fn describe(&self) -> Vec<String> {
         let mut names: Vec<&str> = known::KNOWN.to_vec();
         names.sort_unstable();
@@ -170,11 +280,21 @@ impl Settings {
         names
             .into_iter()
             .filter_map(|name| {
-                let value = self.get_explicit(name)?;
-                let shown = if known::is_secret(name) {
-                    "--HIDDEN--".to_string()
-                } else {
-                    value
+                let shown = match self.get_explicit(name) {
+                    Some(_) if known::is_secret(name) => HIDDEN.to_string(),
+                    // A structured setting given as JSON text (environment
+                    // or flag) is shown as the section it stands for.
+                    Some(text) if known::STRUCTURED.contains(&name) => {
+                        match parse_json::parse(&text) {
+                            Ok(section) => show(&Value::Map(section)),
+                            Err(_) => HIDDEN.to_string(),
+                        }
+                    }
+                    Some(value) => redact::value(&value).into_owned(),
+                    None => match self.file.get(name)? {
+                        Value::Scalar(_) => return None,
+                        nested => show(nested),
+                    },
                 };
                 Some(format!("{name}={shown}"))
             })
@@ -195,6 +315,49 @@ impl Settings {
     }
 }
 
+const HIDDEN: &str = "--HIDDEN--";
+
+/// A config value for the DEVEL dump, every secret key hidden however
+/// deep it sits.
+fn show(value: &Value) -> String {
+    match value {
+        Value::Scalar(s) => redact::value(s).into_owned(),
+        Value::List(items) => {
+            let items: Vec<String> = items.iter().map(show).collect();
+            format!("[{}]", items.join(", "))
+        }
+        Value::Map(section) => {
+            let entries: Vec<String> = section
+                .iter()
+                .map(|(k, v)| {
+                    let shown = if known::is_secret(k) {
+                        HIDDEN.to_string()
+                    } else {
+                        show(v)
+                    };
+                    format!("{k}: {shown}")
+                })
+                .collect();
+            format!("{{{}}}", entries.join(", "))
+        }
+    }
+}
+
+/// A known setting must hold one value, except the structured ones: a
+/// list or section where WAL-G expects text would be read as empty.
+fn check_shapes(file: &Section) -> Result<(), String> {
+    for (key, value) in file.iter() {
+        let known = known::KNOWN.contains(&key.as_str());
+        let structured = known::STRUCTURED.contains(&key.as_str());
+        if known && !structured && !matches!(value, Value::Scalar(_)) {
+            return Err(format!(
+                "{key} must be a single value, not a list or section"
+            ));
+        }
+    }
+    Ok(())
+}
+
 pub fn parse_bool(value: &str) -> Option<bool> {
     match value.trim() {
         "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
@@ -207,9 +370,11 @@ fn env_value(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
+/// `~/.walg.EXT` for the first extension viper tries that exists; one
+/// walden cannot read is then refused rather than passed over.
 fn home_config() -> Option<PathBuf> {
     let home = PathBuf::from(env_value("HOME")?);
-    ["json", "toml", "yaml", "yml"]
+    file::HOME_EXTENSIONS
         .iter()
         .map(|ext| home.join(format!(".walg.{ext}")))
         .find(|p| p.is_file())
@@ -275,6 +440,51 @@ mod tests {
             problem: "short".into(),
         };
         assert!(!e.to_string().contains("sup3rs3cret"));
+    }
+
+    #[test]
+    fn devel_dump_hides_nested_secrets_and_url_credentials() {
+        let file = parse_yaml::parse(
+            "AWS_ENDPOINT: http://user:s3cret@127.0.0.1:1\n\
+             WALG_FILE_PREFIX: /top\n\
+             WALG_FAILOVER_STORAGES:\n  \
+               store1:\n    \
+                 aws_secret_access_key: nested-secret-1\n    \
+                 WALG_LIBSODIUM_KEY: nested-secret-2\n    \
+                 deeper: {SSH_PASSWORD: nested-secret-3, WALG_S3_PREFIX: 's3://b/p'}\n",
+        )
+        .unwrap();
+        let mut s = Settings::from_section(file);
+        let all = s.describe().join("\n");
+        for secret in ["s3cret", "user:", "nested-secret"] {
+            assert!(!all.contains(secret), "{secret} in {all}");
+        }
+        assert!(all.contains("WALG_FAILOVER_STORAGES={STORE1: {"), "{all}");
+        assert!(all.contains("AWS_SECRET_ACCESS_KEY: --HIDDEN--"), "{all}");
+        assert!(all.contains("WALG_S3_PREFIX: s3://b/p"), "{all}");
+        assert!(all.contains("AWS_ENDPOINT=http://***@127.0.0.1:1"), "{all}");
+        // The same section as JSON text in a flag or variable.
+        s.flags.insert(
+            "WALG_FAILOVER_STORAGES".into(),
+            r#"{"s": {"AWS_SECRET_ACCESS_KEY": "json-secret"}}"#.into(),
+        );
+        s.flags
+            .insert("WALG_STATSD_EXTRA_TAGS".into(), "not json, secret?".into());
+        let all = s.describe().join("\n");
+        assert!(
+            !all.contains("json-secret") && !all.contains("secret?"),
+            "{all}"
+        );
+    }
+
+    #[test]
+    fn known_settings_must_be_single_values() {
+        let file = parse_yaml::parse("WALG_FILE_PREFIX: [/a, /b]\n").unwrap();
+        assert!(check_shapes(&file)
+            .unwrap_err()
+            .contains("WALG_FILE_PREFIX"));
+        let ok = parse_yaml::parse("WALG_FAILOVER_STORAGES: {s: {A: 1}}\nOTHER: [1]\n").unwrap();
+        assert!(check_shapes(&ok).is_ok());
     }
 
     #[test]

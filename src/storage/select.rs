@@ -8,21 +8,11 @@ use super::fs::FsStorage;
 use super::retry::Retrying;
 use super::s3::{S3Config, S3Storage};
 use super::Storage;
-use crate::config::{parse_bool, ConfigError, Settings};
-
-/// WAL-G's prefix settings in its order, with the name of the backend.
-const PREFIXES: &[(&str, &str)] = &[
-    ("OSS_PREFIX", "Alibaba OSS"),
-    ("S3_PREFIX", "S3"),
-    ("FILE_PREFIX", "file"),
-    ("GS_PREFIX", "Google Cloud Storage"),
-    ("AZ_PREFIX", "Azure"),
-    ("SWIFT_PREFIX", "Swift"),
-    ("SSH_PREFIX", "SSH"),
-];
+use crate::config::known::STORAGE_PREFIXES;
+use crate::config::{parse_bool, redact, ConfigError, Settings};
 
 pub fn open(settings: &Settings) -> Result<Arc<dyn Storage>, ConfigError> {
-    for (bare, backend) in PREFIXES {
+    for (bare, backend, _) in STORAGE_PREFIXES {
         let walg = format!("WALG_{bare}");
         let Some((name, prefix)) = settings
             .get_explicit(&walg)
@@ -129,14 +119,14 @@ fn s3_storage(
         .or_else(|| get("AWS_ACCESS_KEY"))
         .ok_or_else(|| ConfigError::Missing {
             name: "AWS_ACCESS_KEY_ID".into(),
-            hint: "walden reads S3 credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+            hint: "walden reads S3 credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY only (not yet from AWS profiles, credential files, instance roles or web identity)"
                 .into(),
         })?;
     let secret_key = get("AWS_SECRET_ACCESS_KEY")
         .or_else(|| get("AWS_SECRET_KEY"))
         .ok_or_else(|| ConfigError::Missing {
             name: "AWS_SECRET_ACCESS_KEY".into(),
-            hint: "walden reads S3 credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+            hint: "walden reads S3 credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY only (not yet from AWS profiles, credential files, instance roles or web identity)"
                 .into(),
         })?;
     let bool_setting = |k: &str| -> Result<bool, ConfigError> {
@@ -176,7 +166,7 @@ fn s3_storage(
     let config = S3Config {
         bucket,
         root,
-        endpoint,
+        endpoint: endpoint.clone(),
         region,
         force_path_style: bool_setting("AWS_S3_FORCE_PATH_STYLE")?,
         access_key,
@@ -189,10 +179,20 @@ fn s3_storage(
         part_size,
         parts_in_flight: settings.positive("WALG_UPLOAD_CONCURRENCY")?,
     };
-    S3Storage::new(config).map_err(|problem| ConfigError::Invalid {
-        name: name.into(),
-        value: prefix.into(),
-        problem,
+    S3Storage::new(config).map_err(|problem| {
+        // The s3 module reports in text; an endpoint problem (including
+        // a refused `user:password@`) is blamed on the setting that holds
+        // the endpoint, not on the prefix, and no URL is shown with
+        // credentials in it.
+        let (name, value) = match &endpoint {
+            Some(url) if problem.starts_with("S3 endpoint") => ("AWS_ENDPOINT", url.as_str()),
+            _ => (name, prefix),
+        };
+        ConfigError::Invalid {
+            name: name.into(),
+            value: value.into(),
+            problem: redact::urls(&problem).into_owned(),
+        }
     })
 }
 
@@ -218,5 +218,45 @@ mod tests {
             "{e}"
         );
         assert!(parse_url("P", "s3:///x", "s3").is_err());
+    }
+
+    fn s3_settings(endpoint: &str) -> Settings {
+        Settings::from_map(
+            [
+                ("WALG_S3_PREFIX", "s3://bucket/p"),
+                ("AWS_ACCESS_KEY_ID", "id"),
+                ("AWS_SECRET_ACCESS_KEY", "key"),
+                ("AWS_ENDPOINT", endpoint),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        )
+    }
+
+    #[test]
+    fn endpoint_credentials_are_refused_masked_and_blamed_on_aws_endpoint() {
+        for url in [
+            "http://user:s3cret@127.0.0.1:1",
+            "user:s3cret@127.0.0.1:1",
+            "https://user:s3/cret@host/x",
+        ] {
+            let Err(e) = open(&s3_settings(url)) else {
+                panic!("{url} accepted");
+            };
+            let e = e.to_string();
+            assert!(e.contains("AWS_ENDPOINT"), "{e}");
+            assert!(!e.contains("WALG_S3_PREFIX"), "{e}");
+            assert!(!e.contains("s3cret") && !e.contains("user:"), "{e}");
+        }
+    }
+
+    #[test]
+    fn other_endpoint_problems_name_aws_endpoint() {
+        let Err(e) = open(&s3_settings("ftp://host")) else {
+            panic!("ftp accepted");
+        };
+        let e = e.to_string();
+        assert!(e.contains("AWS_ENDPOINT='ftp://host'"), "{e}");
     }
 }

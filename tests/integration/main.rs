@@ -4,6 +4,7 @@
 
 mod harness;
 
+mod config;
 mod hardening;
 mod harness_selftest;
 mod hostile_s3;

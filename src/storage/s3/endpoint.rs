@@ -4,6 +4,7 @@
 
 use std::net::Ipv4Addr;
 
+use crate::config::redact;
 use crate::encoding::uri_encode;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -77,23 +78,32 @@ impl Endpoint {
                 false,
             ));
         };
+        // Every message below may be logged: never with credentials. A
+        // password may hold '/' or even "://", so any '@' is refused first.
+        let shown = redact::value(url);
+        if url.contains('@') {
+            return Err(format!(
+                "S3 endpoint {shown:?} has a user name or password in it: S3 credentials \
+                 go in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+            ));
+        }
         let (scheme, rest) = match url.split_once("://") {
             Some((s, r)) if s.eq_ignore_ascii_case("https") => ("https", r),
             Some((s, r)) if s.eq_ignore_ascii_case("http") => ("http", r),
             Some((s, _)) => {
                 return Err(format!(
-                    "S3 endpoint {url:?}: unsupported scheme {s:?}, expected http or https"
+                    "S3 endpoint {shown:?}: unsupported scheme {s:?}, expected http or https"
                 ))
             }
             None => ("https", url),
         };
         let (host, path) = rest.split_once('/').map_or((rest, ""), |(h, p)| (h, p));
-        if host.is_empty() || host.contains(['@', '?', '#', ' ']) {
-            return Err(format!("S3 endpoint {url:?} has no usable host"));
+        if host.is_empty() || host.contains(['?', '#', ' ']) {
+            return Err(format!("S3 endpoint {shown:?} has no usable host"));
         }
         if path.contains(['?', '#']) {
             return Err(format!(
-                "S3 endpoint {url:?} must not have a query or fragment"
+                "S3 endpoint {shown:?} must not have a query or fragment"
             ));
         }
         let path = path.trim_matches('/');
@@ -275,6 +285,22 @@ mod tests {
         assert!(Endpoint::new(Some("ftp://host"), "r", "bucket", false).is_err());
         assert!(Endpoint::new(Some("http://"), "r", "bucket", false).is_err());
         assert!(Endpoint::new(Some("http://user@host"), "r", "bucket", false).is_err());
+    }
+
+    #[test]
+    fn credentials_in_the_url_are_refused_and_not_echoed() {
+        for url in [
+            "http://user:s3cret@127.0.0.1:1",
+            "user:s3cret@minio:9000",
+            "https://user:s3/cret@host/base",
+            "ftp://user:s3cret@host",
+            "user:s3://cret@host",
+        ] {
+            let e = Endpoint::new(Some(url), "r", "bucket", false).unwrap_err();
+            assert!(!e.contains("s3cret") && !e.contains("user:"), "{e}");
+        }
+        let e = Endpoint::new(Some("http://u:p@h?x=1"), "r", "bucket", false).unwrap_err();
+        assert!(e.contains("***@h"), "{e}");
     }
 
     #[test]
