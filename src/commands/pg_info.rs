@@ -25,11 +25,20 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     let text = |i| -> Result<String> { Ok(row.get_str(i)?.unwrap_or("").to_string()) };
     let mut out = vec![
         ("connected_to", client.target().to_string()),
-        ("tls", if client.is_tls() { "on" } else { "off" }.to_string()),
-        ("server_version", client.parameter("server_version").unwrap_or("").to_string()),
+        (
+            "tls",
+            if client.is_tls() { "on" } else { "off" }.to_string(),
+        ),
+        (
+            "server_version",
+            client.parameter("server_version").unwrap_or("").to_string(),
+        ),
         ("server_version_num", text(0)?),
         ("system_identifier", text(1)?),
-        ("in_recovery", row.get_bool(2)?.map(|b| b.to_string()).unwrap_or_default()),
+        (
+            "in_recovery",
+            row.get_bool(2)?.map(|b| b.to_string()).unwrap_or_default(),
+        ),
         ("timeline", text(3)?),
         ("user", text(4)?),
         ("database", text(5)?),

@@ -111,9 +111,10 @@ impl Auth {
                 Ok(Step::Reply)
             }
             12 => {
-                let scram = self.scram.as_mut().ok_or_else(|| {
-                    AuthError::Protocol("SASL final without a SASL start".into())
-                })?;
+                let scram = self
+                    .scram
+                    .as_mut()
+                    .ok_or_else(|| AuthError::Protocol("SASL final without a SASL start".into()))?;
                 // A wrong server signature means the server does not know
                 // the password: it may not be the server we meant.
                 scram.finish(b.rest()).map_err(|e| {
@@ -122,10 +123,14 @@ impl Auth {
                 Ok(Step::Reply)
             }
             2 => Err(AuthError::Unsupported("Kerberos V5 authentication".into())),
-            6 => Err(AuthError::Unsupported("SCM credentials authentication".into())),
+            6 => Err(AuthError::Unsupported(
+                "SCM credentials authentication".into(),
+            )),
             7 | 8 => Err(AuthError::Unsupported("GSSAPI authentication".into())),
             9 => Err(AuthError::Unsupported("SSPI authentication".into())),
-            other => Err(AuthError::Unsupported(format!("authentication method {other}"))),
+            other => Err(AuthError::Unsupported(format!(
+                "authentication method {other}"
+            ))),
         }
     }
 }
@@ -145,7 +150,9 @@ mod tests {
         let body = [0, 0, 0, 5, 1, 2, 3, 4];
         assert!(matches!(a.on_request(&body, &mut out), Ok(Step::Reply)));
         let expected = authentication::md5_hash(b"alice", b"pw", [1, 2, 3, 4]);
-        assert!(out.windows(expected.len()).any(|w| w == expected.as_bytes()));
+        assert!(out
+            .windows(expected.len())
+            .any(|w| w == expected.as_bytes()));
         assert_eq!(a.used, Some(PasswordOrigin::Env));
     }
 
@@ -153,17 +160,44 @@ mod tests {
     fn pg_auth_scram_chosen_over_plus_and_refusals() {
         let mut out = BytesMut::new();
         let body = b"\0\0\0\x0aSCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0";
-        assert!(matches!(auth(Some("pw")).on_request(body, &mut out), Ok(Step::Reply)));
+        assert!(matches!(
+            auth(Some("pw")).on_request(body, &mut out),
+            Ok(Step::Reply)
+        ));
         // The initial response names plain SCRAM and gs2 header "n,,".
         let sent = String::from_utf8_lossy(&out).into_owned();
-        assert!(sent.contains("SCRAM-SHA-256\0") && sent.contains("n,,n="), "{sent:?}");
+        assert!(
+            sent.contains("SCRAM-SHA-256\0") && sent.contains("n,,n="),
+            "{sent:?}"
+        );
         let only_plus = b"\0\0\0\x0aSCRAM-SHA-256-PLUS\0\0";
-        assert!(matches!(auth(Some("pw")).on_request(only_plus, &mut out), Err(AuthError::Unsupported(_))));
-        assert!(matches!(auth(None).on_request(&[0, 0, 0, 3], &mut out), Err(AuthError::NoPassword)));
-        assert!(matches!(auth(None).on_request(&[0, 0, 0, 7], &mut out), Err(AuthError::Unsupported(_))));
-        assert!(matches!(auth(None).on_request(&[0, 0], &mut out), Err(AuthError::Protocol(_))));
-        assert!(matches!(auth(Some("p")).on_request(&[0, 0, 0, 5, 1], &mut out), Err(AuthError::Protocol(_))));
-        assert!(matches!(auth(Some("p")).on_request(&[0, 0, 0, 11], &mut out), Err(AuthError::Protocol(_))));
-        assert!(matches!(auth(None).on_request(&[0, 0, 0, 0], &mut out), Ok(Step::Done)));
+        assert!(matches!(
+            auth(Some("pw")).on_request(only_plus, &mut out),
+            Err(AuthError::Unsupported(_))
+        ));
+        assert!(matches!(
+            auth(None).on_request(&[0, 0, 0, 3], &mut out),
+            Err(AuthError::NoPassword)
+        ));
+        assert!(matches!(
+            auth(None).on_request(&[0, 0, 0, 7], &mut out),
+            Err(AuthError::Unsupported(_))
+        ));
+        assert!(matches!(
+            auth(None).on_request(&[0, 0], &mut out),
+            Err(AuthError::Protocol(_))
+        ));
+        assert!(matches!(
+            auth(Some("p")).on_request(&[0, 0, 0, 5, 1], &mut out),
+            Err(AuthError::Protocol(_))
+        ));
+        assert!(matches!(
+            auth(Some("p")).on_request(&[0, 0, 0, 11], &mut out),
+            Err(AuthError::Protocol(_))
+        ));
+        assert!(matches!(
+            auth(None).on_request(&[0, 0, 0, 0], &mut out),
+            Ok(Step::Done)
+        ));
     }
 }

@@ -100,7 +100,13 @@ impl Client {
                     let values = message::data_row(&msg.body).map_err(|e| bad(&self.wire, e))?;
                     rows.push(Row::new(columns.clone(), values));
                 }
-                b'C' => tag = Some(Body::new(&msg.body).cstr().map_err(|e| bad(&self.wire, e))?),
+                b'C' => {
+                    tag = Some(
+                        Body::new(&msg.body)
+                            .cstr()
+                            .map_err(|e| bad(&self.wire, e))?,
+                    )
+                }
                 b'E' => {
                     let m = message::server_message(&msg.body).map_err(|e| bad(&self.wire, e))?;
                     // After FATAL the server hangs up without ReadyForQuery.
@@ -119,7 +125,11 @@ impl Client {
                 b'H' | b'd' | b'c' => {
                     // COPY TO STDOUT: drained and ignored.
                 }
-                b'W' => return Err(self.wire.protocol("unexpected CopyBoth outside replication")),
+                b'W' => {
+                    return Err(self
+                        .wire
+                        .protocol("unexpected CopyBoth outside replication"))
+                }
                 b'Z' => break,
                 other => self.on_async(other, &msg)?,
             }
@@ -213,7 +223,10 @@ fn attempt(params: &ConnParams, target: &Target, try_tls: bool) -> Result<Client
     };
     let mut first = true;
     loop {
-        let msg = client.wire.read().map_err(|e| not_postgres_if_first(e, first))?;
+        let msg = client
+            .wire
+            .read()
+            .map_err(|e| not_postgres_if_first(e, first))?;
         if first && !matches!(msg.tag, b'R' | b'E') {
             return Err(PgError::NotPostgres {
                 target: client.wire.target.clone(),
@@ -410,8 +423,14 @@ mod tests {
     fn pg_http_server_is_not_postgres() {
         for mode in [SslMode::Disable, SslMode::Prefer] {
             let port = fake_server(b"HTTP/1.1 400 Bad Request\r\n\r\n");
-            let e = Client::connect(&params_for(port, mode)).err().unwrap().to_string();
-            assert!(e.contains(&format!("127.0.0.1:{port} is not PostgreSQL")), "{e}");
+            let e = Client::connect(&params_for(port, mode))
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(
+                e.contains(&format!("127.0.0.1:{port} is not PostgreSQL")),
+                "{e}"
+            );
             assert!(!e.contains("topsecret"));
         }
     }
@@ -420,30 +439,53 @@ mod tests {
     fn pg_garbage_and_hangups_are_clear() {
         // A length that cannot be.
         let port = fake_server(b"R\xff\xff\xff\xff");
-        let e = Client::connect(&params_for(port, SslMode::Disable)).err().unwrap().to_string();
+        let e = Client::connect(&params_for(port, SslMode::Disable))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("impossible length"), "{e}");
         // Hang-up at once.
         let port = fake_server(b"");
-        let e = Client::connect(&params_for(port, SslMode::Disable)).err().unwrap().to_string();
+        let e = Client::connect(&params_for(port, SslMode::Disable))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("is not PostgreSQL"), "{e}");
         // A truncated authentication request.
         let port = fake_server(b"R\0\0\0\x08\0\0");
-        let e = Client::connect(&params_for(port, SslMode::Disable)).err().unwrap().to_string();
-        assert!(e.contains("not PostgreSQL") || e.contains("middle of a message"), "{e}");
+        let e = Client::connect(&params_for(port, SslMode::Disable))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("not PostgreSQL") || e.contains("middle of a message"),
+            "{e}"
+        );
         // require: a server without TLS.
         let port = fake_server(b"N");
-        let e = Client::connect(&params_for(port, SslMode::Require)).err().unwrap().to_string();
-        assert!(e.contains("does not accept TLS") && e.contains("require"), "{e}");
+        let e = Client::connect(&params_for(port, SslMode::Require))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("does not accept TLS") && e.contains("require"),
+            "{e}"
+        );
     }
 
     #[test]
     fn pg_silent_server_times_out_and_refused_port() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
-        let e = Client::connect(&params_for(port, SslMode::Disable)).err().unwrap();
+        let e = Client::connect(&params_for(port, SslMode::Disable))
+            .err()
+            .unwrap();
         assert!(matches!(e, PgError::Timeout { .. }), "{e}");
         drop(l);
-        let e = Client::connect(&params_for(port, SslMode::Disable)).err().unwrap().to_string();
+        let e = Client::connect(&params_for(port, SslMode::Disable))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("cannot connect") && e.contains("PGPORT"), "{e}");
     }
 }

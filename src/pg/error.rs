@@ -35,9 +35,14 @@ pub enum PgError {
         source: io::Error,
     },
     /// No answer within PGCONNECT_TIMEOUT (or the read timeout).
-    Timeout { target: String },
+    Timeout {
+        target: String,
+    },
     /// Something answered that does not speak the PostgreSQL protocol.
-    NotPostgres { target: String, seen: String },
+    NotPostgres {
+        target: String,
+        seen: String,
+    },
     /// The server refused the connection or the login (pg_hba, wrong
     /// password, unknown database); `hint` says what to check.
     Refused {
@@ -46,18 +51,38 @@ pub enum PgError {
         hint: &'static str,
     },
     /// The server wants a password and none is configured.
-    NoPassword { target: String, user: String },
+    NoPassword {
+        target: String,
+        user: String,
+    },
     /// An authentication method walden does not do (GSS, SSPI...).
-    Unsupported { target: String, what: String },
+    Unsupported {
+        target: String,
+        what: String,
+    },
     /// TLS could not be set up or the server's certificate was refused.
-    Tls { target: String, problem: String },
+    Tls {
+        target: String,
+        problem: String,
+    },
     /// A query failed on the server; the session stays usable.
-    Query { server: ServerMessage },
+    Query {
+        server: ServerMessage,
+    },
     /// The server broke the protocol or the connection dropped mid-session.
-    Protocol { target: String, problem: String },
-    Io { target: String, source: io::Error },
+    Protocol {
+        target: String,
+        problem: String,
+    },
+    Io {
+        target: String,
+        source: io::Error,
+    },
     /// A value in a result row is not what the caller asked for.
-    Value { column: usize, problem: String },
+    Value {
+        column: usize,
+        problem: String,
+    },
     /// Several hosts were tried; every one failed.
     AllFailed(Vec<PgError>),
 }

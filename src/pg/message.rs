@@ -71,7 +71,9 @@ impl Wire {
             .read_to_end(&mut body)
             .map_err(|e| PgError::io(&self.target, e))?;
         if body.len() != want {
-            return Err(self.protocol("the server closed the connection in the middle of a message"));
+            return Err(
+                self.protocol("the server closed the connection in the middle of a message")
+            );
         }
         Ok(Message { tag, body })
     }
@@ -198,12 +200,16 @@ mod tests {
     fn pg_message_bodies_short_or_garbled_are_errors() {
         assert_eq!(data_row(&[0, 1, 0, 0, 0, 5, b'a']), Err(SHORT));
         assert_eq!(data_row(&[0, 1, 0xff, 0xff, 0xff, 0xff]), Ok(vec![None]));
-        assert_eq!(data_row(&[0, 2, 0, 0, 0, 1, b'x', 0, 0, 0, 0]),
-            Ok(vec![Some(b"x".to_vec()), Some(vec![])]));
+        assert_eq!(
+            data_row(&[0, 2, 0, 0, 0, 1, b'x', 0, 0, 0, 0]),
+            Ok(vec![Some(b"x".to_vec()), Some(vec![])])
+        );
         assert_eq!(data_row(&[0]), Err(SHORT));
         assert_eq!(row_description(&[0, 1, b'a', 0, 1]), Err(SHORT));
-        assert_eq!(row_description(b"\0\x01id\0\0\0\0\0\0\0\0\0\0\x14\0\x08\xff\xff\xff\xff\0\0"),
-            Ok(vec!["id".to_string()]));
+        assert_eq!(
+            row_description(b"\0\x01id\0\0\0\0\0\0\0\0\0\0\x14\0\x08\xff\xff\xff\xff\0\0"),
+            Ok(vec!["id".to_string()])
+        );
         assert_eq!(server_message(b"SERROR\0"), Err(SHORT));
         assert!(Body::new(b"abc").cstr().is_err());
     }
@@ -213,7 +219,10 @@ mod tests {
         let m = server_message(b"SERREUR\0VERROR\0C42P01\0Mno such table\0Hcreate it\0\0").unwrap();
         assert_eq!(m.severity, "ERROR");
         assert_eq!(m.code, "42P01");
-        assert_eq!(m.to_string(), "ERROR 42P01: no such table (HINT: create it)");
+        assert_eq!(
+            m.to_string(),
+            "ERROR 42P01: no such table (HINT: create it)"
+        );
         let m = server_message(b"SFATAL\0C28P01\0Mbad\0Dmore\0\0").unwrap();
         assert_eq!(m.to_string(), "FATAL 28P01: bad (DETAIL: more)");
     }

@@ -80,7 +80,10 @@ impl SslMode {
 
     /// TLS is a must: the connection fails rather than go in clear.
     pub fn requires_tls(self) -> bool {
-        matches!(self, SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull)
+        matches!(
+            self,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
+        )
     }
 }
 
@@ -201,7 +204,11 @@ pub fn targets(hosts: Option<&str>, ports: Option<&str>) -> Result<Vec<Target>, 
     if ports.len() != 1 && ports.len() != hosts.len() {
         return Err(ConfigError::Invalid {
             name: "PGPORT".into(),
-            value: ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(","),
+            value: ports
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
             problem: format!(
                 "{} ports cannot be matched to {} hosts in PGHOST; give one port, or one per host",
                 ports.len(),
@@ -221,7 +228,11 @@ pub fn targets(hosts: Option<&str>, ports: Option<&str>) -> Result<Vec<Target>, 
             } else {
                 Endpoint::Tcp(host.to_string())
             };
-            let port = ports.get(i).or(ports.first()).copied().unwrap_or(DEFAULT_PORT);
+            let port = ports
+                .get(i)
+                .or(ports.first())
+                .copied()
+                .unwrap_or(DEFAULT_PORT);
             Target { endpoint, port }
         })
         .collect())
@@ -263,13 +274,18 @@ mod tests {
     use std::collections::HashMap;
 
     fn params(vars: &[(&str, &str)]) -> Result<ConnParams, ConfigError> {
-        let map: HashMap<String, String> =
-            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         ConnParams::from_lookup(|n| map.get(n).cloned(), Some("osuser".into()), None)
     }
 
     fn tcp(host: &str, port: u16) -> Target {
-        Target { endpoint: Endpoint::Tcp(host.into()), port }
+        Target {
+            endpoint: Endpoint::Tcp(host.into()),
+            port,
+        }
     }
 
     #[test]
@@ -277,7 +293,10 @@ mod tests {
         let p = params(&[]).unwrap();
         assert_eq!(
             p.targets,
-            vec![Target { endpoint: Endpoint::Socket(DEFAULT_SOCKET_DIR.into()), port: 5432 }]
+            vec![Target {
+                endpoint: Endpoint::Socket(DEFAULT_SOCKET_DIR.into()),
+                port: 5432
+            }]
         );
         assert_eq!(p.user, "osuser");
         assert_eq!(p.database, "osuser");
@@ -289,7 +308,13 @@ mod tests {
     #[test]
     fn pg_host_and_port_lists() {
         let t = targets(Some("/tmp/s,db1,10.0.0.1,"), Some("6000")).unwrap();
-        assert_eq!(t[0], Target { endpoint: Endpoint::Socket("/tmp/s".into()), port: 6000 });
+        assert_eq!(
+            t[0],
+            Target {
+                endpoint: Endpoint::Socket("/tmp/s".into()),
+                port: 6000
+            }
+        );
         assert_eq!(t[1], tcp("db1", 6000));
         assert_eq!(t[2], tcp("10.0.0.1", 6000));
         assert_eq!(t[3].endpoint, Endpoint::Socket(DEFAULT_SOCKET_DIR.into()));
@@ -301,7 +326,10 @@ mod tests {
         assert!(targets(Some("a"), Some("x")).is_err());
         assert!(targets(Some("a"), Some("70000")).is_err());
         assert_eq!(tcp("::1", 5).to_string(), "[::1]:5");
-        let s = Target { endpoint: Endpoint::Socket("/run/pg".into()), port: 5433 };
+        let s = Target {
+            endpoint: Endpoint::Socket("/run/pg".into()),
+            port: 5433,
+        };
         assert_eq!(s.to_string(), "/run/pg/.s.PGSQL.5433");
     }
 
@@ -318,7 +346,10 @@ mod tests {
             assert_eq!(params(&[("PGSSLMODE", text)]).unwrap().ssl_mode, mode);
         }
         let e = params(&[("PGSSLMODE", "on")]).unwrap_err().to_string();
-        assert!(e.contains("PGSSLMODE='on'") && e.contains("verify-full"), "{e}");
+        assert!(
+            e.contains("PGSSLMODE='on'") && e.contains("verify-full"),
+            "{e}"
+        );
         let t = |v| params(&[("PGCONNECT_TIMEOUT", v)]).map(|p| p.connect_timeout);
         assert_eq!(t("0").unwrap(), None);
         assert_eq!(t("1").unwrap(), Some(Duration::from_secs(2)));
@@ -328,16 +359,27 @@ mod tests {
 
     #[test]
     fn pg_password_never_in_debug_or_errors() {
-        let p = params(&[("PGPASSWORD", "sekrit"), ("PGUSER", "u"), ("PGDATABASE", "d")]).unwrap();
+        let p = params(&[
+            ("PGPASSWORD", "sekrit"),
+            ("PGUSER", "u"),
+            ("PGDATABASE", "d"),
+        ])
+        .unwrap();
         assert!(!format!("{p:?}").contains("sekrit"));
         assert_eq!((p.user.as_str(), p.database.as_str()), ("u", "d"));
     }
 
     #[test]
     fn pg_pgpass_host_for_sockets() {
-        let default = Target { endpoint: Endpoint::Socket(DEFAULT_SOCKET_DIR.into()), port: 1 };
+        let default = Target {
+            endpoint: Endpoint::Socket(DEFAULT_SOCKET_DIR.into()),
+            port: 1,
+        };
         assert_eq!(default.pgpass_host(), "localhost");
-        let other = Target { endpoint: Endpoint::Socket("/tmp/x".into()), port: 1 };
+        let other = Target {
+            endpoint: Endpoint::Socket("/tmp/x".into()),
+            port: 1,
+        };
         assert_eq!(other.pgpass_host(), "/tmp/x");
         assert_eq!(tcp("db", 1).pgpass_host(), "db");
     }

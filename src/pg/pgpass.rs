@@ -40,7 +40,8 @@ pub fn lookup(path: &Path, key: &Key) -> Option<String> {
 
 /// The first line of `text` that matches `key`.
 pub fn find(text: &str, key: &Key) -> Option<String> {
-    text.lines().find_map(|line| match_line(line.trim_end_matches('\r'), key))
+    text.lines()
+        .find_map(|line| match_line(line.trim_end_matches('\r'), key))
 }
 
 fn match_line(line: &str, key: &Key) -> Option<String> {
@@ -100,37 +101,69 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     fn key<'a>(host: &'a str, port: &'a str, database: &'a str, user: &'a str) -> Key<'a> {
-        Key { host, port, database, user }
+        Key {
+            host,
+            port,
+            database,
+            user,
+        }
     }
 
     #[test]
     fn pgpass_first_matching_line_wins() {
         let text = "# comment\n\ndb1:5432:app:alice:one\n*:*:*:alice:two\n*:*:*:*:three\n";
-        assert_eq!(find(text, &key("db1", "5432", "app", "alice")).as_deref(), Some("one"));
-        assert_eq!(find(text, &key("db2", "5432", "app", "alice")).as_deref(), Some("two"));
-        assert_eq!(find(text, &key("db1", "5433", "app", "bob")).as_deref(), Some("three"));
-        assert_eq!(find("db1:5432:app:alice:x", &key("db1", "5432", "app", "bob")), None);
+        assert_eq!(
+            find(text, &key("db1", "5432", "app", "alice")).as_deref(),
+            Some("one")
+        );
+        assert_eq!(
+            find(text, &key("db2", "5432", "app", "alice")).as_deref(),
+            Some("two")
+        );
+        assert_eq!(
+            find(text, &key("db1", "5433", "app", "bob")).as_deref(),
+            Some("three")
+        );
+        assert_eq!(
+            find("db1:5432:app:alice:x", &key("db1", "5432", "app", "bob")),
+            None
+        );
     }
 
     #[test]
     fn pgpass_escapes_and_wildcards() {
         // A host with a ':' (IPv6) and a password with ':' and '\'.
         let text = "\\:\\:1:*:*:bob:pa\\:ss\\\\word\n";
-        assert_eq!(find(text, &key("::1", "1", "d", "bob")).as_deref(), Some("pa:ss\\word"));
+        assert_eq!(
+            find(text, &key("::1", "1", "d", "bob")).as_deref(),
+            Some("pa:ss\\word")
+        );
         // '*' is a wildcard only as a whole field; "*x" is literal.
         assert_eq!(find("*x:*:*:*:p", &key("ab", "1", "d", "u")), None);
-        assert_eq!(find("*x:*:*:*:p", &key("*x", "1", "d", "u")).as_deref(), Some("p"));
+        assert_eq!(
+            find("*x:*:*:*:p", &key("*x", "1", "d", "u")).as_deref(),
+            Some("p")
+        );
         // A literal '*' escaped in the file matches only '*'.
         assert_eq!(find("\\*:*:*:*:p", &key("h", "1", "d", "u")), None);
         // A password ends at an unescaped ':'; a missing field never matches.
-        assert_eq!(find("h:1:d:u:pw:junk", &key("h", "1", "d", "u")).as_deref(), Some("pw"));
+        assert_eq!(
+            find("h:1:d:u:pw:junk", &key("h", "1", "d", "u")).as_deref(),
+            Some("pw")
+        );
         assert_eq!(find("h:1:d:u", &key("h", "1", "d", "u")), None);
-        assert_eq!(find("h:1:d:u:", &key("h", "1", "d", "u")).as_deref(), Some(""));
+        assert_eq!(
+            find("h:1:d:u:", &key("h", "1", "d", "u")).as_deref(),
+            Some("")
+        );
         // Prefixes do not match.
         assert_eq!(find("hh:1:d:u:p", &key("h", "1", "d", "u")), None);
         assert_eq!(find("h:1:d:u:p", &key("hh", "1", "d", "u")), None);
         // CRLF files.
-        assert_eq!(find("h:1:d:u:p\r\n", &key("h", "1", "d", "u")).as_deref(), Some("p"));
+        assert_eq!(
+            find("h:1:d:u:p\r\n", &key("h", "1", "d", "u")).as_deref(),
+            Some("p")
+        );
     }
 
     #[test]

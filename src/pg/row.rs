@@ -47,10 +47,12 @@ impl Row {
     pub fn get_str(&self, i: usize) -> Result<Option<&str>, PgError> {
         match self.get_bytes(i)? {
             None => Ok(None),
-            Some(b) => std::str::from_utf8(b).map(Some).map_err(|_| PgError::Value {
-                column: i,
-                problem: "not UTF-8 text".into(),
-            }),
+            Some(b) => std::str::from_utf8(b)
+                .map(Some)
+                .map_err(|_| PgError::Value {
+                    column: i,
+                    problem: "not UTF-8 text".into(),
+                }),
         }
     }
 
@@ -86,7 +88,12 @@ mod tests {
         let cols: Arc<[String]> = vec!["a".to_string(), "b".into(), "c".into(), "d".into()].into();
         let row = Row::new(
             cols,
-            vec![Some(b"42".to_vec()), None, Some(b"t".to_vec()), Some(vec![0xff])],
+            vec![
+                Some(b"42".to_vec()),
+                None,
+                Some(b"t".to_vec()),
+                Some(vec![0xff]),
+            ],
         );
         assert_eq!(row.get_i64(0).unwrap(), Some(42));
         assert_eq!(row.get_str(0).unwrap(), Some("42"));

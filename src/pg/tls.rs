@@ -33,14 +33,17 @@ pub fn handshake(
     let config = client_config(params).map_err(&fail)?;
     let name = ServerName::try_from(host.to_string())
         .map_err(|_| fail(format!("\"{host}\" is not a valid TLS server name")))?;
-    let mut conn = rustls::ClientConnection::new(Arc::new(config), name)
-        .map_err(|e| fail(e.to_string()))?;
+    let mut conn =
+        rustls::ClientConnection::new(Arc::new(config), name).map_err(|e| fail(e.to_string()))?;
     // Finish the handshake here so a refused certificate is reported as a
     // TLS problem, not as a failure of the first protocol message.
     while conn.is_handshaking() {
         if let Err(e) = conn.complete_io(&mut tcp) {
             let kind = e.kind();
-            if matches!(kind, std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) {
+            if matches!(
+                kind,
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) {
                 return Err(PgError::Timeout {
                     target: target.to_string(),
                 });
@@ -60,15 +63,20 @@ fn client_config(params: &ConnParams) -> Result<ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier: Arc<dyn ServerCertVerifier> = match &params.ssl_root_cert {
         Some(path) => {
-            let roots = load_roots(path)?;
+            let certs = load_certs(path)?;
+            let mut roots = rustls::RootCertStore::empty();
+            let (added, _ignored) = roots.add_parsable_certificates(certs.iter().cloned());
+            if added == 0 {
+                return Err(format!("root certificate file {} holds no usable certificate", path.display()));
+            }
             let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                 .build()
                 .map_err(|e| format!("the CA certificates in {} cannot be used: {e}", path.display()))?;
-            if params.ssl_mode == SslMode::VerifyFull {
-                webpki
-            } else {
-                Arc::new(ChainOnly(webpki))
-            }
+            Arc::new(CaVerifier {
+                webpki,
+                pinned: certs,
+                check_name: params.ssl_mode == SslMode::VerifyFull,
+            })
         }
         None if matches!(params.ssl_mode, SslMode::VerifyCa | SslMode::VerifyFull) => {
             return Err(
@@ -88,31 +96,38 @@ fn client_config(params: &ConnParams) -> Result<ClientConfig, String> {
         Some(cert_path) => {
             let certs = CertificateDer::pem_file_iter(cert_path)
                 .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| format!("client certificate {} cannot be read: {e}", cert_path.display()))?;
+                .map_err(|e| {
+                    format!(
+                        "client certificate {} cannot be read: {e}",
+                        cert_path.display()
+                    )
+                })?;
             let key_path = params
                 .ssl_key
                 .as_deref()
                 .ok_or("a client certificate is set but no key: set PGSSLKEY")?;
             let key = PrivateKeyDer::from_pem_file(key_path)
                 .map_err(|e| format!("client key {} cannot be read: {e}", key_path.display()))?;
-            builder
-                .with_client_auth_cert(certs, key)
-                .map_err(|e| format!("client certificate {} cannot be used: {e}", cert_path.display()))
+            builder.with_client_auth_cert(certs, key).map_err(|e| {
+                format!(
+                    "client certificate {} cannot be used: {e}",
+                    cert_path.display()
+                )
+            })
         }
         None => Ok(builder.with_no_client_auth()),
     }
 }
 
-fn load_roots(path: &Path) -> Result<rustls::RootCertStore, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(path)
+fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    CertificateDer::pem_file_iter(path)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("root certificate file {} cannot be read: {e}", path.display()))?;
-    let (added, _ignored) = roots.add_parsable_certificates(certs);
-    if added == 0 {
-        return Err(format!("root certificate file {} holds no usable certificate", path.display()));
-    }
-    Ok(roots)
+        .map_err(|e| {
+            format!(
+                "root certificate file {} cannot be read: {e}",
+                path.display()
+            )
+        })
 }
 
 /// sslmode=require without a CA file: encryption without authentication,
@@ -138,7 +153,12 @@ impl ServerCertVerifier for NoVerify {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -147,7 +167,12 @@ impl ServerCertVerifier for NoVerify {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -155,13 +180,18 @@ impl ServerCertVerifier for NoVerify {
     }
 }
 
-/// verify-ca: the chain must lead to the CA, the name is not checked.
-/// webpki checks the chain before the name, so a name error means the
-/// chain was good.
+/// A CA file is given: the chain must lead to it, and for verify-full the
+/// name must match. A server certificate that is itself in the file is
+/// trusted as is: PostgreSQL's documented self-signed setup uses one
+/// certificate (with CA:TRUE) as both, which webpki alone refuses.
 #[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
+struct CaVerifier {
+    webpki: Arc<WebPkiServerVerifier>,
+    pinned: Vec<CertificateDer<'static>>,
+    check_name: bool,
+}
 
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for CaVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -170,10 +200,29 @@ impl ServerCertVerifier for ChainOnly {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+        if self
+            .pinned
+            .iter()
+            .any(|c| c.as_ref() == end_entity.as_ref())
+        {
+            if self.check_name {
+                let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
+                rustls::client::verify_server_name(&parsed, server_name)?;
+            }
+            return Ok(ServerCertVerified::assertion());
+        }
+        // webpki checks the chain before the name, so a name error means
+        // the chain was good: enough for verify-ca.
+        match self.webpki.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
+            )) if !self.check_name => Ok(ServerCertVerified::assertion()),
             other => other,
         }
     }
@@ -184,7 +233,7 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        self.webpki.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -193,10 +242,10 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        self.webpki.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+        self.webpki.supported_verify_schemes()
     }
 }
