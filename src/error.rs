@@ -15,7 +15,8 @@ pub enum Error {
     Config(ConfigError),
     Storage(StorageError),
     Codec(CodecError),
-    Pg(PgError),
+    /// Boxed: a server error carries several strings.
+    Pg(Box<PgError>),
     /// A local file or stream operation failed: what we were doing, then why.
     Io {
         context: String,
@@ -86,7 +87,7 @@ impl From<CodecError> for Error {
 
 impl From<PgError> for Error {
     fn from(e: PgError) -> Self {
-        Error::Pg(e)
+        Error::Pg(Box::new(e))
     }
 }
 

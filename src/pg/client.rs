@@ -111,7 +111,9 @@ impl Client {
                     let m = message::server_message(&msg.body).map_err(|e| bad(&self.wire, e))?;
                     // After FATAL the server hangs up without ReadyForQuery.
                     if matches!(m.severity.as_str(), "FATAL" | "PANIC") {
-                        return Err(PgError::Query { server: m });
+                        return Err(PgError::Query {
+                            server: Box::new(m),
+                        });
                     }
                     error = Some(m);
                 }
@@ -135,7 +137,9 @@ impl Client {
             }
         }
         match error {
-            Some(server) => Err(PgError::Query { server }),
+            Some(server) => Err(PgError::Query {
+                server: Box::new(server),
+            }),
             None => Ok((rows, tag)),
         }
     }
@@ -376,7 +380,7 @@ fn refused(target: &str, server: ServerMessage, used: Option<&PasswordOrigin>) -
     };
     PgError::Refused {
         target: target.to_string(),
-        server,
+        server: Box::new(server),
         hint,
     }
 }

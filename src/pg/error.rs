@@ -47,7 +47,7 @@ pub enum PgError {
     /// password, unknown database); `hint` says what to check.
     Refused {
         target: String,
-        server: ServerMessage,
+        server: Box<ServerMessage>,
         hint: &'static str,
     },
     /// The server wants a password and none is configured.
@@ -67,7 +67,7 @@ pub enum PgError {
     },
     /// A query failed on the server; the session stays usable.
     Query {
-        server: ServerMessage,
+        server: Box<ServerMessage>,
     },
     /// The server broke the protocol or the connection dropped mid-session.
     Protocol {
