@@ -5,6 +5,7 @@ use std::io;
 
 use crate::codec::CodecError;
 use crate::config::ConfigError;
+use crate::pg::PgError;
 use crate::storage::StorageError;
 
 #[derive(Debug)]
@@ -14,6 +15,8 @@ pub enum Error {
     Config(ConfigError),
     Storage(StorageError),
     Codec(CodecError),
+    /// Boxed: a server error carries several strings.
+    Pg(Box<PgError>),
     /// A local file or stream operation failed: what we were doing, then why.
     Io {
         context: String,
@@ -50,6 +53,7 @@ impl fmt::Display for Error {
             Error::Config(e) => write!(f, "{e}"),
             Error::Storage(e) => write!(f, "{e}"),
             Error::Codec(e) => write!(f, "{e}"),
+            Error::Pg(e) => write!(f, "{e}"),
             Error::Io { context, source } => write!(f, "{context}: {source}"),
             Error::WalNotFound(name) => write!(f, "Archive '{name}' does not exist."),
             Error::NotBuilt(cmd) => write!(
@@ -78,6 +82,12 @@ impl From<StorageError> for Error {
 impl From<CodecError> for Error {
     fn from(e: CodecError) -> Self {
         Error::Codec(e)
+    }
+}
+
+impl From<PgError> for Error {
+    fn from(e: PgError) -> Self {
+        Error::Pg(Box::new(e))
     }
 }
 

@@ -12,6 +12,7 @@ mod error;
 mod fuzz;
 mod localfile;
 mod logger;
+mod pg;
 mod storage;
 mod stream;
 mod time;

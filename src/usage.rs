@@ -51,6 +51,13 @@ pub const COMMANDS: &[Command] = &[
         built: true,
         hidden: true,
     },
+    Command {
+        name: "pg-info",
+        summary: "internal: connect with the PG* settings and show the server",
+        usage: "walden pg-info\n\n  Connect as the backup commands will (PGHOST, PGPORT, PGUSER, PGSSLMODE...)\n  and print the server's version, system identifier and recovery state.",
+        built: true,
+        hidden: true,
+    },
     cmd("wal-show", "show WAL segments and timelines in storage", "walden wal-show [--detailed-json]", false),
     cmd("wal-verify", "check WAL integrity and timelines", "walden wal-verify integrity|timeline [--json]", false),
     cmd("wal-receive", "stream WAL over the replication protocol", "walden wal-receive", false),

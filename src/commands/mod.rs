@@ -2,6 +2,7 @@
 //! and builds only what it needs (storage, codecs), when it needs it.
 
 mod flags;
+mod pg_info;
 mod st;
 mod wal_fetch;
 mod wal_push;
@@ -26,6 +27,7 @@ pub fn run(command: &str, settings: Settings, args: Vec<OsString>) -> Result<()>
         "wal-fetch" => wal_fetch::run(&settings, args),
         "wal-prefetch" => wal_fetch::run_prefetch(&settings, args),
         "flags" => flags::run(),
+        "pg-info" => pg_info::run(&settings, args),
         other => Err(Error::NotBuilt(other.to_string())),
     }
 }

@@ -258,6 +258,7 @@ pub const KNOWN: &[&str] = &[
     "PGSSLCERT",
     "PGSSLROOTCERT",
     "PGAPPNAME",
+    "PGCONNECT_TIMEOUT",
     // storages
     "WALG_FILE_PREFIX",
     "WALG_S3_PREFIX",

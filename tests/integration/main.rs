@@ -9,6 +9,7 @@ mod hardening;
 mod harness_selftest;
 mod hostile_s3;
 mod interop;
+mod pg_client;
 mod st;
 mod store;
 mod wal;

@@ -35,6 +35,7 @@ pub struct PgCluster {
 pub struct PgBuilder {
     conf: Vec<(String, String)>,
     env: Vec<(String, String)>,
+    hba: Vec<String>,
 }
 
 impl PgBuilder {
@@ -62,6 +63,13 @@ impl PgBuilder {
         self
     }
 
+    /// A pg_hba.conf line placed before initdb's trust lines, so it wins
+    /// (e.g. `host all alice 127.0.0.1/32 scram-sha-256`).
+    pub fn hba(mut self, line: &str) -> Self {
+        self.hba.push(line.to_string());
+        self
+    }
+
     /// initdb a new cluster in a fresh temp dir and start it.
     pub fn start(self) -> PgCluster {
         let tmp = TempDir::new("pg");
@@ -86,6 +94,12 @@ impl PgBuilder {
             .output()
             .expect("run initdb");
         check(&out, "initdb");
+        if !self.hba.is_empty() {
+            let path = pg.data.join("pg_hba.conf");
+            let old = std::fs::read_to_string(&path).expect("read pg_hba.conf");
+            std::fs::write(&path, format!("{}\n{old}", self.hba.join("\n")))
+                .expect("write pg_hba.conf");
+        }
         pg.write_conf(&self.conf);
         pg.start_server();
         pg

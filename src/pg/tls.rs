@@ -1,0 +1,251 @@
+//! TLS to the server through rustls with the ring provider, the same
+//! rustls ureq builds. What is verified follows libpq's PGSSLMODE:
+//! `require` without a CA file checks nothing, a CA file (or verify-ca)
+//! checks the chain, verify-full also the host name.
+
+use std::net::TcpStream;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, SignatureScheme};
+
+use super::error::PgError;
+use super::params::{ConnParams, SslMode};
+use super::transport::Stream;
+
+/// Runs the TLS handshake over `tcp` (after the server said 'S' to our
+/// SSLRequest) and returns the encrypted stream.
+pub fn handshake(
+    mut tcp: TcpStream,
+    host: &str,
+    params: &ConnParams,
+    target: &str,
+) -> Result<Stream, PgError> {
+    let fail = |problem: String| PgError::Tls {
+        target: target.to_string(),
+        problem,
+    };
+    let config = client_config(params).map_err(&fail)?;
+    let name = ServerName::try_from(host.to_string())
+        .map_err(|_| fail(format!("\"{host}\" is not a valid TLS server name")))?;
+    let mut conn =
+        rustls::ClientConnection::new(Arc::new(config), name).map_err(|e| fail(e.to_string()))?;
+    // Finish the handshake here so a refused certificate is reported as a
+    // TLS problem, not as a failure of the first protocol message.
+    while conn.is_handshaking() {
+        if let Err(e) = conn.complete_io(&mut tcp) {
+            let kind = e.kind();
+            if matches!(
+                kind,
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) {
+                return Err(PgError::Timeout {
+                    target: target.to_string(),
+                });
+            }
+            let check = if params.ssl_mode == SslMode::VerifyFull {
+                "; check PGSSLROOTCERT, and that PGHOST is a name the certificate is for"
+            } else {
+                "; check PGSSLROOTCERT and PGSSLMODE"
+            };
+            return Err(fail(format!("{e}{check}")));
+        }
+    }
+    Ok(Stream::Tls(Box::new(rustls::StreamOwned::new(conn, tcp))))
+}
+
+fn client_config(params: &ConnParams) -> Result<ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier: Arc<dyn ServerCertVerifier> = match &params.ssl_root_cert {
+        Some(path) => {
+            let certs = load_certs(path)?;
+            let mut roots = rustls::RootCertStore::empty();
+            let (added, _ignored) = roots.add_parsable_certificates(certs.iter().cloned());
+            if added == 0 {
+                return Err(format!("root certificate file {} holds no usable certificate", path.display()));
+            }
+            let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()
+                .map_err(|e| format!("the CA certificates in {} cannot be used: {e}", path.display()))?;
+            Arc::new(CaVerifier {
+                webpki,
+                pinned: certs,
+                check_name: params.ssl_mode == SslMode::VerifyFull,
+            })
+        }
+        None if matches!(params.ssl_mode, SslMode::VerifyCa | SslMode::VerifyFull) => {
+            return Err(
+                "PGSSLMODE verify-ca and verify-full need the CA certificate: set PGSSLROOTCERT or put it in ~/.postgresql/root.crt"
+                    .into(),
+            )
+        }
+        None => Arc::new(NoVerify(provider.clone())),
+    };
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    // libpq sends a client certificate only when its file exists.
+    match params.ssl_cert.as_deref().filter(|p| p.exists()) {
+        Some(cert_path) => {
+            let certs = CertificateDer::pem_file_iter(cert_path)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| {
+                    format!(
+                        "client certificate {} cannot be read: {e}",
+                        cert_path.display()
+                    )
+                })?;
+            let key_path = params
+                .ssl_key
+                .as_deref()
+                .ok_or("a client certificate is set but no key: set PGSSLKEY")?;
+            let key = PrivateKeyDer::from_pem_file(key_path)
+                .map_err(|e| format!("client key {} cannot be read: {e}", key_path.display()))?;
+            builder.with_client_auth_cert(certs, key).map_err(|e| {
+                format!(
+                    "client certificate {} cannot be used: {e}",
+                    cert_path.display()
+                )
+            })
+        }
+        None => Ok(builder.with_no_client_auth()),
+    }
+}
+
+fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| {
+            format!(
+                "root certificate file {} cannot be read: {e}",
+                path.display()
+            )
+        })
+}
+
+/// sslmode=require without a CA file: encryption without authentication,
+/// as libpq. The handshake signatures are still checked.
+#[derive(Debug)]
+struct NoVerify(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A CA file is given: the chain must lead to it, and for verify-full the
+/// name must match. A server certificate that is itself in the file is
+/// trusted as is: PostgreSQL's documented self-signed setup uses one
+/// certificate (with CA:TRUE) as both, which webpki alone refuses.
+#[derive(Debug)]
+struct CaVerifier {
+    webpki: Arc<WebPkiServerVerifier>,
+    pinned: Vec<CertificateDer<'static>>,
+    check_name: bool,
+}
+
+impl ServerCertVerifier for CaVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if self
+            .pinned
+            .iter()
+            .any(|c| c.as_ref() == end_entity.as_ref())
+        {
+            if self.check_name {
+                let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
+                rustls::client::verify_server_name(&parsed, server_name)?;
+            }
+            return Ok(ServerCertVerified::assertion());
+        }
+        // webpki checks the chain before the name, so a name error means
+        // the chain was good: enough for verify-ca.
+        match self.webpki.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) if !self.check_name => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
+}

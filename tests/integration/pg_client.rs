@@ -1,0 +1,294 @@
+//! walden's own PostgreSQL client, driven through the hidden `pg-info`
+//! command against a real PostgreSQL 15: trust over the socket, md5 and
+//! SCRAM with PGPASSWORD and a password file, refusals, TLS modes.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+use crate::harness::tmp::free_port;
+use crate::harness::{Output, PgCluster, TempDir, Walden};
+
+const BOB_PW: &str = "bob-secret-pw";
+const ALICE_PW: &str = "alice:pw\\x";
+
+/// pg-info with exactly `env` as the PG* settings.
+fn pg_info(env: &[(&str, &str)]) -> Output {
+    Walden::new()
+        .arg("pg-info")
+        .envs(env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+        .run()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A failure: exit 1, one line on stderr, `secret` nowhere.
+fn assert_one_line_failure(out: &Output, secret: &str) -> String {
+    assert_eq!(out.code, 1, "{}", out.dump());
+    let lines: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert_eq!(lines.len(), 1, "{}", out.dump());
+    assert!(
+        !out.stderr.contains(secret) && !stdout(out).contains(secret),
+        "{}",
+        out.dump()
+    );
+    lines[0].to_string()
+}
+
+/// A cluster with alice (md5) and bob (SCRAM) who need passwords over TCP
+/// and bob also over the socket; postgres stays trusted on the socket.
+fn password_cluster() -> PgCluster {
+    let pg = PgCluster::builder()
+        .hba("host all alice 127.0.0.1/32 md5")
+        .hba("host all bob 127.0.0.1/32 scram-sha-256")
+        .hba("local all bob scram-sha-256")
+        .start();
+    pg.psql(&format!(
+        "SET password_encryption = 'md5'; CREATE ROLE alice LOGIN PASSWORD '{ALICE_PW}'; \
+         SET password_encryption = 'scram-sha-256'; CREATE ROLE bob LOGIN PASSWORD '{BOB_PW}';"
+    ));
+    pg
+}
+
+fn write_passfile(dir: &Path, text: &str, mode: u32) -> String {
+    let path = dir.join("pgpass");
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn pg_info_trust_over_the_socket() {
+    let pg = PgCluster::start(&[]);
+    let env = pg.env();
+    let out = Walden::new().arg("pg-info").envs(env).run();
+    out.assert_ok();
+    let text = stdout(&out);
+    let socket = format!("{}/.s.PGSQL.{}", pg.socket_dir().display(), pg.port());
+    assert!(
+        text.contains(&format!("connected_to: {socket}\n")),
+        "{text}"
+    );
+    assert!(text.contains("server_version: 15."), "{text}");
+    assert!(
+        text.contains("in_recovery: false\n") && text.contains("tls: off\n"),
+        "{text}"
+    );
+    assert!(text.contains("integer_datetimes: on\n"), "{text}");
+    let sysid = pg.psql("SELECT system_identifier FROM pg_control_system()");
+    assert!(
+        text.contains(&format!("system_identifier: {sysid}\n")),
+        "{text}"
+    );
+    // pg-info is hidden from the command list.
+    let help = Walden::new().arg("--help").run();
+    assert!(!stdout(&help).contains("pg-info"));
+}
+
+#[test]
+fn pg_info_md5_and_scram_with_password_and_passfile() {
+    let pg = password_cluster();
+    let port = pg.port().to_string();
+    let socket = pg.socket_dir().display().to_string();
+    let tcp = |user: &'static str| {
+        vec![
+            ("PGHOST", "127.0.0.1".to_string()),
+            ("PGPORT", port.clone()),
+            ("PGUSER", user.to_string()),
+            ("PGDATABASE", "postgres".to_string()),
+        ]
+    };
+    let run = |env: Vec<(&str, String)>| {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        pg_info(&env)
+    };
+    // md5 and SCRAM with PGPASSWORD.
+    let mut env = tcp("alice");
+    env.push(("PGPASSWORD", ALICE_PW.into()));
+    let out = run(env);
+    out.assert_ok();
+    assert!(stdout(&out).contains("user: alice\n"));
+    let mut env = tcp("bob");
+    env.push(("PGPASSWORD", BOB_PW.into()));
+    run(env).assert_ok();
+
+    // A password file, escapes included, over TCP and over the socket
+    // (whose host field is the socket directory, as in libpq).
+    let dir = TempDir::new("pgpass");
+    let file = write_passfile(
+        dir.path(),
+        &format!(
+            "# walden test\n127.0.0.1:{port}:*:alice:alice\\:pw\\\\x\n\
+             127.0.0.1:{port}:postgres:bob:{BOB_PW}\n{socket}:*:*:bob:{BOB_PW}\n"
+        ),
+        0o600,
+    );
+    for user in ["alice", "bob"] {
+        let mut env = tcp(user);
+        env.push(("PGPASSFILE", file.clone()));
+        let out = run(env);
+        out.assert_ok();
+        assert!(stdout(&out).contains(&format!("user: {user}\n")));
+    }
+    let out = run(vec![
+        ("PGHOST", socket.clone()),
+        ("PGPORT", port.clone()),
+        ("PGUSER", "bob".into()),
+        ("PGDATABASE", "postgres".into()),
+        ("PGPASSFILE", file.clone()),
+    ]);
+    out.assert_ok();
+
+    // A file others can read is ignored, as libpq does.
+    let open = write_passfile(dir.path(), &format!("*:*:*:bob:{BOB_PW}\n"), 0o644);
+    let mut env = tcp("bob");
+    env.push(("PGPASSFILE", open));
+    let out = run(env);
+    assert_eq!(out.code, 1, "{}", out.dump());
+    assert!(
+        out.stderr.contains("group or world access"),
+        "{}",
+        out.dump()
+    );
+    assert!(out.stderr.contains("none is set"), "{}", out.dump());
+
+    // A wrong password: one line, the server's SQLSTATE, what to check,
+    // never the password.
+    let mut env = tcp("bob");
+    env.push(("PGPASSWORD", "wrong-pw-4711".into()));
+    let line = assert_one_line_failure(&run(env), "wrong-pw-4711");
+    assert!(
+        line.contains(&format!("127.0.0.1:{port}")) && line.contains("28P01"),
+        "{line}"
+    );
+    assert!(line.contains("check PGPASSWORD"), "{line}");
+    let mut env = tcp("alice");
+    env.push(("PGPASSWORD", "wrong-md5-4711".into()));
+    let line = assert_one_line_failure(&run(env), "wrong-md5-4711");
+    assert!(line.contains("28P01"), "{line}");
+}
+
+#[test]
+fn pg_info_refused_port_and_host_lists() {
+    let pg = PgCluster::start(&[]);
+    let dead = free_port().to_string();
+    let out = pg_info(&[
+        ("PGHOST", "127.0.0.1"),
+        ("PGPORT", &dead),
+        ("PGUSER", "postgres"),
+    ]);
+    let line = assert_one_line_failure(&out, "\u{0}");
+    assert!(
+        line.contains(&format!("cannot connect to PostgreSQL at 127.0.0.1:{dead}")),
+        "{line}"
+    );
+    assert!(line.contains("PGPORT"), "{line}");
+
+    // The first host is refused, the second (the socket) answers.
+    let hosts = format!("127.0.0.1,{}", pg.socket_dir().display());
+    let ports = format!("{dead},{}", pg.port());
+    let out = pg_info(&[
+        ("PGHOST", &hosts),
+        ("PGPORT", &ports),
+        ("PGUSER", "postgres"),
+    ]);
+    out.assert_ok();
+    assert!(stdout(&out).contains(".s.PGSQL."), "{}", out.dump());
+
+    // A missing socket names its path.
+    let out = pg_info(&[("PGHOST", "/nonexistent-dir"), ("PGUSER", "postgres")]);
+    let line = assert_one_line_failure(&out, "\u{0}");
+    assert!(line.contains("/nonexistent-dir/.s.PGSQL.5432"), "{line}");
+}
+
+fn have_openssl() -> bool {
+    Command::new("openssl")
+        .arg("version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+#[test]
+fn pg_info_tls_require_verify_ca_and_verify_full() {
+    if !have_openssl() {
+        eprintln!("skipped: the openssl command is missing, no certificate can be made");
+        return;
+    }
+    let certs = TempDir::new("pgtls");
+    let (crt, key) = (certs.join("server.crt"), certs.join("server.key"));
+    let out = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args([
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&crt)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    certs.chown_postgres();
+    let pg = PgCluster::builder()
+        .hba("hostssl all bob 127.0.0.1/32 scram-sha-256")
+        .hba("hostnossl all bob 127.0.0.1/32 reject")
+        .conf("ssl", "on")
+        .conf("ssl_cert_file", &format!("'{}'", crt.display()))
+        .conf("ssl_key_file", &format!("'{}'", key.display()))
+        .start();
+    pg.psql(&format!("CREATE ROLE bob LOGIN PASSWORD '{BOB_PW}'"));
+    let port = pg.port().to_string();
+    let crt = crt.display().to_string();
+    let run = |host: &str, mode: &str| {
+        pg_info(&[
+            ("PGHOST", host),
+            ("PGPORT", &port),
+            ("PGUSER", "bob"),
+            ("PGDATABASE", "postgres"),
+            ("PGPASSWORD", BOB_PW),
+            ("PGSSLMODE", mode),
+            ("PGSSLROOTCERT", &crt),
+        ])
+    };
+    // SCRAM over TLS, where the server also offers SCRAM-SHA-256-PLUS.
+    for (host, mode) in [
+        ("127.0.0.1", "require"),
+        ("127.0.0.1", "prefer"),
+        ("127.0.0.1", "verify-ca"),
+        ("localhost", "verify-full"),
+    ] {
+        let out = run(host, mode);
+        out.assert_ok();
+        assert!(stdout(&out).contains("tls: on\n"), "{mode}: {}", out.dump());
+    }
+    // The certificate is for "localhost", not "127.0.0.1".
+    let line = assert_one_line_failure(&run("127.0.0.1", "verify-full"), BOB_PW);
+    assert!(
+        line.contains("TLS") && line.contains(&format!("127.0.0.1:{port}")),
+        "{line}"
+    );
+    assert!(
+        line.contains("not valid for name") || line.contains("NotValidForName"),
+        "{line}"
+    );
+    // Without TLS the server's pg_hba refuses bob: one clear line.
+    let line = assert_one_line_failure(&run("127.0.0.1", "disable"), BOB_PW);
+    assert!(line.contains("28000") && line.contains("pg_hba"), "{line}");
+}
