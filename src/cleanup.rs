@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
@@ -41,6 +41,8 @@ struct Registry {
 static REGISTRY: Mutex<Option<Registry>> = Mutex::new(None);
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 static INSTALL: Once = Once::new();
+/// Set when a stop signal arrived: the process is about to end of it.
+static STOPPING: AtomicBool = AtomicBool::new(false);
 
 fn with_registry<T>(f: impl FnOnce(&mut Registry) -> T) -> T {
     // A poisoned lock only means another thread panicked while holding
@@ -92,6 +94,7 @@ fn wait_and_clean(set: libc::sigset_t) {
     if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
         return;
     }
+    STOPPING.store(true, Ordering::SeqCst);
     clean_up();
     // SAFETY: restore the default action and let the signal through in
     // this thread; raising it then ends the process as the sender meant.
@@ -104,6 +107,18 @@ fn wait_and_clean(set: libc::sigset_t) {
         libc::raise(sig);
     }
     std::process::exit(128 + sig);
+}
+
+/// If a stop signal arrived, wait for the clean-up thread to end the
+/// process (it does within [`ABORT_BUDGET`]); return at once otherwise.
+pub fn await_stop() {
+    if !STOPPING.load(Ordering::SeqCst) {
+        return;
+    }
+    let deadline = std::time::Instant::now() + ABORT_BUDGET + Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Remove every registered temp file and abort every registered upload.
@@ -149,11 +164,19 @@ impl Drop for Tracked {
     }
 }
 
-/// Remove `path` if the process is stopped by a signal while the returned
-/// guard lives.
+/// Remove `path` (which must exist already) if the process is stopped by a
+/// signal while the returned guard lives.
 pub fn track_file(path: PathBuf) -> Tracked {
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-    with_registry(|r| r.files.insert(id, path));
+    with_registry(|r| {
+        // The clean-up has taken the registry already (it sets STOPPING
+        // before it takes the lock): this file would be missed.
+        if STOPPING.load(Ordering::SeqCst) {
+            let _ = std::fs::remove_file(&path);
+        } else {
+            r.files.insert(id, path);
+        }
+    });
     Tracked(id)
 }
 
@@ -166,7 +189,20 @@ pub fn track_upload(storage: Arc<dyn Storage>, key: &str, upload_id: &str) -> Tr
         key: key.to_string(),
         upload_id: upload_id.to_string(),
     };
-    with_registry(|r| r.uploads.insert(id, upload));
+    let missed = with_registry(|r| {
+        if STOPPING.load(Ordering::SeqCst) {
+            Some(upload)
+        } else {
+            r.uploads.insert(id, upload);
+            None
+        }
+    });
+    // Started after the clean-up ran: abort it here, outside the lock.
+    if let Some(upload) = missed {
+        let _ = upload
+            .storage
+            .abort_multipart(&upload.key, &upload.upload_id);
+    }
     Tracked(id)
 }
 

@@ -173,7 +173,13 @@ fn setup_logging(settings: &config::Settings, command: &str) -> Result<()> {
 
 fn main() {
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    if let Err(e) = run(args) {
+    let result = run(args);
+    // A stop signal came while the command ran: its clean-up pulled temp
+    // files and uploads from under the command, whose error (or success)
+    // is not the story; the process ends of the signal, as its sender
+    // expects.
+    cleanup::await_stop();
+    if let Err(e) = result {
         // The logger may not be set up yet (bad arguments, bad config):
         // fall back to the same line format on stderr.
         if !log::log_enabled!(log::Level::Error) {

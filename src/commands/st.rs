@@ -274,35 +274,20 @@ fn rm(settings: &Settings, path: &str) -> Result<()> {
         log::info!("deleted {key}");
         return Ok(());
     }
-    // A folder: delete what is under it, a batch at a time.
+    // A folder: delete what is under it, a batch at a time, with the temp
+    // objects of killed writes in it.
     let prefix = format!("{}/", key.trim_end_matches('/'));
-    let mut batch: Vec<String> = Vec::new();
-    let mut count = 0usize;
-    storage.list(&prefix, true, &mut |e| {
-        if let Entry::Object(o) = e {
-            batch.push(o.key);
-            if batch.len() == 1000 {
-                storage.delete(&batch)?;
-                count += batch.len();
-                batch.clear();
-            }
-        }
-        Ok(())
+    let mut batch = DeleteBatch {
+        storage: storage.as_ref(),
+        keys: Vec::new(),
+        deleted: 0,
+    };
+    storage.list(&prefix, true, &mut |e| match e {
+        Entry::Object(o) => batch.add(o.key),
+        Entry::Dir(_) => Ok(()),
     })?;
-    // Temp objects of killed writes go with their folder.
-    storage.list_leftovers(&prefix, &mut |o| {
-        batch.push(o.key);
-        if batch.len() == 1000 {
-            storage.delete(&batch)?;
-            count += batch.len();
-            batch.clear();
-        }
-        Ok(())
-    })?;
-    if !batch.is_empty() {
-        storage.delete(&batch)?;
-        count += batch.len();
-    }
+    storage.list_leftovers(&prefix, &mut |o| batch.add(o.key))?;
+    let count = batch.finish()?;
     if count == 0 {
         return Err(Error::Other(format!(
             "nothing to delete: '{key}' is not in storage"
@@ -310,6 +295,38 @@ fn rm(settings: &Settings, path: &str) -> Result<()> {
     }
     log::info!("deleted {count} objects under {prefix}");
     Ok(())
+}
+
+/// Keys to delete, sent to storage 1000 at a time (S3's batch limit).
+struct DeleteBatch<'a> {
+    storage: &'a dyn Storage,
+    keys: Vec<String>,
+    deleted: usize,
+}
+
+impl DeleteBatch<'_> {
+    fn add(&mut self, key: String) -> crate::storage::Result<()> {
+        self.keys.push(key);
+        if self.keys.len() == 1000 {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> crate::storage::Result<()> {
+        self.storage.delete(&self.keys)?;
+        self.deleted += self.keys.len();
+        self.keys.clear();
+        Ok(())
+    }
+
+    /// Delete what is left; the number of keys deleted.
+    fn finish(mut self) -> crate::storage::Result<usize> {
+        if !self.keys.is_empty() {
+            self.flush()?;
+        }
+        Ok(self.deleted)
+    }
 }
 
 fn check_read(settings: &Settings, paths: &[String]) -> Result<()> {

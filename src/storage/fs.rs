@@ -94,9 +94,10 @@ impl FsStorage {
         let dir = path.parent().unwrap_or(&self.root).to_path_buf();
         fs::create_dir_all(&dir).map_err(|e| io_error("put", key, &dir, e))?;
         let temp = temp_name(&path);
-        let _tracked = cleanup::track_file(temp.clone());
         let result = (|| {
             let mut f = create_exclusive(&temp)?;
+            // Tracked once it exists: a stop signal from here on removes it.
+            let _tracked = cleanup::track_file(temp.clone());
             f.write_all(data)?;
             drop(f);
             publish(&temp, &path)
