@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs the Debian packages walden's demo, tests and benchmarks use, if
 # any is missing: PostgreSQL 15, the reference compression tools, Python's
-# venv (for the S3 test server), GNU time and pgBackRest (for benchmarks).
+# venv (for the S3 test server), GNU time and pgBackRest (for benchmarks),
+# openssl (certificates for the PostgreSQL TLS tests).
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
 packages=(postgresql-15 postgresql-client-15 lz4 zstd xz-utils python3-venv
-          python3-pip ca-certificates curl time pgbackrest build-essential)
+          python3-pip ca-certificates curl time pgbackrest build-essential openssl)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -94,7 +94,7 @@ pub fn rfc3339_nano(t: SystemTime) -> String {
     out
 }
 
-fn to_time(y: i64, mo: u32, d: u32, h: u32, mi: u32, s: u32, nanos: u32) -> Option<SystemTime> {
+pub fn to_time(y: i64, mo: u32, d: u32, h: u32, mi: u32, s: u32, nanos: u32) -> Option<SystemTime> {
     let valid = (1..=12).contains(&mo) && (1..=31).contains(&d) && h < 24 && mi < 60 && s <= 60;
     if !valid {
         return None;

@@ -304,6 +304,8 @@ fn prefetch_one(
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(true),
         Err(e) => return Err(Error::io(format!("cannot create {}", running.display()), e)),
     };
+    // A prefetcher stopped by a signal leaves no partial download behind.
+    let _tracked = crate::cleanup::track_file(running.clone());
     let copied = copy_wal(&mut reader, &mut out, &key, file, wal_size).and_then(|_| {
         out.sync_all()
             .map_err(|e| Error::io(format!("cannot write {}", running.display()), e))

@@ -16,6 +16,7 @@ mod pgpass;
 mod row;
 mod tls;
 mod transport;
+mod x509;
 
 pub use client::Client;
 pub use error::PgError;

@@ -17,6 +17,7 @@ use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, SignatureSch
 use super::error::PgError;
 use super::params::{ConnParams, SslMode};
 use super::transport::Stream;
+use super::x509::{self, DateProblem};
 
 /// Runs the TLS handshake over `tcp` (after the server said 'S' to our
 /// SSLRequest) and returns the encrypted stream.
@@ -182,8 +183,9 @@ impl ServerCertVerifier for NoVerify {
 
 /// A CA file is given: the chain must lead to it, and for verify-full the
 /// name must match. A server certificate that is itself in the file is
-/// trusted as is: PostgreSQL's documented self-signed setup uses one
-/// certificate (with CA:TRUE) as both, which webpki alone refuses.
+/// trusted as is, within its validity dates: PostgreSQL's documented
+/// self-signed setup uses one certificate (with CA:TRUE) as both, which
+/// webpki alone refuses.
 #[derive(Debug)]
 struct CaVerifier {
     webpki: Arc<WebPkiServerVerifier>,
@@ -205,6 +207,15 @@ impl ServerCertVerifier for CaVerifier {
             .iter()
             .any(|c| c.as_ref() == end_entity.as_ref())
         {
+            // Trusted as is, but only within its dates, as libpq checks.
+            let now_time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(now.as_secs());
+            if let Err(problem) = x509::check_dates(end_entity.as_ref(), now_time) {
+                return Err(rustls::Error::InvalidCertificate(match problem {
+                    DateProblem::NotValidYet => CertificateError::NotValidYet,
+                    DateProblem::Expired => CertificateError::Expired,
+                    DateProblem::Unreadable => CertificateError::BadEncoding,
+                }));
+            }
             if self.check_name {
                 let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
                 rustls::client::verify_server_name(&parsed, server_name)?;

@@ -1,0 +1,188 @@
+//! The validity dates of an X.509 certificate, read from its DER with a
+//! few bounds-checked steps. Needed for one case only: a self-signed server
+//! certificate listed in `PGSSLROOTCERT` is trusted as is (rustls refuses a
+//! CA certificate as a server's own), and its dates must still be checked,
+//! as libpq does.
+
+use std::time::SystemTime;
+
+const SEQUENCE: u8 = 0x30;
+const UTC_TIME: u8 = 0x17;
+const GENERALIZED_TIME: u8 = 0x18;
+/// `[0] EXPLICIT Version` at the start of a v3 TBSCertificate.
+const VERSION_TAG: u8 = 0xA0;
+
+/// One DER element: its tag, its content and what follows it.
+fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (first as usize, rest)
+    } else {
+        let count = (first & 0x7f) as usize;
+        if count == 0 || count > 4 {
+            return None;
+        }
+        let (bytes, rest) = (rest.get(..count)?, rest.get(count..)?);
+        let len = bytes.iter().fold(0usize, |n, &b| (n << 8) | b as usize);
+        (len, rest)
+    };
+    Some((tag, rest.get(..len)?, rest.get(len..)?))
+}
+
+/// `notBefore` and `notAfter` of a DER certificate; `None` if it cannot be
+/// read.
+pub fn validity(der: &[u8]) -> Option<(SystemTime, SystemTime)> {
+    let (tag, certificate, _) = element(der)?;
+    if tag != SEQUENCE {
+        return None;
+    }
+    let (tag, tbs, _) = element(certificate)?;
+    if tag != SEQUENCE {
+        return None;
+    }
+    let mut rest = tbs;
+    if rest.first() == Some(&VERSION_TAG) {
+        rest = element(rest)?.2;
+    }
+    // serialNumber, signature, issuer: skipped.
+    for _ in 0..3 {
+        rest = element(rest)?.2;
+    }
+    let (tag, validity, _) = element(rest)?;
+    if tag != SEQUENCE {
+        return None;
+    }
+    let (tag_a, not_before, rest) = element(validity)?;
+    let (tag_b, not_after, _) = element(rest)?;
+    Some((time(tag_a, not_before)?, time(tag_b, not_after)?))
+}
+
+/// UTCTime `YYMMDDHHMMSSZ` (years 1950–2049) or GeneralizedTime
+/// `YYYYMMDDHHMMSSZ`, the forms RFC 5280 allows.
+fn time(tag: u8, text: &[u8]) -> Option<SystemTime> {
+    let text = std::str::from_utf8(text).ok()?.strip_suffix('Z')?;
+    if !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let (year, rest) = match (tag, text.len()) {
+        (UTC_TIME, 12) => {
+            let yy: i64 = text.get(..2)?.parse().ok()?;
+            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, text.get(2..)?)
+        }
+        (GENERALIZED_TIME, 14) => (text.get(..4)?.parse().ok()?, text.get(4..)?),
+        _ => return None,
+    };
+    let field = |i: usize| -> Option<u32> { rest.get(i..i + 2)?.parse().ok() };
+    crate::time::to_time(
+        year,
+        field(0)?,
+        field(2)?,
+        field(4)?,
+        field(6)?,
+        field(8)?,
+        0,
+    )
+}
+
+/// Why a certificate's dates do not allow it now.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DateProblem {
+    Unreadable,
+    NotValidYet,
+    Expired,
+}
+
+/// Whether `now` lies within the certificate's validity.
+pub fn check_dates(der: &[u8], now: SystemTime) -> Result<(), DateProblem> {
+    let (not_before, not_after) = validity(der).ok_or(DateProblem::Unreadable)?;
+    if now < not_before {
+        return Err(DateProblem::NotValidYet);
+    }
+    if now > not_after {
+        return Err(DateProblem::Expired);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    /// A minimal certificate-shaped DER: version, serial, algorithm,
+    /// issuer, then validity with the given times.
+    fn cert(not_before: (u8, &str), not_after: (u8, &str)) -> Vec<u8> {
+        fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+            let mut out = vec![tag];
+            if content.len() < 0x80 {
+                out.push(content.len() as u8);
+            } else {
+                out.push(0x82);
+                out.extend_from_slice(&(content.len() as u16).to_be_bytes());
+            }
+            out.extend_from_slice(content);
+            out
+        }
+        let validity = [
+            tlv(not_before.0, not_before.1.as_bytes()),
+            tlv(not_after.0, not_after.1.as_bytes()),
+        ]
+        .concat();
+        let tbs = [
+            tlv(VERSION_TAG, &tlv(0x02, &[2])),
+            tlv(0x02, &[1, 2, 3]),
+            tlv(SEQUENCE, &tlv(0x06, &[42; 9])),
+            tlv(SEQUENCE, &[0x31; 200]),
+            tlv(SEQUENCE, &validity),
+            tlv(SEQUENCE, &[]),
+        ]
+        .concat();
+        tlv(
+            SEQUENCE,
+            &[tlv(SEQUENCE, &tbs), tlv(SEQUENCE, &[])].concat(),
+        )
+    }
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn reads_both_time_forms() {
+        let der = cert(
+            (UTC_TIME, "260101000000Z"),
+            (GENERALIZED_TIME, "20360101000000Z"),
+        );
+        let (a, b) = validity(&der).unwrap();
+        assert_eq!(a, at(1_767_225_600));
+        assert_eq!(b, at(2_082_758_400));
+        assert!(check_dates(&der, at(1_800_000_000)).is_ok());
+        assert_eq!(
+            check_dates(&der, at(1_700_000_000)),
+            Err(DateProblem::NotValidYet)
+        );
+        assert_eq!(
+            check_dates(&der, at(2_100_000_000)),
+            Err(DateProblem::Expired)
+        );
+        let old = cert((UTC_TIME, "990101000000Z"), (UTC_TIME, "491231235959Z"));
+        assert_eq!(validity(&old).unwrap().0, at(915_148_800));
+    }
+
+    #[test]
+    fn damaged_certificates_are_unreadable() {
+        let der = cert((UTC_TIME, "260101000000Z"), (UTC_TIME, "360101000000Z"));
+        for cut in 0..der.len() {
+            let _ = validity(&der[..cut]);
+        }
+        assert!(validity(&der[..der.len() / 2]).is_none());
+        assert!(validity(&cert(
+            (UTC_TIME, "2601010000Z"),
+            (UTC_TIME, "360101000000Z")
+        ))
+        .is_none());
+        assert!(validity(&cert((0x04, "260101000000Z"), (UTC_TIME, "360101000000Z"))).is_none());
+        assert!(check_dates(b"\x30\x00", at(0)).is_err());
+    }
+}
