@@ -2,6 +2,7 @@
 //! WAL-G. This file parses the global options, sets up logging and hands
 //! the rest of the command line to the command.
 
+mod backup;
 mod cleanup;
 mod codec;
 mod commands;

@@ -18,10 +18,15 @@ use crate::storage::{self, Storage};
 pub fn run(command: &str, settings: Settings, args: Vec<OsString>) -> Result<()> {
     // These create temp files or uploads that a stop signal must not leave
     // behind; set up before any thread starts.
-    if matches!(command, "st" | "wal-push" | "wal-fetch" | "wal-prefetch") {
+    if matches!(
+        command,
+        "st" | "wal-push" | "wal-fetch" | "wal-prefetch" | "backup-push" | "backup-fetch"
+    ) {
         crate::cleanup::install();
     }
     match command {
+        "backup-push" => crate::backup::push::run(&settings, args),
+        "backup-fetch" => crate::backup::fetch::run(&settings, args),
         "st" => st::run(&settings, args),
         "wal-push" => wal_push::run(&settings, args),
         "wal-fetch" => wal_fetch::run(&settings, args),

@@ -4,6 +4,7 @@
 
 mod harness;
 
+mod backup;
 mod config;
 mod hardening;
 mod harness_selftest;

@@ -1,0 +1,357 @@
+//! Extracting one tar of a backup into DEST, refusing anything that would
+//! write outside it: a member with `..`, an absolute path, a symlink
+//! whose target leaves DEST, a hard link to something outside, or a path
+//! through a symlink. Errors name the member.
+//!
+//! WAL-G names members `/base/1/123`: one leading `/` is its way of saying
+//! "relative to the data directory" and is dropped; what remains must be
+//! relative (so `//etc/passwd` is refused).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// The relative path a member name stands for, or why it is refused.
+pub fn safe_relative(name: &[u8]) -> std::result::Result<PathBuf, &'static str> {
+    let rest = name.strip_prefix(b"/").unwrap_or(name);
+    if rest.starts_with(b"/") {
+        return Err("it is an absolute path");
+    }
+    let mut out = PathBuf::new();
+    for part in rest.split(|&b| b == b'/') {
+        match part {
+            b"" | b"." => {}
+            b".." => return Err("it contains '..'"),
+            p => out.push(std::ffi::OsStr::from_bytes(p)),
+        }
+    }
+    Ok(out)
+}
+
+/// Whether a symlink at `rel` (relative to DEST) with target `target`
+/// stays inside DEST, judged on the names alone: an absolute target, or
+/// one whose `..` climb above DEST, is refused.
+pub fn link_stays_inside(rel: &Path, target: &[u8]) -> bool {
+    if target.starts_with(b"/") || target.is_empty() {
+        return false;
+    }
+    let mut depth = rel.parent().map_or(0, |p| p.components().count()) as i64;
+    for part in target.split(|&b| b == b'/') {
+        match part {
+            b"" | b"." => {}
+            b".." => {
+                depth -= 1;
+                if depth < 0 {
+                    return false;
+                }
+            }
+            _ => depth += 1,
+        }
+    }
+    true
+}
+
+pub struct Extractor<'a> {
+    pub dest: &'a Path,
+    pub fsync: bool,
+    /// For messages: the object being extracted.
+    pub key: &'a str,
+}
+
+impl Extractor<'_> {
+    fn refuse(&self, member: &[u8], why: &str) -> Error {
+        Error::Other(format!(
+            "tar '{}' has a member '{}' that would be written outside the destination ({why}); \
+             the backup is refused: it was not written by WAL-G or walden, or it was tampered with",
+            self.key,
+            String::from_utf8_lossy(member)
+        ))
+    }
+
+    fn damaged(&self, e: io::Error) -> Error {
+        Error::Other(format!(
+            "object '{}' is damaged or cannot be read: {e}",
+            self.key
+        ))
+    }
+
+    /// Extract every member of `source`, then check that only zero bytes
+    /// follow the end of the archive (WAL-G's check; it also makes the
+    /// decoders read, and verify, their trailers).
+    pub fn extract(&self, source: Box<dyn Read + Send>) -> Result<()> {
+        let mut archive = tar::Archive::new(source);
+        {
+            let entries = archive.entries().map_err(|e| self.damaged(e))?;
+            for entry in entries {
+                let entry = entry.map_err(|e| self.damaged(e))?;
+                self.member(entry)?;
+            }
+        }
+        let mut rest = archive.into_inner();
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = match rest.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.damaged(e)),
+            };
+            if buf[..n].iter().any(|&b| b != 0) {
+                return Err(Error::Other(format!(
+                    "object '{}' has data after the end of its tar archive; it is damaged",
+                    self.key
+                )));
+            }
+        }
+    }
+
+    fn member(&self, mut entry: tar::Entry<'_, Box<dyn Read + Send>>) -> Result<()> {
+        let name = entry.path_bytes().into_owned();
+        let rel = safe_relative(&name).map_err(|why| self.refuse(&name, why))?;
+        let kind = entry.header().entry_type();
+        let mode = entry.header().mode().map_err(|e| self.damaged(e))? & 0o777;
+        if rel.as_os_str().is_empty() {
+            // `/` or `./`: DEST itself, which exists.
+            if kind.is_dir() {
+                return Ok(());
+            }
+            return Err(self.refuse(&name, "it names the destination itself"));
+        }
+        let path = self.parent_dirs(&name, &rel)?;
+        match kind {
+            tar::EntryType::Directory => {
+                match fs::symlink_metadata(&path) {
+                    Ok(m) if m.is_dir() => {}
+                    Ok(_) => return Err(self.refuse(&name, "a non-directory is in the way")),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        fs::create_dir(&path).map_err(|e| self.local(&path, e))?
+                    }
+                    Err(e) => return Err(self.local(&path, e)),
+                }
+                fs::set_permissions(&path, fs::Permissions::from_mode(mode))
+                    .map_err(|e| self.local(&path, e))
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                let mut file = self.create(&name, &path)?;
+                io::copy(&mut entry, &mut file).map_err(|e| {
+                    Error::Other(format!(
+                        "extracting '{}' from '{}' to '{}': {e}",
+                        String::from_utf8_lossy(&name),
+                        self.key,
+                        path.display()
+                    ))
+                })?;
+                file.set_permissions(fs::Permissions::from_mode(mode))
+                    .map_err(|e| self.local(&path, e))?;
+                if self.fsync {
+                    file.sync_all().map_err(|e| self.local(&path, e))?;
+                }
+                Ok(())
+            }
+            tar::EntryType::Symlink => {
+                let target = entry
+                    .link_name_bytes()
+                    .map(|t| t.into_owned())
+                    .unwrap_or_default();
+                if !link_stays_inside(&rel, &target) {
+                    return Err(self.refuse(
+                        &name,
+                        &format!(
+                            "it is a symlink to '{}', outside the destination",
+                            String::from_utf8_lossy(&target)
+                        ),
+                    ));
+                }
+                self.clear(&name, &path)?;
+                std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&target), &path)
+                    .map_err(|e| self.local(&path, e))
+            }
+            tar::EntryType::Link => {
+                let target = entry
+                    .link_name_bytes()
+                    .map(|t| t.into_owned())
+                    .unwrap_or_default();
+                let target_rel = safe_relative(&target).map_err(|why| {
+                    self.refuse(&name, &format!("it is a hard link whose target {why}"))
+                })?;
+                let source = self.parent_dirs(&target, &target_rel)?;
+                match fs::symlink_metadata(&source) {
+                    Ok(m) if m.is_file() => {}
+                    _ => {
+                        return Err(self.refuse(
+                            &name,
+                            "it is a hard link to something that is not a file extracted before it",
+                        ))
+                    }
+                }
+                self.clear(&name, &path)?;
+                fs::hard_link(&source, &path).map_err(|e| self.local(&path, e))
+            }
+            // Extension headers the tar crate has not folded into the
+            // next entry carry nothing to write.
+            tar::EntryType::XGlobalHeader => Ok(()),
+            other => Err(Error::Other(format!(
+                "tar '{}' has a member '{}' of type {other:?}, which a data directory never holds; the backup is refused",
+                self.key,
+                String::from_utf8_lossy(&name)
+            ))),
+        }
+    }
+
+    fn local(&self, path: &Path, e: io::Error) -> Error {
+        Error::io(
+            format!("writing '{}' (from '{}')", path.display(), self.key),
+            e,
+        )
+    }
+
+    /// Make sure every directory between DEST and `rel` is a real
+    /// directory (never a symlink, which could lead out of DEST), creating
+    /// missing ones; returns DEST/rel.
+    fn parent_dirs(&self, name: &[u8], rel: &Path) -> Result<PathBuf> {
+        let mut p = self.dest.to_path_buf();
+        if let Some(parent) = rel.parent() {
+            for c in parent.components() {
+                if let Component::Normal(part) = c {
+                    p.push(part);
+                } else {
+                    return Err(self.refuse(name, "its path is not a plain relative path"));
+                }
+                match fs::symlink_metadata(&p) {
+                    Ok(m) if m.is_dir() => {}
+                    Ok(_) => {
+                        return Err(self.refuse(name, "its path goes through a symlink or a file"))
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        std::fs::DirBuilder::new()
+                            .mode(0o700)
+                            .create(&p)
+                            .map_err(|e| self.local(&p, e))?;
+                    }
+                    Err(e) => return Err(self.local(&p, e)),
+                }
+            }
+        }
+        Ok(self.dest.join(rel))
+    }
+
+    /// Remove what a later member replaces (WAL-G's `backup_label` tar
+    /// overwrites a stale one from a data tar); never a directory.
+    fn clear(&self, name: &[u8], path: &Path) -> Result<()> {
+        match fs::symlink_metadata(path) {
+            Ok(m) if m.is_dir() => Err(self.refuse(name, "a directory is in the way")),
+            Ok(_) => fs::remove_file(path).map_err(|e| self.local(path, e)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.local(path, e)),
+        }
+    }
+
+    /// A new file at `path`, created exclusively and without following a
+    /// symlink.
+    fn create(&self, name: &[u8], path: &Path) -> Result<File> {
+        self.clear(name, path)?;
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|e| self.local(path, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_names() {
+        assert_eq!(safe_relative(b"/base/1/2").unwrap(), Path::new("base/1/2"));
+        assert_eq!(
+            safe_relative(b"backup_label").unwrap(),
+            Path::new("backup_label")
+        );
+        assert_eq!(safe_relative(b"./global/x").unwrap(), Path::new("global/x"));
+        assert!(safe_relative(b"../evil").is_err());
+        assert!(safe_relative(b"/base/../../evil").is_err());
+        assert!(safe_relative(b"//etc/passwd").is_err());
+    }
+
+    #[test]
+    fn link_targets() {
+        assert!(link_stays_inside(Path::new("a/b"), b"c"));
+        assert!(link_stays_inside(Path::new("a/b"), b"../c"));
+        assert!(!link_stays_inside(Path::new("a/b"), b"../../c"));
+        assert!(!link_stays_inside(Path::new("a"), b"/etc/passwd"));
+        assert!(!link_stays_inside(Path::new("a"), b""));
+    }
+
+    fn tar_with(entries: &[(&str, tar::EntryType, &[u8], &str)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, kind, data, link) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(*kind);
+            h.set_mode(0o600);
+            h.set_size(data.len() as u64);
+            let raw = &mut h.as_old_mut().name;
+            raw[..name.len()].copy_from_slice(name.as_bytes());
+            if !link.is_empty() {
+                h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+            }
+            h.set_cksum();
+            b.append(&h, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn run(tar: Vec<u8>, dest: &Path) -> Result<()> {
+        Extractor {
+            dest,
+            fsync: false,
+            key: "t.tar",
+        }
+        .extract(Box::new(io::Cursor::new(tar)))
+    }
+
+    #[test]
+    fn hostile_members_are_refused() {
+        use tar::EntryType as T;
+        let root = std::env::temp_dir().join(format!("walden-extract-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let dest = root.join("dest");
+        fs::create_dir_all(&dest).unwrap();
+        run(
+            tar_with(&[
+                ("/base", T::Directory, b"", ""),
+                ("/base/1", T::Regular, b"x", ""),
+            ]),
+            &dest,
+        )
+        .unwrap();
+        assert_eq!(fs::read(dest.join("base/1")).unwrap(), b"x");
+        for bad in [
+            tar_with(&[("../evil", T::Regular, b"x", "")]),
+            tar_with(&[("//evil", T::Regular, b"x", "")]),
+            tar_with(&[("/l", T::Symlink, b"", "/")]),
+            tar_with(&[("/l", T::Symlink, b"", "..")]),
+            tar_with(&[("/h", T::Link, b"", "../evil")]),
+            tar_with(&[
+                ("/l", T::Symlink, b"", "base"),
+                ("/l/evil", T::Regular, b"x", ""),
+            ]),
+        ] {
+            let e = run(bad, &dest).unwrap_err().to_string();
+            assert!(e.contains("outside the destination"), "{e}");
+        }
+        assert!(!root.join("evil").exists());
+        // Garbage after the archive is an error.
+        let mut t = tar_with(&[("/ok", T::Regular, b"y", "")]);
+        t.extend_from_slice(b"junk");
+        assert!(run(t, &dest).is_err());
+        fs::remove_dir_all(&root).unwrap();
+    }
+}

@@ -1,0 +1,227 @@
+//! The sentinel (`BackupSentinelDtoV2`) and `metadata.json`
+//! (`ExtendedMetadataDto`) in WAL-G's field names, order and formats
+//! (spec §3.1, §3.2): compact JSON, Go's HTML escaping, times in UTC
+//! RFC 3339 with microseconds, LSNs as decimal numbers.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+pub const DATE_FMT: &str = "%Y-%m-%dT%H:%M:%S.%fZ";
+
+/// What one finished full backup records.
+pub struct BackupInfo {
+    pub start_lsn: u64,
+    pub finish_lsn: u64,
+    pub pg_version: i64,
+    pub system_identifier: Option<u64>,
+    pub uncompressed_size: u64,
+    pub compressed_size: u64,
+    pub data_catalog_size: u64,
+    pub user_data: Option<Value>,
+    pub start_time: SystemTime,
+    pub finish_time: SystemTime,
+    pub hostname: String,
+    pub data_dir: String,
+    pub is_permanent: bool,
+}
+
+/// Go's `encoding/json` output for a string: serde_json's escaping plus
+/// `<`, `>`, `&`, U+2028 and U+2029 as `\uXXXX`, which Go adds. Applied
+/// to a whole serialized value it is still correct: those characters
+/// only ever occur inside strings.
+fn go_escape(json: String) -> String {
+    if !json.contains(['<', '>', '&', '\u{2028}', '\u{2029}']) {
+        return json;
+    }
+    let mut out = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        match c {
+            '<' => out.push_str("\\u003c"),
+            '>' => out.push_str("\\u003e"),
+            '&' => out.push_str("\\u0026"),
+            '\u{2028}' => out.push_str("\\u2028"),
+            '\u{2029}' => out.push_str("\\u2029"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn string(s: &str) -> String {
+    go_escape(Value::String(s.to_string()).to_string())
+}
+
+/// WAL-G's `TimeNowCrossPlatformUTC`: UTC rounded up to microseconds.
+pub fn round_up_micros(t: SystemTime) -> SystemTime {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let sub = d.subsec_nanos() % 1000;
+    if sub == 0 {
+        t
+    } else {
+        t + Duration::from_nanos(u64::from(1000 - sub))
+    }
+}
+
+fn time(t: SystemTime) -> String {
+    string(&crate::time::rfc3339_nano(t))
+}
+
+fn opt_u64(v: Option<u64>) -> String {
+    v.map_or_else(|| "null".to_string(), |n| n.to_string())
+}
+
+/// The sentinel, keys in `BackupSentinelDtoV2`'s declaration order with
+/// v1 `omitempty` (spec §3.1). A full local backup without tablespaces
+/// has no Delta*, Spec or FilesMetadataDisabled keys.
+pub fn sentinel_json(b: &BackupInfo) -> String {
+    let mut out = format!(
+        "{{\"LSN\":{},\"PgVersion\":{},\"FinishLSN\":{}",
+        b.start_lsn, b.pg_version, b.finish_lsn
+    );
+    if let Some(id) = b.system_identifier {
+        out.push_str(&format!(",\"SystemIdentifier\":{id}"));
+    }
+    out.push_str(&format!(
+        ",\"UncompressedSize\":{},\"CompressedSize\":{}",
+        b.uncompressed_size, b.compressed_size
+    ));
+    if b.data_catalog_size != 0 {
+        out.push_str(&format!(",\"DataCatalogSize\":{}", b.data_catalog_size));
+    }
+    if let Some(u) = &b.user_data {
+        out.push_str(&format!(",\"UserData\":{}", go_escape(u.to_string())));
+    }
+    // `--without-files-metadata` is what we do for now (no
+    // files_metadata.json), and WAL-G reads the flag to know it.
+    out.push_str(",\"FilesMetadataDisabled\":true");
+    out.push_str(&format!(
+        ",\"ChkpNum\":null,\"Version\":2,\"StartTime\":{},\"FinishTime\":{},\"DateFmt\":{},\"Hostname\":{},\"DataDir\":{},\"IsPermanent\":{}}}",
+        time(b.start_time),
+        time(b.finish_time),
+        string(DATE_FMT),
+        string(&b.hostname),
+        string(&b.data_dir),
+        b.is_permanent
+    ));
+    out
+}
+
+/// `metadata.json` (spec §3.2).
+pub fn metadata_json(b: &BackupInfo) -> String {
+    let mut out = format!(
+        "{{\"start_time\":{},\"finish_time\":{},\"date_fmt\":{},\"hostname\":{},\"data_dir\":{},\"pg_version\":{},\"start_lsn\":{},\"finish_lsn\":{},\"is_permanent\":{},\"system_identifier\":{},\"uncompressed_size\":{},\"compressed_size\":{}",
+        time(b.start_time),
+        time(b.finish_time),
+        string(DATE_FMT),
+        string(&b.hostname),
+        string(&b.data_dir),
+        b.pg_version,
+        b.start_lsn,
+        b.finish_lsn,
+        b.is_permanent,
+        opt_u64(b.system_identifier),
+        b.uncompressed_size,
+        b.compressed_size
+    );
+    if let Some(u) = &b.user_data {
+        out.push_str(&format!(",\"user_data\":{}", go_escape(u.to_string())));
+    }
+    out.push('}');
+    out
+}
+
+/// Parse user data as WAL-G does (`UnmarshalSentinelUserData`): any JSON
+/// value. serde_json's map keeps keys sorted, as Go's re-serialization does.
+pub fn parse_user_data(text: &str) -> Result<Value, String> {
+    serde_json::from_str(text).map_err(|e| e.to_string())
+}
+
+/// Whether a sentinel describes tablespaces (`Spec`, or WAL-E's `spec`,
+/// with a non-empty `tablespaces` list): restoring those is not built yet.
+/// Keys are matched case-insensitively, as WAL-G's reader does.
+pub fn has_tablespaces(sentinel: &Value) -> bool {
+    let Some(obj) = sentinel.as_object() else {
+        return false;
+    };
+    obj.iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("spec"))
+        .any(|(_, spec)| {
+            spec.get("tablespaces")
+                .and_then(Value::as_array)
+                .is_some_and(|a| !a.is_empty())
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info() -> BackupInfo {
+        BackupInfo {
+            start_lsn: 83886120,
+            finish_lsn: 83886376,
+            pg_version: 150014,
+            system_identifier: Some(7507672962298572862),
+            uncompressed_size: 23456789,
+            compressed_size: 3456789,
+            data_catalog_size: 23999999,
+            user_data: None,
+            start_time: UNIX_EPOCH + Duration::new(1787335355, 123457000),
+            finish_time: UNIX_EPOCH + Duration::new(1787335360, 654321000),
+            hostname: "db1".into(),
+            data_dir: "/var/lib/postgresql/16/main".into(),
+            is_permanent: false,
+        }
+    }
+
+    #[test]
+    fn sentinel_has_walg_keys_in_order() {
+        let s = sentinel_json(&info());
+        assert_eq!(
+            s,
+            "{\"LSN\":83886120,\"PgVersion\":150014,\"FinishLSN\":83886376,\"SystemIdentifier\":7507672962298572862,\
+\"UncompressedSize\":23456789,\"CompressedSize\":3456789,\"DataCatalogSize\":23999999,\"FilesMetadataDisabled\":true,\"ChkpNum\":null,\
+\"Version\":2,\"StartTime\":\"2026-08-21T18:02:35.123457Z\",\"FinishTime\":\"2026-08-21T18:02:40.654321Z\",\
+\"DateFmt\":\"%Y-%m-%dT%H:%M:%S.%fZ\",\"Hostname\":\"db1\",\"DataDir\":\"/var/lib/postgresql/16/main\",\
+\"IsPermanent\":false}"
+        );
+        let v: Value = serde_json::from_str(&s).unwrap();
+        assert_eq!(v["LSN"], 83886120);
+    }
+
+    #[test]
+    fn metadata_and_user_data() {
+        let mut b = info();
+        b.user_data = Some(parse_user_data(r#"{"z":1,"a":"<x>"}"#).unwrap());
+        b.is_permanent = true;
+        let m = metadata_json(&b);
+        assert!(m.starts_with("{\"start_time\":\"2026-08-21T18:02:35.123457Z\""));
+        assert!(
+            m.ends_with(",\"user_data\":{\"a\":\"\\u003cx\\u003e\",\"z\":1}}"),
+            "{m}"
+        );
+        assert!(m.contains("\"is_permanent\":true"));
+        assert!(sentinel_json(&b).contains(",\"UserData\":{\"a\":\"\\u003cx\\u003e\",\"z\":1},"));
+        assert!(parse_user_data("{nope").is_err());
+    }
+
+    #[test]
+    fn times_round_up_to_microseconds() {
+        let t = UNIX_EPOCH + Duration::new(10, 1_000_001);
+        assert_eq!(
+            round_up_micros(t),
+            UNIX_EPOCH + Duration::new(10, 1_001_000)
+        );
+        let t = UNIX_EPOCH + Duration::new(10, 5_000);
+        assert_eq!(round_up_micros(t), t);
+    }
+
+    #[test]
+    fn tablespaces_are_detected() {
+        let v: Value = serde_json::from_str(r#"{"Spec":{"tablespaces":["16390"]}}"#).unwrap();
+        assert!(has_tablespaces(&v));
+        let v: Value = serde_json::from_str(r#"{"LSN":1}"#).unwrap();
+        assert!(!has_tablespaces(&v));
+    }
+}

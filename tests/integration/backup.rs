@@ -1,0 +1,282 @@
+//! backup-push and backup-fetch end to end: a backup taken while pgbench
+//! writes, restored with backup-fetch and replayed through wal-fetch to
+//! the primary's last commit; and the ways a restore must refuse.
+
+use std::fs;
+use std::time::Duration;
+
+use crate::harness::{PgCluster, TempDir};
+use crate::store::{codec_env, Store};
+
+fn archiving_cluster(store: &Store, codec: &[(String, String)]) -> PgCluster {
+    PgCluster::builder()
+        .conf("archive_mode", "on")
+        .conf("archive_command", "'{walden} wal-push %p'")
+        .conf("archive_timeout", "0")
+        .env(store.env())
+        .env(codec.to_vec())
+        .start()
+}
+
+const ROWS: &str = "SELECT sum(abalance)::text || '/' || count(*) FROM pgbench_accounts";
+
+fn backup_under_load_and_restore(store: Store, method: &str, encrypted: bool, tar_size: &str) {
+    let codec = codec_env(method, encrypted);
+    let mut pg = archiving_cluster(&store, &codec);
+    pg.pgbench_init(4);
+
+    std::thread::scope(|s| {
+        let load = s.spawn(|| pg.pgbench(&["-n", "-T", "6", "-c", "2"]));
+        std::thread::sleep(Duration::from_millis(500));
+        store
+            .walden()
+            .envs(codec.clone())
+            .envs(pg.env())
+            .env("WALG_TAR_SIZE_THRESHOLD", tar_size)
+            .env("WALG_SENTINEL_USER_DATA", r#"{"purpose":"test"}"#)
+            .args(["backup-push", "--permanent"])
+            .timeout(Duration::from_secs(300))
+            .run()
+            .assert_ok();
+        load.join().unwrap();
+    });
+    pg.pgbench(&["-n", "-t", "500", "-c", "2"]);
+    pg.psql("CREATE TABLE marker AS SELECT 'after the backup'::text AS note");
+    let expected = pg.psql(ROWS);
+    let last = pg.switch_wal();
+    pg.wait_for_archive(&last, Duration::from_secs(120));
+    pg.stop();
+
+    // WAL-G's layout: one sentinel with WAL-G's fields, metadata, tars.
+    let listing = store.walden().args(["st", "ls", "basebackups_005/"]).run();
+    listing.assert_ok();
+    let text = listing.stdout_str();
+    let name = text
+        .split_whitespace()
+        .find_map(|w| w.strip_suffix("_backup_stop_sentinel.json"))
+        .unwrap_or_else(|| panic!("a sentinel in {text}"))
+        .to_string();
+    assert!(name.starts_with("base_") && name.len() == 29, "{name}");
+    let sentinel: serde_json::Value = serde_json::from_slice(
+        &fs::read(store.object_file(&format!("basebackups_005/{name}_backup_stop_sentinel.json")))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(sentinel["Version"], 2);
+    assert_eq!(sentinel["IsPermanent"], true);
+    assert_eq!(sentinel["UserData"]["purpose"], "test");
+    assert!(sentinel["FinishLSN"].as_u64() > sentinel["LSN"].as_u64());
+    assert!(store
+        .object_file(&format!("basebackups_005/{name}/metadata.json"))
+        .is_file());
+    let ext = match method {
+        "zstd" => ".zst",
+        "lz4" => ".lz4",
+        _ => "",
+    };
+    for tar in ["part_001", "pg_control", "backup_label"] {
+        let key = format!("basebackups_005/{name}/tar_partitions/{tar}.tar{ext}");
+        assert!(store.object_file(&key).is_file(), "{key}");
+    }
+
+    let restored_dir = TempDir::new("backup-restored");
+    let data = restored_dir.join("data");
+    store
+        .walden()
+        .envs(codec.clone())
+        .arg("backup-fetch")
+        .arg(&data)
+        .arg("LATEST")
+        .run()
+        .assert_ok();
+    assert!(data.join("global/pg_control").is_file());
+    assert!(data.join("backup_label").is_file());
+    assert!(
+        data.join("pg_wal").is_dir(),
+        "excluded directories are restored empty"
+    );
+    assert!(!data.join("postmaster.pid").exists());
+    fs::write(data.join("recovery.signal"), "").unwrap();
+    let restored = PgCluster::builder()
+        .conf("restore_command", "'{walden} wal-fetch %f %p'")
+        .conf("archive_mode", "off")
+        .env(store.env())
+        .env(codec.clone())
+        .start_restored(data.clone());
+    restored.wait_for_promotion(Duration::from_secs(120));
+    assert_eq!(restored.psql(ROWS), expected, "{}", restored.log_tail());
+    assert_eq!(restored.psql("SELECT note FROM marker"), "after the backup");
+}
+
+#[test]
+fn backup_fs_lz4_many_partitions() {
+    // A tiny threshold: every file closes a partition.
+    backup_under_load_and_restore(Store::fs(), "lz4", false, "1048576");
+}
+
+#[test]
+fn backup_s3_zstd_encrypted() {
+    backup_under_load_and_restore(Store::s3(), "zstd", true, "1073741823");
+}
+
+/// A tar built by hand, the way a hostile storage would plant it.
+fn tar_bytes(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, data) in entries {
+        let mut h = [0u8; 512];
+        h[..name.len()].copy_from_slice(name.as_bytes());
+        h[100..107].copy_from_slice(b"0000600");
+        h[108..115].copy_from_slice(b"0000000");
+        h[116..123].copy_from_slice(b"0000000");
+        h[124..135].copy_from_slice(format!("{:011o}", data.len()).as_bytes());
+        h[136..147].copy_from_slice(b"00000000000");
+        h[156] = b'0';
+        h[257..263].copy_from_slice(b"ustar\0");
+        h[263..265].copy_from_slice(b"00");
+        h[148..156].copy_from_slice(b"        ");
+        let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+        h[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+        out.extend_from_slice(&h);
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+    out.resize(out.len() + 1024, 0);
+    out
+}
+
+#[test]
+fn backup_fetch_refuses_bad_input() {
+    let store = Store::fs();
+    let scratch = TempDir::new("backup-bad");
+    let none = [("WALG_COMPRESSION_METHOD", "none")];
+
+    // No backups at all: LATEST is a clear error.
+    let out = store
+        .walden()
+        .envs(none)
+        .arg("backup-fetch")
+        .arg(scratch.join("d0"))
+        .arg("LATEST")
+        .run();
+    out.assert_code(1);
+    assert!(out.stderr.contains("no backups found"), "{}", out.dump());
+
+    // A complete-looking backup whose data tar holds `../evil`.
+    let name = "base_000000010000000000000002";
+    let prefix = format!("basebackups_005/{name}/tar_partitions");
+    store.put_raw(
+        scratch.path(),
+        &format!("{prefix}/part_001.tar"),
+        &tar_bytes(&[("/PG_VERSION", b"15\n"), ("../evil", b"owned")]),
+    );
+    store.put_raw(
+        scratch.path(),
+        &format!("{prefix}/pg_control.tar"),
+        &tar_bytes(&[("/global/pg_control", b"x")]),
+    );
+    // Without its sentinel the backup does not exist.
+    let out = store
+        .walden()
+        .envs(none)
+        .arg("backup-fetch")
+        .arg(scratch.join("d1"))
+        .arg(name)
+        .run();
+    out.assert_code(1);
+    assert!(
+        out.stderr.contains(&format!("backup {name} not found")),
+        "{}",
+        out.dump()
+    );
+    assert!(
+        !scratch.join("d1").exists(),
+        "nothing created for an unknown backup"
+    );
+
+    store.put_raw(
+        scratch.path(),
+        &format!("basebackups_005/{name}_backup_stop_sentinel.json"),
+        br#"{"LSN":33554472,"PgVersion":150000,"FinishLSN":33554600,"Version":2}"#,
+    );
+    let dest = scratch.join("d2");
+    let out = store
+        .walden()
+        .envs(none)
+        .arg("backup-fetch")
+        .arg(&dest)
+        .arg("LATEST")
+        .run();
+    out.assert_code(1);
+    assert!(out.stderr.contains("'../evil'"), "{}", out.dump());
+    assert!(
+        out.stderr.contains("outside the destination"),
+        "{}",
+        out.dump()
+    );
+    assert!(!scratch.join("evil").exists(), "nothing lands outside DEST");
+    assert!(!dest.join("global/pg_control").exists(), "no pg_control");
+
+    // A second backup, sentinel missing: it is not LATEST.
+    let other = "base_000000010000000000000009";
+    store.put_raw(
+        scratch.path(),
+        &format!("basebackups_005/{other}/tar_partitions/pg_control.tar"),
+        &tar_bytes(&[("/global/pg_control", b"y")]),
+    );
+    // The planted backup, now harmless: LATEST must still be it, not `other`.
+    store.put_raw(
+        scratch.path(),
+        &format!("{prefix}/part_001.tar"),
+        &tar_bytes(&[("/PG_VERSION", b"15\n")]),
+    );
+    let dest3 = scratch.join("d3");
+    store
+        .walden()
+        .envs(none)
+        .arg("backup-fetch")
+        .arg(&dest3)
+        .arg("LATEST")
+        .run()
+        .assert_ok();
+    assert_eq!(fs::read(dest3.join("global/pg_control")).unwrap(), b"x");
+
+    // DEST not empty.
+    let out = store
+        .walden()
+        .envs(none)
+        .arg("backup-fetch")
+        .arg(&dest3)
+        .arg(name)
+        .run();
+    out.assert_code(1);
+    assert!(out.stderr.contains("is not empty"), "{}", out.dump());
+
+    // Unknown name.
+    let out = store
+        .walden()
+        .envs(none)
+        .arg("backup-fetch")
+        .arg(scratch.join("d4"))
+        .arg("base_0000000100000000000000FF")
+        .run();
+    out.assert_code(1);
+    assert!(out.stderr.contains("not found"), "{}", out.dump());
+}
+
+#[test]
+fn backup_push_refuses_bad_user_data_before_uploading() {
+    let store = Store::fs();
+    let pg = PgCluster::builder().start();
+    let out = store
+        .walden()
+        .envs(pg.env())
+        .env("WALG_SENTINEL_USER_DATA", "{not json")
+        .arg("backup-push")
+        .run();
+    out.assert_code(1);
+    assert!(out.stderr.contains("not valid JSON"), "{}", out.dump());
+    assert!(
+        !store.object_file("basebackups_005").exists(),
+        "nothing uploaded"
+    );
+}
