@@ -40,8 +40,9 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     let name = resolve(&storage, &wanted)?;
     let sentinel = read_sentinel(&storage, &name)?;
     if sentinel::has_tablespaces(&sentinel) {
-        return Err(Error::NotBuilt(format!(
-            "backup-fetch of backup {name}, which has tablespaces"
+        return Err(Error::Other(format!(
+            "backup {name} has tablespaces, and restoring tablespaces is not built yet in walden; \
+             restore it with WAL-G for now"
         )));
     }
     let tars = tar_keys(&storage, &name)?;

@@ -96,11 +96,10 @@ fn options(settings: &Settings, args: Vec<OsString>) -> Result<Options> {
         }
         (Some(d), None) | (None, Some(d)) => d,
         (None, None) => {
-            return Err(Error::NotBuilt(
-                "backup-push without PGDATA (a remote backup over the replication protocol); \
-                 give the data directory as the argument or the PGDATA setting"
-                    .into(),
-            ))
+            return Err(Error::Usage(format!(
+                "no data directory: give it as the argument or the PGDATA setting \
+                 (remote backups over the replication protocol are not built yet); usage: {USAGE}"
+            )))
         }
     };
     let threshold_text = settings.get("WALG_TAR_SIZE_THRESHOLD").unwrap_or_default();
@@ -322,14 +321,16 @@ impl Server {
 
     fn check(&self, pgdata: &Path, wal_size_mb: u64) -> Result<()> {
         if self.version < 100000 {
-            return Err(Error::NotBuilt(format!(
-                "backup-push from PostgreSQL older than 10 (server_version_num {})",
+            return Err(Error::Other(format!(
+                "the server is PostgreSQL {} (server_version_num); backups of versions older than 10 are not built yet in walden",
                 self.version
             )));
         }
         if self.in_recovery {
-            return Err(Error::NotBuilt(
-                "backup-push from a standby; run it on the primary for now".into(),
+            return Err(Error::Other(
+                "the server is a standby (in recovery), and backups from a standby are not built yet in walden; \
+                 run backup-push against the primary"
+                    .into(),
             ));
         }
         if self.data_dir != pgdata {

@@ -102,9 +102,9 @@ fn walk_dir(
             continue;
         } else if ft.is_symlink() {
             if rel_dir == Path::new("pg_tblspc") {
-                return Err(Error::NotBuilt(format!(
-                    "backup-push of a cluster with tablespaces ('{}' is a tablespace link); \
-                     back it up with WAL-G or pg_basebackup until walden supports tablespaces",
+                return Err(Error::Other(format!(
+                    "'{}' is a tablespace, and backups of clusters with tablespaces are not built yet in walden; \
+                     back this cluster up with WAL-G for now",
                     path.display()
                 )));
             }

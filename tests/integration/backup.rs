@@ -78,6 +78,42 @@ fn backup_under_load_and_restore(store: Store, method: &str, encrypted: bool, ta
         let key = format!("basebackups_005/{name}/tar_partitions/{tar}.tar{ext}");
         assert!(store.object_file(&key).is_file(), "{key}");
     }
+    let parts = fs::read_dir(store.object_file(&format!("basebackups_005/{name}/tar_partitions")))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().starts_with("part_"))
+        })
+        .count();
+    if tar_size == "1048576" {
+        assert!(
+            parts > 3,
+            "a 1 MiB threshold splits the data: {parts} parts"
+        );
+    }
+    // GNU tar reads what we wrote, members named as WAL-G names them.
+    for (tar, members) in [
+        ("pg_control", "/global/pg_control\n"),
+        ("backup_label", "backup_label\ntablespace_map\n"),
+    ] {
+        let key = format!("basebackups_005/{name}/tar_partitions/{tar}.tar{ext}");
+        let out = store
+            .walden()
+            .envs(codec.clone())
+            .args(["st", "cat", "--decrypt", "--decompress", &key])
+            .run();
+        out.assert_ok();
+        let raw = TempDir::new("backup-tar");
+        let file = raw.join("t.tar");
+        fs::write(&file, &out.stdout).unwrap();
+        let list = std::process::Command::new("tar")
+            .arg("-tf")
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(list.status.success(), "{list:?}");
+        assert_eq!(String::from_utf8_lossy(&list.stdout), members, "{key}");
+    }
 
     let restored_dir = TempDir::new("backup-restored");
     let data = restored_dir.join("data");
@@ -106,6 +142,11 @@ fn backup_under_load_and_restore(store: Store, method: &str, encrypted: bool, ta
     restored.wait_for_promotion(Duration::from_secs(120));
     assert_eq!(restored.psql(ROWS), expected, "{}", restored.log_tail());
     assert_eq!(restored.psql("SELECT note FROM marker"), "after the backup");
+    let log = fs::read_to_string(restored.log_path()).unwrap();
+    assert!(
+        log.contains("restored log file"),
+        "replayed from the archive:\n{log}"
+    );
 }
 
 #[test]
