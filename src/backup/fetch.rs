@@ -84,7 +84,7 @@ fn resolve(storage: &Arc<dyn Storage>, wanted: &str) -> Result<String> {
                     let t = o.modified.unwrap_or(SystemTime::UNIX_EPOCH);
                     // `>=`: among equal times the later listed wins, as
                     // WAL-G's stable sort then "take the last" does.
-                    if !name.contains('/') && newest.as_ref().is_none_or(|(n, _)| t >= *n) {
+                    if layout::valid_name(name) && newest.as_ref().is_none_or(|(n, _)| t >= *n) {
                         newest = Some((t, name.to_string()));
                     }
                 }

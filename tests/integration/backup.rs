@@ -321,3 +321,68 @@ fn backup_push_refuses_bad_user_data_before_uploading() {
         "nothing uploaded"
     );
 }
+
+/// A backup-push killed (SIGKILL) while uploading leaves no sentinel: the
+/// backup does not exist, LATEST is unaffected, and the next push works.
+#[test]
+fn backup_push_killed_leaves_no_backup() {
+    let store = Store::fs();
+    let mut pg = archiving_cluster(&store, &codec_env("zstd", false));
+    pg.pgbench_init(10);
+    let push = || {
+        store
+            .walden()
+            .envs(pg.env())
+            .env("WALG_COMPRESSION_METHOD", "zstd")
+            .env("WALG_TAR_SIZE_THRESHOLD", "1048576")
+            .arg("backup-push")
+    };
+    let running = push().spawn();
+    let base = store.object_file("basebackups_005");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let parts = |dir: &std::path::Path| fs::read_dir(dir).map_or(0, |d| d.count());
+    loop {
+        let dirs: Vec<_> = fs::read_dir(&base)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.path().join("tar_partitions"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if dirs.iter().any(|d| parts(d) >= 2) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no partition appeared"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    running.signal(SIGKILL);
+    let out = running.wait(Duration::from_secs(30));
+    assert_ne!(out.code, 0, "killed: {}", out.dump());
+    let sentinels: Vec<_> = fs::read_dir(&base)
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .ends_with("_backup_stop_sentinel.json")
+        })
+        .collect();
+    assert!(sentinels.is_empty(), "no sentinel after a kill");
+    let out = store
+        .walden()
+        .arg("backup-fetch")
+        .arg(TempDir::new("backup-killed").join("d"))
+        .arg("LATEST")
+        .run();
+    out.assert_code(1);
+    assert!(out.stderr.contains("no backups found"), "{}", out.dump());
+    // PostgreSQL ended the killed session's backup; a new one succeeds.
+    push().run().assert_ok();
+    pg.stop();
+}
+
+/// Not catchable: nothing of walden's clean-up runs.
+const SIGKILL: i32 = 9;
