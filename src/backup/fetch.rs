@@ -45,6 +45,12 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
              restore it with WAL-G for now"
         )));
     }
+    if let Some(base) = sentinel::delta_from(&sentinel) {
+        return Err(Error::Other(format!(
+            "backup {name} is a delta backup (taken against {base}), and restoring delta backups is not built yet in walden; \
+             restore it with WAL-G for now"
+        )));
+    }
     let tars = tar_keys(&storage, &name)?;
     let dest = prepare_dest(&dest)?;
     log::info!("Restoring backup {name} into '{}'", dest.display());

@@ -292,6 +292,24 @@ fn backup_fetch_refuses_bad_input() {
     out.assert_code(1);
     assert!(out.stderr.contains("is not empty"), "{}", out.dump());
 
+    // A delta backup (WAL-G's DeltaFrom) is refused, not restored as if full.
+    let delta = "base_00000001000000000000000B_D_000000010000000000000002";
+    store.put_raw(
+        scratch.path(),
+        &format!("basebackups_005/{delta}_backup_stop_sentinel.json"),
+        br#"{"LSN":1,"DeltaLSN":1,"DeltaFrom":"base_000000010000000000000002","DeltaFullName":"base_000000010000000000000002","DeltaCount":1}"#,
+    );
+    let out = store
+        .walden()
+        .envs(none)
+        .arg("backup-fetch")
+        .arg(scratch.join("d5"))
+        .arg(delta)
+        .run();
+    out.assert_code(1);
+    assert!(out.stderr.contains("delta backup"), "{}", out.dump());
+    assert!(!scratch.join("d5").exists());
+
     // Unknown name.
     let out = store
         .walden()
