@@ -55,6 +55,22 @@ pub fn link_stays_inside(rel: &Path, target: &[u8]) -> bool {
     true
 }
 
+/// Remembers whether the stream ever reported its end.
+pub struct EofWatch {
+    inner: Box<dyn Read + Send>,
+    eof: bool,
+}
+
+impl Read for EofWatch {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            self.eof = true;
+        }
+        Ok(n)
+    }
+}
+
 pub struct Extractor<'a> {
     pub dest: &'a Path,
     pub fsync: bool,
@@ -83,7 +99,10 @@ impl Extractor<'_> {
     /// follow the end of the archive (WAL-G's check; it also makes the
     /// decoders read, and verify, their trailers).
     pub fn extract(&self, source: Box<dyn Read + Send>) -> Result<()> {
-        let mut archive = tar::Archive::new(source);
+        let mut archive = tar::Archive::new(EofWatch {
+            inner: source,
+            eof: false,
+        });
         {
             let entries = archive.entries().map_err(|e| self.damaged(e))?;
             for entry in entries {
@@ -92,6 +111,16 @@ impl Extractor<'_> {
             }
         }
         let mut rest = archive.into_inner();
+        // The tar crate ends quietly when the stream ends between members;
+        // only a zero block (read without reaching the end) marks a whole
+        // archive. Without it the object was cut short (compression `none`
+        // and no encryption have no trailer of their own to tell).
+        if rest.eof {
+            return Err(Error::Other(format!(
+                "object '{}' is truncated: its tar archive has no end marker",
+                self.key
+            )));
+        }
         let mut buf = vec![0u8; 64 << 10];
         loop {
             let n = match rest.read(&mut buf) {
@@ -109,7 +138,7 @@ impl Extractor<'_> {
         }
     }
 
-    fn member(&self, mut entry: tar::Entry<'_, Box<dyn Read + Send>>) -> Result<()> {
+    fn member(&self, mut entry: tar::Entry<'_, EofWatch>) -> Result<()> {
         let name = entry.path_bytes().into_owned();
         let rel = safe_relative(&name).map_err(|why| self.refuse(&name, why))?;
         let kind = entry.header().entry_type();
@@ -136,8 +165,9 @@ impl Extractor<'_> {
                     .map_err(|e| self.local(&path, e))
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
+                let size = entry.size();
                 let mut file = self.create(&name, &path)?;
-                io::copy(&mut entry, &mut file).map_err(|e| {
+                let copied = io::copy(&mut entry, &mut file).map_err(|e| {
                     Error::Other(format!(
                         "extracting '{}' from '{}' to '{}': {e}",
                         String::from_utf8_lossy(&name),
@@ -145,6 +175,13 @@ impl Extractor<'_> {
                         path.display()
                     ))
                 })?;
+                if copied != size {
+                    return Err(Error::Other(format!(
+                        "object '{}' is truncated: member '{}' has {copied} of its {size} bytes",
+                        self.key,
+                        String::from_utf8_lossy(&name)
+                    )));
+                }
                 file.set_permissions(fs::Permissions::from_mode(mode))
                     .map_err(|e| self.local(&path, e))?;
                 if self.fsync {
@@ -348,6 +385,19 @@ mod tests {
             assert!(e.contains("outside the destination"), "{e}");
         }
         assert!(!root.join("evil").exists());
+        // A tar cut between members, or inside one, is an error.
+        let whole = tar_with(&[
+            ("/a", T::Regular, b"1", ""),
+            ("/b", T::Regular, &[7u8; 700], ""),
+        ]);
+        for cut in [512 + 512, 512 + 512 + 512 + 100, 0] {
+            let e = run(whole[..cut].to_vec(), &dest).unwrap_err().to_string();
+            assert!(
+                e.contains("truncated") || e.contains("damaged"),
+                "{cut}: {e}"
+            );
+        }
+        run(whole, &dest).unwrap();
         // Garbage after the archive is an error.
         let mut t = tar_with(&[("/ok", T::Regular, b"y", "")]);
         t.extend_from_slice(b"junk");
