@@ -85,7 +85,7 @@ fn resolve(storage: &Arc<dyn Storage>, wanted: &str) -> Result<String> {
         let mut newest: Option<(SystemTime, String)> = None;
         storage.list(layout::BASEBACKUPS, false, &mut |e| {
             if let Entry::Object(o) = e {
-                let base = &o.key[layout::BASEBACKUPS.len().min(o.key.len())..];
+                let base = o.key.strip_prefix(layout::BASEBACKUPS).unwrap_or("");
                 if let Some(name) = base.strip_suffix(layout::SENTINEL_SUFFIX) {
                     let t = o.modified.unwrap_or(SystemTime::UNIX_EPOCH);
                     // `>=`: among equal times the later listed wins, as
