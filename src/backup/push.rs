@@ -288,6 +288,7 @@ struct Server {
     system_identifier: Option<u64>,
     in_recovery: bool,
     wal_segment_bytes: u64,
+    archive_mode: String,
 }
 
 impl Server {
@@ -296,7 +297,8 @@ impl Server {
             "SELECT current_setting('server_version_num'), current_setting('data_directory'), \
                     (SELECT system_identifier FROM pg_control_system())::text, \
                     pg_is_in_recovery(), \
-                    current_setting('wal_segment_size', true)",
+                    current_setting('wal_segment_size', true), \
+                    current_setting('archive_mode')",
         )?;
         let row = rows
             .first()
@@ -310,12 +312,14 @@ impl Server {
             .map(|n| n as u64);
         let in_recovery = row.get_bool(3)?.unwrap_or(false);
         let wal_segment_bytes = parse_size(row.get_str(4)?.unwrap_or(""));
+        let archive_mode = row.get_str(5)?.unwrap_or("").to_string();
         Ok(Server {
             version,
             data_dir: data_dir.canonicalize().unwrap_or(data_dir),
             system_identifier,
             in_recovery,
             wal_segment_bytes,
+            archive_mode,
         })
     }
 
@@ -347,6 +351,15 @@ impl Server {
                 self.wal_segment_bytes,
                 self.wal_segment_bytes >> 20
             )));
+        }
+        if !matches!(self.archive_mode.as_str(), "on" | "always") {
+            // WAL-G warns too: the backup is taken, but restoring it needs
+            // the WAL from its start to its end from somewhere else.
+            log::warn!(
+                "archive_mode is '{}': this backup can only be restored with the WAL written during it, \
+                 which is not being archived; set archive_mode = on and archive_command = 'walden wal-push %p'",
+                self.archive_mode
+            );
         }
         Ok(())
     }
