@@ -1,9 +1,11 @@
-//! The PGDATA walk of a local backup: entries in lexical order (Go's
-//! `filepath.Walk`, which WAL-G uses), symlinks not followed, WAL-G's
+//! The PGDATA walk of a local backup: symlinks not followed, WAL-G's
 //! exclusions by base name at any depth (spec §8.1).
 //!
-//! Memory: one sorted name list per directory on the current path, never
-//! the whole tree.
+//! Memory: one open directory handle per level of the current path, never
+//! a list of names. So entries come in the file system's order, not
+//! sorted as Go's `filepath.Walk` gives them to WAL-G: nothing reads the
+//! order, and sorting would hold a whole directory's names (a database
+//! directory can have millions of files).
 
 use std::fs::{self, Metadata};
 use std::io;
@@ -67,18 +69,17 @@ fn walk_dir(
     f: &mut dyn FnMut(Entry) -> Result<()>,
 ) -> Result<()> {
     let dir = root.join(rel_dir);
-    let mut names: Vec<_> = match fs::read_dir(&dir) {
-        Ok(it) => it
-            .map(|e| e.map(|e| e.file_name()))
-            .collect::<io::Result<_>>()
-            .map_err(|e| Error::io(format!("listing '{}'", dir.display()), e))?,
+    let entries = match fs::read_dir(&dir) {
+        Ok(it) => it,
         Err(e) if e.kind() == io::ErrorKind::NotFound && !rel_dir.as_os_str().is_empty() => {
             return Ok(())
         }
         Err(e) => return Err(Error::io(format!("listing '{}'", dir.display()), e)),
     };
-    names.sort();
-    for name in names {
+    for entry in entries {
+        let name = entry
+            .map_err(|e| Error::io(format!("listing '{}'", dir.display()), e))?
+            .file_name();
         let rel = rel_dir.join(&name);
         let path = root.join(&rel);
         let meta = match fs::symlink_metadata(&path) {
@@ -170,18 +171,22 @@ mod tests {
             Ok(())
         })
         .unwrap();
+        // Parents before their children, whatever the order of siblings.
+        let pos = |s: &str| seen.iter().position(|x| x == s).unwrap();
+        assert!(pos("d base") < pos("d base/1") && pos("d base/1") < pos("f base/1/123"));
+        seen.sort();
         assert_eq!(
             seen,
             [
-                "f PG_VERSION",
                 "d base",
                 "d base/1",
-                "f base/1/123",
                 "d global",
-                "f global/pg_control",
-                "l link",
                 "d pg_replslot",
                 "d pg_wal",
+                "f PG_VERSION",
+                "f base/1/123",
+                "f global/pg_control",
+                "l link",
             ]
         );
         assert!(catalog > 0);
