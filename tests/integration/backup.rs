@@ -187,7 +187,12 @@ fn tar_bytes(entries: &[(&str, &[u8])]) -> Vec<u8> {
 
 #[test]
 fn backup_fetch_refuses_bad_input() {
-    let store = Store::fs();
+    for store in Store::both() {
+        refuses_bad_input(store);
+    }
+}
+
+fn refuses_bad_input(store: Store) {
     let scratch = TempDir::new("backup-bad");
     let none = [("WALG_COMPRESSION_METHOD", "none")];
 
