@@ -15,7 +15,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
 
@@ -422,7 +422,13 @@ struct Tars {
     current: Option<OpenTar>,
     content_total: u64,
     stored: Arc<AtomicU64>,
+    /// For the progress line: a long backup says how far it is every
+    /// [`PROGRESS_EVERY`], a short one never pays for it.
+    name: String,
+    last_report: Instant,
 }
+
+const PROGRESS_EVERY: Duration = Duration::from_secs(30);
 
 impl Tars {
     fn new(storage: Arc<dyn Storage>, codecs: Codecs, name: &str, threshold: u64) -> Tars {
@@ -435,6 +441,8 @@ impl Tars {
             current: None,
             content_total: 0,
             stored: Arc::new(AtomicU64::new(0)),
+            name: name.to_string(),
+            last_report: Instant::now(),
         }
     }
 
@@ -533,6 +541,16 @@ impl Tars {
         open.content += size;
         let full = open.content > threshold;
         self.content_total += size;
+        if self.last_report.elapsed() >= PROGRESS_EVERY {
+            self.last_report = Instant::now();
+            log::info!(
+                "backup {}: {} MiB read, {} MiB stored, partition {}",
+                self.name,
+                self.content_total >> 20,
+                self.stored.load(Ordering::Relaxed) >> 20,
+                self.counter
+            );
+        }
         if full {
             self.close_current()?;
         }
