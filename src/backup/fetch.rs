@@ -31,6 +31,14 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     let (Some(dest), Some(wanted)) = (values.next(), values.next()) else {
         return Err(Error::Usage(format!("usage: {USAGE}")));
     };
+    // Selecting by user data picks a different backup than NAME/LATEST:
+    // ignoring the setting would restore the wrong one.
+    if let Some(v) = settings.get_explicit("WALG_FETCH_TARGET_USER_DATA") {
+        return Err(Error::Other(format!(
+            "WALG_FETCH_TARGET_USER_DATA is set ('{v}') but selecting a backup by user data is not built yet in walden; \
+             unset it and give the backup's name"
+        )));
+    }
     let dest = PathBuf::from(dest);
     let fsync = !settings.bool("WALG_TAR_DISABLE_FSYNC")?;
     let storage = open_storage(settings)?;

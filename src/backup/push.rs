@@ -131,6 +131,20 @@ fn canonical(p: &Path) -> Result<PathBuf> {
 pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     let start_time = sentinel::round_up_micros(SystemTime::now());
     let opts = options(settings, args)?;
+    for delta in [
+        "WALG_DELTA_MAX_STEPS",
+        "WALG_DELTA_FROM_NAME",
+        "WALG_DELTA_FROM_USER_DATA",
+    ] {
+        if settings
+            .get_explicit(delta)
+            .is_some_and(|v| v.trim() != "0")
+        {
+            log::warn!(
+                "{delta} is set, but walden takes only full backups for now: this one is full"
+            );
+        }
+    }
     let storage = open_storage(settings)?;
     let codecs = codecs(settings)?;
     let pgdata = canonical(&opts.pgdata)?;

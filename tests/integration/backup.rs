@@ -315,6 +315,22 @@ fn refuses_bad_input(store: Store) {
     assert!(out.stderr.contains("delta backup"), "{}", out.dump());
     assert!(!scratch.join("d5").exists());
 
+    // Selecting by user data is not built: refused, not ignored.
+    let out = store
+        .walden()
+        .envs(none)
+        .env("WALG_FETCH_TARGET_USER_DATA", r#"{"x":1}"#)
+        .arg("backup-fetch")
+        .arg(scratch.join("d6"))
+        .arg("LATEST")
+        .run();
+    out.assert_code(1);
+    assert!(
+        out.stderr.contains("WALG_FETCH_TARGET_USER_DATA"),
+        "{}",
+        out.dump()
+    );
+
     // Unknown name.
     let out = store
         .walden()
