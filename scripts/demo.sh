@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The demo: a throwaway PostgreSQL 15 archives its WAL through
-# `walden wal-push` into a local directory; a base backup of it (taken with
-# pg_basebackup until walden's backup-push exists) is restored and replayed
-# through `walden wal-fetch`; the rows are compared. Everything lives in a
-# temp dir that is removed at the end.
+# `walden wal-push` into a local directory and is backed up with
+# `walden backup-push` while pgbench writes; a restore point is made, then
+# more writes; `walden backup-fetch` restores the backup, which replays
+# through `walden wal-fetch` up to the restore point; the rows are compared
+# with those noted at that point. Everything lives in a temp dir that is
+# removed at the end.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/install-deps.sh
@@ -40,9 +42,22 @@ as_pg env WALG_FILE_PREFIX="$WALG_FILE_PREFIX" WALG_COMPRESSION_METHOD=zstd \
     "$PGBIN/pg_ctl" -D "$work/primary" -l "$work/primary.log" -w start >/dev/null
 psql_p() { psql -X -A -t -h "$work" -p "$port" -U postgres -d postgres -c "$1"; }
 pgbench -i -q -s 10 -h "$work" -p "$port" -U postgres postgres 2>/dev/null
-as_pg "$PGBIN/pg_basebackup" -h "$work" -p "$port" -U postgres -X none -c fast -D "$work/restored"
+pgenv=(env WALG_FILE_PREFIX="$WALG_FILE_PREFIX" WALG_COMPRESSION_METHOD=zstd
+       PGHOST="$work" PGPORT="$port" PGUSER=postgres PGDATABASE=postgres)
+
+echo "== backup-push while pgbench writes"
+pgbench -n -T 5 -c 2 -h "$work" -p "$port" -U postgres postgres >/dev/null 2>&1 &
+bench=$!
+as_pg "${pgenv[@]}" "$work/walden" backup-push "$work/primary" 2>&1 | sed "s/^/   /"
+wait "$bench"
+"$work/walden" st ls basebackups_005/ | tail -n +2 | awk '{print "     " $NF}'
+
+echo "== more writes, a restore point, then writes that the restore must not show"
 pgbench -n -t 2000 -c 2 -h "$work" -p "$port" -U postgres postgres >/dev/null
 expected=$(psql_p "SELECT count(*) || ' rows, balance ' || sum(abalance) FROM pgbench_accounts")
+psql_p "SELECT pg_create_restore_point('demo')" >/dev/null
+psql_p "UPDATE pgbench_accounts SET abalance = abalance + 1000 WHERE aid <= 50000" >/dev/null
+after=$(psql_p "SELECT count(*) || ' rows, balance ' || sum(abalance) FROM pgbench_accounts")
 last=$(psql_p "SELECT pg_walfile_name(pg_switch_wal())")
 until [ "$(psql_p "SELECT coalesce(last_archived_wal,'') >= '$last' FROM pg_stat_archiver")" = t ]; do sleep 0.2; done
 as_pg "$PGBIN/pg_ctl" -D "$work/primary" -m fast stop >/dev/null
@@ -50,18 +65,24 @@ echo "   archived up to $last; storage holds:"
 "$work/walden" st ls wal_005/ | tail -n +2 | awk '{print "     " $NF}' | head -5
 echo "     ... $("$work/walden" st ls wal_005/ | tail -n +2 | wc -l) objects"
 
+echo "== backup-fetch LATEST into a new data directory"
+as_pg "${pgenv[@]}" "$work/walden" backup-fetch "$work/restored" LATEST
+
 echo "== restoring with: restore_command = '$work/walden wal-fetch %f %p'"
 cat >> "$work/restored/postgresql.conf" <<CONF
 port = $port
 archive_mode = off
 restore_command = '$work/walden wal-fetch %f %p'
+recovery_target_name = 'demo'
+recovery_target_action = 'promote'
 CONF
 touch "$work/restored/recovery.signal"
 as_pg env WALG_FILE_PREFIX="$WALG_FILE_PREFIX" WALG_COMPRESSION_METHOD=zstd \
     "$PGBIN/pg_ctl" -D "$work/restored" -l "$work/restored.log" -w -t 300 start >/dev/null
 until [ "$(psql_p "SELECT pg_is_in_recovery()")" = f ]; do sleep 0.2; done
 got=$(psql_p "SELECT count(*) || ' rows, balance ' || sum(abalance) FROM pgbench_accounts")
-echo "   primary:  $expected"
-echo "   restored: $got"
+echo "   primary at the restore point: $expected"
+echo "   primary at the end:           $after"
+echo "   restored to the restore point: $got"
 echo "   WAL files replayed from the archive: $(grep -c 'restored log file' "$work/restored.log")"
 [ "$got" = "$expected" ] && echo "== demo OK" || { echo "== demo FAILED"; exit 1; }
