@@ -137,12 +137,12 @@ impl Settings {
         })
     }
 
-    /// Settings with `file` as the config file's content (for tests).
+    /// Settings with `pairs` as the config file's content (for tests).
     #[cfg(test)]
-    pub fn from_map(file: HashMap<String, String>) -> Settings {
+    pub fn from_pairs(pairs: &[(&str, &str)]) -> Settings {
         let mut section = Section::default();
-        for (k, v) in file {
-            let _ = section.insert(&k, Value::Scalar(v));
+        for (k, v) in pairs {
+            let _ = section.insert(k, Value::Scalar(v.to_string()));
         }
         Settings::from_section(section)
     }
@@ -392,12 +392,7 @@ mod tests {
     use super::*;
 
     fn settings(pairs: &[(&str, &str)]) -> Settings {
-        Settings::from_map(
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
+        Settings::from_pairs(pairs)
     }
 
     #[test]

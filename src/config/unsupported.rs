@@ -83,12 +83,7 @@ mod tests {
     use crate::config::value::{Section, Value};
 
     fn file(pairs: &[(&str, &str)]) -> Settings {
-        Settings::from_map(
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
+        Settings::from_pairs(pairs)
     }
 
     #[test]

@@ -221,17 +221,12 @@ mod tests {
     }
 
     fn s3_settings(endpoint: &str) -> Settings {
-        Settings::from_map(
-            [
-                ("WALG_S3_PREFIX", "s3://bucket/p"),
-                ("AWS_ACCESS_KEY_ID", "id"),
-                ("AWS_SECRET_ACCESS_KEY", "key"),
-                ("AWS_ENDPOINT", endpoint),
-            ]
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        )
+        Settings::from_pairs(&[
+            ("WALG_S3_PREFIX", "s3://bucket/p"),
+            ("AWS_ACCESS_KEY_ID", "id"),
+            ("AWS_SECRET_ACCESS_KEY", "key"),
+            ("AWS_ENDPOINT", endpoint),
+        ])
     }
 
     #[test]

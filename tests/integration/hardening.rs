@@ -23,6 +23,16 @@ fn wait_for(what: &str, mut found: impl FnMut() -> bool) {
     }
 }
 
+/// `wal-fetch NAME DEST` without prefetch: the tests look at DEST's
+/// directory, where a prefetcher would add its cache.
+fn wal_fetch(walden: Walden, name: &str, dest: &Path) -> crate::harness::Output {
+    walden
+        .env("WALG_DOWNLOAD_CONCURRENCY", "1")
+        .args(["wal-fetch", name])
+        .arg(dest)
+        .run()
+}
+
 /// Every file under `dir`, recursively, as paths relative to it.
 fn files_under(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
@@ -90,22 +100,20 @@ fn a_background_upload_never_replaces_a_different_history_file() {
 #[test]
 fn a_missing_storage_directory_is_an_error_not_the_end_of_wal() {
     let tmp = TempDir::new("noroot");
-    let out = Walden::new()
-        .env("WALG_FILE_PREFIX", tmp.join("unmounted/share"))
-        .args(["wal-fetch", SEG1])
-        .arg(tmp.join("dest"))
-        .env("WALG_DOWNLOAD_CONCURRENCY", "1")
-        .run();
+    let out = wal_fetch(
+        Walden::new().env("WALG_FILE_PREFIX", tmp.join("unmounted/share")),
+        SEG1,
+        &tmp.join("dest"),
+    );
     assert_eq!(out.code, 1, "exit 74 would end recovery: {}", out.dump());
     assert!(out.stderr.contains("unmounted/share"), "{}", out.stderr);
     // With the directory there, a missing segment is exit 74 as in WAL-G.
     fs::create_dir_all(tmp.join("unmounted/share")).unwrap();
-    let out = Walden::new()
-        .env("WALG_FILE_PREFIX", tmp.join("unmounted/share"))
-        .args(["wal-fetch", SEG1])
-        .arg(tmp.join("dest"))
-        .env("WALG_DOWNLOAD_CONCURRENCY", "1")
-        .run();
+    let out = wal_fetch(
+        Walden::new().env("WALG_FILE_PREFIX", tmp.join("unmounted/share")),
+        SEG1,
+        &tmp.join("dest"),
+    );
     assert_eq!(out.code, 74, "{}", out.dump());
 }
 
@@ -118,12 +126,7 @@ fn a_failed_rename_leaves_no_temp_file_beside_dest() {
     let target = TempDir::new("rename-target");
     let dest = target.join("RECOVERYXLOG");
     fs::create_dir_all(dest.join("not-empty")).unwrap();
-    let out = store
-        .walden()
-        .env("WALG_DOWNLOAD_CONCURRENCY", "1")
-        .args(["wal-fetch", SEG1])
-        .arg(&dest)
-        .run();
+    let out = wal_fetch(store.walden(), SEG1, &dest);
     assert_eq!(out.code, 1, "{}", out.dump());
     assert_eq!(
         files_under(target.path()),
@@ -250,12 +253,7 @@ fn decompression_bombs_are_refused() {
     let stored = store.object_file(&format!("{key}.lzma"));
     assert!(fs::metadata(&stored).unwrap().len() < 1 << 20);
     let dest = scratch.join("RECOVERYXLOG");
-    let out = store
-        .walden()
-        .env("WALG_DOWNLOAD_CONCURRENCY", "1")
-        .args(["wal-fetch", SEG1])
-        .arg(&dest)
-        .run();
+    let out = wal_fetch(store.walden(), SEG1, &dest);
     assert_eq!(out.code, 1, "{}", out.dump());
     assert!(
         out.stderr.contains("more than a WAL segment"),
@@ -283,13 +281,11 @@ fn a_short_segment_is_refused() {
     let half = vec![0x10u8; WAL_SIZE / 2];
     store.put_raw(scratch.path(), &format!("wal_005/{SEG1}"), &half);
     let dest = scratch.join("RECOVERYXLOG");
-    let out = store
-        .walden()
-        .env("WALG_COMPRESSION_METHOD", "none")
-        .env("WALG_DOWNLOAD_CONCURRENCY", "1")
-        .args(["wal-fetch", SEG1])
-        .arg(&dest)
-        .run();
+    let out = wal_fetch(
+        store.walden().env("WALG_COMPRESSION_METHOD", "none"),
+        SEG1,
+        &dest,
+    );
     assert_eq!(out.code, 1, "{}", out.dump());
     assert!(
         out.stderr.contains("not a whole WAL segment"),
