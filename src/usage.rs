@@ -89,7 +89,7 @@ walden st cat PATH [--decrypt] [--decompress]\n\
 walden st rm PATH\n\
 walden st check read [PATH...] | write\n\n\
   ls     list objects under PATH (recursively with -r): type, size, time, name;\n\
-         -a adds the temp objects of writes that never finished (type tmp)\n\
+         -a adds what killed writes left: temp objects, unfinished S3 uploads (tmp)\n\
   get    download PATH to DEST, decrypting and decompressing by its extension\n\
   put    upload SRC as PATH plus the compression extension (.lz4 by default)\n\
   cat    write PATH to stdout, raw unless --decrypt/--decompress\n\

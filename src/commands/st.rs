@@ -135,9 +135,9 @@ fn ls(settings: &Settings, path: &str, recursive: bool, all: bool) -> Result<()>
         Ok(())
     })?;
     if all {
-        // Temp objects of writes that never finished (a killed process):
-        // hidden from every other listing, shown here so they can be found
-        // and removed with `st rm`.
+        // What writes that never finished (a killed process) left: temp
+        // objects, unfinished multipart uploads. Hidden from every other
+        // listing, shown here so they can be found and removed with `st rm`.
         storage.list_leftovers(&prefix, &mut |o| {
             out.line("tmp", o.size, o.modified, &relative(&o.key));
             Ok(())
@@ -286,8 +286,16 @@ fn rm(settings: &Settings, path: &str) -> Result<()> {
         Entry::Object(o) => batch.add(o.key),
         Entry::Dir(_) => Ok(()),
     })?;
-    storage.list_leftovers(&prefix, &mut |o| batch.add(o.key))?;
-    let count = batch.finish()?;
+    let mut aborted = 0;
+    storage.list_leftovers(&prefix, &mut |l| match &l.upload_id {
+        Some(id) => {
+            storage.abort_multipart(&l.key, id)?;
+            aborted += 1;
+            Ok(())
+        }
+        None => batch.add(l.key),
+    })?;
+    let count = batch.finish()? + aborted;
     if count == 0 {
         return Err(Error::Other(format!(
             "nothing to delete: '{key}' is not in storage"

@@ -9,7 +9,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Component, Path, PathBuf};
 use std::time::SystemTime;
 
-use super::{Entry, ErrorKind, ObjectInfo, Result, Storage, StorageError};
+use super::{Entry, ErrorKind, Leftover, ObjectInfo, Result, Storage, StorageError};
 use crate::cleanup;
 use crate::localfile::{create_exclusive, random_suffix};
 
@@ -217,14 +217,19 @@ impl Storage for FsStorage {
     fn list_leftovers(
         &self,
         prefix: &str,
-        f: &mut dyn FnMut(ObjectInfo) -> Result<()>,
+        f: &mut dyn FnMut(Leftover) -> Result<()>,
     ) -> Result<()> {
         let (dir_key, name_prefix) = match prefix.rfind('/') {
             Some(i) => (&prefix[..=i], &prefix[i + 1..]),
             None => ("", prefix),
         };
         self.walk(dir_key, name_prefix, true, true, &mut |entry| match entry {
-            Entry::Object(o) => f(o),
+            Entry::Object(o) => f(Leftover {
+                key: o.key,
+                size: o.size,
+                modified: o.modified,
+                upload_id: None,
+            }),
             Entry::Dir(_) => Ok(()),
         })
     }

@@ -32,6 +32,18 @@ pub struct ObjectInfo {
     pub modified: Option<SystemTime>,
 }
 
+/// What a write killed midway left behind: a temp object (filesystem) or
+/// an unfinished multipart upload (S3). Neither shows in a listing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Leftover {
+    pub key: String,
+    pub size: u64,
+    pub modified: Option<SystemTime>,
+    /// The multipart upload to abort (S3); `None` for a temp object,
+    /// which [`Storage::delete`] removes.
+    pub upload_id: Option<String>,
+}
+
 /// Whether an error is worth retrying decides the retry layer's behaviour.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
@@ -135,13 +147,13 @@ pub trait Storage: Send + Sync {
     /// being uploaded).
     fn parts_in_flight(&self) -> usize;
 
-    /// Temp objects that unfinished writes (killed processes) left under
-    /// `prefix`, recursively; they never show in [`Storage::list`]. Only
-    /// storages that write through visible temp objects have any.
+    /// What unfinished writes (killed processes) left under `prefix`,
+    /// recursively: temp objects, unfinished multipart uploads. They never
+    /// show in [`Storage::list`].
     fn list_leftovers(
         &self,
         _prefix: &str,
-        _f: &mut dyn FnMut(ObjectInfo) -> Result<()>,
+        _f: &mut dyn FnMut(Leftover) -> Result<()>,
     ) -> Result<()> {
         Ok(())
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::thread::sleep;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::{Entry, ErrorKind, ObjectInfo, Result, Storage};
+use super::{Entry, ErrorKind, Leftover, ObjectInfo, Result, Storage};
 
 pub struct Retrying {
     inner: Arc<dyn Storage>,
@@ -151,8 +151,10 @@ impl Storage for Retrying {
     fn list_leftovers(
         &self,
         prefix: &str,
-        f: &mut dyn FnMut(ObjectInfo) -> Result<()>,
+        f: &mut dyn FnMut(Leftover) -> Result<()>,
     ) -> Result<()> {
+        // Not retried: a retry would report entries twice, and this is
+        // only ever an operator's `st ls -a` / `st rm`, who can rerun it.
         self.inner.list_leftovers(prefix, f)
     }
 

@@ -234,6 +234,54 @@ fn leftovers_of_killed_uploads_are_listed_with_a_and_removed_with_their_folder()
     assert_eq!(files_under(&store.object_file("")), Vec::<String>::new());
 }
 
+/// On S3 a killed upload is an unfinished multipart upload: invisible in
+/// listings, holding storage until aborted.
+#[test]
+fn unfinished_s3_multipart_uploads_are_listed_with_a_and_aborted_by_rm() {
+    let store = Store::s3();
+    let scratch = TempDir::new("scratch");
+    store.put_raw(scratch.path(), "big/kept", b"x");
+    let mut put = store
+        .walden()
+        .env("WALG_COMPRESSION_METHOD", "none")
+        .env("S3_MAX_PART_SIZE", (5 << 20).to_string())
+        .args(["st", "put", "-s", "big/object"])
+        .stdin_bytes(Vec::new())
+        .spawn();
+    let chunk = vec![3u8; 1 << 20];
+    for _ in 0..12 {
+        put.stdin().write_all(&chunk).unwrap();
+    }
+    put.stdin().flush().unwrap();
+    let tmp_lines = || {
+        let all = store.walden().args(["st", "ls", "-r", "-a"]).run();
+        all.assert_ok();
+        all.stdout_str()
+            .lines()
+            .filter(|l| l.starts_with("tmp\t"))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    wait_for("the unfinished upload in `st ls -a`", || {
+        tmp_lines().iter().any(|l| l.ends_with("\tbig/object"))
+    });
+    put.signal(SIGKILL);
+    put.wait(Duration::from_secs(30));
+    assert_eq!(tmp_lines().len(), 1, "{:?}", tmp_lines());
+    let plain = store.walden().args(["st", "ls", "-r"]).run();
+    assert!(
+        !plain.stdout_str().contains("big/object"),
+        "{}",
+        plain.dump()
+    );
+
+    let rm = store.walden().args(["st", "rm", "big"]).run();
+    rm.assert_ok();
+    assert_eq!(tmp_lines(), Vec::<String>::new(), "the upload was aborted");
+    let after = store.walden().args(["st", "ls", "-r"]).run();
+    assert!(!after.stdout_str().contains("big/kept"), "{}", after.dump());
+}
+
 #[test]
 fn decompression_bombs_are_refused() {
     let store = Store::fs();

@@ -1,6 +1,6 @@
 //! ListObjectsV2, page by page, handing each entry on as it arrives.
 
-use crate::storage::{Entry, ErrorKind, ObjectInfo, Result, StorageError};
+use crate::storage::{Entry, ErrorKind, Leftover, ObjectInfo, Result, StorageError};
 
 use super::client::{self, Call};
 use super::xml;
@@ -95,6 +95,72 @@ impl S3Storage {
 }
 
 impl S3Storage {
+    /// ListMultipartUploads under `prefix`: the uploads that processes
+    /// killed before completing or aborting them left behind. They hold
+    /// storage (and cost money) without being objects.
+    pub(super) fn list_uploads(
+        &self,
+        prefix: &str,
+        f: &mut dyn FnMut(Leftover) -> Result<()>,
+    ) -> Result<()> {
+        let full_prefix = self.object_key(prefix);
+        let mut markers: Option<(String, String)> = None;
+        loop {
+            let mut query = vec![
+                ("uploads".to_string(), String::new()),
+                ("prefix".to_string(), full_prefix.clone()),
+            ];
+            if let Some((key, id)) = &markers {
+                query.push(("key-marker".to_string(), key.clone()));
+                query.push(("upload-id-marker".to_string(), id.clone()));
+            }
+            let call = Call {
+                op: "list_uploads",
+                method: "GET",
+                object: "",
+                key: prefix,
+                query,
+                headers: Vec::new(),
+                body: None,
+            };
+            let resp = self.client.send_ok(&call)?;
+            let body = client::read_body(call.op, prefix, resp)?;
+            let page = xml::parse_uploads(&body).map_err(|e| {
+                StorageError::new(
+                    ErrorKind::Permanent,
+                    call.op,
+                    prefix,
+                    format!("unreadable ListMultipartUploads answer: {e}"),
+                )
+            })?;
+            for upload in page.uploads {
+                let rel = self.listed_key(prefix, &full_prefix, &upload.key)?;
+                f(Leftover {
+                    key: rel.to_string(),
+                    size: 0,
+                    modified: upload.initiated,
+                    upload_id: Some(upload.upload_id),
+                })?;
+            }
+            if !page.is_truncated {
+                return Ok(());
+            }
+            let next = (
+                page.next_key_marker.unwrap_or_default(),
+                page.next_upload_id_marker.unwrap_or_default(),
+            );
+            if next.0.is_empty() || markers.as_ref() == Some(&next) {
+                return Err(StorageError::new(
+                    ErrorKind::Permanent,
+                    call.op,
+                    prefix,
+                    "truncated ListMultipartUploads answer without new markers",
+                ));
+            }
+            markers = Some(next);
+        }
+    }
+
     /// The key relative to the root for a key or common prefix the server
     /// listed. Callers rely on every entry starting with the prefix they
     /// asked for (they cut it off to print the rest), and S3 only ever

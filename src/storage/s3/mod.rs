@@ -15,7 +15,7 @@ use std::fmt;
 use std::io::Read;
 use std::path::PathBuf;
 
-use super::{Entry, ObjectInfo, Result, Storage};
+use super::{Entry, Leftover, ObjectInfo, Result, Storage};
 
 use client::Client;
 use endpoint::Endpoint;
@@ -209,6 +209,14 @@ impl Storage for S3Storage {
 
     fn delete(&self, keys: &[String]) -> Result<()> {
         self.delete_objects(keys)
+    }
+
+    fn list_leftovers(
+        &self,
+        prefix: &str,
+        f: &mut dyn FnMut(Leftover) -> Result<()>,
+    ) -> Result<()> {
+        self.list_uploads(prefix, f)
     }
 
     fn create_multipart(&self, key: &str) -> Result<String> {

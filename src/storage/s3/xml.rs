@@ -329,6 +329,64 @@ pub fn parse_list(body: &[u8]) -> Result<ListPage, String> {
     Ok(page)
 }
 
+/// One unfinished multipart upload of ListMultipartUploads.
+#[derive(Debug, PartialEq)]
+pub struct ListedUpload {
+    pub key: String,
+    pub upload_id: String,
+    pub initiated: Option<SystemTime>,
+}
+
+/// One page of ListMultipartUploads.
+#[derive(Debug, Default, PartialEq)]
+pub struct UploadsPage {
+    pub uploads: Vec<ListedUpload>,
+    pub is_truncated: bool,
+    pub next_key_marker: Option<String>,
+    pub next_upload_id_marker: Option<String>,
+}
+
+pub fn parse_uploads(body: &[u8]) -> Result<UploadsPage, String> {
+    let root = expect_root(body, "ListMultipartUploadsResult")?;
+    let count = root.children_named("Upload").count();
+    if count > MAX_PAGE_ENTRIES {
+        return Err(format!(
+            "{count} uploads in one page, more than {MAX_PAGE_ENTRIES} (S3 sends at most 1000)"
+        ));
+    }
+    let is_truncated = match root.child_text("IsTruncated") {
+        None => false,
+        Some(t) if t.eq_ignore_ascii_case("false") => false,
+        Some(t) if t.eq_ignore_ascii_case("true") => true,
+        Some(t) => return Err(format!("<IsTruncated> is {t:?}, neither true nor false")),
+    };
+    let marker = |name: &str| {
+        root.child(name)
+            .map(|e| e.text.clone())
+            .filter(|t| !t.is_empty())
+    };
+    let mut page = UploadsPage {
+        is_truncated,
+        next_key_marker: marker("NextKeyMarker"),
+        next_upload_id_marker: marker("NextUploadIdMarker"),
+        ..UploadsPage::default()
+    };
+    for u in root.children_named("Upload") {
+        let key = u.child("Key").ok_or("<Upload> without <Key>")?.text.clone();
+        let upload_id = match u.child_text("UploadId") {
+            Some(id) if !id.is_empty() => id.to_string(),
+            _ => return Err(format!("<Upload> of {key:?} without <UploadId>")),
+        };
+        let initiated = u.child_text("Initiated").and_then(parse_iso8601);
+        page.uploads.push(ListedUpload {
+            key,
+            upload_id,
+            initiated,
+        });
+    }
+    Ok(page)
+}
+
 pub fn parse_upload_id(body: &[u8]) -> Result<String, String> {
     let root = expect_root(body, "InitiateMultipartUploadResult")?;
     match root.child_text("UploadId") {
@@ -389,6 +447,28 @@ pub fn complete_body(parts: &[(u32, String)]) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn multipart_uploads_page() {
+        let body = br#"<?xml version="1.0" encoding="UTF-8"?>
+<ListMultipartUploadsResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">
+  <Bucket>b</Bucket><IsTruncated>true</IsTruncated>
+  <NextKeyMarker>p/k&amp;2</NextKeyMarker><NextUploadIdMarker>id2</NextUploadIdMarker>
+  <Upload><Key>p/k1</Key><UploadId>id1</UploadId><Initiated>2026-12-05T10:00:00.000Z</Initiated></Upload>
+  <Upload><Key>p/k&amp;2</Key><UploadId>id2</UploadId></Upload>
+</ListMultipartUploadsResult>"#;
+        let page = parse_uploads(body).unwrap();
+        assert!(page.is_truncated);
+        assert_eq!(page.next_key_marker.as_deref(), Some("p/k&2"));
+        assert_eq!(page.next_upload_id_marker.as_deref(), Some("id2"));
+        assert_eq!(page.uploads.len(), 2);
+        assert_eq!(page.uploads[1].key, "p/k&2");
+        assert!(page.uploads[0].initiated.is_some());
+        let no_id = b"<ListMultipartUploadsResult><Upload><Key>k</Key></Upload></ListMultipartUploadsResult>";
+        assert!(parse_uploads(no_id)
+            .unwrap_err()
+            .contains("without <UploadId>"));
+    }
+
     use super::*;
     use std::time::{Duration, UNIX_EPOCH};
 
