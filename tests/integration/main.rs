@@ -5,6 +5,7 @@
 mod harness;
 
 mod backup;
+mod backup_catalog;
 mod config;
 mod hardening;
 mod harness_selftest;
