@@ -15,4 +15,5 @@ mod pg_client;
 mod st;
 mod store;
 mod wal;
+mod walg_backup;
 mod walg_compat;
