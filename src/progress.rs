@@ -7,7 +7,7 @@
 //! compare-and-swap decides which caller reports. Cloning shares the
 //! counters, so parallel readers and uploaders feed one reporter.
 
-use std::io::{IsTerminal, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -65,7 +65,7 @@ impl Progress {
         let i = &*self.inner;
         i.done.fetch_add(bytes, Ordering::Relaxed);
         let calls = i.calls.fetch_add(1, Ordering::Relaxed);
-        if bytes < LARGE_ADD && calls % CHECK_EVERY != 0 {
+        if bytes < LARGE_ADD && !calls.is_multiple_of(CHECK_EVERY) {
             return;
         }
         let every = if i.tty { TTY_EVERY } else { LOG_EVERY };
@@ -85,6 +85,15 @@ impl Progress {
             return;
         }
         self.report(Duration::from_millis(now_ms), false);
+    }
+
+    /// `inner`, with every byte read through it counted here: one line
+    /// where a stream is consumed (a tar being extracted).
+    pub fn reader<R: Read>(&self, inner: R) -> ProgressReader<R> {
+        ProgressReader {
+            inner,
+            progress: self.clone(),
+        }
     }
 
     /// Bytes counted so far.
@@ -117,6 +126,19 @@ impl Progress {
         } else {
             log::info!("{text}");
         }
+    }
+}
+
+pub struct ProgressReader<R> {
+    inner: R,
+    progress: Progress,
+}
+
+impl<R: Read> Read for ProgressReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.progress.add(n as u64);
+        Ok(n)
     }
 }
 
@@ -222,6 +244,15 @@ mod tests {
         p.finish();
         p.finish();
         assert!(p.inner.finished.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn reader_counts_what_passes() {
+        let p = Progress::with_output("x", None, false);
+        let mut out = Vec::new();
+        p.reader(&b"hello world"[..]).read_to_end(&mut out).unwrap();
+        assert_eq!(out, b"hello world");
+        assert_eq!(p.done(), 11);
     }
 
     #[test]
