@@ -141,8 +141,13 @@ fn for_people(o: &Map<String, Value>) -> String {
                 None => text(v),
             },
             "system_identifier" if v.is_null() => continue,
+            // Go's zero time: not recorded.
+            "time" | "start_time" | "finish_time" if v == super::gotime::ZERO_JSON => "-".into(),
             _ => text(v),
         };
+        if value.is_empty() {
+            continue;
+        }
         let label = match k {
             "time" => "sentinel_time",
             other => other,
@@ -186,6 +191,8 @@ mod tests {
         o.insert("backup_name".into(), json!("base_x"));
         o.insert("start_lsn".into(), json!(83886120u64));
         o.insert("compressed_size".into(), json!(1536));
+        o.insert("hostname".into(), json!(""));
+        o.insert("finish_time".into(), json!("0001-01-01T00:00:00Z"));
         sentinel_fields(&s, &mut o);
         let text = for_people(&o);
         assert!(
@@ -210,6 +217,8 @@ mod tests {
         );
         assert!(text.contains("tablespaces:             16390\n"), "{text}");
         assert!(text.contains("sentinel_version:        2\n"), "{text}");
+        assert!(text.contains("finish_time:             -\n"), "{text}");
+        assert!(!text.contains("hostname"), "{text}");
         assert_eq!(human_bytes(10), "10 B");
     }
 }
