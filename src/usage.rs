@@ -38,8 +38,24 @@ pub const COMMANDS: &[Command] = &[
         "walden backup-fetch DEST NAME|LATEST\n\n  Restore backup NAME (LATEST: the newest finished one) into DEST, which must\n  not exist or be empty. Members that would land outside DEST are refused.\n  Add recovery.signal and restore_command = 'walden wal-fetch %f %p' to replay.",
         true,
     ),
-    cmd("backup-list", "list base backups", "walden backup-list [--detail] [--json] [--pretty]", false),
-    cmd("backup-mark", "mark a backup permanent or not", "walden backup-mark NAME [-i]", false),
+    cmd(
+        "backup-list",
+        "list base backups",
+        "walden backup-list [--pretty] [--json] [--detail]\n\n  List the finished backups (those with a sentinel), oldest first, in WAL-G's\n  formats: a tab-aligned table, a boxed table with --pretty, a JSON array with\n  --json (indented with --pretty). --detail adds each backup's metadata.json\n  (start and finish time, host, data directory, version, LSNs, permanence)\n  and sorts by start time.",
+        true,
+    ),
+    cmd(
+        "backup-mark",
+        "mark a backup permanent or not",
+        "walden backup-mark NAME [-i|--impermanent]\n\n  Mark backup NAME permanent (delete keeps it), with every base a delta backup\n  depends on. -i marks NAME impermanent again, refused while a permanent delta\n  backup depends on it. Only metadata.json changes, as with WAL-G.",
+        true,
+    ),
+    cmd(
+        "backup-show",
+        "show one backup's sentinel and metadata",
+        "walden backup-show NAME|LATEST [--json]\n\n  Print what the sentinel and metadata.json of backup NAME (LATEST: the newest)\n  record, as aligned 'key: value' lines, or with --json as one JSON object\n  with backup-list --detail --json's keys and the sentinel's own (delta base,\n  tablespaces, files metadata); see walden-backup-show(1).",
+        true,
+    ),
     cmd("delete", "delete old backups and WAL", "walden delete retain|before|everything|target|garbage ...", false),
     cmd("copy", "copy backups between storages", "walden copy --from CONFIG --to CONFIG", false),
     cmd(

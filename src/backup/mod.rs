@@ -1,9 +1,14 @@
 //! Full base backups in WAL-G's layout: `backup-push` (local mode, reading
 //! PGDATA) and `backup-fetch`. See `../shared/spec/walg-backup-format.md`.
 
+pub mod catalog;
 pub mod extract;
 pub mod fetch;
+pub mod gotime;
 pub mod layout;
+pub mod list;
+pub mod mark;
 pub mod push;
 pub mod sentinel;
+pub mod show;
 pub mod walk;

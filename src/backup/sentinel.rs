@@ -30,7 +30,7 @@ pub struct BackupInfo {
 /// `<`, `>`, `&`, U+2028 and U+2029 as `\uXXXX`, which Go adds. Applied
 /// to a whole serialized value it is still correct: those characters
 /// only ever occur inside strings.
-fn go_escape(json: String) -> String {
+pub(crate) fn go_escape(json: String) -> String {
     if !json.contains(['<', '>', '&', '\u{2028}', '\u{2029}']) {
         return json;
     }

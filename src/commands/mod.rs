@@ -27,6 +27,9 @@ pub fn run(command: &str, settings: Settings, args: Vec<OsString>) -> Result<()>
     match command {
         "backup-push" => crate::backup::push::run(&settings, args),
         "backup-fetch" => crate::backup::fetch::run(&settings, args),
+        "backup-list" => crate::backup::list::run(&settings, args),
+        "backup-mark" => crate::backup::mark::run(&settings, args),
+        "backup-show" => crate::backup::show::run(&settings, args),
         "st" => st::run(&settings, args),
         "wal-push" => wal_push::run(&settings, args),
         "wal-fetch" => wal_fetch::run(&settings, args),

@@ -5,6 +5,7 @@
 mod harness;
 
 mod backup;
+mod backup_catalog;
 mod config;
 mod hardening;
 mod harness_selftest;
@@ -14,4 +15,5 @@ mod pg_client;
 mod st;
 mod store;
 mod wal;
+mod walg_backup;
 mod walg_compat;
