@@ -14,6 +14,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::localfile::AtomicFile;
 
 /// The relative path a member name stands for, or why it is refused.
 pub fn safe_relative(name: &[u8]) -> std::result::Result<PathBuf, &'static str> {
@@ -76,6 +77,9 @@ pub struct Extractor<'a> {
     pub fsync: bool,
     /// For messages: the object being extracted.
     pub key: &'a str,
+    /// Write each file under a temp name and rename it into place (for
+    /// `pg_control`: never half a file where PostgreSQL reads it).
+    pub atomic: bool,
 }
 
 impl Extractor<'_> {
@@ -164,6 +168,9 @@ impl Extractor<'_> {
                 fs::set_permissions(&path, fs::Permissions::from_mode(mode))
                     .map_err(|e| self.local(&path, e))
             }
+            tar::EntryType::Regular | tar::EntryType::Continuous if self.atomic => {
+                self.atomic_file(&name, &path, mode, entry.size(), &mut entry)
+            }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 let size = entry.size();
                 let mut file = self.create(&name, &path)?;
@@ -237,6 +244,37 @@ impl Extractor<'_> {
                 String::from_utf8_lossy(&name)
             ))),
         }
+    }
+
+    /// A regular member written under a temp name, made durable, then
+    /// renamed over `path`.
+    fn atomic_file(
+        &self,
+        name: &[u8],
+        path: &Path,
+        mode: u32,
+        size: u64,
+        entry: &mut impl Read,
+    ) -> Result<()> {
+        let mut file = AtomicFile::create(path).map_err(|e| self.local(path, e))?;
+        let copied = io::copy(entry, &mut file).map_err(|e| {
+            Error::Other(format!(
+                "extracting '{}' from '{}' to '{}': {e}",
+                String::from_utf8_lossy(name),
+                self.key,
+                path.display()
+            ))
+        })?;
+        if copied != size {
+            return Err(Error::Other(format!(
+                "object '{}' is truncated: member '{}' has {copied} of its {} bytes",
+                self.key,
+                String::from_utf8_lossy(name),
+                size
+            )));
+        }
+        file.commit().map_err(|e| self.local(path, e))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|e| self.local(path, e))
     }
 
     fn local(&self, path: &Path, e: io::Error) -> Error {
@@ -350,6 +388,7 @@ mod tests {
             dest,
             fsync: false,
             key: "t.tar",
+            atomic: false,
         }
         .extract(Box::new(io::Cursor::new(tar)))
     }

@@ -5,5 +5,8 @@ pub mod extract;
 pub mod fetch;
 pub mod layout;
 pub mod push;
+pub mod recovery;
+pub mod select;
 pub mod sentinel;
+pub mod unpack;
 pub mod walk;
