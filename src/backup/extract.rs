@@ -161,7 +161,7 @@ impl Extractor<'_> {
                     Ok(m) if m.is_dir() => {}
                     Ok(_) => return Err(self.refuse(&name, "a non-directory is in the way")),
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                        fs::create_dir(&path).map_err(|e| self.local(&path, e))?
+                        self.make_dir(&name, &path, 0o777)?
                     }
                     Err(e) => return Err(self.local(&path, e)),
                 }
@@ -302,16 +302,29 @@ impl Extractor<'_> {
                         return Err(self.refuse(name, "its path goes through a symlink or a file"))
                     }
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                        std::fs::DirBuilder::new()
-                            .mode(0o700)
-                            .create(&p)
-                            .map_err(|e| self.local(&p, e))?;
+                        self.make_dir(name, &p, 0o700)?
                     }
                     Err(e) => return Err(self.local(&p, e)),
                 }
             }
         }
         Ok(self.dest.join(rel))
+    }
+
+    /// Create one directory. Tars are extracted in parallel, so another
+    /// one may have created it just now: that is fine if it is a real
+    /// directory.
+    fn make_dir(&self, name: &[u8], path: &Path, mode: u32) -> Result<()> {
+        match std::fs::DirBuilder::new().mode(mode).create(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                match fs::symlink_metadata(path) {
+                    Ok(m) if m.is_dir() => Ok(()),
+                    _ => Err(self.refuse(name, "its path goes through a symlink or a file")),
+                }
+            }
+            Err(e) => Err(self.local(path, e)),
+        }
     }
 
     /// Remove what a later member replaces (WAL-G's `backup_label` tar

@@ -125,7 +125,12 @@ fn options(settings: &Settings, args: Vec<OsString>) -> Result<Options> {
 }
 
 /// The recovery settings, ready to write: computed before DEST is touched.
-fn recovery_lines(settings: &Settings, opts: &Options, name: &str, sentinel: &Value) -> Result<Option<String>> {
+fn recovery_lines(
+    settings: &Settings,
+    opts: &Options,
+    name: &str,
+    sentinel: &Value,
+) -> Result<Option<String>> {
     if !opts.recovery.requested() {
         return Ok(None);
     }
@@ -183,7 +188,11 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     })?;
     log::info!("Backup {name} restored into '{}'", dest.display());
     if lines.is_some() {
-        let signal = if opts.recovery.standby { "standby.signal" } else { "recovery.signal" };
+        let signal = if opts.recovery.standby {
+            "standby.signal"
+        } else {
+            "recovery.signal"
+        };
         log::info!(
             "Wrote {signal} and the recovery settings to '{}': starting PostgreSQL on it completes the restore",
             dest.join("postgresql.auto.conf").display()
@@ -252,7 +261,8 @@ fn restore(
 /// entries were not).
 fn sync_filesystem(dest: &Path) -> Result<()> {
     use std::os::fd::AsRawFd;
-    let dir = fs::File::open(dest).map_err(|e| Error::io(format!("opening '{}'", dest.display()), e))?;
+    let dir =
+        fs::File::open(dest).map_err(|e| Error::io(format!("opening '{}'", dest.display()), e))?;
     // SAFETY: syncfs only reads the descriptor, which `dir` keeps open.
     if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
         return Err(Error::io(

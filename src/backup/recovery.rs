@@ -55,7 +55,10 @@ pub fn parse_target(kind: &str, text: &str) -> Result<Target> {
     match kind {
         "recovery-target-time" => parse_time(text).map(Target::Time).map_err(bad),
         "recovery-target-lsn" => parse_lsn(text).map(Target::Lsn).ok_or_else(|| {
-            bad("an LSN is two hexadecimal numbers of at most 8 digits, as X/Y (e.g. 0/3000060)".into())
+            bad(
+                "an LSN is two hexadecimal numbers of at most 8 digits, as X/Y (e.g. 0/3000060)"
+                    .into(),
+            )
         }),
         "recovery-target-name" => {
             if text.is_empty() {
@@ -146,7 +149,9 @@ pub fn parse_time(text: &str) -> std::result::Result<SystemTime, String> {
     }
     let micros: u32 = format!("{frac:0<6}").parse().unwrap_or(0);
     let offset = zone_offset(zone).ok_or_else(|| {
-        format!("'{zone}' is not a time zone walden reads (Z, UTC, GMT, +HH, +HHMM, +HH:MM); {FORM}")
+        format!(
+            "'{zone}' is not a time zone walden reads (Z, UTC, GMT, +HH, +HHMM, +HH:MM); {FORM}"
+        )
     })?;
     let local = crate::time::to_time(y as i64, mo, day, h, mi, sec, micros * 1000)
         .filter(|_| day <= days_in_month(y, mo))
@@ -222,11 +227,19 @@ fn pg_time(t: SystemTime) -> String {
     format!("{body}+00")
 }
 
+const TARGET_SETTINGS: [&str; 5] = [
+    "recovery_target",
+    "recovery_target_lsn",
+    "recovery_target_name",
+    "recovery_target_time",
+    "recovery_target_xid",
+];
+
 /// The lines appended to `postgresql.auto.conf`. Every `recovery_target*`
 /// setting is written, the unused ones empty: a backup of a server that
 /// was itself restored to a target may carry old ones, and PostgreSQL
-/// refuses two targets at once (its config reader keeps the last line of
-/// each name, so ours win).
+/// refuses two targets at once (its config reader keeps only the last
+/// line of each name, so ours win).
 pub fn conf_lines(recovery: &Recovery, exe: &Path, config: Option<&Path>, backup: &str) -> String {
     let mut command = shell_word(&exe.to_string_lossy());
     if let Some(c) = config {
@@ -234,21 +247,29 @@ pub fn conf_lines(recovery: &Recovery, exe: &Path, config: Option<&Path>, backup
         command.push_str(&shell_word(&c.to_string_lossy()));
     }
     command.push_str(" wal-fetch %f %p");
-    let (mut time, mut lsn, mut name, mut immediate) = (String::new(), String::new(), String::new(), "");
-    match &recovery.target {
-        Some(Target::Time(t)) => time = pg_time(*t),
-        Some(Target::Lsn(l)) => lsn = format!("{:X}/{:X}", l >> 32, l & 0xffff_ffff),
-        Some(Target::Name(n)) => name = n.clone(),
-        Some(Target::Immediate) => immediate = "immediate",
-        None => {}
-    }
+    let chosen = match &recovery.target {
+        Some(Target::Time(t)) => Some(("recovery_target_time", pg_time(*t))),
+        Some(Target::Lsn(l)) => Some((
+            "recovery_target_lsn",
+            format!("{:X}/{:X}", l >> 32, l & 0xffff_ffff),
+        )),
+        Some(Target::Name(n)) => Some(("recovery_target_name", n.clone())),
+        Some(Target::Immediate) => Some(("recovery_target", "immediate".to_string())),
+        None => None,
+    };
     let mut out = format!("\n# Added by walden backup-fetch (backup {backup})\n");
     out.push_str(&format!("restore_command = {}\n", conf_quote(&command)));
-    out.push_str(&format!("recovery_target = {}\n", conf_quote(immediate)));
-    out.push_str(&format!("recovery_target_lsn = {}\n", conf_quote(&lsn)));
-    out.push_str(&format!("recovery_target_name = {}\n", conf_quote(&name)));
-    out.push_str(&format!("recovery_target_time = {}\n", conf_quote(&time)));
-    out.push_str("recovery_target_xid = ''\n");
+    // The empty ones first: PostgreSQL applies settings in file order and
+    // refuses any recovery_target* assigned after one that is set, even
+    // an empty one.
+    for setting in TARGET_SETTINGS {
+        if chosen.as_ref().is_none_or(|(s, _)| *s != setting) {
+            out.push_str(&format!("{setting} = ''\n"));
+        }
+    }
+    if let Some((setting, value)) = &chosen {
+        out.push_str(&format!("{setting} = {}\n", conf_quote(value)));
+    }
     if recovery.target.is_some() && !recovery.standby {
         out.push_str("recovery_target_action = 'promote'\n");
     }
@@ -309,7 +330,12 @@ pub fn write(dest: &Path, recovery: &Recovery, lines: &str) -> Result<()> {
     match fs::remove_file(dest.join(other)) {
         Ok(()) => log::info!("Removed the backup's {other}: this restore asks for {signal}"),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io(format!("removing '{}'", dest.join(other).display()), e)),
+        Err(e) => {
+            return Err(Error::io(
+                format!("removing '{}'", dest.join(other).display()),
+                e,
+            ))
+        }
     }
     put(&dest.join(signal), b"", 0o600)
 }
@@ -341,7 +367,10 @@ mod tests {
         assert_eq!(parse_time("2026-12-05T14:30:00Z").unwrap(), at(base, 0));
         assert_eq!(parse_time("2026-12-05 14:30:00 UTC").unwrap(), at(base, 0));
         assert_eq!(parse_time("2026-12-05 15:30:00+01").unwrap(), at(base, 0));
-        assert_eq!(parse_time("2026-12-05 16:00:00+01:30").unwrap(), at(base, 0));
+        assert_eq!(
+            parse_time("2026-12-05 16:00:00+01:30").unwrap(),
+            at(base, 0)
+        );
         assert_eq!(parse_time("2026-12-05 09:30-0500").unwrap(), at(base, 0));
         assert_eq!(
             parse_time("2026-12-05 14:30:00.25+00").unwrap(),
@@ -386,7 +415,9 @@ mod tests {
         assert!(parse_target("recovery-target-name", "").is_err());
         assert!(parse_target("recovery-target-name", &"n".repeat(64)).is_err());
         assert!(parse_target("recovery-target-name", "a\nb").is_err());
-        let e = parse_target("recovery-target-lsn", "nope").unwrap_err().to_string();
+        let e = parse_target("recovery-target-lsn", "nope")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--recovery-target-lsn 'nope'"), "{e}");
     }
 
@@ -412,6 +443,9 @@ mod tests {
         assert!(text.contains("recovery_target_time = ''\n"), "{text}");
         assert!(text.contains("recovery_target = ''\n"), "{text}");
         assert!(text.contains("recovery_target_action = 'promote'\n"));
+        // The target set last, after every empty one.
+        let set = text.find("recovery_target_name = 'it''s'").unwrap();
+        assert!(text.rfind(" = ''\n").unwrap() < set, "{text}");
         let standby = Recovery {
             target: Some(Target::Lsn(0x1_0000_0028)),
             standby: true,

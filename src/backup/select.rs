@@ -34,11 +34,17 @@ pub struct Chosen {
     pub sentinel: Value,
 }
 
-pub fn choose(storage: &Arc<dyn Storage>, wanted: &Wanted, target: Option<&Target>) -> Result<Chosen> {
+pub fn choose(
+    storage: &Arc<dyn Storage>,
+    wanted: &Wanted,
+    target: Option<&Target>,
+) -> Result<Chosen> {
     let chosen = match (wanted, target) {
         (Wanted::Name(name), _) => by_name(storage, name)?,
         (Wanted::UserData(data), _) => by_user_data(storage, data)?,
-        (Wanted::Latest, Some(t @ (Target::Time(_) | Target::Lsn(_)))) => before_target(storage, t)?,
+        (Wanted::Latest, Some(t @ (Target::Time(_) | Target::Lsn(_)))) => {
+            before_target(storage, t)?
+        }
         (Wanted::Latest, Some(Target::Name(point))) => {
             let chosen = latest(storage)?;
             log::warn!(
@@ -265,8 +271,7 @@ pub fn json_equal(a: &Value, b: &Value) -> bool {
         }
         (Value::Object(x), Value::Object(y)) => {
             x.len() == y.len()
-                && x
-                    .iter()
+                && x.iter()
                     .all(|(k, v)| y.get(k).is_some_and(|w| json_equal(v, w)))
         }
         _ => a == b,
@@ -296,7 +301,10 @@ mod tests {
 
     #[test]
     fn user_data_compares_as_go_does() {
-        assert!(json_equal(&json!({"a": 1, "b": [1, "x"]}), &json!({"b": [1.0, "x"], "a": 1.0})));
+        assert!(json_equal(
+            &json!({"a": 1, "b": [1, "x"]}),
+            &json!({"b": [1.0, "x"], "a": 1.0})
+        ));
         assert!(!json_equal(&json!({"a": 1}), &json!({"a": 1, "b": 2})));
         assert!(!json_equal(&json!("1"), &json!(1)));
         assert!(json_equal(&json!(null), &json!(null)));
@@ -310,7 +318,9 @@ mod tests {
             sentinel: json!({"FinishLSN": 100, "FinishTime": "1970-01-01T00:01:40.000001Z"}),
         };
         assert!(ends_after(&chosen, &Target::Lsn(100)).is_none());
-        assert!(ends_after(&chosen, &Target::Lsn(99)).unwrap().contains("0/64"));
+        assert!(ends_after(&chosen, &Target::Lsn(99))
+            .unwrap()
+            .contains("0/64"));
         assert!(ends_after(&chosen, &Target::Time(t(101))).is_none());
         assert!(ends_after(&chosen, &Target::Time(t(100))).is_some());
         assert!(ends_after(&chosen, &Target::Immediate).is_none());

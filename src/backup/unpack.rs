@@ -36,7 +36,9 @@ struct Cancellable {
 impl Read for Cancellable {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.stop.load(Ordering::Relaxed) {
-            return Err(io::Error::other("stopped: another tar of the backup failed"));
+            return Err(io::Error::other(
+                "stopped: another tar of the backup failed",
+            ));
         }
         self.inner.read(buf)
     }
