@@ -206,8 +206,8 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
         let names = recovery::names_from_environment(settings);
         if !names.is_empty() {
             log::warn!(
-                "These settings came from the environment or flags and are not written to postgresql.auto.conf: \
-                 the restored server's environment must provide them for restore_command: {}",
+                "These settings came from the environment or flags, and no secret goes into postgresql.auto.conf: \
+                 the restored server's environment must provide those its restore_command needs: {}",
                 names.join(", ")
             );
         }
