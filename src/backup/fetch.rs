@@ -1,7 +1,10 @@
 //! `walden backup-fetch DEST NAME|LATEST`: restore a base backup into a
-//! new or empty directory (spec §9.1–§9.3, §9.6). Data tars first, then
-//! `backup_label.tar`, then `pg_control.tar` last, so that a restore cut
-//! short never leaves a pg_control PostgreSQL could start from.
+//! new or empty directory (spec §9.1–§9.3, §9.6), and with a recovery
+//! target or `--standby` set it up so that starting PostgreSQL is the
+//! whole restore. The backup is chosen in `select`, the recovery settings
+//! written by `recovery`, the tars extracted by `unpack`; this module
+//! checks everything it can before DEST is touched and keeps the order
+//! of writing (see [`restore`]).
 
 use std::ffi::OsString;
 use std::fs;
@@ -188,29 +191,7 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     })?;
     log::info!("Backup {name} restored into '{}'", dest.display());
     if lines.is_some() {
-        let signal = if opts.recovery.standby {
-            "standby.signal"
-        } else {
-            "recovery.signal"
-        };
-        log::info!(
-            "Wrote {signal} and the recovery settings to '{}': starting PostgreSQL on it completes the restore",
-            dest.join("postgresql.auto.conf").display()
-        );
-        if let Ok(Some(config)) = recovery::config_file(settings) {
-            log::info!(
-                "restore_command reads the config file '{}': the server's user must be able to read it",
-                config.display()
-            );
-        }
-        let names = recovery::names_from_environment(settings);
-        if !names.is_empty() {
-            log::warn!(
-                "These settings came from the environment or flags, and no secret goes into postgresql.auto.conf: \
-                 the restored server's environment must provide those its restore_command needs: {}",
-                names.join(", ")
-            );
-        }
+        recovery::report(settings, &opts.recovery, &dest);
     }
     Ok(())
 }

@@ -291,6 +291,34 @@ pub fn names_from_environment(settings: &Settings) -> Vec<String> {
         .collect()
 }
 
+/// After a restore: what was written, and what the server needs that
+/// walden could not write.
+pub fn report(settings: &Settings, recovery: &Recovery, dest: &Path) {
+    let signal = if recovery.standby {
+        "standby.signal"
+    } else {
+        "recovery.signal"
+    };
+    log::info!(
+        "Wrote {signal} and the recovery settings to '{}': starting PostgreSQL on it completes the restore",
+        dest.join("postgresql.auto.conf").display()
+    );
+    if let Ok(Some(config)) = config_file(settings) {
+        log::info!(
+            "restore_command reads the config file '{}': the server's user must be able to read it",
+            config.display()
+        );
+    }
+    let names = names_from_environment(settings);
+    if !names.is_empty() {
+        log::warn!(
+            "These settings came from the environment or flags, and no secret goes into postgresql.auto.conf: \
+             the restored server's environment must provide those its restore_command needs: {}",
+            names.join(", ")
+        );
+    }
+}
+
 /// The absolute path of the config file this run read, if any.
 pub fn config_file(settings: &Settings) -> Result<Option<PathBuf>> {
     match &settings.config_path {
