@@ -53,6 +53,24 @@ fn backup_names(walden: Walden) -> Vec<String> {
     names
 }
 
+/// pg_amcheck over every database of a restored server: heap and B-tree
+/// pages as PostgreSQL itself checks them.
+fn amcheck(pg: &PgCluster) {
+    let out = std::process::Command::new(format!("{}/pg_amcheck", crate::harness::pg::PG_BIN))
+        .arg("-h")
+        .arg(pg.socket_dir())
+        .args(["-p", &pg.port().to_string(), "-U", "postgres"])
+        .args(["--install-missing", "--all", "--heapallindexed"])
+        .output()
+        .expect("run pg_amcheck");
+    assert!(
+        out.status.success() && out.stdout.is_empty(),
+        "pg_amcheck found problems:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn auto_conf(dest: &Path) -> String {
     fs::read_to_string(dest.join("postgresql.auto.conf")).unwrap()
 }
@@ -154,6 +172,7 @@ fn pitr_fs_name_lsn_immediate_standby() {
     restored.wait_for_promotion(Duration::from_secs(120));
     assert_eq!(restored.psql(ROWS), at_point, "{}", restored.log_tail());
     assert!(restored.try_psql("SELECT 1 FROM marker").is_err());
+    amcheck(&restored);
     drop(restored);
 
     // By LSN, LATEST: the newest backup that finished at or before it is
@@ -298,6 +317,7 @@ fn pitr_s3_time() {
         .start_restored(dest);
     restored.wait_for_promotion(Duration::from_secs(120));
     assert_eq!(restored.psql(ROWS), noted, "{}", restored.log_tail());
+    amcheck(&restored);
 }
 
 /// A tar holding `entries` (name, contents), as plain bytes.
