@@ -2,7 +2,8 @@
 # The demo: a throwaway PostgreSQL 15 archives its WAL through
 # `walden wal-push` into a local directory and is backed up with
 # `walden backup-push` while pgbench writes; a restore point is made, then
-# more writes; `walden backup-fetch` restores the backup, which replays
+# more writes; `walden backup-fetch --recovery-target-name` restores the
+# backup and writes the recovery settings, so starting PostgreSQL replays
 # through `walden wal-fetch` up to the restore point; the rows are compared
 # with those noted at that point. Everything lives in a temp dir that is
 # removed at the end.
@@ -65,18 +66,14 @@ echo "   archived up to $last; storage holds:"
 "$work/walden" st ls wal_005/ | tail -n +2 | awk '{print "     " $NF}' | head -5
 echo "     ... $("$work/walden" st ls wal_005/ | tail -n +2 | wc -l) objects"
 
-echo "== backup-fetch LATEST into a new data directory"
-as_pg "${pgenv[@]}" "$work/walden" backup-fetch "$work/restored" LATEST
-
-echo "== restoring with: restore_command = '$work/walden wal-fetch %f %p'"
+echo "== backup-fetch LATEST --recovery-target-name demo: restore, and set up the recovery"
+as_pg "${pgenv[@]}" "$work/walden" backup-fetch "$work/restored" LATEST --recovery-target-name demo
+echo "   walden appended to postgresql.auto.conf:"
+sed -n '/# Added by walden/,$p' "$work/restored/postgresql.auto.conf" | sed 's/^/     /'
 cat >> "$work/restored/postgresql.conf" <<CONF
 port = $port
 archive_mode = off
-restore_command = '$work/walden wal-fetch %f %p'
-recovery_target_name = 'demo'
-recovery_target_action = 'promote'
 CONF
-touch "$work/restored/recovery.signal"
 as_pg env WALG_FILE_PREFIX="$WALG_FILE_PREFIX" WALG_COMPRESSION_METHOD=zstd \
     "$PGBIN/pg_ctl" -D "$work/restored" -l "$work/restored.log" -w -t 300 start >/dev/null
 until [ "$(psql_p "SELECT pg_is_in_recovery()")" = f ]; do sleep 0.2; done

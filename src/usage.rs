@@ -35,7 +35,20 @@ pub const COMMANDS: &[Command] = &[
     cmd(
         "backup-fetch",
         "restore a base backup",
-        "walden backup-fetch DEST NAME|LATEST\n\n  Restore backup NAME (LATEST: the newest finished one) into DEST, which must\n  not exist or be empty. Members that would land outside DEST are refused.\n  Add recovery.signal and restore_command = 'walden wal-fetch %f %p' to replay.",
+        concat!(
+            "walden backup-fetch DEST NAME|LATEST [--recovery-target-time T | --recovery-target-lsn L |\n",
+            "    --recovery-target-name N | --recovery-target immediate] [--standby]\n",
+            "walden backup-fetch DEST --target-user-data JSON [recovery options]\n\n",
+            "  Restore backup NAME (LATEST: the newest finished one; --target-user-data:\n",
+            "  the one whose user data equals JSON) into DEST, which must not exist or be\n",
+            "  empty. Data tars are extracted WALG_DOWNLOAD_CONCURRENCY at a time,\n",
+            "  pg_control last. Members that would land outside DEST are refused.\n\n",
+            "  With a recovery target (T as '2026-12-05 14:30:00+01', L as 0/3000060, N a\n",
+            "  restore point), LATEST is the newest backup that finished before it, and\n",
+            "  recovery.signal (standby.signal with --standby) and a restore_command\n",
+            "  calling this walden go into DEST: starting PostgreSQL is the whole restore.\n",
+            "  Settings from the environment are not written; the log names them.",
+        ),
         true,
     ),
     cmd(

@@ -14,6 +14,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::localfile::AtomicFile;
 
 /// The relative path a member name stands for, or why it is refused.
 pub fn safe_relative(name: &[u8]) -> std::result::Result<PathBuf, &'static str> {
@@ -76,6 +77,9 @@ pub struct Extractor<'a> {
     pub fsync: bool,
     /// For messages: the object being extracted.
     pub key: &'a str,
+    /// Write each file under a temp name and rename it into place (for
+    /// `pg_control`: never half a file where PostgreSQL reads it).
+    pub atomic: bool,
 }
 
 impl Extractor<'_> {
@@ -157,12 +161,15 @@ impl Extractor<'_> {
                     Ok(m) if m.is_dir() => {}
                     Ok(_) => return Err(self.refuse(&name, "a non-directory is in the way")),
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                        fs::create_dir(&path).map_err(|e| self.local(&path, e))?
+                        self.make_dir(&name, &path, 0o777)?
                     }
                     Err(e) => return Err(self.local(&path, e)),
                 }
                 fs::set_permissions(&path, fs::Permissions::from_mode(mode))
                     .map_err(|e| self.local(&path, e))
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous if self.atomic => {
+                self.atomic_file(&name, &path, mode, entry.size(), &mut entry)
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 let size = entry.size();
@@ -239,6 +246,37 @@ impl Extractor<'_> {
         }
     }
 
+    /// A regular member written under a temp name, made durable, then
+    /// renamed over `path`.
+    fn atomic_file(
+        &self,
+        name: &[u8],
+        path: &Path,
+        mode: u32,
+        size: u64,
+        entry: &mut impl Read,
+    ) -> Result<()> {
+        let mut file = AtomicFile::create(path).map_err(|e| self.local(path, e))?;
+        let copied = io::copy(entry, &mut file).map_err(|e| {
+            Error::Other(format!(
+                "extracting '{}' from '{}' to '{}': {e}",
+                String::from_utf8_lossy(name),
+                self.key,
+                path.display()
+            ))
+        })?;
+        if copied != size {
+            return Err(Error::Other(format!(
+                "object '{}' is truncated: member '{}' has {copied} of its {} bytes",
+                self.key,
+                String::from_utf8_lossy(name),
+                size
+            )));
+        }
+        file.commit().map_err(|e| self.local(path, e))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|e| self.local(path, e))
+    }
+
     fn local(&self, path: &Path, e: io::Error) -> Error {
         Error::io(
             format!("writing '{}' (from '{}')", path.display(), self.key),
@@ -264,16 +302,29 @@ impl Extractor<'_> {
                         return Err(self.refuse(name, "its path goes through a symlink or a file"))
                     }
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                        std::fs::DirBuilder::new()
-                            .mode(0o700)
-                            .create(&p)
-                            .map_err(|e| self.local(&p, e))?;
+                        self.make_dir(name, &p, 0o700)?
                     }
                     Err(e) => return Err(self.local(&p, e)),
                 }
             }
         }
         Ok(self.dest.join(rel))
+    }
+
+    /// Create one directory. Tars are extracted in parallel, so another
+    /// one may have created it just now: that is fine if it is a real
+    /// directory.
+    fn make_dir(&self, name: &[u8], path: &Path, mode: u32) -> Result<()> {
+        match std::fs::DirBuilder::new().mode(mode).create(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                match fs::symlink_metadata(path) {
+                    Ok(m) if m.is_dir() => Ok(()),
+                    _ => Err(self.refuse(name, "its path goes through a symlink or a file")),
+                }
+            }
+            Err(e) => Err(self.local(path, e)),
+        }
     }
 
     /// Remove what a later member replaces (WAL-G's `backup_label` tar
@@ -350,6 +401,7 @@ mod tests {
             dest,
             fsync: false,
             key: "t.tar",
+            atomic: false,
         }
         .extract(Box::new(io::Cursor::new(tar)))
     }

@@ -1,52 +1,171 @@
 //! `walden backup-fetch DEST NAME|LATEST`: restore a base backup into a
-//! new or empty directory (spec §9.1–§9.3, §9.6). Data tars first, then
-//! `backup_label.tar`, then `pg_control.tar` last, so that a restore cut
-//! short never leaves a pg_control PostgreSQL could start from.
+//! new or empty directory (spec §9.1–§9.3, §9.6), and with a recovery
+//! target or `--standby` set it up so that starting PostgreSQL is the
+//! whole restore. The backup is chosen in `select`, the recovery settings
+//! written by `recovery`, the tars extracted by `unpack`; this module
+//! checks everything it can before DEST is touched and keeps the order
+//! of writing (see [`restore`]).
 
 use std::ffi::OsString;
 use std::fs;
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use serde_json::Value;
 
-use super::extract::Extractor;
 use super::layout::{self, TarKind};
+use super::recovery::{self, Recovery};
+use super::select::{self, Wanted};
 use super::sentinel;
-use crate::commands::{codecs, open_storage, positionals};
-use crate::config::Settings;
+use super::unpack::{Unpacker, MAX_DOWNLOAD_CONCURRENCY};
+use crate::commands::{codecs, open_storage};
+use crate::config::{ConfigError, Settings};
 use crate::error::{Error, Result};
 use crate::storage::{Entry, Storage};
 
-const USAGE: &str = "walden backup-fetch DEST NAME|LATEST";
+const USAGE: &str = "walden backup-fetch DEST NAME|LATEST [--target-user-data JSON] \
+[--recovery-target-time T | --recovery-target-lsn L | --recovery-target-name N | --recovery-target immediate] [--standby]";
 
-/// A sentinel is a few hundred bytes; anything this large is not one.
-const MAX_SENTINEL: u64 = 16 << 20;
+/// Everything the command line and settings ask for, checked before
+/// storage is opened or DEST touched.
+struct Options {
+    dest: PathBuf,
+    wanted: Wanted,
+    recovery: Recovery,
+    fsync: bool,
+    concurrency: usize,
+}
 
-pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
-    let mut values = positionals(args, USAGE, 2)?.into_iter();
-    let (Some(dest), Some(wanted)) = (values.next(), values.next()) else {
-        return Err(Error::Usage(format!("usage: {USAGE}")));
-    };
-    // Selecting by user data picks a different backup than NAME/LATEST:
-    // ignoring the setting would restore the wrong one.
-    if let Some(v) = settings.get_explicit("WALG_FETCH_TARGET_USER_DATA") {
-        return Err(Error::Other(format!(
-            "WALG_FETCH_TARGET_USER_DATA is set ('{v}') but selecting a backup by user data is not built yet in walden; \
-             unset it and give the backup's name"
+fn options(settings: &Settings, args: Vec<OsString>) -> Result<Options> {
+    use lexopt::prelude::*;
+    let usage = |what: String| Error::Usage(format!("{what}; usage: {USAGE}"));
+    let mut parser = lexopt::Parser::from_args(args);
+    let mut positional: Vec<String> = Vec::new();
+    let mut user_data_arg: Option<String> = None;
+    let mut targets: Vec<(String, String)> = Vec::new();
+    let mut standby = false;
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Long("target-user-data") => user_data_arg = Some(parser.value()?.string()?),
+            Long(
+                flag @ ("recovery-target-time"
+                | "recovery-target-lsn"
+                | "recovery-target-name"
+                | "recovery-target"),
+            ) => {
+                let flag = flag.to_string();
+                targets.push((flag, parser.value()?.string()?));
+            }
+            Long("standby") => standby = true,
+            Value(v) if positional.len() < 2 => positional.push(
+                v.into_string()
+                    .map_err(|_| usage("arguments must be UTF-8".into()))?,
+            ),
+            _ => return Err(usage(arg.unexpected().to_string())),
+        }
+    }
+    if targets.len() > 1 {
+        let names: Vec<String> = targets.iter().map(|(f, _)| format!("--{f}")).collect();
+        return Err(usage(format!(
+            "give one recovery target, not {}",
+            names.join(" and ")
         )));
     }
-    let dest = PathBuf::from(dest);
-    let fsync = !settings.bool("WALG_TAR_DISABLE_FSYNC")?;
+    let target = match targets.pop() {
+        Some((flag, text)) => Some(recovery::parse_target(&flag, &text)?),
+        None => None,
+    };
+    let (user_data_source, user_data_text) = match user_data_arg {
+        Some(t) => ("--target-user-data", Some(t)),
+        None => (
+            "WALG_FETCH_TARGET_USER_DATA",
+            settings.get_explicit("WALG_FETCH_TARGET_USER_DATA"),
+        ),
+    };
+    let mut positional = positional.into_iter();
+    let Some(dest) = positional.next() else {
+        return Err(usage("DEST is missing".into()));
+    };
+    let wanted = match (positional.next(), user_data_text) {
+        (Some(_), Some(_)) => {
+            // WAL-G refuses both as well: they may name different backups.
+            return Err(usage(format!(
+                "{user_data_source} selects the backup: give DEST alone, without NAME or LATEST"
+            )));
+        }
+        (None, Some(text)) => Wanted::UserData(sentinel::parse_user_data(&text).map_err(|e| {
+            Error::Usage(format!(
+                "{user_data_source} is not valid JSON ({e}); give a JSON value such as '{{\"k\":\"v\"}}'"
+            ))
+        })?),
+        (Some(w), None) if w == "LATEST" => Wanted::Latest,
+        (Some(w), None) => {
+            if !layout::valid_name(&w) {
+                return Err(usage(format!("'{w}' is not a backup name (base_...) or LATEST")));
+            }
+            Wanted::Name(w)
+        }
+        (None, None) => return Err(usage("NAME or LATEST is missing".into())),
+    };
+    let concurrency = settings.positive("WALG_DOWNLOAD_CONCURRENCY")?;
+    if concurrency > MAX_DOWNLOAD_CONCURRENCY {
+        return Err(ConfigError::Invalid {
+            name: "WALG_DOWNLOAD_CONCURRENCY".into(),
+            value: concurrency.to_string(),
+            problem: format!("at most {MAX_DOWNLOAD_CONCURRENCY} downloads at once are allowed"),
+        }
+        .into());
+    }
+    Ok(Options {
+        dest: PathBuf::from(dest),
+        wanted,
+        recovery: Recovery { target, standby },
+        fsync: !settings.bool("WALG_TAR_DISABLE_FSYNC")?,
+        concurrency,
+    })
+}
+
+/// The recovery settings, ready to write: computed before DEST is touched.
+fn recovery_lines(
+    settings: &Settings,
+    opts: &Options,
+    name: &str,
+    sentinel: &Value,
+) -> Result<Option<String>> {
+    if !opts.recovery.requested() {
+        return Ok(None);
+    }
+    // recovery.signal and recovery settings in postgresql.conf came with
+    // PostgreSQL 12; older servers read recovery.conf.
+    if let Some(v) = sentinel.get("PgVersion").and_then(Value::as_i64) {
+        if v > 0 && v < 120000 {
+            return Err(Error::Usage(format!(
+                "backup {name} is of PostgreSQL {v}, which reads its recovery settings from recovery.conf; \
+                 walden writes them for PostgreSQL 12 and later: restore without a recovery target or --standby"
+            )));
+        }
+    }
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::io("finding the walden binary for restore_command", e))?;
+    let config = recovery::config_file(settings)?;
+    Ok(Some(recovery::conf_lines(
+        &opts.recovery,
+        &exe,
+        config.as_deref(),
+        name,
+    )))
+}
+
+pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
+    let opts = options(settings, args)?;
     let storage = open_storage(settings)?;
     let codecs = codecs(settings)?;
 
     // Everything that can be checked is, before DEST is touched.
-    let name = resolve(&storage, &wanted)?;
-    let sentinel = read_sentinel(&storage, &name)?;
+    let chosen = select::choose(&storage, &opts.wanted, opts.recovery.target.as_ref())?;
+    let (name, sentinel) = (chosen.name, chosen.sentinel);
     if sentinel::has_tablespaces(&sentinel) {
         return Err(Error::Other(format!(
             "backup {name} has tablespaces, and restoring tablespaces is not built yet in walden; \
@@ -59,85 +178,80 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
              restore it with WAL-G for now"
         )));
     }
+    let lines = recovery_lines(settings, &opts, &name, &sentinel)?;
     let tars = tar_keys(&storage, &name)?;
-    let dest = prepare_dest(&dest)?;
+    let dest = prepare_dest(&opts.dest)?;
     log::info!("Restoring backup {name} into '{}'", dest.display());
 
-    for (_, key) in &tars {
-        let raw = storage.get(key, 0)?;
-        let base = key.rsplit('/').next().unwrap_or(key);
-        let source = codecs.reader(raw, base, true, true)?;
-        Extractor {
-            dest: &dest,
-            fsync,
-            key,
-        }
-        .extract(source)
-        .map_err(|e| {
-            Error::Other(format!(
-                "{e}\nhint: '{}' is incomplete; remove it before trying again",
-                dest.display()
-            ))
-        })?;
-        log::debug!("extracted '{key}'");
-    }
+    restore(&storage, &codecs, &opts, &dest, tars, lines.as_deref()).map_err(|e| {
+        Error::Other(format!(
+            "{e}\nhint: '{}' is incomplete; remove it before trying again",
+            dest.display()
+        ))
+    })?;
     log::info!("Backup {name} restored into '{}'", dest.display());
+    if lines.is_some() {
+        recovery::report(settings, &opts.recovery, &dest);
+    }
     Ok(())
 }
 
-/// `LATEST` is the backup whose sentinel was stored last (WAL-G orders by
-/// the storage's modification time, spec §9.1); a name must have its
-/// sentinel: a backup without one was never finished.
-fn resolve(storage: &Arc<dyn Storage>, wanted: &str) -> Result<String> {
-    if wanted == "LATEST" {
-        let mut newest: Option<(SystemTime, String)> = None;
-        storage.list(layout::BASEBACKUPS, false, &mut |e| {
-            if let Entry::Object(o) = e {
-                let base = o.key.strip_prefix(layout::BASEBACKUPS).unwrap_or("");
-                if let Some(name) = base.strip_suffix(layout::SENTINEL_SUFFIX) {
-                    let t = o.modified.unwrap_or(SystemTime::UNIX_EPOCH);
-                    // `>=`: among equal times the later listed wins, as
-                    // WAL-G's stable sort then "take the last" does.
-                    if layout::valid_name(name) && newest.as_ref().is_none_or(|(n, _)| t >= *n) {
-                        newest = Some((t, name.to_string()));
-                    }
-                }
-            }
-            Ok(())
-        })?;
-        return newest.map(|(_, n)| n).ok_or_else(|| {
-            Error::Other(format!(
-                "no backups found in {}: there is no finished backup (sentinel) under {}",
-                storage.location(),
-                layout::BASEBACKUPS
-            ))
-        });
+/// The restore order, chosen so that no interrupted restore can start:
+/// data tars (in parallel), then `backup_label` (without it PostgreSQL
+/// would take the copy for a crashed primary), then the recovery settings
+/// and signal file, then a sync of DEST's filesystem, and only then
+/// `pg_control`, written under a temp name and renamed. Until that rename
+/// there is no `global/pg_control` and PostgreSQL refuses to start.
+fn restore(
+    storage: &Arc<dyn Storage>,
+    codecs: &crate::codec::Codecs,
+    opts: &Options,
+    dest: &Path,
+    tars: Vec<(TarKind, String)>,
+    recovery_lines: Option<&str>,
+) -> Result<()> {
+    let unpacker = Unpacker {
+        storage,
+        codecs,
+        dest,
+        fsync: opts.fsync,
+    };
+    let data: Vec<String> = tars
+        .iter()
+        .filter(|(k, _)| *k == TarKind::Data)
+        .map(|(_, key)| key.clone())
+        .collect();
+    unpacker.parallel(&data, opts.concurrency)?;
+    for (_, key) in tars.iter().filter(|(k, _)| *k == TarKind::Label) {
+        unpacker.one(key, false)?;
     }
-    if !layout::valid_name(wanted) {
-        return Err(Error::Usage(format!(
-            "'{wanted}' is not a backup name (base_...) or LATEST; usage: {USAGE}"
-        )));
+    if let Some(lines) = recovery_lines {
+        recovery::write(dest, &opts.recovery, lines)?;
     }
-    match storage.stat(&layout::sentinel_key(wanted))? {
-        Some(_) => Ok(wanted.to_string()),
-        None => Err(Error::Other(format!(
-            "backup {wanted} not found in {}: it has no sentinel '{}' (an unfinished backup has none)",
-            storage.location(),
-            layout::sentinel_key(wanted)
-        ))),
+    if opts.fsync {
+        sync_filesystem(dest)?;
     }
+    for (_, key) in tars.iter().filter(|(k, _)| *k == TarKind::Control) {
+        unpacker.one(key, true)?;
+    }
+    Ok(())
 }
 
-fn read_sentinel(storage: &Arc<dyn Storage>, name: &str) -> Result<Value> {
-    let key = layout::sentinel_key(name);
-    let mut text = Vec::new();
-    storage
-        .get(&key, 0)?
-        .take(MAX_SENTINEL)
-        .read_to_end(&mut text)
-        .map_err(|e| Error::Other(format!("reading '{key}': {e}")))?;
-    serde_json::from_slice(&text)
-        .map_err(|e| Error::Other(format!("the sentinel '{key}' is not valid JSON: {e}")))
+/// Everything written so far reaches the disk before `pg_control` does,
+/// directories included (files were fsynced one by one; their directory
+/// entries were not).
+fn sync_filesystem(dest: &Path) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let dir =
+        fs::File::open(dest).map_err(|e| Error::io(format!("opening '{}'", dest.display()), e))?;
+    // SAFETY: syncfs only reads the descriptor, which `dir` keeps open.
+    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+        return Err(Error::io(
+            format!("syncing the filesystem of '{}'", dest.display()),
+            io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
 }
 
 /// The tars of the backup in restore order: data tars (by number), then

@@ -315,7 +315,8 @@ fn refuses_bad_input(store: Store) {
     assert!(out.stderr.contains("delta backup"), "{}", out.dump());
     assert!(!scratch.join("d5").exists());
 
-    // Selecting by user data is not built: refused, not ignored.
+    // User data selects the backup: with a name too, it is refused (as
+    // WAL-G does), not ignored.
     let out = store
         .walden()
         .envs(none)

@@ -12,6 +12,7 @@ mod harness_selftest;
 mod hostile_s3;
 mod interop;
 mod pg_client;
+mod pitr;
 mod st;
 mod store;
 mod wal;
