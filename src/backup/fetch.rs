@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use super::catalog;
 use super::layout::{self, TarKind};
 use super::recovery::{self, Recovery};
 use super::select::{self, Wanted};
@@ -23,6 +24,7 @@ use super::unpack::{Unpacker, MAX_DOWNLOAD_CONCURRENCY};
 use crate::commands::{codecs, open_storage};
 use crate::config::{ConfigError, Settings};
 use crate::error::{Error, Result};
+use crate::progress::Progress;
 use crate::storage::{Entry, Storage};
 
 const USAGE: &str = "walden backup-fetch DEST NAME|LATEST [--target-user-data JSON] \
@@ -172,7 +174,7 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
              restore it with WAL-G for now"
         )));
     }
-    if let Some(base) = sentinel::delta_from(&sentinel) {
+    if let Some(base) = sentinel.as_object().and_then(catalog::delta_from) {
         return Err(Error::Other(format!(
             "backup {name} is a delta backup (taken against {base}), and restoring delta backups is not built yet in walden; \
              restore it with WAL-G for now"
@@ -183,12 +185,27 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     let dest = prepare_dest(&opts.dest)?;
     log::info!("Restoring backup {name} into '{}'", dest.display());
 
-    restore(&storage, &codecs, &opts, &dest, tars, lines.as_deref()).map_err(|e| {
+    // Counted in tar bytes, which is what UncompressedSize counts.
+    let progress = Progress::new(
+        &format!("backup-fetch {name}"),
+        sentinel.get("UncompressedSize").and_then(Value::as_u64),
+    );
+    restore(
+        &storage,
+        &codecs,
+        &opts,
+        &dest,
+        tars,
+        lines.as_deref(),
+        &progress,
+    )
+    .map_err(|e| {
         Error::Other(format!(
             "{e}\nhint: '{}' is incomplete; remove it before trying again",
             dest.display()
         ))
     })?;
+    progress.finish();
     log::info!("Backup {name} restored into '{}'", dest.display());
     if lines.is_some() {
         recovery::report(settings, &opts.recovery, &dest);
@@ -209,12 +226,14 @@ fn restore(
     dest: &Path,
     tars: Vec<(TarKind, String)>,
     recovery_lines: Option<&str>,
+    progress: &Progress,
 ) -> Result<()> {
     let unpacker = Unpacker {
         storage,
         codecs,
         dest,
         fsync: opts.fsync,
+        progress,
     };
     let data: Vec<String> = tars
         .iter()

@@ -6,19 +6,15 @@
 //! a time and only the best candidate is kept, so memory does not grow
 //! with the number of backups.
 
-use std::io::Read;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde_json::Value;
 
-use super::layout;
 use super::recovery::Target;
+use super::{catalog, layout};
 use crate::error::{Error, Result};
-use crate::storage::{Entry, Storage};
-
-/// A sentinel is a few hundred bytes; anything this large is not one.
-const MAX_SENTINEL: u64 = 16 << 20;
+use crate::storage::Storage;
 
 /// The backup argument of the command line.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,65 +68,25 @@ pub fn choose(
 }
 
 fn by_name(storage: &Arc<dyn Storage>, name: &str) -> Result<Chosen> {
-    if !layout::valid_name(name) {
-        return Err(Error::Usage(format!(
-            "'{name}' is not a backup name (base_...) or LATEST"
-        )));
-    }
-    match storage.stat(&layout::sentinel_key(name))? {
-        Some(_) => read(storage, name),
-        None => Err(Error::Other(format!(
-            "backup {name} not found in {}: it has no sentinel '{}' (an unfinished backup has none)",
-            storage.location(),
-            layout::sentinel_key(name)
-        ))),
-    }
+    let entry = catalog::find(storage, name, "walden backup-fetch DEST NAME|LATEST")?;
+    read(storage, &entry.name)
 }
 
-/// Every finished backup's name with its sentinel's modification time.
-fn each_backup(
-    storage: &Arc<dyn Storage>,
-    f: &mut dyn FnMut(&str, SystemTime) -> Result<()>,
-) -> Result<()> {
-    let mut failure = None;
-    storage.list(layout::BASEBACKUPS, false, &mut |e| {
-        if let Entry::Object(o) = e {
-            let base = o.key.strip_prefix(layout::BASEBACKUPS).unwrap_or("");
-            if let Some(name) = base.strip_suffix(layout::SENTINEL_SUFFIX) {
-                if layout::valid_name(name) && failure.is_none() {
-                    if let Err(e) = f(name, o.modified.unwrap_or(SystemTime::UNIX_EPOCH)) {
-                        failure = Some(e);
-                    }
-                }
-            }
+/// Every finished backup's name, oldest first. Names that could point
+/// elsewhere in storage (`..`, `/`) are skipped: they are never ours.
+fn each_backup(storage: &Arc<dyn Storage>, f: &mut dyn FnMut(&str) -> Result<()>) -> Result<()> {
+    for entry in catalog::list(storage)? {
+        if layout::valid_name(&entry.name) {
+            f(&entry.name)?;
         }
-        Ok(())
-    })?;
-    failure.map_or(Ok(()), Err)
+    }
+    Ok(())
 }
 
-fn no_backups(storage: &Arc<dyn Storage>) -> Error {
-    Error::Other(format!(
-        "no backups found in {}: there is no finished backup (sentinel) under {}",
-        storage.location(),
-        layout::BASEBACKUPS
-    ))
-}
-
-/// `LATEST`: the backup whose sentinel was stored last (WAL-G orders by
-/// the storage's modification time, spec §9.1).
+/// `LATEST`: the backup whose sentinel was stored last (spec §9.1).
 fn latest(storage: &Arc<dyn Storage>) -> Result<Chosen> {
-    let mut newest: Option<(SystemTime, String)> = None;
-    each_backup(storage, &mut |name, t| {
-        // `>=`: among equal times the later listed wins, as WAL-G's
-        // stable sort then "take the last" does.
-        if newest.as_ref().is_none_or(|(n, _)| t >= *n) {
-            newest = Some((t, name.to_string()));
-        }
-        Ok(())
-    })?;
-    let (_, name) = newest.ok_or_else(|| no_backups(storage))?;
-    read(storage, &name)
+    let entry = catalog::latest(storage)?.ok_or_else(|| catalog::no_backups(storage))?;
+    read(storage, &entry.name)
 }
 
 /// The sentinel's `FinishTime`, if it has one walden can read.
@@ -194,7 +150,7 @@ fn ends_after(chosen: &Chosen, target: &Target) -> Option<String> {
 fn before_target(storage: &Arc<dyn Storage>, target: &Target) -> Result<Chosen> {
     let mut best: Option<(Ends, Chosen)> = None;
     let mut seen = 0usize;
-    each_backup(storage, &mut |name, _| {
+    each_backup(storage, &mut |name| {
         seen += 1;
         let candidate = read(storage, name)?;
         let Some(end) = end_on_scale(&candidate.sentinel, target) else {
@@ -217,7 +173,7 @@ fn before_target(storage: &Arc<dyn Storage>, target: &Target) -> Result<Chosen> 
             );
             Ok(chosen)
         }
-        None if seen == 0 => Err(no_backups(storage)),
+        None if seen == 0 => Err(catalog::no_backups(storage)),
         None => Err(Error::Usage(format!(
             "none of the {seen} backups in {} finished before the recovery target: \
              the target is too early to be reached from any backup",
@@ -231,7 +187,7 @@ fn before_target(storage: &Arc<dyn Storage>, target: &Target) -> Result<Chosen> 
 fn by_user_data(storage: &Arc<dyn Storage>, data: &Value) -> Result<Chosen> {
     let mut found: Option<Chosen> = None;
     let mut extra: Vec<String> = Vec::new();
-    each_backup(storage, &mut |name, _| {
+    each_backup(storage, &mut |name| {
         let candidate = read(storage, name)?;
         let user = candidate
             .sentinel
@@ -279,18 +235,9 @@ pub fn json_equal(a: &Value, b: &Value) -> bool {
 }
 
 fn read(storage: &Arc<dyn Storage>, name: &str) -> Result<Chosen> {
-    let key = layout::sentinel_key(name);
-    let mut text = Vec::new();
-    storage
-        .get(&key, 0)?
-        .take(MAX_SENTINEL)
-        .read_to_end(&mut text)
-        .map_err(|e| Error::Other(format!("reading '{key}': {e}")))?;
-    let sentinel = serde_json::from_slice(&text)
-        .map_err(|e| Error::Other(format!("the sentinel '{key}' is not valid JSON: {e}")))?;
     Ok(Chosen {
         name: name.to_string(),
-        sentinel,
+        sentinel: Value::Object(catalog::read_sentinel(storage, name)?),
     })
 }
 

@@ -153,20 +153,6 @@ pub fn has_tablespaces(sentinel: &Value) -> bool {
         })
 }
 
-/// The base a delta backup was taken against (`DeltaFrom`), if this is a
-/// delta: restoring one needs its chain, which is not built yet, and
-/// extracting it alone would write increments as file contents.
-pub fn delta_from(sentinel: &Value) -> Option<String> {
-    let obj = sentinel.as_object()?;
-    obj.iter()
-        .filter(|(k, _)| k.eq_ignore_ascii_case("DeltaFrom"))
-        .find_map(|(_, v)| match v {
-            Value::Null => None,
-            Value::String(s) => Some(s.clone()),
-            other => Some(other.to_string()),
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,8 +223,5 @@ mod tests {
         assert!(has_tablespaces(&v));
         let v: Value = serde_json::from_str(r#"{"LSN":1}"#).unwrap();
         assert!(!has_tablespaces(&v));
-        assert_eq!(delta_from(&v), None);
-        let v: Value = serde_json::from_str(r#"{"deltafrom":"base_1"}"#).unwrap();
-        assert_eq!(delta_from(&v).as_deref(), Some("base_1"));
     }
 }

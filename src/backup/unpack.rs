@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use super::extract::Extractor;
 use crate::codec::Codecs;
 use crate::error::{Error, Result};
+use crate::progress::Progress;
 use crate::storage::Storage;
 
 /// A thread per tar at most; more is a typo that would ask for that many
@@ -24,6 +25,8 @@ pub struct Unpacker<'a> {
     pub codecs: &'a Codecs,
     pub dest: &'a Path,
     pub fsync: bool,
+    /// Counts the tar bytes extracted (for the progress line).
+    pub progress: &'a Progress,
 }
 
 /// Fails reads once another tar has failed, so the other threads stop
@@ -60,6 +63,7 @@ impl Unpacker<'_> {
             None => raw,
         };
         let source = self.codecs.reader(raw, base_name(key), true, true)?;
+        let source = Box::new(self.progress.reader(source));
         Extractor {
             dest: self.dest,
             fsync: self.fsync,
