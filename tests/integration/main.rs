@@ -13,5 +13,6 @@ mod interop;
 mod pg_client;
 mod st;
 mod store;
+mod versions;
 mod wal;
 mod walg_compat;
