@@ -16,17 +16,19 @@ use serde_json::Value;
 use super::extract::Extractor;
 use super::layout::{self, TarKind};
 use super::sentinel;
+use super::tablespaces;
 use crate::commands::{codecs, open_storage, positionals};
 use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::storage::{Entry, Storage};
 
-const USAGE: &str = "walden backup-fetch DEST NAME|LATEST";
+const USAGE: &str = "walden backup-fetch DEST NAME|LATEST [--restore-spec FILE]";
 
 /// A sentinel is a few hundred bytes; anything this large is not one.
 const MAX_SENTINEL: u64 = 16 << 20;
 
 pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
+    let (restore_spec, args) = tablespaces::take_restore_spec(args)?;
     let mut values = positionals(args, USAGE, 2)?.into_iter();
     let (Some(dest), Some(wanted)) = (values.next(), values.next()) else {
         return Err(Error::Usage(format!("usage: {USAGE}")));
@@ -47,12 +49,7 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     // Everything that can be checked is, before DEST is touched.
     let name = resolve(&storage, &wanted)?;
     let sentinel = read_sentinel(&storage, &name)?;
-    if sentinel::has_tablespaces(&sentinel) {
-        return Err(Error::Other(format!(
-            "backup {name} has tablespaces, and restoring tablespaces is not built yet in walden; \
-             restore it with WAL-G for now"
-        )));
-    }
+    let tablespaces = tablespaces::Plan::new(&sentinel, restore_spec.as_deref(), &dest)?;
     if let Some(base) = sentinel::delta_from(&sentinel) {
         return Err(Error::Other(format!(
             "backup {name} is a delta backup (taken against {base}), and restoring delta backups is not built yet in walden; \
@@ -61,6 +58,7 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     }
     let tars = tar_keys(&storage, &name)?;
     let dest = prepare_dest(&dest)?;
+    tablespaces.create(&dest)?;
     log::info!("Restoring backup {name} into '{}'", dest.display());
 
     for (_, key) in &tars {
@@ -71,6 +69,7 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
             dest: &dest,
             fsync,
             key,
+            tablespaces: &tablespaces,
         }
         .extract(source)
         .map_err(|e| {

@@ -6,4 +6,5 @@ pub mod fetch;
 pub mod layout;
 pub mod push;
 pub mod sentinel;
+pub mod tablespaces;
 pub mod walk;

@@ -21,6 +21,7 @@ use serde_json::Value;
 
 use super::layout;
 use super::sentinel::{self, BackupInfo};
+use super::tablespaces;
 use super::walk::{self, Kind};
 use crate::codec::{Codecs, FinishWrite};
 use crate::commands::{codecs, open_storage};
@@ -188,7 +189,7 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
 
     let mut tars = Tars::new(storage.clone(), codecs, &name, opts.threshold);
     let mut catalog = 0u64;
-    walk::walk(&pgdata, &mut catalog, &mut |e| {
+    let tablespaces = walk::walk(&pgdata, &mut catalog, &mut |e| {
         let rel = e.rel.as_os_str().as_bytes();
         if rel == b"global/pg_control" {
             // Uploaded on its own, last (spec §1.4).
@@ -245,6 +246,7 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
         uncompressed_size: tars.content_total,
         compressed_size: tars.stored.load(Ordering::Relaxed),
         data_catalog_size: catalog,
+        spec: tablespaces::spec_json(&pgdata, &tablespaces),
         user_data: opts.user_data,
         start_time,
         finish_time: sentinel::round_up_micros(SystemTime::now()),

@@ -13,6 +13,7 @@ mod interop;
 mod pg_client;
 mod st;
 mod store;
+mod tablespaces;
 mod versions;
 mod wal;
 mod walg_compat;
