@@ -6,5 +6,6 @@ pub mod fetch;
 pub mod layout;
 pub mod push;
 pub mod sentinel;
+pub mod standby;
 pub mod tablespaces;
 pub mod walk;

@@ -12,6 +12,7 @@ mod hostile_s3;
 mod interop;
 mod pg_client;
 mod st;
+mod standby;
 mod store;
 mod tablespaces;
 mod versions;
