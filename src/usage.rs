@@ -29,13 +29,13 @@ pub const COMMANDS: &[Command] = &[
     cmd(
         "backup-push",
         "make a base backup",
-        "walden backup-push [PGDATA] [--permanent] [--full] [--add-user-data JSON]\n\n  Take a full backup of the local data directory PGDATA (the argument or the\n  PGDATA setting) through the server PGHOST/PGPORT, into basebackups_005/ in\n  WAL-G's layout; the sentinel is written last. --permanent marks it\n  permanent; user data (or WALG_SENTINEL_USER_DATA) must be JSON. Delta,\n  remote and standby backups and tablespaces are not built yet.",
+        "walden backup-push [PGDATA] [--permanent] [--full] [--add-user-data JSON]\n\n  Take a full backup of the local data directory PGDATA (the argument or the\n  PGDATA setting) through the server PGHOST/PGPORT, into basebackups_005/ in\n  WAL-G's layout; the sentinel is written last. --permanent marks it\n  permanent; user data (or WALG_SENTINEL_USER_DATA) must be JSON.\n  Tablespaces are included; against a standby the backup is taken there,\n  and a timeline change meanwhile leaves it unfinalised (the error says how\n  to finalise it). Delta and remote backups are not built yet.",
         true,
     ),
     cmd(
         "backup-fetch",
         "restore a base backup",
-        "walden backup-fetch DEST NAME|LATEST\n\n  Restore backup NAME (LATEST: the newest finished one) into DEST, which must\n  not exist or be empty. Members that would land outside DEST are refused.\n  Add recovery.signal and restore_command = 'walden wal-fetch %f %p' to replay.",
+        "walden backup-fetch DEST NAME|LATEST [--restore-spec FILE]\n\n  Restore backup NAME (LATEST: the newest finished one) into DEST, which must\n  not exist or be empty. Members that would land outside DEST are refused.\n  Tablespaces go back to their recorded directories, or where FILE (WAL-G's\n  spec JSON) says; each must be absent or empty.\n  Add recovery.signal and restore_command = 'walden wal-fetch %f %p' to replay.",
         true,
     ),
     cmd("backup-list", "list base backups", "walden backup-list [--detail] [--json] [--pretty]", false),
