@@ -194,4 +194,29 @@ fn tablespace_backup_and_restore_spec() {
         ),
         "2"
     );
+
+    // Once the original location is empty, the default puts the
+    // tablespace back there, tablespace_map included.
+    drop(pg);
+    fs::remove_dir_all(&loc).unwrap();
+    fs::create_dir(&loc).unwrap();
+    let again = scratch.join("again");
+    store
+        .walden()
+        .arg("backup-fetch")
+        .arg(&again)
+        .arg("LATEST")
+        .run()
+        .assert_ok();
+    assert_eq!(
+        fs::read_link(again.join("pg_tblspc").join(&oid)).unwrap(),
+        loc
+    );
+    assert!(again.join("tablespace_map").is_file());
+    let version_dirs: Vec<_> = fs::read_dir(&loc).unwrap().flatten().collect();
+    assert_eq!(version_dirs.len(), 1);
+    assert!(version_dirs[0]
+        .file_name()
+        .to_string_lossy()
+        .starts_with("PG_15_"));
 }
