@@ -13,7 +13,7 @@ const ROWS: &str = "SELECT sum(abalance)::text || '/' || count(*) FROM pgbench_a
 
 /// A streaming standby of `upstream`, fed also from the archive. The
 /// cluster comes first so that it stops before its directory goes.
-fn standby_of(upstream: &PgCluster, store: &Store) -> (PgCluster, TempDir) {
+fn standby_of(upstream: &PgCluster, store: &Store, major: u32) -> (PgCluster, TempDir) {
     let dir = TempDir::new("standby");
     let data = dir.join("data");
     upstream.base_backup(&data);
@@ -24,6 +24,7 @@ fn standby_of(upstream: &PgCluster, store: &Store) -> (PgCluster, TempDir) {
         upstream.port()
     );
     let pg = PgCluster::builder()
+        .major(major)
         .conf("primary_conninfo", &conninfo)
         .conf("restore_command", "'{walden} wal-fetch %f %p'")
         .conf("archive_mode", "on")
@@ -37,8 +38,9 @@ fn standby_of(upstream: &PgCluster, store: &Store) -> (PgCluster, TempDir) {
     (pg, dir)
 }
 
-fn archiving_primary(store: &Store) -> PgCluster {
+fn archiving_primary(store: &Store, major: u32) -> PgCluster {
     PgCluster::builder()
+        .major(major)
         .conf("archive_mode", "on")
         .conf("archive_command", "'{walden} wal-push %p'")
         .env(store.env())
@@ -59,10 +61,21 @@ fn sentinels(store: &Store) -> Vec<String> {
 
 #[test]
 fn standby_backup_and_restore() {
+    backup_from_standby(15);
+}
+
+/// pg_start_backup/pg_stop_backup on a standby (Debian's pg_basebackup
+/// makes standbys of older servers, not of newer ones).
+#[test]
+fn standby_backup_and_restore_pg13() {
+    backup_from_standby(13);
+}
+
+fn backup_from_standby(major: u32) {
     let store = Store::fs();
-    let mut primary = archiving_primary(&store);
+    let mut primary = archiving_primary(&store, major);
     primary.pgbench_init(1);
-    let (standby, _standby_dir) = standby_of(&primary, &store);
+    let (standby, _standby_dir) = standby_of(&primary, &store, major);
 
     std::thread::scope(|s| {
         let load = s.spawn(|| primary.pgbench(&["-n", "-T", "3", "-c", "2"]));
@@ -120,6 +133,7 @@ fn standby_backup_and_restore() {
     assert!(!data.join("standby.signal").exists());
     fs::write(data.join("recovery.signal"), "").unwrap();
     let restored = PgCluster::builder()
+        .major(major)
         .conf("restore_command", "'{walden} wal-fetch %f %p'")
         .conf("archive_mode", "off")
         .conf("primary_conninfo", "''")
@@ -132,10 +146,10 @@ fn standby_backup_and_restore() {
 #[test]
 fn standby_timeline_change_leaves_backup_unfinalised() {
     let store = Store::fs();
-    let primary = archiving_primary(&store);
+    let primary = archiving_primary(&store, 15);
     primary.pgbench_init(2);
-    let (upstream, _upstream_dir) = standby_of(&primary, &store);
-    let (standby, _standby_dir) = standby_of(&upstream, &store);
+    let (upstream, _upstream_dir) = standby_of(&primary, &store, 15);
+    let (standby, _standby_dir) = standby_of(&upstream, &store, 15);
 
     // LZMA makes the walk take seconds, long enough to stop walden
     // between the backup's start and its stop.
