@@ -78,6 +78,10 @@ fn tablespace_backup_and_restore_spec() {
         data_dir.display()
     );
     assert!(raw.contains(&spec), "{raw}\nwanted {spec}");
+    // In WAL-G's key order: right after DataCatalogSize.
+    let before = raw.split(",\"Spec\":").next().unwrap();
+    let catalog = before.rsplit(",\"DataCatalogSize\":").next().unwrap();
+    assert!(catalog.bytes().all(|b| b.is_ascii_digit()), "{raw}");
     // Members are named through pg_tblspc, as WAL-G names them.
     let part = store
         .walden()

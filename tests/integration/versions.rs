@@ -11,7 +11,7 @@ use std::fs;
 use std::io::Write;
 use std::time::Duration;
 
-use crate::harness::{PgCluster, TempDir};
+use crate::harness::{walden_bin_for_postgres, PgCluster, TempDir};
 use crate::store::Store;
 
 const ROWS: &str =
@@ -81,15 +81,17 @@ fn pitr_on(major: u32) {
         .append(true)
         .open(data.join("postgresql.auto.conf"))
         .unwrap();
+    let walden = walden_bin_for_postgres(restored_dir.path());
     writeln!(
         auto,
-        "recovery_target_name = 'walden_matrix'\nrecovery_target_action = 'promote'"
+        "restore_command = '{} wal-fetch %f %p'\n\
+         recovery_target_name = 'walden_matrix'\nrecovery_target_action = 'promote'",
+        walden.display()
     )
     .unwrap();
     drop(auto);
     let restored = PgCluster::builder()
         .major(major)
-        .conf("restore_command", "'{walden} wal-fetch %f %p'")
         .conf("archive_mode", "off")
         .env(store.env())
         .start_restored(data);
