@@ -29,7 +29,7 @@ pub const COMMANDS: &[Command] = &[
     cmd(
         "backup-push",
         "make a base backup",
-        "walden backup-push [PGDATA] [--permanent] [--full] [--add-user-data JSON]\n\n  Take a full backup of the local data directory PGDATA (the argument or the\n  PGDATA setting) through the server PGHOST/PGPORT, into basebackups_005/ in\n  WAL-G's layout; the sentinel is written last. --permanent marks it\n  permanent; user data (or WALG_SENTINEL_USER_DATA) must be JSON. Delta,\n  remote and standby backups and tablespaces are not built yet.",
+        "walden backup-push [PGDATA] [--permanent] [--full] [--add-user-data JSON]\n\n  Take a full backup of the local data directory PGDATA (the argument or the\n  PGDATA setting) through the server PGHOST/PGPORT, into basebackups_005/ in\n  WAL-G's layout; the sentinel is written last. --permanent marks it\n  permanent; user data (or WALG_SENTINEL_USER_DATA) must be JSON.\n  Tablespaces are included; against a standby the backup is taken there,\n  and a timeline change meanwhile leaves it unfinalised (the error says how\n  to finalise it). Delta and remote backups are not built yet.",
         true,
     ),
     cmd(
@@ -37,12 +37,14 @@ pub const COMMANDS: &[Command] = &[
         "restore a base backup",
         concat!(
             "walden backup-fetch DEST NAME|LATEST [--recovery-target-time T | --recovery-target-lsn L |\n",
-            "    --recovery-target-name N | --recovery-target immediate] [--standby]\n",
+            "    --recovery-target-name N | --recovery-target immediate] [--standby] [--restore-spec FILE]\n",
             "walden backup-fetch DEST --target-user-data JSON [recovery options]\n\n",
             "  Restore backup NAME (LATEST: the newest finished one; --target-user-data:\n",
             "  the one whose user data equals JSON) into DEST, which must not exist or be\n",
             "  empty. Data tars are extracted WALG_DOWNLOAD_CONCURRENCY at a time,\n",
-            "  pg_control last. Members that would land outside DEST are refused.\n\n",
+            "  pg_control last. Members that would land outside DEST are refused.\n",
+            "  Tablespaces go back to their recorded directories, or where FILE (WAL-G's\n",
+            "  spec JSON) says; each must be absent or empty.\n\n",
             "  With a recovery target (T as '2026-12-05 14:30:00+01', L as 0/3000060, N a\n",
             "  restore point), LATEST is the newest backup that finished before it, and\n",
             "  recovery.signal (standby.signal with --standby) and a restore_command\n",

@@ -13,6 +13,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
+use super::tablespaces::{Plan, Route};
 use crate::error::{Error, Result};
 use crate::localfile::AtomicFile;
 
@@ -80,6 +81,9 @@ pub struct Extractor<'a> {
     /// Write each file under a temp name and rename it into place (for
     /// `pg_control`: never half a file where PostgreSQL reads it).
     pub atomic: bool,
+    /// Members `/pg_tblspc/<oid>/...` of tablespaces go below their
+    /// directories, with the same checks as below DEST.
+    pub tablespaces: &'a Plan,
 }
 
 impl Extractor<'_> {
@@ -145,16 +149,21 @@ impl Extractor<'_> {
     fn member(&self, mut entry: tar::Entry<'_, EofWatch>) -> Result<()> {
         let name = entry.path_bytes().into_owned();
         let rel = safe_relative(&name).map_err(|why| self.refuse(&name, why))?;
+        let (root, rel) = match self.tablespaces.route(&rel) {
+            Route::Skip => return Ok(()),
+            Route::Dest => (self.dest, rel.as_path()),
+            Route::Tablespace { root, rel } => (root, rel),
+        };
         let kind = entry.header().entry_type();
         let mode = entry.header().mode().map_err(|e| self.damaged(e))? & 0o777;
         if rel.as_os_str().is_empty() {
-            // `/` or `./`: DEST itself, which exists.
+            // `/` or `./`: DEST itself (or a tablespace's directory), which exists.
             if kind.is_dir() {
                 return Ok(());
             }
             return Err(self.refuse(&name, "it names the destination itself"));
         }
-        let path = self.parent_dirs(&name, &rel)?;
+        let path = self.parent_dirs(root, &name, rel)?;
         match kind {
             tar::EntryType::Directory => {
                 match fs::symlink_metadata(&path) {
@@ -201,7 +210,7 @@ impl Extractor<'_> {
                     .link_name_bytes()
                     .map(|t| t.into_owned())
                     .unwrap_or_default();
-                if !link_stays_inside(&rel, &target) {
+                if !link_stays_inside(rel, &target) {
                     return Err(self.refuse(
                         &name,
                         &format!(
@@ -222,7 +231,7 @@ impl Extractor<'_> {
                 let target_rel = safe_relative(&target).map_err(|why| {
                     self.refuse(&name, &format!("it is a hard link whose target {why}"))
                 })?;
-                let source = self.parent_dirs(&target, &target_rel)?;
+                let source = self.parent_dirs(self.dest, &target, &target_rel)?;
                 match fs::symlink_metadata(&source) {
                     Ok(m) if m.is_file() => {}
                     _ => {
@@ -284,11 +293,11 @@ impl Extractor<'_> {
         )
     }
 
-    /// Make sure every directory between DEST and `rel` is a real
-    /// directory (never a symlink, which could lead out of DEST), creating
-    /// missing ones; returns DEST/rel.
-    fn parent_dirs(&self, name: &[u8], rel: &Path) -> Result<PathBuf> {
-        let mut p = self.dest.to_path_buf();
+    /// Make sure every directory between `root` (DEST or a tablespace's
+    /// directory) and `rel` is a real directory (never a symlink, which
+    /// could lead out of it), creating missing ones; returns root/rel.
+    fn parent_dirs(&self, root: &Path, name: &[u8], rel: &Path) -> Result<PathBuf> {
+        let mut p = root.to_path_buf();
         if let Some(parent) = rel.parent() {
             for c in parent.components() {
                 if let Component::Normal(part) = c {
@@ -308,7 +317,7 @@ impl Extractor<'_> {
                 }
             }
         }
-        Ok(self.dest.join(rel))
+        Ok(root.join(rel))
     }
 
     /// Create one directory. Tars are extracted in parallel, so another
@@ -402,6 +411,7 @@ mod tests {
             fsync: false,
             key: "t.tar",
             atomic: false,
+            tablespaces: &Plan::default(),
         }
         .extract(Box::new(io::Cursor::new(tar)))
     }

@@ -20,6 +20,7 @@ use super::layout::{self, TarKind};
 use super::recovery::{self, Recovery};
 use super::select::{self, Wanted};
 use super::sentinel;
+use super::tablespaces;
 use super::unpack::{Unpacker, MAX_DOWNLOAD_CONCURRENCY};
 use crate::commands::{codecs, open_storage};
 use crate::config::{ConfigError, Settings};
@@ -28,7 +29,8 @@ use crate::progress::Progress;
 use crate::storage::{Entry, Storage};
 
 const USAGE: &str = "walden backup-fetch DEST NAME|LATEST [--target-user-data JSON] \
-[--recovery-target-time T | --recovery-target-lsn L | --recovery-target-name N | --recovery-target immediate] [--standby]";
+[--recovery-target-time T | --recovery-target-lsn L | --recovery-target-name N | --recovery-target immediate] [--standby] \
+[--restore-spec FILE]";
 
 /// Everything the command line and settings ask for, checked before
 /// storage is opened or DEST touched.
@@ -38,6 +40,8 @@ struct Options {
     recovery: Recovery,
     fsync: bool,
     concurrency: usize,
+    /// `--restore-spec FILE`: where tablespaces go (spec §3.4).
+    restore_spec: Option<PathBuf>,
 }
 
 fn options(settings: &Settings, args: Vec<OsString>) -> Result<Options> {
@@ -48,6 +52,7 @@ fn options(settings: &Settings, args: Vec<OsString>) -> Result<Options> {
     let mut user_data_arg: Option<String> = None;
     let mut targets: Vec<(String, String)> = Vec::new();
     let mut standby = false;
+    let mut restore_spec: Option<PathBuf> = None;
     while let Some(arg) = parser.next()? {
         match arg {
             Long("target-user-data") => user_data_arg = Some(parser.value()?.string()?),
@@ -61,6 +66,9 @@ fn options(settings: &Settings, args: Vec<OsString>) -> Result<Options> {
                 targets.push((flag, parser.value()?.string()?));
             }
             Long("standby") => standby = true,
+            Long("restore-spec") if restore_spec.is_none() => {
+                restore_spec = Some(PathBuf::from(parser.value()?));
+            }
             Value(v) if positional.len() < 2 => positional.push(
                 v.into_string()
                     .map_err(|_| usage("arguments must be UTF-8".into()))?,
@@ -126,6 +134,7 @@ fn options(settings: &Settings, args: Vec<OsString>) -> Result<Options> {
         recovery: Recovery { target, standby },
         fsync: !settings.bool("WALG_TAR_DISABLE_FSYNC")?,
         concurrency,
+        restore_spec,
     })
 }
 
@@ -168,12 +177,7 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     // Everything that can be checked is, before DEST is touched.
     let chosen = select::choose(&storage, &opts.wanted, opts.recovery.target.as_ref())?;
     let (name, sentinel) = (chosen.name, chosen.sentinel);
-    if sentinel::has_tablespaces(&sentinel) {
-        return Err(Error::Other(format!(
-            "backup {name} has tablespaces, and restoring tablespaces is not built yet in walden; \
-             restore it with WAL-G for now"
-        )));
-    }
+    let tablespaces = tablespaces::Plan::new(&sentinel, opts.restore_spec.as_deref(), &opts.dest)?;
     if let Some(base) = sentinel.as_object().and_then(catalog::delta_from) {
         return Err(Error::Other(format!(
             "backup {name} is a delta backup (taken against {base}), and restoring delta backups is not built yet in walden; \
@@ -183,6 +187,7 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     let lines = recovery_lines(settings, &opts, &name, &sentinel)?;
     let tars = tar_keys(&storage, &name)?;
     let dest = prepare_dest(&opts.dest)?;
+    tablespaces.create(&dest)?;
     log::info!("Restoring backup {name} into '{}'", dest.display());
 
     // Counted in tar bytes, which is what UncompressedSize counts.
@@ -197,6 +202,7 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
         &dest,
         tars,
         lines.as_deref(),
+        &tablespaces,
         &progress,
     )
     .map_err(|e| {
@@ -226,6 +232,7 @@ fn restore(
     dest: &Path,
     tars: Vec<(TarKind, String)>,
     recovery_lines: Option<&str>,
+    tablespaces: &tablespaces::Plan,
     progress: &Progress,
 ) -> Result<()> {
     let unpacker = Unpacker {
@@ -233,6 +240,7 @@ fn restore(
         codecs,
         dest,
         fsync: opts.fsync,
+        tablespaces,
         progress,
     };
     let data: Vec<String> = tars

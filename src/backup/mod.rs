@@ -13,5 +13,7 @@ pub mod recovery;
 pub mod select;
 pub mod sentinel;
 pub mod show;
+pub mod standby;
+pub mod tablespaces;
 pub mod unpack;
 pub mod walk;

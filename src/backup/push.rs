@@ -21,6 +21,8 @@ use serde_json::Value;
 
 use super::layout;
 use super::sentinel::{self, BackupInfo};
+use super::standby;
+use super::tablespaces;
 use super::walk::{self, Kind};
 use crate::codec::{Codecs, FinishWrite};
 use crate::commands::{codecs, open_storage};
@@ -162,33 +164,47 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     server.check(&pgdata, opts.wal_size_mb)?;
 
     let label = crate::time::rfc3339_nano(start_time);
-    let start_sql = if server.version >= 150000 {
-        format!("SELECT l::text, pg_walfile_name(l) FROM pg_backup_start('{label}', true) AS l")
+    // pg_walfile_name cannot run on a standby: its timeline comes from
+    // the control file (standby.rs).
+    let walfile_sql = if server.in_recovery {
+        "''"
     } else {
-        format!(
-            "SELECT l::text, pg_walfile_name(l) FROM pg_start_backup('{label}', true, false) AS l"
-        )
+        "pg_walfile_name(l)"
+    };
+    let start_sql = if server.version >= 150000 {
+        format!("SELECT l::text, {walfile_sql} FROM pg_backup_start('{label}', true) AS l")
+    } else {
+        format!("SELECT l::text, {walfile_sql} FROM pg_start_backup('{label}', true, false) AS l")
     };
     let rows = pg.query(&start_sql)?;
     let (start_text, walfile) = two_strings(&rows, "starting the backup")?;
     let start_lsn = lsn(&start_text)?;
-    let timeline = walfile
-        .get(0..8)
-        .and_then(|t| u32::from_str_radix(t, 16).ok())
-        .ok_or_else(|| {
-            Error::Other(format!(
-                "the server named the start WAL file '{walfile}', which is not a WAL file name"
-            ))
-        })?;
+    let timeline = if server.in_recovery {
+        standby::start_timeline(&mut pg)?
+    } else {
+        walfile
+            .get(0..8)
+            .and_then(|t| u32::from_str_radix(t, 16).ok())
+            .ok_or_else(|| {
+                Error::Other(format!(
+                    "the server named the start WAL file '{walfile}', which is not a WAL file name"
+                ))
+            })?
+    };
     let name = layout::backup_name(timeline, start_lsn, opts.wal_size_mb);
     log::info!(
         "Starting backup {name} of '{}' (start LSN {start_text})",
         pgdata.display()
     );
+    if server.in_recovery {
+        log::info!(
+            "The server is a standby: its timeline ({timeline}) is watched during the backup"
+        );
+    }
 
     let mut tars = Tars::new(storage.clone(), codecs, &name, opts.threshold);
     let mut catalog = 0u64;
-    walk::walk(&pgdata, &mut catalog, &mut |e| {
+    let tablespaces = walk::walk(&pgdata, &mut catalog, &mut |e| {
         let rel = e.rel.as_os_str().as_bytes();
         if rel == b"global/pg_control" {
             // Uploaded on its own, last (spec §1.4).
@@ -230,12 +246,18 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     let finish_lsn = lsn(row.get_str(0)?.unwrap_or(""))?;
     let label_file = row.get_str(1)?.unwrap_or("").to_string();
     let spcmap = row.get_str(2)?.unwrap_or("").to_string();
-    drop(pg);
 
     tars.start_named("backup_label")?;
     tars.add_text(b"backup_label", label_file.as_bytes())?;
     tars.add_text(b"tablespace_map", spcmap.as_bytes())?;
     tars.close_current()?;
+    // Everything is uploaded: a standby must still be on its timeline.
+    let timeline_change = if server.in_recovery {
+        standby::timeline_change(&mut pg, timeline)
+    } else {
+        None
+    };
+    drop(pg);
 
     let info = BackupInfo {
         start_lsn,
@@ -245,6 +267,7 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
         uncompressed_size: tars.content_total,
         compressed_size: tars.stored.load(Ordering::Relaxed),
         data_catalog_size: catalog,
+        spec: tablespaces::spec_json(&pgdata, &tablespaces),
         user_data: opts.user_data,
         start_time,
         finish_time: sentinel::round_up_micros(SystemTime::now()),
@@ -252,6 +275,16 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
         data_dir: server.data_dir.display().to_string(),
         is_permanent: opts.permanent,
     };
+    if let Some(why) = timeline_change {
+        return Err(standby::unfinalised(
+            &name,
+            &why,
+            &layout::metadata_key(&name),
+            &sentinel::metadata_json(&info),
+            &layout::sentinel_key(&name),
+            &sentinel::sentinel_json(&info),
+        ));
+    }
     storage.put(
         &layout::metadata_key(&name),
         sentinel::metadata_json(&info).as_bytes(),
@@ -344,13 +377,6 @@ impl Server {
                 self.version
             )));
         }
-        if self.in_recovery {
-            return Err(Error::Other(
-                "the server is a standby (in recovery), and backups from a standby are not built yet in walden; \
-                 run backup-push against the primary"
-                    .into(),
-            ));
-        }
         if self.data_dir != pgdata {
             return Err(Error::Usage(format!(
                 "'{}' is not the data directory of the server walden connected to (its data_directory is '{}'); \
@@ -366,7 +392,9 @@ impl Server {
                 self.wal_segment_bytes >> 20
             )));
         }
-        if !matches!(self.archive_mode.as_str(), "on" | "always") {
+        // A standby's WAL is archived by its primary (WAL-G skips this
+        // check there too).
+        if !self.in_recovery && !matches!(self.archive_mode.as_str(), "on" | "always") {
             // WAL-G warns too: the backup is taken, but restoring it needs
             // the WAL from its start to its end from somewhere else.
             log::warn!(

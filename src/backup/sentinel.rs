@@ -18,6 +18,9 @@ pub struct BackupInfo {
     pub uncompressed_size: u64,
     pub compressed_size: u64,
     pub data_catalog_size: u64,
+    /// The tablespace spec, JSON as `tablespaces::spec_json` writes it;
+    /// `None` without tablespaces (the key is then omitted).
+    pub spec: Option<String>,
     pub user_data: Option<Value>,
     pub start_time: SystemTime,
     pub finish_time: SystemTime,
@@ -48,7 +51,7 @@ pub(crate) fn go_escape(json: String) -> String {
     out
 }
 
-fn string(s: &str) -> String {
+pub fn string(s: &str) -> String {
     go_escape(Value::String(s.to_string()).to_string())
 }
 
@@ -72,8 +75,8 @@ fn opt_u64(v: Option<u64>) -> String {
 }
 
 /// The sentinel, keys in `BackupSentinelDtoV2`'s declaration order with
-/// v1 `omitempty` (spec §3.1). A full local backup without tablespaces
-/// has no Delta*, Spec or FilesMetadataDisabled keys.
+/// v1 `omitempty` (spec §3.1). A full local backup has no Delta* keys,
+/// and no Spec without tablespaces.
 pub fn sentinel_json(b: &BackupInfo) -> String {
     let mut out = format!(
         "{{\"LSN\":{},\"PgVersion\":{},\"FinishLSN\":{}",
@@ -88,6 +91,9 @@ pub fn sentinel_json(b: &BackupInfo) -> String {
     ));
     if b.data_catalog_size != 0 {
         out.push_str(&format!(",\"DataCatalogSize\":{}", b.data_catalog_size));
+    }
+    if let Some(spec) = &b.spec {
+        out.push_str(&format!(",\"Spec\":{spec}"));
     }
     if let Some(u) = &b.user_data {
         out.push_str(&format!(",\"UserData\":{}", go_escape(u.to_string())));
@@ -137,22 +143,6 @@ pub fn parse_user_data(text: &str) -> Result<Value, String> {
     serde_json::from_str(text).map_err(|e| e.to_string())
 }
 
-/// Whether a sentinel describes tablespaces (`Spec`, or WAL-E's `spec`,
-/// with a non-empty `tablespaces` list): restoring those is not built yet.
-/// Keys are matched case-insensitively, as WAL-G's reader does.
-pub fn has_tablespaces(sentinel: &Value) -> bool {
-    let Some(obj) = sentinel.as_object() else {
-        return false;
-    };
-    obj.iter()
-        .filter(|(k, _)| k.eq_ignore_ascii_case("spec"))
-        .any(|(_, spec)| {
-            spec.get("tablespaces")
-                .and_then(Value::as_array)
-                .is_some_and(|a| !a.is_empty())
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,6 +156,7 @@ mod tests {
             uncompressed_size: 23456789,
             compressed_size: 3456789,
             data_catalog_size: 23999999,
+            spec: None,
             user_data: None,
             start_time: UNIX_EPOCH + Duration::new(1787335355, 123457000),
             finish_time: UNIX_EPOCH + Duration::new(1787335360, 654321000),
@@ -215,13 +206,5 @@ mod tests {
         );
         let t = UNIX_EPOCH + Duration::new(10, 5_000);
         assert_eq!(round_up_micros(t), t);
-    }
-
-    #[test]
-    fn tablespaces_are_detected() {
-        let v: Value = serde_json::from_str(r#"{"Spec":{"tablespaces":["16390"]}}"#).unwrap();
-        assert!(has_tablespaces(&v));
-        let v: Value = serde_json::from_str(r#"{"LSN":1}"#).unwrap();
-        assert!(!has_tablespaces(&v));
     }
 }

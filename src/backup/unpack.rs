@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::extract::Extractor;
+use super::tablespaces::Plan;
 use crate::codec::Codecs;
 use crate::error::{Error, Result};
 use crate::progress::Progress;
@@ -25,6 +26,8 @@ pub struct Unpacker<'a> {
     pub codecs: &'a Codecs,
     pub dest: &'a Path,
     pub fsync: bool,
+    /// Where tablespace members go.
+    pub tablespaces: &'a Plan,
     /// Counts the tar bytes extracted (for the progress line).
     pub progress: &'a Progress,
 }
@@ -69,6 +72,7 @@ impl Unpacker<'_> {
             fsync: self.fsync,
             key,
             atomic,
+            tablespaces: self.tablespaces,
         }
         .extract(source)?;
         log::debug!("extracted '{key}'");

@@ -1,6 +1,7 @@
-//! Integration tests: the real `walden` binary against real PostgreSQL 15 and
-//! a real S3-compatible server. Run through scripts/test.sh, which prepares
-//! the Python venv holding the S3 server. Add a test module with one `mod` line.
+//! Integration tests: the real `walden` binary against real PostgreSQL (15,
+//! and 13–18 in the version matrix) and a real S3-compatible server. Run
+//! through scripts/test.sh, which prepares the Python venv holding the S3
+//! server and fetches the other PostgreSQL majors. Add a test module with one `mod` line.
 
 mod harness;
 
@@ -14,7 +15,10 @@ mod interop;
 mod pg_client;
 mod pitr;
 mod st;
+mod standby;
 mod store;
+mod tablespaces;
+mod versions;
 mod wal;
 mod walg_backup;
 mod walg_compat;

@@ -3,7 +3,8 @@
 //! - [`TempDir`]: self-deleting scratch directories.
 //! - [`S3Server`]: nanio, an S3-compatible server that checks SigV4.
 //! - [`FakeS3`]: a scripted, hostile S3 server for what real ones never do.
-//! - [`PgCluster`]: a PostgreSQL 15 cluster (run as `postgres` when root).
+//! - [`PgCluster`]: a PostgreSQL cluster, Debian's 15 or another major 13–18
+//!   (`PgBuilder::major`), run as `postgres` when root.
 //! - [`Walden`]: runs the built `walden` binary (or another, e.g. WAL-G) with a
 //!   clean environment.
 //!

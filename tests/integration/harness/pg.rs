@@ -1,4 +1,7 @@
-//! A real PostgreSQL 15 server per test. Debian's PostgreSQL refuses to run
+//! A real PostgreSQL server per test: Debian's 15 by default, or another
+//! major's binaries fetched by scripts/pg-versions.sh (`PgBuilder::major`).
+//! Client tools (psql, pgbench, pg_basebackup) are always Debian's 15,
+//! which talk to every major the tests use. PostgreSQL refuses to run
 //! as root, so when the tests run as root every server-side command goes
 //! through `runuser -u postgres`; client tools (psql, pgbench) connect over
 //! the unix socket with trust auth and run as whoever we are.
@@ -13,8 +16,34 @@ use super::walden::{scrub_env, walden_bin_for_postgres};
 
 pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
+/// The server binaries of PostgreSQL `major`: Debian's for 15, otherwise
+/// the cache scripts/pg-versions.sh fills (`WALDEN_PG_CACHE`, else
+/// /var/cache/walden/pg as root, else ~/.cache/walden/pg). Panics with
+/// what to run when they are missing: a matrix test must not pass by not
+/// running.
+pub fn server_bin(major: u32) -> PathBuf {
+    if major == 15 {
+        return PathBuf::from(PG_BIN);
+    }
+    let cache = match std::env::var_os("WALDEN_PG_CACHE") {
+        Some(c) if !c.is_empty() => PathBuf::from(c),
+        _ if running_as_root() => PathBuf::from("/var/cache/walden/pg"),
+        _ => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/walden/pg"),
+    };
+    let bin = cache.join(major.to_string()).join("bin");
+    if !bin.join("postgres").is_file() {
+        panic!(
+            "PostgreSQL {major} binaries not found in {}; run scripts/pg-versions.sh (scripts/test.sh does)",
+            bin.display()
+        );
+    }
+    bin
+}
+
 pub struct PgCluster {
     data: PathBuf,
+    /// Directory of initdb, pg_ctl and postgres for this cluster's major.
+    bin: PathBuf,
     port: u16,
     running: bool,
     /// Environment of the postmaster, hence of archive_command/restore_command.
@@ -36,9 +65,20 @@ pub struct PgBuilder {
     conf: Vec<(String, String)>,
     env: Vec<(String, String)>,
     hba: Vec<String>,
+    major: Option<u32>,
 }
 
 impl PgBuilder {
+    /// Run this PostgreSQL major's server (13–18) instead of Debian's 15.
+    pub fn major(mut self, major: u32) -> Self {
+        self.major = Some(major);
+        self
+    }
+
+    fn bin(&self) -> PathBuf {
+        server_bin(self.major.unwrap_or(15))
+    }
+
     pub fn conf(mut self, key: &str, value: &str) -> Self {
         self.conf.push((key.to_string(), value.to_string()));
         self
@@ -75,7 +115,8 @@ impl PgBuilder {
         let tmp = TempDir::new("pg");
         tmp.chown_postgres();
         let data = tmp.join("data");
-        let mut pg = PgCluster::new(tmp, data, self.env);
+        let bin = self.bin();
+        let mut pg = PgCluster::new(tmp, data, bin, self.env);
         let out = pg
             .server_cmd("initdb")
             .arg("-D")
@@ -116,7 +157,8 @@ impl PgBuilder {
         chown_postgres(&data_dir);
         std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700))
             .expect("chmod 700 restored data dir");
-        let mut pg = PgCluster::new(tmp, data_dir, self.env);
+        let bin = self.bin();
+        let mut pg = PgCluster::new(tmp, data_dir, bin, self.env);
         pg.write_conf(&self.conf);
         pg.start_server();
         pg
@@ -138,10 +180,16 @@ impl PgCluster {
             .start_restored(data_dir)
     }
 
-    fn new(tmp: TempDir, data: PathBuf, server_env: Vec<(String, String)>) -> PgCluster {
+    fn new(
+        tmp: TempDir,
+        data: PathBuf,
+        bin: PathBuf,
+        server_env: Vec<(String, String)>,
+    ) -> PgCluster {
         let walden = walden_bin_for_postgres(tmp.path());
         PgCluster {
             data,
+            bin,
             port: free_port(),
             running: false,
             server_env,
@@ -153,7 +201,7 @@ impl PgCluster {
     /// A command for a server-side binary, run as postgres when we are root,
     /// with a scrubbed environment and HOME pointing at our temp dir.
     fn server_cmd(&self, prog: &str) -> Command {
-        let bin = format!("{PG_BIN}/{prog}");
+        let bin = self.bin.join(prog);
         let mut cmd = if running_as_root() {
             // runuser resets HOME, so set it through env(1) after the switch.
             let mut c = Command::new("runuser");
