@@ -5,13 +5,12 @@
 //! scripts/pg-versions.sh. Kept small (scale 1, a few seconds of pgbench):
 //! the matrix runs in every CI run.
 //!
-//! The recovery settings are written by hand here, as a WAL-G user would.
+//! The recovery settings are written by `backup-fetch --recovery-target-name`.
 
 use std::fs;
-use std::io::Write;
 use std::time::Duration;
 
-use crate::harness::{walden_bin_for_postgres, PgCluster, TempDir};
+use crate::harness::{walden_bin_for_postgres, PgCluster, TempDir, Walden};
 use crate::store::Store;
 
 const ROWS: &str =
@@ -67,29 +66,24 @@ fn pitr_on(major: u32) {
     .unwrap();
     assert_eq!(sentinel["PgVersion"], version, "{sentinel}");
 
+    // walden's own point-in-time recovery: the binary PostgreSQL will
+    // call (reachable by the postgres user) writes its own restore_command.
     let restored_dir = TempDir::new("matrix");
+    restored_dir.chown_postgres();
     let data = restored_dir.join("data");
-    store
-        .walden()
+    Walden::program(walden_bin_for_postgres(restored_dir.path()))
+        .envs(store.env())
         .arg("backup-fetch")
         .arg(&data)
-        .arg("LATEST")
+        .args(["LATEST", "--recovery-target-name", "walden_matrix"])
         .run()
         .assert_ok();
-    fs::write(data.join("recovery.signal"), "").unwrap();
-    let mut auto = fs::OpenOptions::new()
-        .append(true)
-        .open(data.join("postgresql.auto.conf"))
-        .unwrap();
-    let walden = walden_bin_for_postgres(restored_dir.path());
-    writeln!(
-        auto,
-        "restore_command = '{} wal-fetch %f %p'\n\
-         recovery_target_name = 'walden_matrix'\nrecovery_target_action = 'promote'",
-        walden.display()
-    )
-    .unwrap();
-    drop(auto);
+    let auto = fs::read_to_string(data.join("postgresql.auto.conf")).unwrap();
+    assert!(
+        auto.contains("recovery_target_name = 'walden_matrix'"),
+        "{auto}"
+    );
+    assert!(data.join("recovery.signal").exists());
     let restored = PgCluster::builder()
         .major(major)
         .conf("archive_mode", "off")
