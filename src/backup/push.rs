@@ -332,7 +332,20 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
         "Wrote backup with name {name} to storage {}",
         storage.location()
     );
+    log::debug!("peak memory (RSS) of backup-push: {} KiB", peak_rss_kib());
     Ok(())
+}
+
+/// This process's peak resident set size (Linux reports KiB).
+fn peak_rss_kib() -> i64 {
+    // SAFETY: getrusage only writes into the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    if rc == 0 {
+        usage.ru_maxrss
+    } else {
+        0
+    }
 }
 
 /// The session holding the backup during the copy: pinged by the alive

@@ -56,12 +56,13 @@ impl Abort {
         self.set.load(Ordering::Relaxed)
     }
 
-    /// The error to report: the first one set.
+    /// The error to report: the first one set (its text: every thread
+    /// that stops reports the same cause).
     pub fn error(&self) -> Error {
         self.first
             .lock()
             .ok()
-            .and_then(|mut f| f.take())
+            .and_then(|f| f.as_ref().map(|e| Error::Other(e.to_string())))
             .unwrap_or_else(|| Error::Other("the backup was stopped by an earlier error".into()))
     }
 }
@@ -292,9 +293,10 @@ impl Builder {
             self.buf = vec![0; COPY_BUFFER];
         }
         let mut buf = std::mem::take(&mut self.buf);
-        let result = self
-            .open()
-            .and_then(|open| append_copy(open, &mut header, &m.name, reader, size, &mut buf));
+        let shared = self.shared.clone();
+        let result = self.open().and_then(|open| {
+            append_copy(open, &mut header, &m.name, reader, size, &mut buf, &shared.abort)
+        });
         self.buf = buf;
         result?;
         let threshold = self.shared.threshold;
@@ -554,6 +556,7 @@ fn append_copy(
     mut data: impl Read,
     size: u64,
     buf: &mut [u8],
+    abort: &Abort,
 ) -> Result<()> {
     prepare(open, header, member, None)?;
     let key = open.key.clone();
@@ -562,6 +565,11 @@ fn append_copy(
     out.write_all(header.as_bytes()).map_err(failed)?;
     let mut left = size;
     while left > 0 {
+        // A large file must not hold up an abort (dead server, failed
+        // upload elsewhere) until its end.
+        if abort.is_set() {
+            return Err(abort.error());
+        }
         let want = buf.len().min(left.min(usize::MAX as u64) as usize);
         let n = data.read(&mut buf[..want]).map_err(failed)?;
         if n == 0 {

@@ -5,6 +5,7 @@
 mod harness;
 
 mod backup;
+mod backup_push;
 mod config;
 mod hardening;
 mod harness_selftest;
