@@ -12,3 +12,4 @@ pub mod sentinel;
 mod tars;
 mod throttle;
 pub mod walk;
+mod stop;

@@ -24,7 +24,7 @@ use super::sentinel::{self, BackupInfo};
 use super::tars::{self, Builder, Member, Pool, What};
 use super::throttle::RateLimit;
 use super::walk::{self, Kind};
-use super::{files_metadata, knobs, layout};
+use super::{files_metadata, knobs, layout, stop};
 use crate::codec::FinishWrite;
 use crate::commands::{codecs, open_storage};
 use crate::config::{ConfigError, Settings};
@@ -277,7 +277,12 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     })?;
     single.close()?;
 
-    let (finish_lsn, label_file, spcmap) = stop_backup(&mut pg, server.version, opts.stop_timeout)?;
+    // The WAL up to the backup's end must be archived before the backup
+    // is usable; on a standby PostgreSQL does not wait either.
+    let wait_archive =
+        !server.in_recovery && matches!(server.archive_mode.as_str(), "on" | "always");
+    let stopped = stop::stop_backup(&mut pg, server.version, wait_archive, opts.stop_timeout)?;
+    let (finish_lsn, label_file, spcmap) = (stopped.finish_lsn, stopped.label, stopped.spcmap);
     drop(pg);
 
     single.start_named("backup_label")?;
@@ -366,46 +371,6 @@ impl Held {
 
 const PROGRESS_EVERY: Duration = Duration::from_secs(30);
 
-/// `pg_backup_stop`, waiting at most `timeout` (WAL-G: `statement_timeout`
-/// on the session, in a transaction). `wait_for_archive`: the backup is
-/// only usable once the WAL up to its end is archived, so we wait for
-/// that before calling it done.
-fn stop_backup(
-    pg: &mut Client,
-    version: i64,
-    timeout: Option<Duration>,
-) -> Result<(u64, String, String)> {
-    let stop_sql = if version >= 150000 {
-        "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(true)"
-    } else {
-        "SELECT lsn::text, labelfile, spcmapfile FROM pg_stop_backup(false, true)"
-    };
-    if let Some(t) = timeout {
-        pg.execute(&format!("SET statement_timeout = {}", t.as_millis().max(1)))?;
-    }
-    let rows = match pg.query(stop_sql) {
-        Ok(rows) => rows,
-        Err(e) if timeout.is_some() && e.to_string().contains("57014") => {
-            return Err(Error::Other(format!(
-                "stopping the backup took longer than WALG_STOP_BACKUP_TIMEOUT ({:?}): the server is still \
-                 waiting for WAL to be archived (check archive_command and the server log); \
-                 no sentinel was written ({e})",
-                timeout.unwrap_or_default()
-            )))
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let row = rows
-        .first()
-        .ok_or_else(|| Error::Other("stopping the backup: the server returned no row".into()))?;
-    let finish_lsn = lsn(row.get_str(0)?.unwrap_or(""))?;
-    Ok((
-        finish_lsn,
-        row.get_str(1)?.unwrap_or("").to_string(),
-        row.get_str(2)?.unwrap_or("").to_string(),
-    ))
-}
-
 fn two_strings(rows: &[crate::pg::Row], what: &str) -> Result<(String, String)> {
     let row = rows
         .first()
@@ -416,7 +381,7 @@ fn two_strings(rows: &[crate::pg::Row], what: &str) -> Result<(String, String)> 
     ))
 }
 
-fn lsn(text: &str) -> Result<u64> {
+pub(super) fn lsn(text: &str) -> Result<u64> {
     layout::parse_lsn(text)
         .ok_or_else(|| Error::Other(format!("the server returned '{text}', which is not an LSN")))
 }
