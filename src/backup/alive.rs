@@ -25,11 +25,7 @@ impl AliveCheck {
         let thread = std::thread::Builder::new()
             .name("alive-check".into())
             .spawn(move || {
-                loop {
-                    match stopped.recv_timeout(every) {
-                        Err(RecvTimeoutError::Timeout) => {}
-                        _ => break,
-                    }
+                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
                     if let Err(e) = pg.query("SELECT 1") {
                         shared.abort.set(Error::Other(format!(
                             "the PostgreSQL server stopped answering during the backup ({e}); \

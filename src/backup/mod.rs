@@ -9,7 +9,7 @@ mod knobs;
 pub mod layout;
 pub mod push;
 pub mod sentinel;
+mod stop;
 mod tars;
 mod throttle;
 pub mod walk;
-mod stop;

@@ -45,16 +45,15 @@ pub fn stop_backup(
         "''"
     };
     if let Some(t) = timeout {
-        pg.execute(&format!(
-            "SET statement_timeout = {}",
-            t.as_millis().max(1)
-        ))?;
+        pg.execute(&format!("SET statement_timeout = {}", t.as_millis().max(1)))?;
     }
     let rows = match pg.query(&format!(
         "SELECT lsn::text, labelfile, spcmapfile, {segment} FROM {function}"
     )) {
         Ok(rows) => rows,
-        Err(e) if e.to_string().contains("57014") => return Err(timed_out(timeout, &e.to_string())),
+        Err(e) if e.to_string().contains("57014") => {
+            return Err(timed_out(timeout, &e.to_string()))
+        }
         Err(e) => return Err(e.into()),
     };
     let row = rows

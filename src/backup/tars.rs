@@ -295,7 +295,15 @@ impl Builder {
         let mut buf = std::mem::take(&mut self.buf);
         let shared = self.shared.clone();
         let result = self.open().and_then(|open| {
-            append_copy(open, &mut header, &m.name, reader, size, &mut buf, &shared.abort)
+            append_copy(
+                open,
+                &mut header,
+                &m.name,
+                reader,
+                size,
+                &mut buf,
+                &shared.abort,
+            )
         });
         self.buf = buf;
         result?;
@@ -379,10 +387,12 @@ impl Pool {
         if let Some(b) = self.inline.as_mut() {
             return b.add(&m);
         }
-        let sent = self.jobs.as_ref().map(|tx| tx.send(m));
-        match sent {
-            Some(Ok(())) => Ok(()),
-            _ => Err(self.shared.abort.error()),
+        let sent = self.jobs.as_ref().is_some_and(|tx| tx.send(m).is_ok());
+        if sent {
+            Ok(())
+        } else {
+            // Every builder stopped: the first one's error says why.
+            Err(self.shared.abort.error())
         }
     }
 

@@ -32,8 +32,10 @@ fn sentinels(store: &Store) -> Vec<String> {
 }
 
 fn sentinel(store: &Store, file: &str) -> serde_json::Value {
-    serde_json::from_slice(&fs::read(store.object_file(&format!("basebackups_005/{file}"))).unwrap())
-        .unwrap()
+    serde_json::from_slice(
+        &fs::read(store.object_file(&format!("basebackups_005/{file}"))).unwrap(),
+    )
+    .unwrap()
 }
 
 /// `count` orphan files of 0–2 KiB in `dir` (PostgreSQL ignores files no
@@ -210,11 +212,7 @@ fn backup_push_alive_check_stops_a_backup_of_a_dead_server() {
     let killed = Instant::now();
     let out = running.wait(Duration::from_secs(60));
     assert_eq!(out.code, 1, "{}", out.dump());
-    assert!(
-        out.stderr.contains("stopped answering"),
-        "{}",
-        out.dump()
-    );
+    assert!(out.stderr.contains("stopped answering"), "{}", out.dump());
     assert!(
         killed.elapsed() < Duration::from_secs(4),
         "stopped {:?} after the server died",
