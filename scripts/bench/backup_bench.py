@@ -136,6 +136,11 @@ def main():
     shutil.chown(f"{WORK}/repo-pgbackrest", "postgres")
     make_data(conf)
     run(["pgbackrest", f"--config={conf}", "--stanza=bench", "stanza-create"])
+    # The load left WAL to archive (into the stanza just created): let the
+    # archiver catch up, or the first tool's stop would wait for it.
+    last = psql("SELECT pg_walfile_name(pg_switch_wal())")
+    while psql(f"SELECT coalesce(last_archived_wal, '') >= '{last}' FROM pg_stat_archiver") != "t":
+        time.sleep(0.2)
     zstd = {"WALG_COMPRESSION_METHOD": "zstd", "WALG_ZSTD_LEVEL": "default", "WALG_COMPRESSION_LEVEL": "3",
             "WALG_DOWNLOAD_CONCURRENCY": CONC, **PGENV}
     # WAL-G's only backup parallelism is its disk concurrency (tars filled
