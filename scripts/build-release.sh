@@ -13,4 +13,4 @@ command -v cargo >/dev/null 2>&1 || . "$HOME/.cargo/env"
 target=x86_64-unknown-linux-gnu
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --quiet --target "$target" 2>/dev/null \
     || RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --target "$target"
-echo "$PWD/target/$target/release/walden"
+echo "${CARGO_TARGET_DIR:-$PWD/target}/$target/release/walden"

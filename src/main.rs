@@ -14,7 +14,6 @@ mod fuzz;
 mod localfile;
 mod logger;
 mod pg;
-#[allow(dead_code)] // wired into backup-push and backup-fetch at merge
 mod progress;
 mod storage;
 mod stream;

@@ -97,6 +97,7 @@ impl Progress {
     }
 
     /// Bytes counted so far.
+    #[cfg(test)]
     pub fn done(&self) -> u64 {
         self.inner.done.load(Ordering::Relaxed)
     }

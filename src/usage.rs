@@ -29,7 +29,7 @@ pub const COMMANDS: &[Command] = &[
     cmd(
         "backup-push",
         "make a base backup",
-        "walden backup-push [PGDATA] [--permanent] [--full] [--add-user-data JSON]\n\n  Take a full backup of the local data directory PGDATA (the argument or the\n  PGDATA setting) through the server PGHOST/PGPORT, into basebackups_005/ in\n  WAL-G's layout; the sentinel is written last. --permanent marks it\n  permanent; user data (or WALG_SENTINEL_USER_DATA) must be JSON.\n  Tablespaces are included; against a standby the backup is taken there,\n  and a timeline change meanwhile leaves it unfinalised (the error says how\n  to finalise it). Delta and remote backups are not built yet.",
+        "walden backup-push [PGDATA] [--permanent] [--full] [--add-user-data JSON]\n                   [--without-files-metadata]\n\n  Take a full backup of the local data directory PGDATA (the argument or the\n  PGDATA setting) through the server PGHOST/PGPORT, into basebackups_005/ in\n  WAL-G's layout, files_metadata.json included; the sentinel is written last.\n  --permanent marks it permanent; user data (or WALG_SENTINEL_USER_DATA) must\n  be JSON. WALG_UPLOAD_DISK_CONCURRENCY partitions are filled at once;\n  WALG_DISK_RATE_LIMIT / WALG_NETWORK_RATE_LIMIT (bytes/s),\n  WALG_ALIVE_CHECK_INTERVAL and WALG_STOP_BACKUP_TIMEOUT apply.\n  Tablespaces are included; against a standby the backup is taken there,\n  and a timeline change meanwhile leaves it unfinalised (the error says how\n  to finalise it). Delta and remote backups are not built yet.",
         true,
     ),
     cmd(

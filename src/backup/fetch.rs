@@ -195,17 +195,15 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
         &format!("backup-fetch {name}"),
         sentinel.get("UncompressedSize").and_then(Value::as_u64),
     );
-    restore(
-        &storage,
-        &codecs,
-        &opts,
-        &dest,
-        tars,
-        lines.as_deref(),
-        &tablespaces,
-        &progress,
-    )
-    .map_err(|e| {
+    let unpacker = Unpacker {
+        storage: &storage,
+        codecs: &codecs,
+        dest: &dest,
+        fsync: opts.fsync,
+        tablespaces: &tablespaces,
+        progress: &progress,
+    };
+    restore(&unpacker, &opts, tars, lines.as_deref()).map_err(|e| {
         Error::Other(format!(
             "{e}\nhint: '{}' is incomplete; remove it before trying again",
             dest.display()
@@ -226,23 +224,12 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
 /// `pg_control`, written under a temp name and renamed. Until that rename
 /// there is no `global/pg_control` and PostgreSQL refuses to start.
 fn restore(
-    storage: &Arc<dyn Storage>,
-    codecs: &crate::codec::Codecs,
+    unpacker: &Unpacker,
     opts: &Options,
-    dest: &Path,
     tars: Vec<(TarKind, String)>,
     recovery_lines: Option<&str>,
-    tablespaces: &tablespaces::Plan,
-    progress: &Progress,
 ) -> Result<()> {
-    let unpacker = Unpacker {
-        storage,
-        codecs,
-        dest,
-        fsync: opts.fsync,
-        tablespaces,
-        progress,
-    };
+    let dest = unpacker.dest;
     let data: Vec<String> = tars
         .iter()
         .filter(|(k, _)| *k == TarKind::Data)

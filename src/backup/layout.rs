@@ -26,6 +26,10 @@ pub fn metadata_key(name: &str) -> String {
     format!("{BASEBACKUPS}{name}/metadata.json")
 }
 
+pub fn files_metadata_key(name: &str) -> String {
+    format!("{BASEBACKUPS}{name}/files_metadata.json")
+}
+
 pub fn partitions_prefix(name: &str) -> String {
     format!("{BASEBACKUPS}{name}/tar_partitions/")
 }

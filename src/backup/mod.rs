@@ -1,10 +1,13 @@
 //! Full base backups in WAL-G's layout: `backup-push` (local mode, reading
 //! PGDATA) and `backup-fetch`. See `../shared/spec/walg-backup-format.md`.
 
+mod alive;
 pub mod catalog;
 pub mod extract;
 pub mod fetch;
+mod files_metadata;
 pub mod gotime;
+mod knobs;
 pub mod layout;
 pub mod list;
 pub mod mark;
@@ -14,6 +17,9 @@ pub mod select;
 pub mod sentinel;
 pub mod show;
 pub mod standby;
+mod stop;
 pub mod tablespaces;
+mod tars;
+mod throttle;
 pub mod unpack;
 pub mod walk;

@@ -1,38 +1,42 @@
 //! `walden backup-push [PGDATA]`: a full local backup (spec §1.6, §10.1).
 //!
-//! One session holds a non-exclusive backup open while PGDATA is walked
-//! into tar partitions, each streamed through the codecs into storage;
-//! then `pg_control.tar`, the backup stop, `backup_label.tar`,
-//! `metadata.json` and, last, the sentinel: a backup exists only once its
-//! sentinel is written, so anything that fails earlier leaves garbage that
-//! no restore will pick.
+//! One session holds a non-exclusive backup open (pinged by the alive
+//! check) while PGDATA is walked and its members packed into tar
+//! partitions by `WALG_UPLOAD_DISK_CONCURRENCY` builders (`tars.rs`), each
+//! streamed through the codecs into storage; then `pg_control.tar`, the
+//! backup stop, `backup_label.tar`, `metadata.json`, `files_metadata.json`
+//! (`files_metadata.rs`) and, last, the sentinel: a backup exists only once
+//! its sentinel is written, so anything that fails earlier leaves garbage
+//! that no restore will pick.
 
 use std::ffi::OsString;
-use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::BufWriter;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 
-use super::layout;
+use super::alive::AliveCheck;
 use super::sentinel::{self, BackupInfo};
 use super::standby;
 use super::tablespaces;
+use super::tars::{self, Builder, Member, Pool, What};
+use super::throttle::RateLimit;
 use super::walk::{self, Kind};
-use crate::codec::{Codecs, FinishWrite};
+use super::{files_metadata, knobs, layout, stop};
+use crate::codec::FinishWrite;
 use crate::commands::{codecs, open_storage};
 use crate::config::{ConfigError, Settings};
 use crate::error::{Error, Result};
 use crate::pg::{Client, ConnParams};
+use crate::progress::Progress;
 use crate::storage::upload::ObjectWriter;
-use crate::storage::Storage;
 
-const USAGE: &str = "walden backup-push [PGDATA] [--permanent] [--full] [--add-user-data JSON]";
+const USAGE: &str =
+    "walden backup-push [PGDATA] [--permanent] [--full] [--add-user-data JSON] [--without-files-metadata]";
 
 struct Options {
     pgdata: PathBuf,
@@ -40,21 +44,36 @@ struct Options {
     user_data: Option<Value>,
     threshold: u64,
     wal_size_mb: u64,
+    /// Tar builders reading, packing and compressing at once (one
+    /// upload stream each): `WALG_UPLOAD_DISK_CONCURRENCY`, at most
+    /// `WALG_UPLOAD_CONCURRENCY`.
+    builders: usize,
+    disk_limit: Option<u64>,
+    network_limit: Option<u64>,
+    files_metadata: bool,
+    alive_every: Option<Duration>,
+    stop_timeout: Option<Duration>,
 }
+
+/// WAL-G's default `WALG_ALIVE_CHECK_INTERVAL` (PostgreSQL).
+const ALIVE_DEFAULT: Duration = Duration::from_secs(60);
+
+/// More tar streams than this only multiplies memory on any machine.
+const MAX_BUILDERS: usize = 64;
 
 fn options(settings: &Settings, args: Vec<OsString>) -> Result<Options> {
     use lexopt::prelude::*;
     let mut parser = lexopt::Parser::from_args(args);
     let mut dir: Option<PathBuf> = None;
     let mut permanent = false;
+    let mut without_files_metadata = settings.bool("WALG_WITHOUT_FILES_METADATA")?;
     let mut user_data_arg: Option<String> = None;
     while let Some(arg) = parser.next()? {
         match arg {
             Short('p') | Long("permanent") => permanent = true,
             // Every backup walden takes is full for now.
             Short('f') | Long("full") => {}
-            // walden writes no files_metadata.json yet (the sentinel says so).
-            Long("without-files-metadata") => {}
+            Long("without-files-metadata") => without_files_metadata = true,
             Long("add-user-data") => {
                 user_data_arg = Some(parser.value()?.string()?);
             }
@@ -116,12 +135,20 @@ fn options(settings: &Settings, args: Vec<OsString>) -> Result<Options> {
             .into())
         }
     };
+    let disk = settings.positive("WALG_UPLOAD_DISK_CONCURRENCY")?;
+    let uploads = crate::commands::upload_concurrency(settings)?;
     Ok(Options {
         pgdata,
         permanent,
         user_data,
         threshold,
         wal_size_mb: crate::wal::segment_size_mb(settings)?,
+        builders: disk.min(uploads).min(MAX_BUILDERS),
+        disk_limit: knobs::rate(settings, "WALG_DISK_RATE_LIMIT")?,
+        network_limit: knobs::rate(settings, "WALG_NETWORK_RATE_LIMIT")?,
+        files_metadata: !without_files_metadata,
+        alive_every: knobs::duration(settings, "WALG_ALIVE_CHECK_INTERVAL", Some(ALIVE_DEFAULT))?,
+        stop_timeout: knobs::duration(settings, "WALG_STOP_BACKUP_TIMEOUT", None)?,
     })
 }
 
@@ -202,55 +229,73 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
         );
     }
 
-    let mut tars = Tars::new(storage.clone(), codecs, &name, opts.threshold);
+    let mut codecs = codecs;
+    // One zstd stream per builder: the cores are shared among them.
+    codecs.zstd_workers = (codecs.zstd_workers / opts.builders as u32).max(1);
+    let shared = Arc::new(tars::Shared::new(
+        storage.clone(),
+        codecs,
+        &name,
+        opts.threshold,
+        opts.disk_limit.map(RateLimit::new),
+        opts.network_limit.map(RateLimit::new),
+        opts.files_metadata,
+    ));
+    let alive = match opts.alive_every {
+        Some(every) => Held::Checked(AliveCheck::start(pg, every, shared.clone())?),
+        None => Held::Idle(pg),
+    };
+    let mut pool = Pool::start(shared.clone(), opts.builders)?;
     let mut catalog = 0u64;
+    let progress = Progress::new(&format!("backup-push {name}"), None);
     let tablespaces = walk::walk(&pgdata, &mut catalog, &mut |e| {
         let rel = e.rel.as_os_str().as_bytes();
         if rel == b"global/pg_control" {
             // Uploaded on its own, last (spec §1.4).
             return Ok(());
         }
-        let member = [b"/", rel].concat();
-        match e.kind {
-            Kind::Dir => tars.add_header(&member, e.meta, tar::EntryType::Directory, None),
-            Kind::Symlink(target) => tars.add_header(
-                &member,
-                e.meta,
-                tar::EntryType::Symlink,
-                Some(target.as_os_str().as_bytes()),
-            ),
-            Kind::File => tars.add_file(&member, &pgdata.join(e.rel), e.meta),
+        if matches!(e.kind, Kind::File) {
+            // Counted when handed to a builder: with one builder (the
+            // default) that is when it is read.
+            progress.add(e.meta.len());
         }
+        pool.add(Member {
+            name: [b"/", rel].concat(),
+            path: pgdata.join(e.rel),
+            meta: e.meta.clone(),
+            what: match e.kind {
+                Kind::Dir => What::Dir,
+                Kind::File => What::File,
+                Kind::Symlink(target) => What::Symlink(target),
+            },
+        })
     })?;
-    tars.close_current()?;
+    let spills = pool.finish()?;
+    let mut pg = alive.finish()?;
+    if shared.abort.is_set() {
+        return Err(shared.abort.error());
+    }
 
     // pg_control after every data tar, still inside the backup.
     let control_path = pgdata.join("global/pg_control");
     let control_meta = std::fs::metadata(&control_path)
         .map_err(|e| Error::io(format!("reading '{}'", control_path.display()), e))?;
-    tars.start_named("pg_control")?;
-    tars.add_file(b"/global/pg_control", &control_path, &control_meta)?;
-    tars.close_current()?;
+    let mut single = Builder::new(shared.clone(), false)?;
+    single.start_named("pg_control")?;
+    single.add(&Member {
+        name: b"/global/pg_control".to_vec(),
+        path: control_path,
+        meta: control_meta,
+        what: What::File,
+    })?;
+    single.close()?;
 
-    // wait_for_archive: the backup is only usable once the WAL up to its
-    // end is archived, so we wait for that before calling it done.
-    let stop_sql = if server.version >= 150000 {
-        "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(true)"
-    } else {
-        "SELECT lsn::text, labelfile, spcmapfile FROM pg_stop_backup(false, true)"
-    };
-    let rows = pg.query(stop_sql)?;
-    let row = rows
-        .first()
-        .ok_or_else(|| Error::Other("stopping the backup: the server returned no row".into()))?;
-    let finish_lsn = lsn(row.get_str(0)?.unwrap_or(""))?;
-    let label_file = row.get_str(1)?.unwrap_or("").to_string();
-    let spcmap = row.get_str(2)?.unwrap_or("").to_string();
-
-    tars.start_named("backup_label")?;
-    tars.add_text(b"backup_label", label_file.as_bytes())?;
-    tars.add_text(b"tablespace_map", spcmap.as_bytes())?;
-    tars.close_current()?;
+    // The WAL up to the backup's end must be archived before the backup
+    // is usable; on a standby PostgreSQL does not wait either.
+    let wait_archive =
+        !server.in_recovery && matches!(server.archive_mode.as_str(), "on" | "always");
+    let stopped = stop::stop_backup(&mut pg, server.version, wait_archive, opts.stop_timeout)?;
+    let (finish_lsn, label_file, spcmap) = (stopped.finish_lsn, stopped.label, stopped.spcmap);
     // Everything is uploaded: a standby must still be on its timeline.
     let timeline_change = if server.in_recovery {
         standby::timeline_change(&mut pg, timeline)
@@ -259,13 +304,36 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     };
     drop(pg);
 
+    single.start_named("backup_label")?;
+    single.add_text(b"backup_label", label_file.as_bytes())?;
+    single.add_text(b"tablespace_map", spcmap.as_bytes())?;
+    single.close()?;
+
+    if opts.files_metadata {
+        let label_tar = shared.tar_name("backup_label");
+        let key = layout::files_metadata_key(&name);
+        let mut out =
+            BufWriter::with_capacity(256 * 1024, ObjectWriter::new(storage.clone(), &key));
+        files_metadata::write_json(
+            spills,
+            &[(label_tar.as_str(), &["tablespace_map", "backup_label"])],
+            &mut out,
+        )?;
+        let object = out
+            .into_inner()
+            .map_err(|e| Error::io(format!("uploading '{key}'"), e.into_error()))?;
+        Box::new(object)
+            .finish()
+            .map_err(|e| Error::io(format!("uploading '{key}'"), e))?;
+    }
+
     let info = BackupInfo {
         start_lsn,
         finish_lsn,
         pg_version: server.version,
         system_identifier: server.system_identifier,
-        uncompressed_size: tars.content_total,
-        compressed_size: tars.stored.load(Ordering::Relaxed),
+        uncompressed_size: shared.content_total.load(Ordering::Relaxed),
+        compressed_size: shared.stored.load(Ordering::Relaxed),
         data_catalog_size: catalog,
         spec: tablespaces::spec_json(&pgdata, &tablespaces),
         user_data: opts.user_data,
@@ -274,6 +342,7 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
         hostname: hostname(),
         data_dir: server.data_dir.display().to_string(),
         is_permanent: opts.permanent,
+        files_metadata_disabled: !opts.files_metadata,
     };
     if let Some(why) = timeline_change {
         return Err(standby::unfinalised(
@@ -294,11 +363,41 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
         &layout::sentinel_key(&name),
         sentinel::sentinel_json(&info).as_bytes(),
     )?;
+    progress.finish();
     log::info!(
         "Wrote backup with name {name} to storage {}",
         storage.location()
     );
+    log::debug!("peak memory (RSS) of backup-push: {} KiB", peak_rss_kib());
     Ok(())
+}
+
+/// This process's peak resident set size (Linux reports KiB).
+fn peak_rss_kib() -> i64 {
+    // SAFETY: getrusage only writes into the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    if rc == 0 {
+        usage.ru_maxrss
+    } else {
+        0
+    }
+}
+
+/// The session holding the backup during the copy: pinged by the alive
+/// check, or left idle when the check is off.
+enum Held {
+    Checked(AliveCheck),
+    Idle(Client),
+}
+
+impl Held {
+    fn finish(self) -> Result<Client> {
+        match self {
+            Held::Checked(a) => a.finish(),
+            Held::Idle(pg) => Ok(pg),
+        }
+    }
 }
 
 fn two_strings(rows: &[crate::pg::Row], what: &str) -> Result<(String, String)> {
@@ -311,7 +410,7 @@ fn two_strings(rows: &[crate::pg::Row], what: &str) -> Result<(String, String)> 
     ))
 }
 
-fn lsn(text: &str) -> Result<u64> {
+pub(super) fn lsn(text: &str) -> Result<u64> {
     layout::parse_lsn(text)
         .ok_or_else(|| Error::Other(format!("the server returned '{text}', which is not an LSN")))
 }
@@ -422,372 +521,12 @@ fn parse_size(text: &str) -> u64 {
     digits.trim().parse::<u64>().map_or(0, |n| n * mult)
 }
 
-/// Counts the bytes handed to storage (WAL-G's `CompressedSize`).
-struct Counting {
-    inner: Box<dyn FinishWrite>,
-    count: Arc<AtomicU64>,
-}
-
-impl Write for Counting {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.count.fetch_add(n as u64, Ordering::Relaxed);
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-impl FinishWrite for Counting {
-    fn finish(self: Box<Self>) -> io::Result<()> {
-        self.inner.finish()
-    }
-}
-
-struct OpenTar {
-    key: String,
-    builder: tar::Builder<Box<dyn FinishWrite>>,
-    content: u64,
-}
-
-/// The tar partitions of one backup: members go into the open tar; a tar
-/// is closed (and its upload finished) once its content exceeds the
-/// threshold, as WAL-G does (spec §1.2), and the next one is opened when
-/// a member arrives.
-struct Tars {
-    storage: Arc<dyn Storage>,
-    codecs: Codecs,
-    prefix: String,
-    threshold: u64,
-    counter: u32,
-    current: Option<OpenTar>,
-    content_total: u64,
-    stored: Arc<AtomicU64>,
-    /// For the progress line: a long backup says how far it is every
-    /// [`PROGRESS_EVERY`], a short one never pays for it.
-    name: String,
-    last_report: Instant,
-}
-
-const PROGRESS_EVERY: Duration = Duration::from_secs(30);
-
-impl Tars {
-    fn new(storage: Arc<dyn Storage>, codecs: Codecs, name: &str, threshold: u64) -> Tars {
-        Tars {
-            storage,
-            codecs,
-            prefix: layout::partitions_prefix(name),
-            threshold,
-            counter: 0,
-            current: None,
-            content_total: 0,
-            stored: Arc::new(AtomicU64::new(0)),
-            name: name.to_string(),
-            last_report: Instant::now(),
-        }
-    }
-
-    /// Open the tar `stem` (`part_001`, `pg_control`), closing any open one.
-    fn start_named(&mut self, stem: &str) -> Result<()> {
-        self.close_current()?;
-        self.counter += 1;
-        let key = format!(
-            "{}{}",
-            self.prefix,
-            layout::tar_name(stem, self.codecs.extension())
-        );
-        let sink = Box::new(Counting {
-            inner: Box::new(ObjectWriter::new(self.storage.clone(), &key)),
-            count: self.stored.clone(),
-        });
-        let writer = self
-            .codecs
-            .writer(sink, true, true)
-            .map_err(|e| Error::io(format!("starting the upload of '{key}'"), e))?;
-        self.current = Some(OpenTar {
-            key,
-            builder: tar::Builder::new(writer),
-            content: 0,
-        });
-        Ok(())
-    }
-
-    fn open(&mut self) -> Result<&mut OpenTar> {
-        if self.current.is_none() {
-            let stem = layout::part_stem(self.counter + 1);
-            self.start_named(&stem)?;
-        }
-        self.current
-            .as_mut()
-            .ok_or_else(|| Error::Other("internal: no tar open".into()))
-    }
-
-    /// Write the end-of-archive blocks and finish the object's upload.
-    fn close_current(&mut self) -> Result<()> {
-        let Some(open) = self.current.take() else {
-            return Ok(());
-        };
-        let key = open.key;
-        let writer = open
-            .builder
-            .into_inner()
-            .map_err(|e| Error::io(format!("uploading '{key}'"), e))?;
-        writer
-            .finish()
-            .map_err(|e| Error::io(format!("uploading '{key}'"), e))?;
-        log::debug!("uploaded '{key}'");
-        Ok(())
-    }
-
-    fn add_header(
-        &mut self,
-        member: &[u8],
-        meta: &std::fs::Metadata,
-        kind: tar::EntryType,
-        link: Option<&[u8]>,
-    ) -> Result<()> {
-        let mut header = header_from(meta, kind, 0);
-        let open = self.open()?;
-        append(open, &mut header, member, link, io::empty())
-    }
-
-    /// A file, exactly as long as `stat` said at walk time: a file that
-    /// shrank meanwhile is padded with zeros, one that grew is cut, as
-    /// PostgreSQL's own base backup does; WAL replay repairs both. A file
-    /// that vanished before it was opened is skipped.
-    fn add_file(&mut self, member: &[u8], path: &Path, meta: &std::fs::Metadata) -> Result<()> {
-        let file = match OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)
-        {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                log::warn!("'{}' vanished during the backup; skipped", path.display());
-                return Ok(());
-            }
-            Err(e) => return Err(Error::io(format!("opening '{}'", path.display()), e)),
-        };
-        let size = meta.len();
-        let mut header = header_from(meta, tar::EntryType::Regular, size);
-        let reader = ExactSize {
-            file,
-            remaining: size,
-            ended: false,
-            path: path.to_path_buf(),
-        };
-        let threshold = self.threshold;
-        let open = self.open()?;
-        append(open, &mut header, member, None, reader)?;
-        open.content += size;
-        let full = open.content > threshold;
-        self.content_total += size;
-        if self.last_report.elapsed() >= PROGRESS_EVERY {
-            self.last_report = Instant::now();
-            log::info!(
-                "backup {}: {} MiB read, {} MiB stored, partition {}",
-                self.name,
-                self.content_total >> 20,
-                self.stored.load(Ordering::Relaxed) >> 20,
-                self.counter
-            );
-        }
-        if full {
-            self.close_current()?;
-        }
-        Ok(())
-    }
-
-    /// A synthetic member (`backup_label`, `tablespace_map`): mode 0600,
-    /// time 0, no owner (spec §1.3).
-    fn add_text(&mut self, member: &[u8], text: &[u8]) -> Result<()> {
-        let mut header = tar::Header::new_ustar();
-        header.set_entry_type(tar::EntryType::Regular);
-        header.set_mode(0o600);
-        header.set_mtime(0);
-        header.set_uid(0);
-        header.set_gid(0);
-        header.set_size(text.len() as u64);
-        let open = self.open()?;
-        append(open, &mut header, member, None, text)?;
-        open.content += text.len() as u64;
-        self.content_total += text.len() as u64;
-        Ok(())
-    }
-}
-
-fn header_from(meta: &std::fs::Metadata, kind: tar::EntryType, size: u64) -> tar::Header {
-    let mut h = tar::Header::new_ustar();
-    h.set_entry_type(kind);
-    h.set_mode(meta.mode() & 0o7777);
-    h.set_uid(u64::from(meta.uid()));
-    h.set_gid(u64::from(meta.gid()));
-    // Go's tar writer rounds to the nearest second.
-    let secs = meta.mtime() + i64::from(meta.mtime_nsec() >= 500_000_000);
-    h.set_mtime(secs.max(0) as u64);
-    h.set_size(size);
-    h
-}
-
-/// Append one member named `member` (WAL-G's names start with `/`, which
-/// the tar crate's path setter refuses, so the name bytes are placed
-/// here): the USTAR name field, split into prefix and name when longer,
-/// or a PAX `path` record as Go writes for names USTAR cannot hold.
-fn append(
-    open: &mut OpenTar,
-    header: &mut tar::Header,
-    member: &[u8],
-    link: Option<&[u8]>,
-    data: impl Read,
-) -> Result<()> {
-    let key = open.key.clone();
-    let failed = |e: io::Error| {
-        Error::io(
-            format!(
-                "writing member '{}' into '{key}'",
-                String::from_utf8_lossy(member)
-            ),
-            e,
-        )
-    };
-    let mut pax: Vec<(&str, &[u8])> = Vec::new();
-    if !set_ustar_name(header, member) {
-        pax.push(("path", member));
-        set_ustar_name(header, &member[member.len().saturating_sub(99)..]);
-    }
-    if let Some(target) = link {
-        if target.len() <= 100 {
-            if let Some(old) = header.as_old_mut().linkname.get_mut(..target.len()) {
-                old.copy_from_slice(target);
-            }
-        } else {
-            pax.push(("linkpath", target));
-        }
-    }
-    if !pax.is_empty() {
-        open.builder.append_pax_extensions(pax).map_err(failed)?;
-    }
-    header.set_cksum();
-    open.builder.append(header, data).map_err(failed)
-}
-
-/// Put `name` into the USTAR name (and prefix) fields; false when it does
-/// not fit.
-fn set_ustar_name(header: &mut tar::Header, name: &[u8]) -> bool {
-    let Some(ustar) = header.as_ustar_mut() else {
-        return false;
-    };
-    ustar.name = [0; 100];
-    ustar.prefix = [0; 155];
-    if name.len() <= 100 {
-        ustar.name[..name.len()].copy_from_slice(name);
-        return true;
-    }
-    // Split at a '/' so that the prefix holds at most 155 bytes and the
-    // rest at most 100 (POSIX ustar).
-    let split = name
-        .iter()
-        .enumerate()
-        .filter(|(i, &b)| b == b'/' && *i <= 155 && *i > 0 && name.len() - i - 1 <= 100)
-        .map(|(i, _)| i)
-        .next();
-    match split {
-        Some(i) => {
-            ustar.prefix[..i].copy_from_slice(&name[..i]);
-            ustar.name[..name.len() - i - 1].copy_from_slice(&name[i + 1..]);
-            true
-        }
-        None => false,
-    }
-}
-
-/// Yields exactly `remaining` bytes of `file`: zeros after an early end.
-struct ExactSize {
-    file: File,
-    remaining: u64,
-    ended: bool,
-    path: PathBuf,
-}
-
-impl Read for ExactSize {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let want = buf
-            .len()
-            .min(self.remaining.min(usize::MAX as u64) as usize);
-        if want == 0 {
-            return Ok(0);
-        }
-        let n = if self.ended {
-            0
-        } else {
-            match self.file.read(&mut buf[..want]) {
-                Ok(n) => n,
-                Err(e) => {
-                    return Err(io::Error::new(
-                        e.kind(),
-                        format!("reading '{}': {e}", self.path.display()),
-                    ))
-                }
-            }
-        };
-        let n = if n == 0 {
-            if !self.ended {
-                log::warn!(
-                    "'{}' shrank during the backup; padded with zeros to its size at walk time",
-                    self.path.display()
-                );
-                self.ended = true;
-            }
-            buf[..want].fill(0);
-            want
-        } else {
-            n
-        };
-        self.remaining -= n as u64;
-        Ok(n)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn long_names_split_or_go_pax() {
-        let mut h = tar::Header::new_ustar();
-        assert!(set_ustar_name(&mut h, b"/base/1/123"));
-        assert_eq!(h.path_bytes().as_ref(), b"/base/1/123");
-        let long = format!("/{}/{}", "d".repeat(120), "f".repeat(50));
-        assert!(set_ustar_name(&mut h, long.as_bytes()));
-        assert_eq!(h.path_bytes().as_ref(), long.as_bytes());
-        let too_long = format!("/{}", "x".repeat(300));
-        assert!(!set_ustar_name(&mut h, too_long.as_bytes()));
-    }
-
-    #[test]
-    fn shrunk_files_are_padded() {
-        let path = std::env::temp_dir().join(format!("walden-exact-{}", std::process::id()));
-        std::fs::write(&path, b"abc").unwrap();
-        let mut r = ExactSize {
-            file: File::open(&path).unwrap(),
-            remaining: 5,
-            ended: false,
-            path: path.clone(),
-        };
-        let mut out = Vec::new();
-        r.read_to_end(&mut out).unwrap();
-        assert_eq!(out, b"abc\0\0");
-        let mut r = ExactSize {
-            file: File::open(&path).unwrap(),
-            remaining: 2,
-            ended: false,
-            path: path.clone(),
-        };
-        let mut out = Vec::new();
-        r.read_to_end(&mut out).unwrap();
-        assert_eq!(out, b"ab");
-        std::fs::remove_file(path).unwrap();
+    fn sizes_as_show_prints_them() {
         assert_eq!(parse_size("16MB"), 16 << 20);
         assert_eq!(parse_size("1GB"), 1 << 30);
     }

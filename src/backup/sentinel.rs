@@ -27,6 +27,8 @@ pub struct BackupInfo {
     pub hostname: String,
     pub data_dir: String,
     pub is_permanent: bool,
+    /// No `files_metadata.json` was written (`--without-files-metadata`).
+    pub files_metadata_disabled: bool,
 }
 
 /// Go's `encoding/json` output for a string: serde_json's escaping plus
@@ -53,6 +55,11 @@ pub(crate) fn go_escape(json: String) -> String {
 
 pub fn string(s: &str) -> String {
     go_escape(Value::String(s.to_string()).to_string())
+}
+
+/// A string as Go's `encoding/json` writes it (quotes included).
+pub fn go_json_string(s: &str) -> String {
+    string(s)
 }
 
 /// WAL-G's `TimeNowCrossPlatformUTC`: UTC rounded up to microseconds.
@@ -98,9 +105,11 @@ pub fn sentinel_json(b: &BackupInfo) -> String {
     if let Some(u) = &b.user_data {
         out.push_str(&format!(",\"UserData\":{}", go_escape(u.to_string())));
     }
-    // `--without-files-metadata` is what we do for now (no
-    // files_metadata.json), and WAL-G reads the flag to know it.
-    out.push_str(",\"FilesMetadataDisabled\":true");
+    // omitempty: only `--without-files-metadata` backups carry it, and
+    // WAL-G's restore then extracts every tar without the file list.
+    if b.files_metadata_disabled {
+        out.push_str(",\"FilesMetadataDisabled\":true");
+    }
     out.push_str(&format!(
         ",\"ChkpNum\":null,\"Version\":2,\"StartTime\":{},\"FinishTime\":{},\"DateFmt\":{},\"Hostname\":{},\"DataDir\":{},\"IsPermanent\":{}}}",
         time(b.start_time),
@@ -163,6 +172,7 @@ mod tests {
             hostname: "db1".into(),
             data_dir: "/var/lib/postgresql/16/main".into(),
             is_permanent: false,
+            files_metadata_disabled: true,
         }
     }
 
@@ -193,6 +203,8 @@ mod tests {
             "{m}"
         );
         assert!(m.contains("\"is_permanent\":true"));
+        b.files_metadata_disabled = false;
+        assert!(!sentinel_json(&b).contains("FilesMetadataDisabled"));
         assert!(sentinel_json(&b).contains(",\"UserData\":{\"a\":\"\\u003cx\\u003e\",\"z\":1},"));
         assert!(parse_user_data("{nope").is_err());
     }

@@ -86,6 +86,8 @@ pub fn zstd_level(value: &str) -> Option<i32> {
     }
 }
 
+const ZSTD_JOB_SIZE: u32 = 2 << 20;
+
 /// `zstd_workers` > 1 spreads one zstd stream over that many threads; the
 /// output is still one standard frame.
 pub fn encoder(
@@ -102,6 +104,10 @@ pub fn encoder(
             enc.include_checksum(true)?;
             if zstd_workers > 1 {
                 enc.multithread(zstd_workers)?;
+                // zstd's default job is 4 windows (8 MiB at level 3) and
+                // each worker holds its input and output: small jobs keep
+                // a stream's memory low at the same speed (measured).
+                enc.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB_SIZE))?;
             }
             Box::new(ZstdWriter(Some(enc)))
         }

@@ -94,14 +94,12 @@ pub const STORAGE_PREFIXES: &[(&str, &str, bool)] = &[
 ///
 /// Known settings walden leaves alone because they only tune speed or
 /// logging, or belong to commands walden does not have yet (which refuse
-/// to run): WALG_NETWORK_RATE_LIMIT, WALG_DISK_RATE_LIMIT, --turbo,
-/// WALG_UPLOAD_DISK_CONCURRENCY, WALG_UPLOAD_QUEUE, S3_USE_LIST_OBJECTS_V1,
+/// to run): --turbo, WALG_UPLOAD_QUEUE, S3_USE_LIST_OBJECTS_V1,
 /// S3_LOG_LEVEL, S3_SKIP_VALIDATION, S3_RANGE_BATCH_ENABLED,
 /// S3_RANGE_MAX_RETRIES, WALG_USE_WAL_DELTA (WAL-G then also writes delta
 /// maps at wal-push; without them a later delta backup reads whole
 /// files), WALG_DELTA_*, WALG_TAR_*, WALG_*_COMPOSER, WALG_DIRECT_IO*,
-/// WALG_SERIALIZER_TYPE, WALG_ALIVE_CHECK_INTERVAL, WALG_STOP_BACKUP_TIMEOUT,
-/// WALG_INTEGRITY_MAX_DELAYED_WALS, WALG_DAEMON_WAL_UPLOAD_TIMEOUT,
+/// WALG_SERIALIZER_TYPE, WALG_INTEGRITY_MAX_DELAYED_WALS, WALG_DAEMON_WAL_UPLOAD_TIMEOUT,
 /// PG_READY_RENAME, WALG_CSE_KMS_REGION (only with WALG_CSE_KMS_ID).
 /// The storage backends walden lacks (GS, Azure, Swift, SSH, OSS) are
 /// refused through [`STORAGE_PREFIXES`], and their credentials matter

@@ -20,7 +20,13 @@ fn archiving_cluster(store: &Store, codec: &[(String, String)]) -> PgCluster {
 
 const ROWS: &str = "SELECT sum(abalance)::text || '/' || count(*) FROM pgbench_accounts";
 
-fn backup_under_load_and_restore(store: Store, method: &str, encrypted: bool, tar_size: &str) {
+fn backup_under_load_and_restore(
+    store: Store,
+    method: &str,
+    encrypted: bool,
+    tar_size: &str,
+    disk_concurrency: &str,
+) {
     let codec = codec_env(method, encrypted);
     let mut pg = archiving_cluster(&store, &codec);
     pg.pgbench_init(4);
@@ -33,6 +39,7 @@ fn backup_under_load_and_restore(store: Store, method: &str, encrypted: bool, ta
             .envs(codec.clone())
             .envs(pg.env())
             .env("WALG_TAR_SIZE_THRESHOLD", tar_size)
+            .env("WALG_UPLOAD_DISK_CONCURRENCY", disk_concurrency)
             .env("WALG_SENTINEL_USER_DATA", r#"{"purpose":"test"}"#)
             .args(["backup-push", "--permanent"])
             .timeout(Duration::from_secs(300))
@@ -91,6 +98,7 @@ fn backup_under_load_and_restore(store: Store, method: &str, encrypted: bool, ta
             "a 1 MiB threshold splits the data: {parts} parts"
         );
     }
+    check_files_metadata(&store, &name, ext, &codec);
     // GNU tar reads what we wrote, members named as WAL-G names them.
     for (tar, members) in [
         ("pg_control", "/global/pg_control\n"),
@@ -149,15 +157,93 @@ fn backup_under_load_and_restore(store: Store, method: &str, encrypted: bool, ta
     );
 }
 
+/// `files_metadata.json` as WAL-G writes it (spec §3.3): every part
+/// listed in `TarFileSets` with the members it holds, `Files` keyed by
+/// member name, pg_control in neither; the sentinel then lacks
+/// `FilesMetadataDisabled`.
+fn check_files_metadata(store: &Store, name: &str, ext: &str, codec: &[(String, String)]) {
+    let read = |key: &str| -> serde_json::Value {
+        serde_json::from_slice(&fs::read(store.object_file(key)).unwrap()).unwrap()
+    };
+    let sentinel = read(&format!("basebackups_005/{name}_backup_stop_sentinel.json"));
+    assert!(
+        sentinel.get("FilesMetadataDisabled").is_none(),
+        "{sentinel}"
+    );
+    let meta = read(&format!("basebackups_005/{name}/files_metadata.json"));
+    let files = meta["Files"].as_object().expect("Files");
+    for member in ["/base", "/global", "/PG_VERSION", "/pg_wal"] {
+        let entry = &files[member];
+        assert_eq!(entry["IsIncremented"], false, "{member}: {entry}");
+        assert_eq!(entry["IsSkipped"], false);
+        assert!(
+            entry["MTime"].as_str().is_some_and(|t| t.len() >= 20),
+            "{entry}"
+        );
+    }
+    assert!(files.get("/global/pg_control").is_none());
+    let sets = meta["TarFileSets"].as_object().expect("TarFileSets");
+    assert_eq!(
+        sets[&format!("backup_label.tar{ext}")],
+        serde_json::json!(["tablespace_map", "backup_label"])
+    );
+    let dir = store.object_file(&format!("basebackups_005/{name}/tar_partitions"));
+    let mut parts: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("part_"))
+        .collect();
+    parts.sort();
+    let mut listed: Vec<String> = sets
+        .keys()
+        .filter(|k| k.starts_with("part_"))
+        .cloned()
+        .collect();
+    listed.sort();
+    assert_eq!(parts, listed, "every part and only they are in TarFileSets");
+    let mut in_sets = 0;
+    for part in parts.iter().take(3) {
+        let out = store
+            .walden()
+            .envs(codec.to_vec())
+            .args(["st", "cat", "--decrypt", "--decompress"])
+            .arg(format!("basebackups_005/{name}/tar_partitions/{part}"))
+            .run();
+        out.assert_ok();
+        let members: Vec<&str> = sets[part]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m.as_str().unwrap())
+            .collect();
+        let mut archive = tar::Archive::new(&out.stdout[..]);
+        for entry in archive.entries().unwrap() {
+            let entry = entry.unwrap();
+            let path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+            assert!(members.contains(&path.as_str()), "{path} listed for {part}");
+            in_sets += 1;
+        }
+    }
+    assert!(in_sets > 0);
+    let total: usize = sets.values().map(|v| v.as_array().unwrap().len()).sum();
+    assert!(
+        total >= files.len(),
+        "{total} members in sets, {} files",
+        files.len()
+    );
+}
+
 #[test]
 fn backup_fs_lz4_many_partitions() {
     // A tiny threshold: every file closes a partition.
-    backup_under_load_and_restore(Store::fs(), "lz4", false, "1048576");
+    // Three builders fill partitions at once.
+    backup_under_load_and_restore(Store::fs(), "lz4", false, "1048576", "3");
 }
 
 #[test]
 fn backup_s3_zstd_encrypted() {
-    backup_under_load_and_restore(Store::s3(), "zstd", true, "1073741823");
+    backup_under_load_and_restore(Store::s3(), "zstd", true, "1073741823", "1");
 }
 
 /// A tar built by hand, the way a hostile storage would plant it.

@@ -7,6 +7,7 @@ mod harness;
 
 mod backup;
 mod backup_catalog;
+mod backup_push;
 mod config;
 mod hardening;
 mod harness_selftest;

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Base-backup benchmark (prints figures; not a test). A PostgreSQL 15
+# cluster holds pgbench data plus a table of random text (pgbench's filler
+# compresses unrealistically well); then, alternating between tools, each
+# takes a full backup into filesystem storage at zstd level 3 and restores
+# it into an empty directory: walden backup-push / backup-fetch against
+# pgBackRest 2.45 (backup / restore, --process-max=2) and the ceiling
+# `tar -cf - PGDATA | zstd -3 -T2 > /dev/null`. Medians of BENCH_RUNS runs,
+# peak RSS, stored bytes, ratios to walden.
+#
+# Optional peers: BENCH_WALG=/path/to/wal-g and BENCH_WALRUS=/path/to/walrus
+# add WAL-G and ClickHouse's wal-rus (WAL-G's command line and settings).
+# Without BENCH_WALG, /work/peers/wal-g-bin is used when it exists.
+#
+# BENCH_SCALE (pgbench scale, default 100), BENCH_TEXT_MB (random text,
+# default 500), BENCH_RUNS (default 3), BENCH_CONCURRENCY (readers and
+# streams of every tool, default 2), BENCH_SMALL_FILES (extra 0-2 KiB
+# orphan files under base/ for a memory-at-scale run, default 0).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+bash scripts/install-deps.sh
+bin=$(bash scripts/build-release.sh | tail -1)
+work=$(mktemp -d /tmp/walden-backupbench.XXXXXX)
+chmod 755 "$work"
+keep="${BENCH_KEEP:-}"
+cleanup() {
+    [ -f "$work/pg/postmaster.pid" ] && runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D "$work/pg" -m immediate stop >/dev/null 2>&1
+    [ -n "$keep" ] || rm -rf "$work"
+}
+trap cleanup EXIT
+cp "$bin" "$work/walden"
+if [ -z "${BENCH_WALG:-}" ] && [ -x /work/peers/wal-g-bin ]; then BENCH_WALG=/work/peers/wal-g-bin; fi
+for peer in BENCH_WALG BENCH_WALRUS; do
+    if [ -n "${!peer:-}" ]; then cp "${!peer}" "$work/$peer"; else echo "$peer not set: skipping that tool"; fi
+done
+chown -R postgres: "$work"
+python3 scripts/bench/backup_bench.py "$work"
