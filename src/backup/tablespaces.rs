@@ -74,6 +74,12 @@ pub enum Route<'a> {
 }
 
 impl Plan {
+    /// Where the tablespaces are restored to: each is synced with DEST
+    /// before `pg_control` arrives (they may be other file systems).
+    pub fn locations(&self) -> impl Iterator<Item = &Path> {
+        self.links.iter().map(|t| t.location.as_path())
+    }
+
     /// The backup's tablespaces (its sentinel's `Spec`), placed where
     /// `restore_spec` says, else where they were. Everything is checked
     /// here, before DEST or any location is touched.

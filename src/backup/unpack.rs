@@ -25,7 +25,6 @@ pub struct Unpacker<'a> {
     pub storage: &'a Arc<dyn Storage>,
     pub codecs: &'a Codecs,
     pub dest: &'a Path,
-    pub fsync: bool,
     /// Where tablespace members go.
     pub tablespaces: &'a Plan,
     /// Counts the tar bytes extracted (for the progress line).
@@ -69,7 +68,6 @@ impl Unpacker<'_> {
         let source = Box::new(self.progress.reader(source));
         Extractor {
             dest: self.dest,
-            fsync: self.fsync,
             key,
             atomic,
             tablespaces: self.tablespaces,
