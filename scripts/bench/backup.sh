@@ -9,8 +9,8 @@
 # peak RSS, stored bytes, ratios to walden.
 #
 # Optional peers: BENCH_WALG=/path/to/wal-g and BENCH_WALRUS=/path/to/walrus
-# add WAL-G and ClickHouse's wal-rus (WAL-G's command line and settings).
-# Without BENCH_WALG, /work/peers/wal-g-bin is used when it exists.
+# add WAL-G and ClickHouse's wal-rus (WAL-G's command line and settings),
+# binaries built by hand from their sources (nothing here builds them).
 #
 # BENCH_SCALE (pgbench scale, default 100), BENCH_TEXT_MB (random text,
 # default 500), BENCH_RUNS (default 3), BENCH_CONCURRENCY (readers and
@@ -29,7 +29,6 @@ cleanup() {
 }
 trap cleanup EXIT
 cp "$bin" "$work/walden"
-if [ -z "${BENCH_WALG:-}" ] && [ -x /work/peers/wal-g-bin ]; then BENCH_WALG=/work/peers/wal-g-bin; fi
 for peer in BENCH_WALG BENCH_WALRUS; do
     if [ -n "${!peer:-}" ]; then cp "${!peer}" "$work/$peer"; else echo "$peer not set: skipping that tool"; fi
 done

@@ -134,7 +134,7 @@ fn list_mark_show(store: Store) {
         "{shown}"
     );
     assert!(
-        shown.contains("\nfiles_metadata_disabled: true\n"),
+        shown.contains("\nfiles_metadata_disabled: false\n"),
         "{shown}"
     );
     let out = store
