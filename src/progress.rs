@@ -148,7 +148,7 @@ impl<R: Read> Read for ProgressReader<R> {
 pub fn line(label: &str, done: u64, total: Option<u64>, elapsed: Duration) -> String {
     let secs = elapsed.as_secs_f64();
     let rate = if secs > 0.0 { done as f64 / secs } else { 0.0 };
-    let rate_text = format!("{}/s", bytes(rate as u64));
+    let rate_text = format!("{}/s", human_bytes(rate as u64));
     match total {
         Some(total) if total > 0 => {
             let pct = (done.min(total) as f64 * 100.0 / total as f64).floor();
@@ -161,16 +161,16 @@ pub fn line(label: &str, done: u64, total: Option<u64>, elapsed: Duration) -> St
             };
             format!(
                 "{label}: {} of {} ({pct:.0}%), {rate_text}, ETA {eta}",
-                bytes(done),
-                bytes(total)
+                human_bytes(done),
+                human_bytes(total)
             )
         }
-        _ => format!("{label}: {}, {rate_text}", bytes(done)),
+        _ => format!("{label}: {}, {rate_text}", human_bytes(done)),
     }
 }
 
 /// `1.2 GiB`: binary units, one decimal above bytes.
-fn bytes(n: u64) -> String {
+pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
     let mut v = n as f64;
     let mut u = 0;

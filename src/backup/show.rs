@@ -132,7 +132,7 @@ fn for_people(o: &Map<String, Value>) -> String {
                 None => text(v),
             },
             "uncompressed_size" | "compressed_size" | "data_catalog_size" => match v.as_u64() {
-                Some(n) => format!("{} ({n} bytes)", human_bytes(n)),
+                Some(n) => format!("{} ({n} bytes)", crate::progress::human_bytes(n)),
                 None => text(v),
             },
             "tablespaces" => match v.as_array() {
@@ -159,22 +159,6 @@ fn for_people(o: &Map<String, Value>) -> String {
         .into_iter()
         .map(|(k, v)| format!("{:<w$} {v}\n", format!("{k}:")))
         .collect()
-}
-
-/// `1.5 GiB`: binary units, one decimal.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
 }
 
 #[cfg(test)]
@@ -219,6 +203,6 @@ mod tests {
         assert!(text.contains("sentinel_version:        2\n"), "{text}");
         assert!(text.contains("finish_time:             -\n"), "{text}");
         assert!(!text.contains("hostname"), "{text}");
-        assert_eq!(human_bytes(10), "10 B");
+        assert_eq!(crate::progress::human_bytes(10), "10 B");
     }
 }

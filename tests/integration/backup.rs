@@ -448,7 +448,8 @@ fn backup_push_refuses_bad_user_data_before_uploading() {
     );
 }
 
-/// A backup-push killed (SIGKILL) while uploading leaves no sentinel: the
+/// A backup-push killed (SIGKILL) while uploading data tars, or while its
+/// stop waits for the archive, leaves no sentinel: the
 /// backup does not exist, LATEST is unaffected, and the next push works.
 #[test]
 fn backup_push_killed_leaves_no_backup() {
@@ -463,51 +464,89 @@ fn backup_push_killed_leaves_no_backup() {
             .env("WALG_TAR_SIZE_THRESHOLD", "1048576")
             .arg("backup-push")
     };
-    let running = push().spawn();
+    push().run().assert_ok();
+    let first = backup_list_names(&store);
+    assert_eq!(first.len(), 1, "{first:?}");
     let base = store.object_file("basebackups_005");
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let parts = |dir: &std::path::Path| fs::read_dir(dir).map_or(0, |d| d.count());
-    loop {
-        let dirs: Vec<_> = fs::read_dir(&base)
+    // The tar objects of backups other than the finished one.
+    let new_tars = || -> Vec<String> {
+        fs::read_dir(&base)
             .map(|d| {
                 d.flatten()
-                    .map(|e| e.path().join("tar_partitions"))
+                    .filter(|e| e.file_name().to_string_lossy() != first[0])
+                    .flat_map(|e| fs::read_dir(e.path().join("tar_partitions")).into_iter())
+                    .flatten()
+                    .flatten()
+                    .map(|f| f.file_name().to_string_lossy().into_owned())
                     .collect()
             })
-            .unwrap_or_default();
-        if dirs.iter().any(|d| parts(d) >= 2) {
-            break;
+            .unwrap_or_default()
+    };
+    let kill_when = |stage: &str, reached: &dyn Fn(&[String]) -> bool| {
+        let running = push().spawn();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !reached(&new_tars()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{stage}: never reached ({:?})",
+                new_tars()
+            );
+            std::thread::sleep(Duration::from_millis(5));
         }
+        running.signal(SIGKILL);
+        let out = running.wait(Duration::from_secs(30));
+        assert_ne!(out.code, 0, "{stage}: killed: {}", out.dump());
+        // No sentinel: the unfinished backup does not exist for any reader.
+        assert_eq!(backup_list_names(&store), first, "{stage}");
+        let shown = store.walden().args(["backup-show", "LATEST"]).run();
+        shown.assert_ok();
         assert!(
-            std::time::Instant::now() < deadline,
-            "no partition appeared"
+            shown
+                .stdout_str()
+                .starts_with(&format!("backup_name:             {}\n", first[0])),
+            "{stage}: {}",
+            shown.dump()
         );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    running.signal(SIGKILL);
-    let out = running.wait(Duration::from_secs(30));
-    assert_ne!(out.code, 0, "killed: {}", out.dump());
-    let sentinels: Vec<_> = fs::read_dir(&base)
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .ends_with("_backup_stop_sentinel.json")
-        })
-        .collect();
-    assert!(sentinels.is_empty(), "no sentinel after a kill");
-    let out = store
-        .walden()
-        .arg("backup-fetch")
-        .arg(TempDir::new("backup-killed").join("d"))
-        .arg("LATEST")
-        .run();
-    out.assert_code(1);
-    assert!(out.stderr.contains("no backups found"), "{}", out.dump());
-    // PostgreSQL ended the killed session's backup; a new one succeeds.
+        // Start the next stage from a clean slate of new tars.
+        for e in fs::read_dir(&base).unwrap().flatten() {
+            if e.file_type().unwrap().is_dir() && e.file_name().to_string_lossy() != first[0] {
+                fs::remove_dir_all(e.path()).unwrap();
+            }
+        }
+    };
+    // While data tars are being uploaded.
+    kill_when("data tars", &|tars| {
+        tars.iter().filter(|t| t.starts_with("part_")).count() >= 2
+    });
+    // After pg_control's tar, while the stop waits for the archive (made
+    // slow here, so the window is seconds wide).
+    let slow = format!("'sleep 3; {} wal-push %p'", pg.walden_path().display());
+    pg.psql(&format!("ALTER SYSTEM SET archive_command = {slow}"));
+    pg.psql("SELECT pg_reload_conf()");
+    kill_when("backup stop", &|tars| {
+        tars.iter().any(|t| t.starts_with("pg_control.tar"))
+    });
+    pg.psql("ALTER SYSTEM RESET archive_command");
+    pg.psql("SELECT pg_reload_conf()");
+
+    // PostgreSQL ended the killed sessions' backups; a new one succeeds
+    // and becomes LATEST.
     push().run().assert_ok();
+    let names = backup_list_names(&store);
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert_eq!(names[0], first[0]);
     pg.stop();
+}
+
+/// Names in `backup-list` order (oldest first).
+fn backup_list_names(store: &Store) -> Vec<String> {
+    let out = store.walden().arg("backup-list").run();
+    out.assert_ok();
+    out.stdout_str()
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect()
 }
 
 /// Not catchable: nothing of walden's clean-up runs.

@@ -3,8 +3,9 @@
 
 use std::fs;
 use std::path::PathBuf;
+use std::time::Duration;
 
-use crate::harness::{S3Server, TempDir, Walden};
+use crate::harness::{PgCluster, S3Server, TempDir, Walden};
 
 pub enum Store {
     Fs { dir: TempDir },
@@ -61,6 +62,22 @@ impl Store {
     }
 
     /// A walden command configured for this storage.
+    /// `backup-push` of `pg` into this store while pgbench writes for
+    /// three seconds.
+    pub fn backup_push_under_load(&self, pg: &PgCluster) {
+        std::thread::scope(|s| {
+            let load = s.spawn(|| pg.pgbench(&["-n", "-T", "3", "-c", "2"]));
+            std::thread::sleep(Duration::from_millis(300));
+            self.walden()
+                .envs(pg.env())
+                .arg("backup-push")
+                .timeout(Duration::from_secs(120))
+                .run()
+                .assert_ok();
+            load.join().unwrap();
+        });
+    }
+
     pub fn walden(&self) -> Walden {
         Walden::new().envs(self.env())
     }

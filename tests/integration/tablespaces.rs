@@ -38,18 +38,7 @@ fn tablespace_backup_and_restore_spec() {
          SELECT g AS id, md5(g::text) AS note FROM generate_series(1, 5000) g",
     );
 
-    std::thread::scope(|s| {
-        let load = s.spawn(|| pg.pgbench(&["-n", "-T", "3", "-c", "2"]));
-        std::thread::sleep(Duration::from_millis(300));
-        store
-            .walden()
-            .envs(pg.env())
-            .arg("backup-push")
-            .timeout(Duration::from_secs(120))
-            .run()
-            .assert_ok();
-        load.join().unwrap();
-    });
+    store.backup_push_under_load(&pg);
     pg.pgbench(&["-n", "-t", "200", "-c", "2"]);
     pg.psql("INSERT INTO notes SELECT g, 'after' FROM generate_series(1, 10) g");
     let expected = pg.psql(ROWS);

@@ -28,18 +28,7 @@ fn pitr_on(major: u32) {
     assert_eq!(version / 10000, major, "the server runs the wanted major");
     pg.pgbench_init(1);
 
-    std::thread::scope(|s| {
-        let load = s.spawn(|| pg.pgbench(&["-n", "-T", "3", "-c", "2"]));
-        std::thread::sleep(Duration::from_millis(300));
-        store
-            .walden()
-            .envs(pg.env())
-            .arg("backup-push")
-            .timeout(Duration::from_secs(120))
-            .run()
-            .assert_ok();
-        load.join().unwrap();
-    });
+    store.backup_push_under_load(&pg);
     pg.pgbench(&["-n", "-t", "200", "-c", "2"]);
     let expected = pg.psql(ROWS);
     pg.psql("SELECT pg_create_restore_point('walden_matrix')");
