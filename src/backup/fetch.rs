@@ -199,6 +199,7 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
         storage: &storage,
         codecs: &codecs,
         dest: &dest,
+        writeback: opts.fsync,
         tablespaces: &tablespaces,
         progress: &progress,
     };

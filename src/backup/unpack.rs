@@ -25,6 +25,8 @@ pub struct Unpacker<'a> {
     pub storage: &'a Arc<dyn Storage>,
     pub codecs: &'a Codecs,
     pub dest: &'a Path,
+    /// Start writeback while extracting: a sync follows.
+    pub writeback: bool,
     /// Where tablespace members go.
     pub tablespaces: &'a Plan,
     /// Counts the tar bytes extracted (for the progress line).
@@ -68,6 +70,7 @@ impl Unpacker<'_> {
         let source = Box::new(self.progress.reader(source));
         Extractor {
             dest: self.dest,
+            writeback: self.writeback,
             key,
             atomic,
             tablespaces: self.tablespaces,
