@@ -18,7 +18,7 @@ cargo build --release --quiet
 PGBIN=/usr/lib/postgresql/15/bin
 work=$(mktemp -d /tmp/walden-demo.XXXXXX)
 chmod 755 "$work"
-cp target/release/walden "$work/walden"
+cp "${CARGO_TARGET_DIR:-target}/release/walden" "$work/walden"
 as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 if [ "$(id -u)" -eq 0 ]; then chown postgres: "$work"; fi
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
