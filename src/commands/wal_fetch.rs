@@ -22,7 +22,8 @@ use crate::error::{Error, Result};
 use crate::localfile::AtomicFile;
 use crate::storage::Storage;
 use crate::stream::copy_object_limited;
-use crate::wal::{object, Segment};
+use crate::wal::object::{self, Probe};
+use crate::wal::Segment;
 
 const USAGE: &str = "walden wal-fetch NAME DEST";
 /// The first bytes of every WAL page: XLOG_PAGE_MAGIC of PostgreSQL ≥ 9.x
@@ -39,9 +40,12 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     let cache = PrefetchCache::new(settings, &dest);
 
     let result = fetch(settings, &cache, &name, &dest, wal_size);
-    // As WAL-G: prefetch after every call, found or not, since recovery
-    // asks for the next segment right after this one.
-    if concurrency > 1 && !name.contains("history") && !name.contains("partial") {
+    // Recovery asks for the next segment right after this one, so prefetch
+    // it. Not after a miss (WAL-G does): what follows a segment that is not
+    // archived yet is not archived either, and a standby polling for it
+    // would pay for those probes on every poll.
+    let missed = matches!(result, Err(Error::WalNotFound(_)));
+    if concurrency > 1 && !missed && !name.contains("history") && !name.contains("partial") {
         if let Err(e) = spawn_prefetch(settings, &name, &dest) {
             log::warn!("could not start prefetching after {name}: {e}");
         }
@@ -62,7 +66,14 @@ fn fetch(
     }
     let storage = open_storage(settings)?;
     let codecs = codecs(settings)?;
-    match download(&storage, &codecs, name, dest, wal_size)? {
+    let probe = if cache.missed_before(name) {
+        Probe::ListFirst
+    } else {
+        Probe::GetFirst
+    };
+    let found = download(&storage, &codecs, name, dest, wal_size, probe)?;
+    cache.note(name, found.is_some());
+    match found {
         Some(()) => Ok(()),
         None => {
             // Exit 74 tells PostgreSQL the archive has no more WAL and ends
@@ -81,8 +92,9 @@ fn download(
     name: &str,
     dest: &Path,
     wal_size: u64,
+    probe: Probe,
 ) -> Result<Option<()>> {
-    let Some((key, mut reader)) = object::open(storage, codecs, name)? else {
+    let Some((key, mut reader)) = object::open(storage, codecs, name, probe)? else {
         return Ok(None);
     };
     let mut file = AtomicFile::create(dest)
@@ -120,6 +132,10 @@ fn copy_wal(
 struct PrefetchCache {
     ready: PathBuf,
     running: PathBuf,
+    /// Holds the name of the last WAL file found missing, so that the next
+    /// call for it (a standby polling) starts with the one request that
+    /// settles a miss: a LIST (see [`Probe`]).
+    last_miss: PathBuf,
 }
 
 impl PrefetchCache {
@@ -134,7 +150,25 @@ impl PrefetchCache {
         let ready = base.join(".wal-g").join("prefetch");
         PrefetchCache {
             running: ready.join("running"),
+            last_miss: base.join(".wal-g").join("last-miss"),
             ready,
+        }
+    }
+
+    fn missed_before(&self, name: &str) -> bool {
+        fs::read(&self.last_miss).is_ok_and(|content| content == name.as_bytes())
+    }
+
+    /// Remember a miss of `name`, forget it once found. Best effort: a lost
+    /// or torn note only costs one request more on the next call.
+    fn note(&self, name: &str, found: bool) {
+        if !found && !self.missed_before(name) {
+            if let Some(dir) = self.last_miss.parent() {
+                let _ = fs::create_dir_all(dir);
+            }
+            let _ = fs::write(&self.last_miss, name);
+        } else if found && self.missed_before(name) {
+            let _ = fs::remove_file(&self.last_miss);
         }
     }
 
@@ -268,6 +302,8 @@ pub fn run_prefetch(settings: &Settings, args: Vec<OsString>) -> Result<()> {
                 match prefetch_one(&storage, &codecs, &cache, &file, wal_size) {
                     Ok(true) => log::debug!("prefetched {file}"),
                     Ok(false) => {
+                        // The standby will ask for it next: one LIST then.
+                        cache.note(&file, false);
                         // Later segments do not exist yet either.
                         if let Ok(mut q) = queue.lock() {
                             q.clear();
@@ -291,7 +327,7 @@ fn prefetch_one(
     wal_size: u64,
 ) -> Result<bool> {
     let running = cache.running.join(file);
-    let Some((key, mut reader)) = object::open(storage, codecs, file)? else {
+    let Some((key, mut reader)) = object::open(storage, codecs, file, Probe::GetFirst)? else {
         return Ok(false);
     };
     // O_EXCL: another prefetcher is already on it.

@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::storage::Storage;
 use crate::stream::read_full;
 use crate::wal::archive_status::Markers;
+use crate::wal::object::Probe;
 use crate::wal::{metadata, object, Segment};
 
 const USAGE: &str = "walden wal-push PATH";
@@ -140,7 +141,9 @@ impl Job {
     /// True when the same content is stored; an error when different
     /// content is: overwriting archived WAL would lose history.
     fn already_stored(&self, path: &Path, name: &str) -> Result<bool> {
-        let Some((key, mut stored)) = object::open(&self.storage, &self.codecs, name)? else {
+        let Some((key, mut stored)) =
+            object::open(&self.storage, &self.codecs, name, Probe::GetFirst)?
+        else {
             return Ok(false);
         };
         let mut local = File::open(path)
