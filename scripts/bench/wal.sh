@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # WAL benchmark (prints figures; not a test). A PostgreSQL 15 cluster writes
 # real segments with pgbench; then, alternating between tools, each segment
-# is pushed by one process as archive_command does (walden wal-push vs
+# (and a random-text and a mixed segment derived from it) is pushed by one
+# process as archive_command does (walden wal-push vs
 # pgBackRest archive-push, posix repo, sync), fetched back one process per
 # segment (wal-fetch vs archive-get), and a base backup is replayed by a
 # recovering PostgreSQL through each tool's restore_command (walden with
@@ -12,7 +13,9 @@
 # WAL-G's command line and settings). They are built by hand from their
 # sources; nothing here builds them.
 #
-# BENCH_SEGMENTS (default 50) sets how many segments are timed.
+# BENCH_SEGMENTS (default 50) sets how many segments are timed in the
+# sequential runs and the replay; BENCH_SHAPE_SEGMENTS (default 12) how
+# many of each shape (pgbench's, random text, mixed) in the isolated runs.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 bash scripts/install-deps.sh

@@ -5,6 +5,7 @@ the same way (fork + setuid + exec), and timed from start to exit; peak RSS
 comes from the child's rusage. Runs alternate between tools segment by
 segment so that machine noise hits all of them alike.
 """
+import base64
 import os
 import shutil
 import socket
@@ -16,6 +17,8 @@ import time
 WORK = sys.argv[1]
 PGBIN = "/usr/lib/postgresql/15/bin"
 SEGMENTS = int(os.environ.get("BENCH_SEGMENTS", "50"))
+# Segments per shape in the isolated runs (pgbench's, random, mixed).
+SHAPE_SEGMENTS = min(SEGMENTS, int(os.environ.get("BENCH_SHAPE_SEGMENTS", "12")))
 PG = f"{WORK}/pg"
 SEGS = f"{WORK}/segments"
 WALDEN = f"{WORK}/walden"
@@ -156,36 +159,77 @@ def reset_repos(cname):
                 shutil.rmtree(f"{WORK}/{entry}/{sub}")
 
 
-def bench_config(cname, ctools, names, timed):
+def random_text(n):
+    """Printable random bytes: what compresses like WAL full of text
+    columns (about 6 bits of entropy per byte)."""
+    return base64.b64encode(os.urandom(n * 3 // 4 + 3))[:n]
+
+
+def make_shapes(timed):
+    """Segments of three shapes, alike in size and name form: pgbench's
+    own (very compressible), random text, and mixed (every other 8 KiB page
+    of a pgbench segment replaced by random text, as full-page images of
+    text rows interleave with record data). The synthetic ones get their
+    own timelines so that no name clashes with a real segment. The first
+    page stays pgbench's in both: pgBackRest checks the segment header."""
+    shapes = {"compressible": [f"{SEGS}/{n}" for n in timed[:SHAPE_SEGMENTS]]}
+    for shape, timeline in (("random", "0000000A"), ("mixed", "0000000B")):
+        d = f"{WORK}/shape-{shape}"
+        os.makedirs(d, exist_ok=True)
+        shapes[shape] = []
+        for n in timed[:SHAPE_SEGMENTS]:
+            path = f"{d}/{timeline}{n[8:]}"
+            with open(f"{SEGS}/{n}", "rb") as f:
+                real = f.read()
+            # The first page stays real: pgBackRest checks the header.
+            if shape == "random":
+                data = real[:8192] + random_text(len(real) - 8192)
+            else:
+                data = b"".join(real[p:p + 8192] if (p // 8192) % 2 == 0 else random_text(8192)
+                                for p in range(0, len(real), 8192))
+            with open(path, "wb") as f:
+                f.write(data)
+            shutil.chown(path, "postgres")
+            shapes[shape].append(path)
+    return shapes
+
+
+def isolated(cname, ctools, shape, paths):
+    """Push then fetch each segment of one shape, one process per call,
+    tools alternating; medians and peak RSS."""
     push = {t: [] for t in ctools}
     fetch = {t: [] for t in ctools}
     rss = {t: [0, 0] for t in ctools}
-    # 1. Isolated: one process per segment, no other segment waiting.
-    for n in timed:
+    for path in paths:
         for t, (pusher, env, _) in ctools.items():
-            secs, kib, _ = run(pusher(f"{SEGS}/{n}"), env)
+            secs, kib, _ = run(pusher(path), env)
             push[t].append(secs)
             rss[t][0] = max(rss[t][0], kib)
-    # Everything before the timed range is stored too, for the replay.
-    for n in names[:-SEGMENTS]:
-        for t, (pusher, env, _) in ctools.items():
-            run(pusher(f"{SEGS}/{n}"), env)
     out = f"{WORK}/fetched"
     os.makedirs(out, exist_ok=True)
     shutil.chown(out, "postgres")
-    for n in timed:
+    for path in paths:
+        n = os.path.basename(path)
         for t, (_, env, fetcher) in ctools.items():
             dest = f"{out}/{t}"
             secs, kib, _ = run(fetcher(n, dest), {**env, "WALG_DOWNLOAD_CONCURRENCY": "1"})
             fetch[t].append(secs)
             rss[t][1] = max(rss[t][1], kib)
-            with open(dest, "rb") as a, open(f"{SEGS}/{n}", "rb") as b:
+            with open(dest, "rb") as a, open(path, "rb") as b:
                 if a.read() != b.read():
                     raise SystemExit(f"{t} fetched {n} wrong")
             os.remove(dest)
-    table(f"{cname}, isolated: one process per segment, nothing else waiting; median of {len(timed)} (ms), peak RSS (MiB)",
+    table(f"{cname}, {shape} segments, isolated: one process per segment, nothing else waiting; "
+          f"median of {len(paths)} (ms), peak RSS (MiB)",
           {t: [median_ms(push[t]), median_ms(fetch[t]), rss[t][0] / 1024, rss[t][1] / 1024] for t in ctools},
           ["push ms", "fetch ms", "push RSS", "fetch RSS"])
+
+
+def bench_config(cname, ctools, names, timed):
+    # 1. Isolated: one process per segment, no other segment waiting, for
+    # each segment shape.
+    for shape, paths in SHAPES.items():
+        isolated(cname, ctools, shape, paths)
 
     # 2. As PostgreSQL calls them: the archiver runs archive_command for the
     # oldest .ready segment and renames it .done on success; recovery runs
@@ -229,6 +273,8 @@ def main():
     names = make_data()
     timed = names[-SEGMENTS:]
     print(f"== {len(names)} segments written, {len(timed)} timed", flush=True)
+    global SHAPES
+    SHAPES = make_shapes(timed)
     # Stanzas need a running server.
     pg_ctl(PG, "start", log=f"{WORK}/pg.log")
     configs = {
