@@ -234,6 +234,10 @@ impl Storage for FsStorage {
         })
     }
 
+    fn lookups_are_local(&self) -> bool {
+        true
+    }
+
     /// A missing root is not an empty storage: it is an unmounted share or
     /// a wrong setting, and must not be reported as "WAL not found" (which
     /// ends a recovery).

@@ -158,6 +158,13 @@ pub trait Storage: Send + Sync {
         Ok(())
     }
 
+    /// True when asking for a missing key is a local system call rather
+    /// than a request (a filesystem), so that trying a few keys is cheaper
+    /// than listing a directory that may hold every archived WAL file.
+    fn lookups_are_local(&self) -> bool {
+        false
+    }
+
     /// Check that the storage itself is there, before a missing object is
     /// reported as absent: an absence can end a recovery (wal-fetch exit
     /// 74), a missing bucket or unmounted directory must not.

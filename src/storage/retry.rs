@@ -161,6 +161,10 @@ impl Storage for Retrying {
     fn verify_root(&self) -> Result<()> {
         self.run("open", || self.inner.verify_root())
     }
+
+    fn lookups_are_local(&self) -> bool {
+        self.inner.lookups_are_local()
+    }
 }
 
 /// Re-opens the object at the current offset when the connection breaks.

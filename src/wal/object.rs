@@ -56,13 +56,17 @@ pub enum Probe {
 /// written with (the configured one is tried first). `Ok(None)` when no
 /// variant exists. Never more than two requests to learn that it does not
 /// exist, whatever the number of extensions: a standby polls for the next
-/// segment forever, and each poll is a request someone pays for.
+/// segment forever, and each poll is a request someone pays for. (On a
+/// filesystem, where a lookup is a system call, every extension is tried.)
 pub fn open(
     storage: &Arc<dyn Storage>,
     codecs: &Codecs,
     name: &str,
     probe: Probe,
 ) -> Result<Option<(String, Box<dyn Read + Send>)>> {
+    if storage.lookups_are_local() {
+        return open_by_probing(storage, codecs, name);
+    }
     if probe == Probe::GetFirst {
         let key = key_for(codecs, name);
         match storage.get(&key, 0) {
@@ -80,6 +84,28 @@ pub fn open(
         Err(e) if e.is_not_found() => Ok(None),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Try every extension in turn: on a filesystem each miss is one failed
+/// open(), cheaper than reading a wal_005 directory of many thousand files.
+fn open_by_probing(
+    storage: &Arc<dyn Storage>,
+    codecs: &Codecs,
+    name: &str,
+) -> Result<Option<(String, Box<dyn Read + Send>)>> {
+    let preferred = key_for(codecs, name);
+    let others = ORDER.iter().map(|m| match m.extension() {
+        "" => format!("{WAL_FOLDER}{name}"),
+        ext => format!("{WAL_FOLDER}{name}.{ext}"),
+    });
+    for key in std::iter::once(preferred.clone()).chain(others.filter(|k| *k != preferred)) {
+        match storage.get(&key, 0) {
+            Ok(raw) => return Ok(Some((key.clone(), codecs.reader(raw, &key, true, true)?))),
+            Err(e) if e.is_not_found() => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(None)
 }
 
 /// The stored key of `name` with any extension WAL-G writes, found with
@@ -104,17 +130,19 @@ fn find_variant(storage: &Arc<dyn Storage>, codecs: &Codecs, name: &str) -> Resu
     Ok(best.map(|(_, key)| key))
 }
 
+/// The extensions WAL-G reads, in the order it tries them.
+const ORDER: [Method; 5] = [
+    Method::Lz4,
+    Method::Zstd,
+    Method::Lzma,
+    Method::Brotli,
+    Method::None,
+];
+
 /// Order of preference of what follows the WAL file name in a key (the
 /// order WAL-G tries decompressors in); `None` for other objects sharing
 /// the prefix, such as `<name>.partial` or a longer name.
 fn rank_of(suffix: &str) -> Option<usize> {
-    const ORDER: [Method; 5] = [
-        Method::Lz4,
-        Method::Zstd,
-        Method::Lzma,
-        Method::Brotli,
-        Method::None,
-    ];
     let ext = match suffix {
         "" => "",
         s => s.strip_prefix('.')?,
