@@ -6,6 +6,7 @@ comes from the child's rusage. Runs alternate between tools segment by
 segment so that machine noise hits all of them alike.
 """
 import base64
+import filecmp
 import os
 import shutil
 import socket
@@ -173,13 +174,18 @@ def make_shapes(timed):
     own timelines so that no name clashes with a real segment. The first
     page stays pgbench's in both: pgBackRest checks the segment header."""
     shapes = {"compressible": [f"{SEGS}/{n}" for n in timed[:SHAPE_SEGMENTS]]}
+    todo = []
     for shape, timeline in (("random", "0000000A"), ("mixed", "0000000B")):
         d = f"{WORK}/shape-{shape}"
         os.makedirs(d, exist_ok=True)
-        shapes[shape] = []
-        for n in timed[:SHAPE_SEGMENTS]:
-            path = f"{d}/{timeline}{n[8:]}"
-            with open(f"{SEGS}/{n}", "rb") as f:
+        shapes[shape] = [f"{d}/{timeline}{n[8:]}" for n in timed[:SHAPE_SEGMENTS]]
+        todo += [(shape, f"{SEGS}/{n}", path) for n, path in zip(timed, shapes[shape])]
+    # Written by a child: the tools are forked from this process, and the
+    # peak RSS a child reports includes what this process held at fork.
+    pid = os.fork()
+    if pid == 0:
+        for shape, source, path in todo:
+            with open(source, "rb") as f:
                 real = f.read()
             # The first page stays real: pgBackRest checks the header.
             if shape == "random":
@@ -190,7 +196,10 @@ def make_shapes(timed):
             with open(path, "wb") as f:
                 f.write(data)
             shutil.chown(path, "postgres")
-            shapes[shape].append(path)
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit("writing the random and mixed segments failed")
     return shapes
 
 
@@ -215,9 +224,8 @@ def isolated(cname, ctools, shape, paths):
             secs, kib, _ = run(fetcher(n, dest), {**env, "WALG_DOWNLOAD_CONCURRENCY": "1"})
             fetch[t].append(secs)
             rss[t][1] = max(rss[t][1], kib)
-            with open(dest, "rb") as a, open(path, "rb") as b:
-                if a.read() != b.read():
-                    raise SystemExit(f"{t} fetched {n} wrong")
+            if not filecmp.cmp(dest, path, shallow=False):
+                raise SystemExit(f"{t} fetched {n} wrong")
             os.remove(dest)
     table(f"{cname}, {shape} segments, isolated: one process per segment, nothing else waiting; "
           f"median of {len(paths)} (ms), peak RSS (MiB)",
