@@ -1,0 +1,246 @@
+//! The reader against the three sample repositories made by pgBackRest
+//! 2.45 (shared/fixtures/pgbackrest), each extracted to a temp dir: the
+//! fixtures themselves are never touched.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::list::{listing, Options};
+use super::repo::Repo;
+use crate::storage::fs::FsStorage;
+
+const FIXTURES: &str = "/work/shared/fixtures/pgbackrest";
+
+pub struct Extracted {
+    pub root: PathBuf,
+}
+
+impl Drop for Extracted {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.root);
+    }
+}
+
+/// Where the fixtures are: `WALDEN_PGBR_FIXTURES`, or the shared folder.
+fn fixtures() -> PathBuf {
+    std::env::var_os("WALDEN_PGBR_FIXTURES").map_or_else(|| PathBuf::from(FIXTURES), PathBuf::from)
+}
+
+pub fn extract(set: &str) -> Extracted {
+    let root = std::env::temp_dir().join(format!(
+        "walden-pgbr-{set}-{}",
+        crate::localfile::random_suffix()
+    ));
+    fs::create_dir_all(&root).unwrap();
+    let file = fs::File::open(fixtures().join(format!("{set}.tar.zst")))
+        .unwrap_or_else(|e| panic!("fixture {set}.tar.zst in {}: {e}", fixtures().display()));
+    let decoder = zstd::stream::read::Decoder::new(file).unwrap();
+    tar::Archive::new(decoder).unpack(&root).unwrap();
+    make_writable(&root);
+    Extracted { root }
+}
+
+fn make_writable(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let meta = fs::symlink_metadata(entry.path()).unwrap();
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        let mode = meta.permissions().mode() | 0o600 | if meta.is_dir() { 0o700 } else { 0 };
+        fs::set_permissions(entry.path(), fs::Permissions::from_mode(mode)).unwrap();
+        if meta.is_dir() {
+            make_writable(&entry.path());
+        }
+    }
+}
+
+pub fn repo(x: &Extracted) -> Repo {
+    Repo::new(Arc::new(FsStorage::new(x.root.join("repo"))), "demo".into())
+}
+
+fn expected(set: &str) -> Value {
+    let text = fs::read_to_string(fixtures().join("EXPECTED.json")).unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    v["sets"][set].clone()
+}
+
+fn json_listing(repo: &Repo) -> Vec<Value> {
+    let text = listing(
+        repo,
+        Options {
+            json: true,
+            detail: true,
+            pretty: false,
+        },
+    )
+    .unwrap();
+    serde_json::from_str::<Value>(&text)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// Every field of EXPECTED.json's backups the listing shows.
+fn check_listing_matches(set: &str) -> Vec<Value> {
+    let x = extract(set);
+    let listed = json_listing(&repo(&x));
+    let want = expected(set);
+    let want = want["backups"].as_array().unwrap();
+    assert_eq!(listed.len(), want.len(), "{set}: {listed:?}");
+    for (got, want) in listed.iter().zip(want) {
+        let label = want["label"].as_str().unwrap();
+        assert_eq!(got["backup_name"], want["label"], "{set}");
+        assert_eq!(got["type"], want["type"], "{label}");
+        assert_eq!(got["prior"], want["prior"], "{label}");
+        let refs = want["reference"].clone();
+        let refs = if refs.is_null() {
+            Value::Array(vec![])
+        } else {
+            refs
+        };
+        assert_eq!(got["references"], refs, "{label}");
+        assert_eq!(got["wal_file_name"], want["archive_start"], "{label}");
+        assert_eq!(got["wal_stop_file_name"], want["archive_stop"], "{label}");
+        assert_eq!(got["start_lsn"], want["lsn_start"], "{label}");
+        assert_eq!(got["finish_lsn"], want["lsn_stop"], "{label}");
+        // EXPECTED.json leaves a size null where `pgbackrest info` has none.
+        for (ours, theirs) in [
+            ("uncompressed_size", "size"),
+            ("compressed_size", "repo_size"),
+            ("compressed_size_delta", "repo_delta"),
+        ] {
+            if !want[theirs].is_null() {
+                assert_eq!(got[ours], want[theirs], "{label} {ours}");
+            }
+        }
+        for (ours, theirs) in [
+            ("start_time", "timestamp_start"),
+            ("finish_time", "timestamp_stop"),
+        ] {
+            let t = crate::backup::gotime::GoTime::parse(got[ours].as_str().unwrap()).unwrap();
+            let secs = t.t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+            assert_eq!(Some(secs), want[theirs].as_u64(), "{label} {ours}");
+        }
+        assert_eq!(
+            got["system_identifier"].to_string(),
+            expected(set)["system_identifier"].as_str().unwrap(),
+            "{label}"
+        );
+    }
+    listed
+}
+
+#[test]
+fn lists_plain_lz4_repository_as_expected() {
+    let listed = check_listing_matches("lz4-plain");
+    assert!(listed.iter().all(|b| b["compression"] == "lz4"));
+    assert!(listed.iter().all(|b| b["block_incremental"] == false));
+    // 1795498732 / 1795498733 in EXPECTED.json, as RFC 3339 in UTC.
+    assert_eq!(listed[1]["start_time"], "2026-11-24T05:38:52Z");
+    assert_eq!(listed[1]["time"], "2026-11-24T05:38:53Z");
+}
+
+#[test]
+fn lists_block_incremental_repository_and_marks_it() {
+    let listed = check_listing_matches("lz4-blockincr-beta");
+    assert!(listed.iter().all(|b| b["block_incremental"] == true));
+}
+
+#[test]
+fn encrypted_repository_is_refused_clearly() {
+    let x = extract("zst-aes");
+    let err = listing(&repo(&x), Options::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("encrypted"), "{err}");
+    assert!(err.contains("backup/demo/backup.info"), "{err}");
+}
+
+#[test]
+fn plain_and_pretty_tables() {
+    let x = extract("lz4-plain");
+    let r = repo(&x);
+    let plain = listing(&r, Options::default()).unwrap();
+    let lines: Vec<&str> = plain.lines().collect();
+    assert_eq!(lines.len(), 4, "{plain}");
+    let header: Vec<&str> = lines[0].split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "backup_name",
+            "modified",
+            "wal_file_name",
+            "storage_name",
+            "type"
+        ]
+    );
+    let last: Vec<&str> = lines[3].split_whitespace().collect();
+    assert_eq!(
+        last,
+        [
+            "20261124-053849F_20261124-053854I",
+            "2026-11-24T05:38:56Z",
+            "000000010000000000000008",
+            "default",
+            "incr"
+        ]
+    );
+    let detail = listing(
+        &r,
+        Options {
+            detail: true,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let row: Vec<&str> = detail.lines().nth(3).unwrap().split_whitespace().collect();
+    assert_eq!(row[5], "20261124-053849F_20261124-053852D");
+    assert_eq!(row[6], "20261124-053849F,20261124-053849F_20261124-053852D");
+    let pretty = listing(
+        &r,
+        Options {
+            pretty: true,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    assert!(
+        pretty.lines().nth(1).unwrap().contains("| TYPE "),
+        "{pretty}"
+    );
+}
+
+#[test]
+fn damaged_backup_info_falls_back_to_its_copy_then_fails_clearly() {
+    let x = extract("lz4-plain");
+    let info = x.root.join("repo/backup/demo/backup.info");
+    let flip = |p: &Path| {
+        let mut bytes = fs::read(p).unwrap();
+        let at = bytes.windows(4).position(|w| w == b"full").unwrap();
+        bytes[at] = b'F';
+        fs::write(p, bytes).unwrap();
+    };
+    flip(&info);
+    let listed = json_listing(&repo(&x));
+    assert_eq!(listed.len(), 3);
+    flip(&x.root.join("repo/backup/demo/backup.info.copy"));
+    let err = listing(&repo(&x), Options::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("invalid checksum"), "{err}");
+    assert!(err.contains("backup.info.copy"), "{err}");
+}
+
+#[test]
+fn missing_stanza_says_what_to_check() {
+    let x = extract("lz4-plain");
+    let r = Repo::new(Arc::new(FsStorage::new(x.root.join("repo"))), "main".into());
+    let err = listing(&r, Options::default()).unwrap_err().to_string();
+    assert!(err.contains("PGBACKREST_STANZA='main'"), "{err}");
+}
