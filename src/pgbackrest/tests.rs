@@ -244,3 +244,116 @@ fn missing_stanza_says_what_to_check() {
     let err = listing(&r, Options::default()).unwrap_err().to_string();
     assert!(err.contains("PGBACKREST_STANZA='main'"), "{err}");
 }
+
+fn sha1_hex(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Every archived file of EXPECTED.json fetched by the name PostgreSQL
+/// asks for: segments 16 MiB with the SHA-1 of their stored name,
+/// `.backup` files as PostgreSQL wrote them.
+fn check_wal_fetch(set: &str) {
+    let x = extract(set);
+    let r = repo(&x);
+    let out = x.root.join("out");
+    fs::create_dir_all(&out).unwrap();
+    let want = expected(set);
+    let files = want["wal_archive"]["files"].as_array().unwrap();
+    assert!(!files.is_empty());
+    for f in files {
+        let stored = f.as_str().unwrap().rsplit('/').next().unwrap();
+        let (name, sha) = match stored.split_once('-') {
+            Some((name, rest)) => (name, Some(&rest[..40])),
+            None => (stored, None),
+        };
+        let dest = out.join(name);
+        super::wal::fetch(&r, name, &dest).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let bytes = fs::read(&dest).unwrap();
+        match sha {
+            Some(sha) => {
+                assert_eq!(bytes.len(), 16 << 20, "{name}");
+                assert_eq!(sha1_hex(&bytes), sha, "{name}");
+            }
+            None => assert!(bytes.starts_with(b"START WAL LOCATION"), "{name}"),
+        }
+    }
+    // Past the end of the archive: "not found", exit 74.
+    let err = super::wal::fetch(&r, "0000000100000000000000FF", &out.join("x")).unwrap_err();
+    assert_eq!(err.exit_code(), 74, "{err}");
+    let err = super::wal::fetch(&r, "00000002.history", &out.join("h")).unwrap_err();
+    assert_eq!(err.exit_code(), 74, "{err}");
+    assert!(!out.join("x").exists() && !out.join("h").exists());
+}
+
+#[test]
+fn wal_fetch_plain_lz4_every_archived_file() {
+    check_wal_fetch("lz4-plain");
+}
+
+#[test]
+fn wal_fetch_block_incremental_repository_archive() {
+    // The archive of a block-incremental repository is ordinary WAL.
+    check_wal_fetch("lz4-blockincr-beta");
+}
+
+#[test]
+fn wal_fetch_refuses_encrypted_archive() {
+    let x = extract("zst-aes");
+    let err =
+        super::wal::fetch(&repo(&x), "000000010000000000000003", &x.root.join("w")).unwrap_err();
+    assert_eq!(err.exit_code(), 1);
+    assert!(err.to_string().contains("encrypted"), "{err}");
+    assert!(!x.root.join("w").exists());
+}
+
+/// A truncated segment and one whose bytes do not match its name's SHA-1:
+/// exit 1 naming the stored file, and DEST not written.
+#[test]
+fn wal_fetch_damaged_segments_fail_without_writing() {
+    let x = extract("lz4-plain");
+    let r = repo(&x);
+    let dir = x.root.join("repo/archive/demo/15-1/0000000100000000");
+    let stored = |prefix: &str| {
+        fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.file_name().unwrap().to_str().unwrap().starts_with(prefix))
+            .unwrap()
+    };
+    let five = stored("000000010000000000000005-");
+    let bytes = fs::read(&five).unwrap();
+    fs::write(&five, &bytes[..bytes.len() / 2]).unwrap();
+    let dest = x.root.join("five");
+    let err = super::wal::fetch(&r, "000000010000000000000005", &dest).unwrap_err();
+    assert_eq!(err.exit_code(), 1);
+    assert!(
+        err.to_string().contains("000000010000000000000005-"),
+        "{err}"
+    );
+    assert!(!dest.exists());
+
+    // Same bytes under another segment's name: decodes fine, wrong SHA-1.
+    let seven = stored("000000010000000000000007-");
+    fs::copy(stored("000000010000000000000006-"), &seven).unwrap();
+    let dest = x.root.join("seven");
+    let err = super::wal::fetch(&r, "000000010000000000000007", &dest).unwrap_err();
+    assert!(
+        err.to_string().contains("not the SHA-1 in its name"),
+        "{err}"
+    );
+    assert!(!dest.exists());
+
+    // A second copy with another SHA-1: refused, not guessed.
+    let mut dup = seven.file_name().unwrap().to_str().unwrap().to_string();
+    dup.replace_range(25..29, "0000");
+    fs::copy(&seven, dir.join(dup)).unwrap();
+    let err = super::wal::fetch(&r, "000000010000000000000007", &dest).unwrap_err();
+    assert!(err.to_string().contains("duplicate WAL"), "{err}");
+
+    let err = super::wal::fetch(&r, "../../x", &dest).unwrap_err();
+    assert!(err.to_string().contains("not a WAL segment"), "{err}");
+}
