@@ -17,8 +17,6 @@ use std::fmt;
 use crate::config::Settings;
 use crate::error::{Error, Result};
 
-pub use repo::Repo;
-
 /// What can go wrong reading a pgBackRest repository.
 #[derive(Debug)]
 pub enum PgbrError {

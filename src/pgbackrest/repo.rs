@@ -2,7 +2,7 @@
 //! `.copy` fallback pgBackRest uses (spec §3.3), and what backup.info,
 //! archive.info and a manifest say.
 
-use std::io::{BufReader, Read};
+use std::io::BufReader;
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -45,8 +45,6 @@ pub struct BackupEntry {
 }
 
 pub struct BackupInfo {
-    pub db_version: String,
-    pub system_id: u64,
     /// Sorted by label, which is pgBackRest's order (§1.1).
     pub backups: Vec<BackupEntry>,
 }
@@ -140,10 +138,9 @@ impl Repo {
     pub fn backup_info(&self) -> Result<BackupInfo> {
         let key = self.backup_key("backup.info");
         let ini = self.load(&key, &|s| s == "db" || s == "backup:current")?;
-        let db_version = text(ini.get("db", "db-version"))
-            .ok_or_else(|| format_err(&key, "no [db] db-version"))?;
-        let system_id = ini
-            .get("db", "db-system-id")
+        // The cluster must be named, even though the listing does not show it.
+        text(ini.get("db", "db-version")).ok_or_else(|| format_err(&key, "no [db] db-version"))?;
+        ini.get("db", "db-system-id")
             .and_then(Value::as_u64)
             .ok_or_else(|| format_err(&key, "no [db] db-system-id"))?;
         let mut backups = Vec::new();
@@ -153,11 +150,7 @@ impl Repo {
             }
         }
         backups.sort_by(|a, b| a.label.cmp(&b.label));
-        Ok(BackupInfo {
-            db_version,
-            system_id,
-            backups,
-        })
+        Ok(BackupInfo { backups })
     }
 
     pub fn archive_info(&self) -> Result<ArchiveInfo> {
@@ -183,7 +176,7 @@ impl Repo {
                 .ok_or_else(|| format_err(&key, format!("[db:history] {id} has no db-id")))?;
             history.push((id, version, sys));
         }
-        history.sort_by(|a, b| b.0.cmp(&a.0));
+        history.sort_by_key(|h| std::cmp::Reverse(h.0));
         Ok(ArchiveInfo {
             db_version,
             system_id,
@@ -221,17 +214,6 @@ impl Repo {
             block_incremental: flag("backup-block-incr"),
             bundle: flag("backup-bundle"),
         })
-    }
-
-    /// Read a whole small object (info files are read through `load`).
-    pub fn read_all(&self, key: &str, limit: u64) -> Result<Vec<u8>> {
-        let mut out = Vec::new();
-        self.storage
-            .get(key, 0)?
-            .take(limit)
-            .read_to_end(&mut out)
-            .map_err(|e| Error::io(format!("reading {key}"), e))?;
-        Ok(out)
     }
 }
 
