@@ -11,6 +11,7 @@ use ring::digest::{Context, SHA1_FOR_LEGACY_USE_ONLY};
 use serde_json::Value;
 
 use super::PgbrError;
+use crate::error::Result;
 
 /// The only repository format pgBackRest has written up to 2.60.
 const FORMAT: u64 = 5;
@@ -34,11 +35,20 @@ impl Ini {
 /// Parse `input` (named `what` in errors), keeping the sections for which
 /// `keep` is true, and verify `[backrest] backrest-checksum` and
 /// `backrest-format`.
-pub fn parse(
+pub fn parse(input: &mut dyn BufRead, what: &str, keep: &dyn Fn(&str) -> bool) -> Result<Ini> {
+    parse_with(input, what, keep, &mut |_, _, _| Ok(()))
+}
+
+/// [`parse`], handing every line of a section that is not kept to `sink`
+/// as it passes (a manifest's `[target:file]`, streamed). The checksum is
+/// known only at the end: `sink` must not publish anything that depends
+/// on it being right.
+pub fn parse_with(
     input: &mut dyn BufRead,
     what: &str,
     keep: &dyn Fn(&str) -> bool,
-) -> Result<Ini, PgbrError> {
+    sink: &mut dyn FnMut(&str, &str, Value) -> Result<()>,
+) -> Result<Ini> {
     let bad = |line: usize, problem: String| PgbrError::Format {
         what: what.to_string(),
         problem: format!("line {line}: {problem}"),
@@ -115,6 +125,8 @@ pub fn parse(
                 .entry(s.to_string())
                 .or_default()
                 .insert(key.to_string(), value);
+        } else {
+            sink(s, key, value)?;
         }
     }
     hash.update(b"}}");
@@ -129,13 +141,15 @@ pub fn parse(
             return Err(PgbrError::Format {
                 what: what.to_string(),
                 problem: "no [backrest] backrest-checksum (truncated file?)".into(),
-            })
+            }
+            .into())
         }
         Some(stored) if stored != actual => {
             return Err(PgbrError::Format {
                 what: what.to_string(),
                 problem: format!("invalid checksum: stored {stored}, content hashes to {actual}"),
-            })
+            }
+            .into())
         }
         Some(_) => {}
     }
@@ -150,7 +164,8 @@ pub fn parse(
                 "backrest-format is {}, walden reads format {FORMAT} (pgBackRest 2.x)",
                 other.map_or_else(|| "missing".to_string(), |v| v.to_string())
             ),
-        }),
+        }
+        .into()),
     }
 }
 

@@ -3,6 +3,7 @@
 //! at the repository root (`repo1-path`, or the bucket prefix), as WAL-G
 //! reads it.
 
+mod fetch;
 mod ini;
 mod list;
 mod repo;
@@ -49,6 +50,7 @@ impl From<PgbrError> for Error {
 }
 
 const USAGE: &str = "walden pgbackrest backup-list [--pretty] [--json] [--detail]\n\
+walden pgbackrest backup-fetch DEST LABEL|LATEST\n\
 walden pgbackrest wal-fetch NAME DEST";
 
 pub fn run(settings: &Settings, mut args: Vec<OsString>) -> Result<()> {
@@ -61,8 +63,9 @@ pub fn run(settings: &Settings, mut args: Vec<OsString>) -> Result<()> {
     match sub.as_str() {
         "backup-list" => list::run(settings, args),
         "wal-fetch" => wal::run_fetch(settings, args),
-        "backup-fetch" | "wal-show" => Err(Error::Other(format!(
-            "'pgbackrest {sub}' is not built yet in walden; built: backup-list, wal-fetch"
+        "backup-fetch" => fetch::run(settings, args),
+        "wal-show" => Err(Error::Other(format!(
+            "'pgbackrest {sub}' is not built yet in walden; built: backup-list, backup-fetch, wal-fetch"
         ))),
         other => Err(Error::Usage(format!(
             "unknown subcommand '{other}'; usage:\n{USAGE}"

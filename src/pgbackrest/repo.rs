@@ -93,15 +93,20 @@ impl Repo {
     /// Load `key`, or `key.copy` when `key` cannot be read for any reason;
     /// both errors are reported when neither can.
     fn load(&self, key: &str, keep: &dyn Fn(&str) -> bool) -> Result<Ini> {
+        self.load_from(key, keep).map(|(ini, _)| ini)
+    }
+
+    /// [`Repo::load`], also saying which of the twins was read.
+    pub fn load_from(&self, key: &str, keep: &dyn Fn(&str) -> bool) -> Result<(Ini, String)> {
         let first = match self.load_one(key, keep) {
-            Ok(ini) => return Ok(ini),
+            Ok(ini) => return Ok((ini, key.to_string())),
             Err(e) => e,
         };
         let copy = format!("{key}.copy");
         match self.load_one(&copy, keep) {
             Ok(ini) => {
                 log::warn!("{first}; read {copy} instead");
-                Ok(ini)
+                Ok((ini, copy))
             }
             Err(Error::Storage(e2)) if e2.is_not_found() && is_not_found(&first) => {
                 Err(Error::Other(format!(
@@ -114,6 +119,18 @@ impl Repo {
                 "neither {key} nor its .copy can be read: {first}; {second}"
             ))),
         }
+    }
+
+    /// Read `key` again, handing the lines of the sections `keep` skips to
+    /// `sink` (a manifest's file list, too long to hold).
+    pub fn stream(
+        &self,
+        key: &str,
+        keep: &dyn Fn(&str) -> bool,
+        sink: &mut dyn FnMut(&str, &str, Value) -> Result<()>,
+    ) -> Result<()> {
+        let mut reader = BufReader::new(self.storage.get(key, 0)?);
+        ini::parse_with(&mut reader, key, keep, sink).map(|_| ())
     }
 
     fn load_one(&self, key: &str, keep: &dyn Fn(&str) -> bool) -> Result<Ini> {
@@ -132,7 +149,7 @@ impl Repo {
             }
             .into());
         }
-        Ok(ini::parse(&mut reader, key, keep)?)
+        ini::parse(&mut reader, key, keep)
     }
 
     pub fn backup_info(&self) -> Result<BackupInfo> {

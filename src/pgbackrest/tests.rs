@@ -357,3 +357,149 @@ fn wal_fetch_damaged_segments_fail_without_writing() {
     let err = super::wal::fetch(&r, "../../x", &dest).unwrap_err();
     assert!(err.to_string().contains("not a WAL segment"), "{err}");
 }
+
+fn fetch_opts(dest: &Path, label: &str) -> super::fetch::Options {
+    super::fetch::Options {
+        dest: dest.to_path_buf(),
+        label: label.to_string(),
+        concurrency: 3,
+    }
+}
+
+fn count_files(dir: &Path) -> (usize, usize) {
+    let (mut files, mut empty) = (0, 0);
+    for e in fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let meta = fs::symlink_metadata(e.path()).unwrap();
+        if meta.is_dir() {
+            let (f, z) = count_files(&e.path());
+            files += f;
+            empty += z;
+        } else {
+            files += 1;
+            empty += usize::from(meta.len() == 0);
+        }
+    }
+    (files, empty)
+}
+
+/// Every backup of the plain repository, full, diff and incr: each file
+/// checked against the manifest's size and SHA-1 while written (a mismatch
+/// fails the restore), the counts of EXPECTED.json, modes and times.
+#[test]
+fn backup_fetch_every_backup_of_plain_repository() {
+    use std::os::unix::fs::PermissionsExt;
+    let x = extract("lz4-plain");
+    let r = repo(&x);
+    let want = expected("lz4-plain");
+    for b in want["backups"].as_array().unwrap() {
+        let label = b["label"].as_str().unwrap();
+        let dest = x.root.join(format!("restore-{label}"));
+        super::fetch::restore(&r, &fetch_opts(&dest, label))
+            .unwrap_or_else(|e| panic!("{label}: {e}"));
+        let (files, empty) = count_files(&dest);
+        assert_eq!(
+            files as u64,
+            b["manifest"]["files_in_manifest"].as_u64().unwrap(),
+            "{label}"
+        );
+        assert_eq!(
+            empty as u64,
+            b["manifest"]["zero_length_files"].as_u64().unwrap(),
+            "{label}"
+        );
+        assert_eq!(fs::read(dest.join("PG_VERSION")).unwrap(), b"15\n");
+        assert!(fs::read(dest.join("backup_label"))
+            .unwrap()
+            .starts_with(b"START WAL LOCATION"));
+        assert_eq!(
+            fs::metadata(dest.join("global/pg_control")).unwrap().len(),
+            8192
+        );
+        let mode = |p: &str| fs::metadata(dest.join(p)).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(""), 0o700, "{label}");
+        assert_eq!(mode("base"), 0o700, "{label}");
+        assert_eq!(mode("PG_VERSION"), 0o600, "{label}");
+        assert!(dest.join("pg_wal/archive_status").is_dir());
+    }
+    // LATEST is the newest label of backup.info.
+    let dest = x.root.join("latest");
+    super::fetch::restore(&r, &fetch_opts(&dest, "LATEST")).unwrap();
+    let incr = x.root.join("restore-20261124-053849F_20261124-053854I");
+    assert_eq!(
+        fs::read(dest.join("backup_label")).unwrap(),
+        fs::read(incr.join("backup_label")).unwrap()
+    );
+}
+
+#[test]
+fn backup_fetch_refuses_block_incremental_and_encrypted_writing_nothing() {
+    let x = extract("lz4-blockincr-beta");
+    for label in ["20261124-054736F", "20261124-054736F_20261124-054739I"] {
+        let dest = x.root.join("d");
+        let err = super::fetch::restore(&repo(&x), &fetch_opts(&dest, label))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("block incremental") && err.contains(label),
+            "{err}"
+        );
+        assert!(!dest.exists());
+    }
+    let x = extract("zst-aes");
+    let dest = x.root.join("d");
+    let err = super::fetch::restore(&repo(&x), &fetch_opts(&dest, "LATEST"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("encrypted"), "{err}");
+    assert!(!dest.exists());
+}
+
+/// A damaged data file, a truncated one, and a diff whose full is gone:
+/// each an error naming the file, and no pg_control in DEST.
+#[test]
+fn backup_fetch_damage_is_named_and_leaves_no_startable_cluster() {
+    let x = extract("lz4-plain");
+    let r = repo(&x);
+    let full = x.root.join("repo/backup/demo/20261124-053849F");
+    let victim = full.join("pg_data/base/5/1259.lz4");
+    let original = fs::read(&victim).unwrap();
+
+    // Same length, one byte flipped in the middle of the compressed data.
+    let mut flipped = original.clone();
+    let at = flipped.len() / 2;
+    flipped[at] ^= 0x55;
+    fs::write(&victim, &flipped).unwrap();
+    let dest = x.root.join("flipped");
+    let err = super::fetch::restore(&r, &fetch_opts(&dest, "20261124-053849F"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("pg_data/base/5/1259"), "{err}");
+    assert!(!dest.join("global/pg_control").exists());
+
+    fs::write(&victim, &original[..original.len() - 100]).unwrap();
+    let dest = x.root.join("truncated");
+    let err = super::fetch::restore(&r, &fetch_opts(&dest, "20261124-053849F"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("pg_data/base/5/1259"), "{err}");
+    assert!(!dest.join("global/pg_control").exists());
+
+    fs::write(&victim, &original).unwrap();
+    fs::rename(&full, x.root.join("gone")).unwrap();
+    let dest = x.root.join("orphan");
+    let err = super::fetch::restore(&r, &fetch_opts(&dest, "20261124-053849F_20261124-053852D"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("20261124-053849F/pg_data/") && err.contains("missing"),
+        "{err}"
+    );
+    assert!(!dest.join("global/pg_control").exists());
+
+    // DEST must be empty.
+    let err = super::fetch::restore(&r, &fetch_opts(&dest, "LATEST"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not empty"), "{err}");
+}
