@@ -14,6 +14,7 @@ mod fuzz;
 mod localfile;
 mod logger;
 mod pg;
+mod pgbackrest;
 mod progress;
 mod storage;
 mod stream;

@@ -116,11 +116,12 @@ pub fn render(rows: &[Row], opts: Options) -> String {
     }
 }
 
-struct Field {
-    name: &'static str,
-    pretty_name: &'static str,
-    value: String,
-    pretty_value: Option<String>,
+/// One cell; shared with `pgbackrest backup-list`.
+pub(crate) struct Field {
+    pub(crate) name: &'static str,
+    pub(crate) pretty_name: &'static str,
+    pub(crate) value: String,
+    pub(crate) pretty_value: Option<String>,
 }
 
 fn time_plain(t: Option<GoTime>) -> String {
@@ -197,7 +198,7 @@ fn width(s: &str) -> usize {
 
 /// Go's `tabwriter.NewWriter(out, 0, 0, 1, ' ', 0)`: every cell but the
 /// last of a line padded to its column's widest cell plus one space.
-fn tabbed(rows: &[Vec<Field>]) -> String {
+pub(crate) fn tabbed(rows: &[Vec<Field>]) -> String {
     let header: Vec<&str> = rows[0].iter().map(|f| f.name).collect();
     let lines: Vec<Vec<&str>> = std::iter::once(header)
         .chain(
@@ -233,7 +234,7 @@ fn tabbed(rows: &[Vec<Field>]) -> String {
 /// numbers (numeric, so right-aligned, header too), upper-case headers,
 /// other cells left-aligned, `+---+` rules above and below the header and
 /// at the end.
-fn pretty_table(rows: &[Vec<Field>]) -> String {
+pub(crate) fn pretty_table(rows: &[Vec<Field>]) -> String {
     let header: Vec<String> = std::iter::once("#".to_string())
         .chain(rows[0].iter().map(|f| f.pretty_name.to_uppercase()))
         .collect();

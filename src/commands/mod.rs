@@ -36,6 +36,7 @@ pub fn run(command: &str, settings: Settings, args: Vec<OsString>) -> Result<()>
         "wal-prefetch" => wal_fetch::run_prefetch(&settings, args),
         "flags" => flags::run(),
         "pg-info" => pg_info::run(&settings, args),
+        "pgbackrest" => crate::pgbackrest::run(&settings, args),
         other => Err(Error::NotBuilt(other.to_string())),
     }
 }

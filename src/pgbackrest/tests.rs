@@ -1,0 +1,505 @@
+//! The reader against the three sample repositories made by pgBackRest
+//! 2.45 (shared/fixtures/pgbackrest), each extracted to a temp dir: the
+//! fixtures themselves are never touched.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::list::{listing, Options};
+use super::repo::Repo;
+use crate::storage::fs::FsStorage;
+
+const FIXTURES: &str = "/work/shared/fixtures/pgbackrest";
+
+pub struct Extracted {
+    pub root: PathBuf,
+}
+
+impl Drop for Extracted {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.root);
+    }
+}
+
+/// Where the fixtures are: `WALDEN_PGBR_FIXTURES`, or the shared folder.
+fn fixtures() -> PathBuf {
+    std::env::var_os("WALDEN_PGBR_FIXTURES").map_or_else(|| PathBuf::from(FIXTURES), PathBuf::from)
+}
+
+pub fn extract(set: &str) -> Extracted {
+    let root = std::env::temp_dir().join(format!(
+        "walden-pgbr-{set}-{}",
+        crate::localfile::random_suffix()
+    ));
+    fs::create_dir_all(&root).unwrap();
+    let file = fs::File::open(fixtures().join(format!("{set}.tar.zst")))
+        .unwrap_or_else(|e| panic!("fixture {set}.tar.zst in {}: {e}", fixtures().display()));
+    let decoder = zstd::stream::read::Decoder::new(file).unwrap();
+    tar::Archive::new(decoder).unpack(&root).unwrap();
+    make_writable(&root);
+    Extracted { root }
+}
+
+fn make_writable(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let meta = fs::symlink_metadata(entry.path()).unwrap();
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        let mode = meta.permissions().mode() | 0o600 | if meta.is_dir() { 0o700 } else { 0 };
+        fs::set_permissions(entry.path(), fs::Permissions::from_mode(mode)).unwrap();
+        if meta.is_dir() {
+            make_writable(&entry.path());
+        }
+    }
+}
+
+pub fn repo(x: &Extracted) -> Repo {
+    Repo::new(Arc::new(FsStorage::new(x.root.join("repo"))), "demo".into())
+}
+
+fn expected(set: &str) -> Value {
+    let text = fs::read_to_string(fixtures().join("EXPECTED.json")).unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    v["sets"][set].clone()
+}
+
+fn json_listing(repo: &Repo) -> Vec<Value> {
+    let text = listing(
+        repo,
+        Options {
+            json: true,
+            detail: true,
+            pretty: false,
+        },
+    )
+    .unwrap();
+    serde_json::from_str::<Value>(&text)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// Every field of EXPECTED.json's backups the listing shows.
+fn check_listing_matches(set: &str) -> Vec<Value> {
+    let x = extract(set);
+    let listed = json_listing(&repo(&x));
+    let want = expected(set);
+    let want = want["backups"].as_array().unwrap();
+    assert_eq!(listed.len(), want.len(), "{set}: {listed:?}");
+    for (got, want) in listed.iter().zip(want) {
+        let label = want["label"].as_str().unwrap();
+        assert_eq!(got["backup_name"], want["label"], "{set}");
+        assert_eq!(got["type"], want["type"], "{label}");
+        assert_eq!(got["prior"], want["prior"], "{label}");
+        let refs = want["reference"].clone();
+        let refs = if refs.is_null() {
+            Value::Array(vec![])
+        } else {
+            refs
+        };
+        assert_eq!(got["references"], refs, "{label}");
+        assert_eq!(got["wal_file_name"], want["archive_start"], "{label}");
+        assert_eq!(got["wal_stop_file_name"], want["archive_stop"], "{label}");
+        assert_eq!(got["start_lsn"], want["lsn_start"], "{label}");
+        assert_eq!(got["finish_lsn"], want["lsn_stop"], "{label}");
+        // EXPECTED.json leaves a size null where `pgbackrest info` has none.
+        for (ours, theirs) in [
+            ("uncompressed_size", "size"),
+            ("compressed_size", "repo_size"),
+            ("compressed_size_delta", "repo_delta"),
+        ] {
+            if !want[theirs].is_null() {
+                assert_eq!(got[ours], want[theirs], "{label} {ours}");
+            }
+        }
+        for (ours, theirs) in [
+            ("start_time", "timestamp_start"),
+            ("finish_time", "timestamp_stop"),
+        ] {
+            let t = crate::backup::gotime::GoTime::parse(got[ours].as_str().unwrap()).unwrap();
+            let secs = t.t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+            assert_eq!(Some(secs), want[theirs].as_u64(), "{label} {ours}");
+        }
+        assert_eq!(
+            got["system_identifier"].to_string(),
+            expected(set)["system_identifier"].as_str().unwrap(),
+            "{label}"
+        );
+    }
+    listed
+}
+
+#[test]
+fn lists_plain_lz4_repository_as_expected() {
+    let listed = check_listing_matches("lz4-plain");
+    assert!(listed.iter().all(|b| b["compression"] == "lz4"));
+    assert!(listed.iter().all(|b| b["block_incremental"] == false));
+    // 1795498732 / 1795498733 in EXPECTED.json, as RFC 3339 in UTC.
+    assert_eq!(listed[1]["start_time"], "2026-11-24T05:38:52Z");
+    assert_eq!(listed[1]["time"], "2026-11-24T05:38:53Z");
+}
+
+#[test]
+fn lists_block_incremental_repository_and_marks_it() {
+    let listed = check_listing_matches("lz4-blockincr-beta");
+    assert!(listed.iter().all(|b| b["block_incremental"] == true));
+}
+
+#[test]
+fn encrypted_repository_is_refused_clearly() {
+    let x = extract("zst-aes");
+    let err = listing(&repo(&x), Options::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("encrypted"), "{err}");
+    assert!(err.contains("backup/demo/backup.info"), "{err}");
+}
+
+#[test]
+fn plain_and_pretty_tables() {
+    let x = extract("lz4-plain");
+    let r = repo(&x);
+    let plain = listing(&r, Options::default()).unwrap();
+    let lines: Vec<&str> = plain.lines().collect();
+    assert_eq!(lines.len(), 4, "{plain}");
+    let header: Vec<&str> = lines[0].split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "backup_name",
+            "modified",
+            "wal_file_name",
+            "storage_name",
+            "type"
+        ]
+    );
+    let last: Vec<&str> = lines[3].split_whitespace().collect();
+    assert_eq!(
+        last,
+        [
+            "20261124-053849F_20261124-053854I",
+            "2026-11-24T05:38:56Z",
+            "000000010000000000000008",
+            "default",
+            "incr"
+        ]
+    );
+    let detail = listing(
+        &r,
+        Options {
+            detail: true,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let row: Vec<&str> = detail.lines().nth(3).unwrap().split_whitespace().collect();
+    assert_eq!(row[5], "20261124-053849F_20261124-053852D");
+    assert_eq!(row[6], "20261124-053849F,20261124-053849F_20261124-053852D");
+    let pretty = listing(
+        &r,
+        Options {
+            pretty: true,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    assert!(
+        pretty.lines().nth(1).unwrap().contains("| TYPE "),
+        "{pretty}"
+    );
+}
+
+#[test]
+fn damaged_backup_info_falls_back_to_its_copy_then_fails_clearly() {
+    let x = extract("lz4-plain");
+    let info = x.root.join("repo/backup/demo/backup.info");
+    let flip = |p: &Path| {
+        let mut bytes = fs::read(p).unwrap();
+        let at = bytes.windows(4).position(|w| w == b"full").unwrap();
+        bytes[at] = b'F';
+        fs::write(p, bytes).unwrap();
+    };
+    flip(&info);
+    let listed = json_listing(&repo(&x));
+    assert_eq!(listed.len(), 3);
+    flip(&x.root.join("repo/backup/demo/backup.info.copy"));
+    let err = listing(&repo(&x), Options::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("invalid checksum"), "{err}");
+    assert!(err.contains("backup.info.copy"), "{err}");
+}
+
+#[test]
+fn missing_stanza_says_what_to_check() {
+    let x = extract("lz4-plain");
+    let r = Repo::new(Arc::new(FsStorage::new(x.root.join("repo"))), "main".into());
+    let err = listing(&r, Options::default()).unwrap_err().to_string();
+    assert!(err.contains("PGBACKREST_STANZA='main'"), "{err}");
+}
+
+fn sha1_hex(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Every archived file of EXPECTED.json fetched by the name PostgreSQL
+/// asks for: segments 16 MiB with the SHA-1 of their stored name,
+/// `.backup` files as PostgreSQL wrote them.
+fn check_wal_fetch(set: &str) {
+    let x = extract(set);
+    let r = repo(&x);
+    let out = x.root.join("out");
+    fs::create_dir_all(&out).unwrap();
+    let want = expected(set);
+    let files = want["wal_archive"]["files"].as_array().unwrap();
+    assert!(!files.is_empty());
+    for f in files {
+        let stored = f.as_str().unwrap().rsplit('/').next().unwrap();
+        let (name, sha) = match stored.split_once('-') {
+            Some((name, rest)) => (name, Some(&rest[..40])),
+            None => (stored, None),
+        };
+        let dest = out.join(name);
+        super::wal::fetch(&r, name, &dest).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let bytes = fs::read(&dest).unwrap();
+        match sha {
+            Some(sha) => {
+                assert_eq!(bytes.len(), 16 << 20, "{name}");
+                assert_eq!(sha1_hex(&bytes), sha, "{name}");
+            }
+            None => assert!(bytes.starts_with(b"START WAL LOCATION"), "{name}"),
+        }
+    }
+    // Past the end of the archive: "not found", exit 74.
+    let err = super::wal::fetch(&r, "0000000100000000000000FF", &out.join("x")).unwrap_err();
+    assert_eq!(err.exit_code(), 74, "{err}");
+    let err = super::wal::fetch(&r, "00000002.history", &out.join("h")).unwrap_err();
+    assert_eq!(err.exit_code(), 74, "{err}");
+    assert!(!out.join("x").exists() && !out.join("h").exists());
+}
+
+#[test]
+fn wal_fetch_plain_lz4_every_archived_file() {
+    check_wal_fetch("lz4-plain");
+}
+
+#[test]
+fn wal_fetch_block_incremental_repository_archive() {
+    // The archive of a block-incremental repository is ordinary WAL.
+    check_wal_fetch("lz4-blockincr-beta");
+}
+
+#[test]
+fn wal_fetch_refuses_encrypted_archive() {
+    let x = extract("zst-aes");
+    let err =
+        super::wal::fetch(&repo(&x), "000000010000000000000003", &x.root.join("w")).unwrap_err();
+    assert_eq!(err.exit_code(), 1);
+    assert!(err.to_string().contains("encrypted"), "{err}");
+    assert!(!x.root.join("w").exists());
+}
+
+/// A truncated segment and one whose bytes do not match its name's SHA-1:
+/// exit 1 naming the stored file, and DEST not written.
+#[test]
+fn wal_fetch_damaged_segments_fail_without_writing() {
+    let x = extract("lz4-plain");
+    let r = repo(&x);
+    let dir = x.root.join("repo/archive/demo/15-1/0000000100000000");
+    let stored = |prefix: &str| {
+        fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.file_name().unwrap().to_str().unwrap().starts_with(prefix))
+            .unwrap()
+    };
+    let five = stored("000000010000000000000005-");
+    let bytes = fs::read(&five).unwrap();
+    fs::write(&five, &bytes[..bytes.len() / 2]).unwrap();
+    let dest = x.root.join("five");
+    let err = super::wal::fetch(&r, "000000010000000000000005", &dest).unwrap_err();
+    assert_eq!(err.exit_code(), 1);
+    assert!(
+        err.to_string().contains("000000010000000000000005-"),
+        "{err}"
+    );
+    assert!(!dest.exists());
+
+    // Same bytes under another segment's name: decodes fine, wrong SHA-1.
+    let seven = stored("000000010000000000000007-");
+    fs::copy(stored("000000010000000000000006-"), &seven).unwrap();
+    let dest = x.root.join("seven");
+    let err = super::wal::fetch(&r, "000000010000000000000007", &dest).unwrap_err();
+    assert!(
+        err.to_string().contains("not the SHA-1 in its name"),
+        "{err}"
+    );
+    assert!(!dest.exists());
+
+    // A second copy with another SHA-1: refused, not guessed.
+    let mut dup = seven.file_name().unwrap().to_str().unwrap().to_string();
+    dup.replace_range(25..29, "0000");
+    fs::copy(&seven, dir.join(dup)).unwrap();
+    let err = super::wal::fetch(&r, "000000010000000000000007", &dest).unwrap_err();
+    assert!(err.to_string().contains("duplicate WAL"), "{err}");
+
+    let err = super::wal::fetch(&r, "../../x", &dest).unwrap_err();
+    assert!(err.to_string().contains("not a WAL segment"), "{err}");
+}
+
+fn fetch_opts(dest: &Path, label: &str) -> super::fetch::Options {
+    super::fetch::Options {
+        dest: dest.to_path_buf(),
+        label: label.to_string(),
+        concurrency: 3,
+    }
+}
+
+fn count_files(dir: &Path) -> (usize, usize) {
+    let (mut files, mut empty) = (0, 0);
+    for e in fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let meta = fs::symlink_metadata(e.path()).unwrap();
+        if meta.is_dir() {
+            let (f, z) = count_files(&e.path());
+            files += f;
+            empty += z;
+        } else {
+            files += 1;
+            empty += usize::from(meta.len() == 0);
+        }
+    }
+    (files, empty)
+}
+
+/// Every backup of the plain repository, full, diff and incr: each file
+/// checked against the manifest's size and SHA-1 while written (a mismatch
+/// fails the restore), the counts of EXPECTED.json, modes and times.
+#[test]
+fn backup_fetch_every_backup_of_plain_repository() {
+    use std::os::unix::fs::PermissionsExt;
+    let x = extract("lz4-plain");
+    let r = repo(&x);
+    let want = expected("lz4-plain");
+    for b in want["backups"].as_array().unwrap() {
+        let label = b["label"].as_str().unwrap();
+        let dest = x.root.join(format!("restore-{label}"));
+        super::fetch::restore(&r, &fetch_opts(&dest, label))
+            .unwrap_or_else(|e| panic!("{label}: {e}"));
+        let (files, empty) = count_files(&dest);
+        assert_eq!(
+            files as u64,
+            b["manifest"]["files_in_manifest"].as_u64().unwrap(),
+            "{label}"
+        );
+        assert_eq!(
+            empty as u64,
+            b["manifest"]["zero_length_files"].as_u64().unwrap(),
+            "{label}"
+        );
+        assert_eq!(fs::read(dest.join("PG_VERSION")).unwrap(), b"15\n");
+        assert!(fs::read(dest.join("backup_label"))
+            .unwrap()
+            .starts_with(b"START WAL LOCATION"));
+        assert_eq!(
+            fs::metadata(dest.join("global/pg_control")).unwrap().len(),
+            8192
+        );
+        let mode = |p: &str| fs::metadata(dest.join(p)).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(""), 0o700, "{label}");
+        assert_eq!(mode("base"), 0o700, "{label}");
+        assert_eq!(mode("PG_VERSION"), 0o600, "{label}");
+        assert!(dest.join("pg_wal/archive_status").is_dir());
+    }
+    // LATEST is the newest label of backup.info.
+    let dest = x.root.join("latest");
+    super::fetch::restore(&r, &fetch_opts(&dest, "LATEST")).unwrap();
+    let incr = x.root.join("restore-20261124-053849F_20261124-053854I");
+    assert_eq!(
+        fs::read(dest.join("backup_label")).unwrap(),
+        fs::read(incr.join("backup_label")).unwrap()
+    );
+}
+
+#[test]
+fn backup_fetch_refuses_block_incremental_and_encrypted_writing_nothing() {
+    let x = extract("lz4-blockincr-beta");
+    for label in ["20261124-054736F", "20261124-054736F_20261124-054739I"] {
+        let dest = x.root.join("d");
+        let err = super::fetch::restore(&repo(&x), &fetch_opts(&dest, label))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("block incremental") && err.contains(label),
+            "{err}"
+        );
+        assert!(!dest.exists());
+    }
+    let x = extract("zst-aes");
+    let dest = x.root.join("d");
+    let err = super::fetch::restore(&repo(&x), &fetch_opts(&dest, "LATEST"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("encrypted"), "{err}");
+    assert!(!dest.exists());
+}
+
+/// A damaged data file, a truncated one, and a diff whose full is gone:
+/// each an error naming the file, and no pg_control in DEST.
+#[test]
+fn backup_fetch_damage_is_named_and_leaves_no_startable_cluster() {
+    let x = extract("lz4-plain");
+    let r = repo(&x);
+    let full = x.root.join("repo/backup/demo/20261124-053849F");
+    let victim = full.join("pg_data/base/5/1259.lz4");
+    let original = fs::read(&victim).unwrap();
+
+    // Same length, one byte flipped in the middle of the compressed data.
+    let mut flipped = original.clone();
+    let at = flipped.len() / 2;
+    flipped[at] ^= 0x55;
+    fs::write(&victim, &flipped).unwrap();
+    let dest = x.root.join("flipped");
+    let err = super::fetch::restore(&r, &fetch_opts(&dest, "20261124-053849F"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("pg_data/base/5/1259"), "{err}");
+    assert!(!dest.join("global/pg_control").exists());
+
+    fs::write(&victim, &original[..original.len() - 100]).unwrap();
+    let dest = x.root.join("truncated");
+    let err = super::fetch::restore(&r, &fetch_opts(&dest, "20261124-053849F"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("pg_data/base/5/1259"), "{err}");
+    assert!(!dest.join("global/pg_control").exists());
+
+    fs::write(&victim, &original).unwrap();
+    fs::rename(&full, x.root.join("gone")).unwrap();
+    let dest = x.root.join("orphan");
+    let err = super::fetch::restore(&r, &fetch_opts(&dest, "20261124-053849F_20261124-053852D"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("20261124-053849F/pg_data/") && err.contains("missing"),
+        "{err}"
+    );
+    assert!(!dest.join("global/pg_control").exists());
+
+    // DEST must be empty.
+    let err = super::fetch::restore(&r, &fetch_opts(&dest, "LATEST"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not empty"), "{err}");
+}
