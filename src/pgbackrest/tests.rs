@@ -12,7 +12,8 @@ use super::list::{listing, Options};
 use super::repo::Repo;
 use crate::storage::fs::FsStorage;
 
-const FIXTURES: &str = "/work/shared/fixtures/pgbackrest";
+/// `../shared` beside the checkout, as CI lays it out.
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/pgbackrest");
 
 pub struct Extracted {
     pub root: PathBuf,
