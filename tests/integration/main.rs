@@ -21,5 +21,6 @@ mod store;
 mod tablespaces;
 mod versions;
 mod wal;
+mod wal_show;
 mod walg_backup;
 mod walg_compat;
