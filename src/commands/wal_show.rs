@@ -114,9 +114,10 @@ fn attach_backups(
         };
         let start = meta.start_lsn / seg_bytes;
         let finish = meta.finish_lsn / seg_bytes;
-        if let Some(t) = timelines.iter_mut().find(|t| {
-            t.id == tli && start >= t.range.first && finish <= t.range.last
-        }) {
+        if let Some(t) = timelines
+            .iter_mut()
+            .find(|t| t.id == tli && start >= t.range.first && finish <= t.range.last)
+        {
             t.backups.push(Row {
                 entry,
                 meta: Some(meta),
@@ -193,8 +194,14 @@ fn render_json(timelines: &[Timeline], with_backups: bool, wal_size_mb: u64) -> 
                 format!("\"id\":{}", t.id),
                 format!("\"parent_id\":{}", t.parent),
                 format!("\"switch_point_lsn\":{}", t.switch_lsn),
-                format!("\"start_segment\":{}", json!(name(t.id, t.range.first, wal_size_mb))),
-                format!("\"end_segment\":{}", json!(name(t.id, t.range.last, wal_size_mb))),
+                format!(
+                    "\"start_segment\":{}",
+                    json!(name(t.id, t.range.first, wal_size_mb))
+                ),
+                format!(
+                    "\"end_segment\":{}",
+                    json!(name(t.id, t.range.last, wal_size_mb))
+                ),
                 format!("\"segments_count\":{}", t.range.count),
                 format!("\"missing_segments\":{}", Value::Array(missing)),
             ];

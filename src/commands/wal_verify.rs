@@ -149,19 +149,16 @@ fn cluster_position(settings: &Settings, wal_size_mb: u64) -> Result<(Segment, u
          (SELECT timeline_id FROM pg_control_checkpoint()), \
          (SELECT bytes_per_wal_segment FROM pg_control_init())",
     )?;
-    let row = rows.first().ok_or_else(|| {
-        Error::Other("the server returned no row for its WAL position".into())
-    })?;
-    let lsn = row
-        .get_str(0)?
-        .and_then(parse_lsn)
-        .ok_or_else(|| {
-            Error::Other(
-                "the server reports no WAL position (a standby that has received no WAL yet); \
+    let row = rows
+        .first()
+        .ok_or_else(|| Error::Other("the server returned no row for its WAL position".into()))?;
+    let lsn = row.get_str(0)?.and_then(parse_lsn).ok_or_else(|| {
+        Error::Other(
+            "the server reports no WAL position (a standby that has received no WAL yet); \
                  run wal-verify against the primary"
-                    .into(),
-            )
-        })?;
+                .into(),
+        )
+    })?;
     let timeline = row.get_i64(1)?.unwrap_or(0) as u32;
     let seg_bytes = row.get_i64(2)?.unwrap_or(0) as u64;
     if seg_bytes != wal_size_mb << 20 {
@@ -206,8 +203,8 @@ fn earliest_backup(
             if !records.is_empty() {
                 let t = start.timeline;
                 let in_history = t == current || records.iter().any(|r| r.parent == t);
-                let before_own = t > 1
-                    && ended_at(records, t - 1, seg_bytes).is_some_and(|s| start.number < s);
+                let before_own =
+                    t > 1 && ended_at(records, t - 1, seg_bytes).is_some_and(|s| start.number < s);
                 let after_end = ended_at(records, t, seg_bytes).is_some_and(|s| start.number >= s);
                 if !in_history || before_own || after_end {
                     continue;
@@ -553,7 +550,8 @@ mod tests {
             "000000010000000000000008.lz4",
         ]);
         let g = integrity(&scan, &[], seg(1, 11), Some(2), &opts(1, 2));
-        let got: Vec<(u64, u64, SegStatus)> = g.iter().map(|g| (g.first, g.last, g.status)).collect();
+        let got: Vec<(u64, u64, SegStatus)> =
+            g.iter().map(|g| (g.first, g.last, g.status)).collect();
         assert_eq!(
             got,
             vec![

@@ -109,7 +109,9 @@ impl Scan {
                 }
             }
         } else if let Some(tli) = history_timeline(base) {
-            self.histories.entry(tli).or_insert_with(|| base.to_string());
+            self.histories
+                .entry(tli)
+                .or_insert_with(|| base.to_string());
         }
     }
 

@@ -133,7 +133,11 @@ fn wal_show_and_verify_find_a_deleted_segment() {
                 "1",
             ]
         );
-        let verified = json_of(&wal_verify(&store, &pg, &["integrity", "timeline", "--json"]));
+        let verified = json_of(&wal_verify(
+            &store,
+            &pg,
+            &["integrity", "timeline", "--json"],
+        ));
         assert_eq!(verified["integrity"]["status"], "OK", "{verified}");
         let details = verified["integrity"]["details"].as_array().unwrap();
         assert_eq!(details.len(), 1, "{verified}");
@@ -222,7 +226,10 @@ fn wal_show_sees_the_timeline_of_a_promoted_copy() {
         .env(store.env())
         .start_restored(dest);
     restored.wait_for_promotion(Duration::from_secs(120));
-    assert_eq!(restored.psql("SELECT timeline_id FROM pg_control_checkpoint()"), "2");
+    assert_eq!(
+        restored.psql("SELECT timeline_id FROM pg_control_checkpoint()"),
+        "2"
+    );
     restored.psql("INSERT INTO t SELECT generate_series(1, 1000)");
     let last = restored.switch_wal();
     restored.wait_for_archive(&last, Duration::from_secs(60));
@@ -259,7 +266,11 @@ fn wal_show_sees_the_timeline_of_a_promoted_copy() {
 
     // From the promoted copy: the walk crosses the switch to timeline 1
     // down to the backup, all found; it is on the highest timeline.
-    let verified = json_of(&wal_verify(&store, &restored, &["timeline", "integrity", "--json"]));
+    let verified = json_of(&wal_verify(
+        &store,
+        &restored,
+        &["timeline", "integrity", "--json"],
+    ));
     assert_eq!(verified["integrity"]["status"], "OK", "{verified}");
     let groups = verified["integrity"]["details"].as_array().unwrap();
     assert_eq!(groups.len(), 2, "{verified}");
@@ -267,7 +278,10 @@ fn wal_show_sees_the_timeline_of_a_promoted_copy() {
     assert_eq!(groups[1]["timeline_id"], 2);
     assert_eq!(groups[1]["start_segment"], first2);
     assert_eq!(verified["timeline"]["status"], "OK");
-    assert_eq!(verified["timeline"]["details"]["highest_storage_timeline_id"], 2);
+    assert_eq!(
+        verified["timeline"]["details"]["highest_storage_timeline_id"],
+        2
+    );
     // The old primary is behind the storage now: split brain.
     let out = wal_verify(&store, &pg, &["timeline"]);
     out.assert_ok();
