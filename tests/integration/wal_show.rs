@@ -3,7 +3,8 @@
 //! segment deleted in the middle shows as a gap and makes the integrity
 //! check FAIL (MISSING_LOST); a restored copy promoted to timeline 2 adds a
 //! second timeline with its parent and switch point, and the old primary
-//! is then behind (timeline check FAILURE).
+//! is then behind (timeline check FAILURE). With `WALDEN_WALG_BIN`, WAL-G
+//! 3.0.9 prints the same bytes at each of these states.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -54,6 +55,46 @@ fn wal_verify(store: &Store, pg: &PgCluster, args: &[&str]) -> crate::harness::O
         .arg("wal-verify")
         .args(args.to_vec())
         .run()
+}
+
+/// With `WALDEN_WALG_BIN` (WAL-G 3.0.9): WAL-G prints the same bytes for
+/// every wal-show form and for each wal-verify check against `pg`.
+fn same_as_walg(store: &Store, pg: &PgCluster) {
+    let Some(bin) = std::env::var_os("WALDEN_WALG_BIN").filter(|p| !p.is_empty()) else {
+        eprintln!("WALDEN_WALG_BIN not set: skipping the comparison with WAL-G");
+        return;
+    };
+    let forms: [&[&str]; 8] = [
+        &["wal-show"],
+        &["wal-show", "--without-backups"],
+        &["wal-show", "--detailed-json"],
+        &["wal-show", "--detailed-json", "--without-backups"],
+        &["wal-verify", "integrity"],
+        &["wal-verify", "timeline"],
+        &["wal-verify", "integrity", "--json"],
+        &["wal-verify", "timeline", "integrity", "--json"],
+    ];
+    for args in forms {
+        let run = |w: Walden| {
+            w.envs(store.env())
+                .envs(pg.env())
+                .env("WALG_UPLOAD_CONCURRENCY", "1")
+                .args(args.to_vec())
+                .run()
+        };
+        let ours = run(Walden::new());
+        let theirs = run(Walden::program(&bin));
+        ours.assert_ok();
+        theirs.assert_ok();
+        assert_eq!(
+            ours.stdout_str(),
+            theirs.stdout_str(),
+            "{args:?} on {}\nwalden: {}\nWAL-G: {}",
+            store.name(),
+            ours.dump(),
+            theirs.dump()
+        );
+    }
 }
 
 fn segment_after(name: &str) -> String {
@@ -146,6 +187,7 @@ fn wal_show_and_verify_find_a_deleted_segment() {
         assert_eq!(details[0]["end_segment"], last.as_str());
         assert_eq!(verified["timeline"]["status"], "OK");
         assert_eq!(verified["timeline"]["details"]["current_timeline_id"], 1);
+        same_as_walg(&store, &pg);
 
         // A segment after the backup's start goes missing.
         let gone = segment_after(&backup_segment);
@@ -188,6 +230,7 @@ fn wal_show_and_verify_find_a_deleted_segment() {
         );
         assert!(text.contains(&format!("| {gone} | {gone} |")), "{text}");
         assert!(text.contains("| MISSING_LOST |"), "{text}");
+        same_as_walg(&store, &pg);
     }
 }
 
@@ -282,6 +325,8 @@ fn wal_show_sees_the_timeline_of_a_promoted_copy() {
         verified["timeline"]["details"]["highest_storage_timeline_id"],
         2
     );
+    same_as_walg(&store, &restored);
+    same_as_walg(&store, &pg);
     // The old primary is behind the storage now: split brain.
     let out = wal_verify(&store, &pg, &["timeline"]);
     out.assert_ok();
