@@ -108,7 +108,7 @@ pub const COMMANDS: &[Command] = &[
     cmd(
         "wal-verify",
         "check WAL integrity and timelines",
-        "walden wal-verify integrity|timeline... [--json]\n\n  integrity: every segment from the oldest non-permanent backup's start (or\n  segment 1) up to the cluster's current one is in storage, following timeline\n  switches: FOUND, MISSING_DELAYED (WALG_INTEGRITY_MAX_DELAYED_WALS newest),\n  MISSING_UPLOADING (the next WALG_UPLOAD_CONCURRENCY), MISSING_LOST; status\n  OK, WARNING or FAILURE. timeline: the cluster is on the highest timeline in\n  storage. Connects to PostgreSQL (PGHOST...); exit 0 whatever the status.",
+        "walden wal-verify integrity|timeline... [--json] [--timeline N --lsn LSN]\n                  [--backup-name NAME]\n\n  integrity: every segment from the oldest non-permanent backup's start (or\n  segment 1) up to the cluster's current one is in storage, following timeline\n  switches: FOUND, MISSING_DELAYED (WALG_INTEGRITY_MAX_DELAYED_WALS newest),\n  MISSING_UPLOADING (the next WALG_UPLOAD_CONCURRENCY), MISSING_LOST; status\n  OK, WARNING or FAILURE. timeline: the cluster is on the highest timeline in\n  storage. Connects to PostgreSQL (PGHOST...) unless --timeline/--lsn give\n  the position; --backup-name walks down to that backup. Exit 0 whatever the\n  status.",
         true,
     ),
     cmd("wal-receive", "stream WAL over the replication protocol", "walden wal-receive", false),

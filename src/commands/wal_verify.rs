@@ -23,7 +23,8 @@ use crate::wal::name::Segment;
 use crate::wal::ranges::{self, Scan};
 use crate::wal::{segment_size_mb, table};
 
-const USAGE: &str = "walden wal-verify integrity|timeline... [--json]";
+const USAGE: &str =
+    "walden wal-verify integrity|timeline... [--json] [--timeline N --lsn LSN] [--backup-name NAME]";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Check {
@@ -43,6 +44,11 @@ impl Check {
 #[derive(Debug, Clone)]
 struct Options {
     checks: Vec<Check>,
+    /// `--timeline N --lsn LSN`: the position to verify from, instead of
+    /// asking the cluster.
+    position: Option<(u32, u64)>,
+    /// `--backup-name`: verify from this backup's start, not the oldest.
+    backup: Option<String>,
     json: bool,
     wal_size_mb: u64,
     /// `WALG_INTEGRITY_MAX_DELAYED_WALS` (0: no segment is "delayed").
@@ -56,10 +62,37 @@ impl Options {
         use lexopt::prelude::*;
         let mut checks = Vec::new();
         let mut json = false;
+        let mut timeline: Option<u32> = None;
+        let mut lsn: Option<u64> = None;
+        let mut backup = None;
         let mut parser = lexopt::Parser::from_args(args);
         while let Some(arg) = parser.next()? {
             match arg {
                 Long("json") => json = true,
+                Long("timeline") => {
+                    let v = parser.value()?;
+                    timeline = Some(v.to_str().and_then(|t| t.parse().ok()).ok_or_else(|| {
+                        Error::Usage(format!(
+                            "--timeline takes a timeline number, not '{}'; usage: {USAGE}",
+                            v.to_string_lossy()
+                        ))
+                    })?);
+                }
+                Long("lsn") => {
+                    let v = parser.value()?;
+                    lsn = Some(v.to_str().and_then(parse_lsn).ok_or_else(|| {
+                        Error::Usage(format!(
+                            "--lsn takes an LSN such as 0/3000060, not '{}'; usage: {USAGE}",
+                            v.to_string_lossy()
+                        ))
+                    })?);
+                }
+                Long("backup-name") => {
+                    let v = parser.value()?;
+                    backup = Some(v.into_string().map_err(|_| {
+                        Error::Usage(format!("the backup name must be UTF-8; usage: {USAGE}"))
+                    })?);
+                }
                 Value(v) => {
                     let check = match v.to_str() {
                         Some("integrity") => Check::Integrity,
@@ -96,8 +129,19 @@ impl Options {
                 problem: "expected a whole number of segments, 0 or more".into(),
             })?,
         };
+        let position = match (timeline, lsn) {
+            (Some(t), Some(l)) => Some((t, l)),
+            (None, None) => None,
+            _ => {
+                return Err(Error::Usage(format!(
+                    "--timeline and --lsn go together; usage: {USAGE}"
+                )))
+            }
+        };
         Ok(Options {
             checks,
+            position,
+            backup,
             json,
             wal_size_mb: segment_size_mb(settings)?,
             max_delayed,
@@ -108,7 +152,16 @@ impl Options {
 
 pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     let opts = Options::parse(settings, args)?;
-    let (current, timeline) = cluster_position(settings, opts.wal_size_mb)?;
+    let (current, timeline) = match opts.position {
+        Some((timeline, lsn)) => (
+            Segment {
+                timeline,
+                number: lsn.saturating_sub(1) / (opts.wal_size_mb << 20),
+            },
+            timeline,
+        ),
+        None => cluster_position(settings, opts.wal_size_mb)?,
+    };
     log::info!("Current WAL segment: {}", current.name(opts.wal_size_mb));
     let storage = open_storage(settings)?;
     let scan = ranges::scan(&storage, opts.wal_size_mb)?;
@@ -121,7 +174,16 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
                     Some(base) => history::read(&storage, &codecs, base)?,
                     None => Vec::new(),
                 };
-                let stop = earliest_backup(&storage, &records, timeline, opts.wal_size_mb);
+                let stop = match &opts.backup {
+                    Some(name) => Some(named_backup(
+                        &storage,
+                        name,
+                        &records,
+                        timeline,
+                        opts.wal_size_mb,
+                    )?),
+                    None => earliest_backup(&storage, &records, timeline, opts.wal_size_mb),
+                };
                 let groups = integrity(&scan, &records, current, stop, &opts);
                 let status = integrity_status(&groups, stop.is_none());
                 Outcome::Integrity(status, groups)
@@ -180,6 +242,43 @@ fn ended_at(records: &[Record], tli: u32, seg_bytes: u64) -> Option<u64> {
         .map(|r| r.switch_lsn / seg_bytes)
 }
 
+/// Whether a backup starting at `start` cannot be restored along the
+/// current timeline's history (WAL-G's "incorrect" backups; only judged
+/// when there is a history).
+fn off_history(records: &[Record], start: Segment, current: u32, seg_bytes: u64) -> bool {
+    if records.is_empty() {
+        return false;
+    }
+    let t = start.timeline;
+    let in_history = t == current || records.iter().any(|r| r.parent == t);
+    let before_own = t > 1 && ended_at(records, t - 1, seg_bytes).is_some_and(|s| start.number < s);
+    let after_end = ended_at(records, t, seg_bytes).is_some_and(|s| start.number >= s);
+    !in_history || before_own || after_end
+}
+
+/// `--backup-name`: the start segment of that backup, which must exist
+/// and lie on the current history (permanent ones allowed).
+fn named_backup(
+    storage: &Arc<dyn Storage>,
+    name: &str,
+    records: &[Record],
+    current: u32,
+    wal_size_mb: u64,
+) -> Result<u64> {
+    let entry = catalog::find(storage, name, USAGE)?;
+    let start = Segment::parse(&entry.wal_file_name, wal_size_mb).ok_or_else(|| {
+        Error::Other(format!(
+            "backup {name}: its name holds no WAL segment name to verify from"
+        ))
+    })?;
+    if off_history(records, start, current, wal_size_mb << 20) {
+        return Err(Error::Other(format!(
+            "backup {name} is not on the history of timeline {current}: WAL from it cannot reach the cluster's position"
+        )));
+    }
+    Ok(start.number)
+}
+
 /// The smallest start segment among the backups a restore on this
 /// timeline can use (WAL-G's `FindEarliestBackup`): not permanent, and on
 /// the current history. `None` when there is none ("no backups" mode).
@@ -200,15 +299,8 @@ fn earliest_backup(
             let Some(start) = Segment::parse(&b.wal_file_name, wal_size_mb) else {
                 continue;
             };
-            if !records.is_empty() {
-                let t = start.timeline;
-                let in_history = t == current || records.iter().any(|r| r.parent == t);
-                let before_own =
-                    t > 1 && ended_at(records, t - 1, seg_bytes).is_some_and(|s| start.number < s);
-                let after_end = ended_at(records, t, seg_bytes).is_some_and(|s| start.number >= s);
-                if !in_history || before_own || after_end {
-                    continue;
-                }
+            if off_history(records, start, current, seg_bytes) {
+                continue;
             }
             best = Some(best.map_or(start.number, |n| n.min(start.number)));
         }
@@ -517,6 +609,8 @@ mod tests {
     fn opts(max_delayed: u64, uploading: u64) -> Options {
         Options {
             checks: vec![Check::Integrity],
+            position: None,
+            backup: None,
             json: false,
             wal_size_mb: 16,
             max_delayed,

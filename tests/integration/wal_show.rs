@@ -60,10 +60,6 @@ fn wal_verify(store: &Store, pg: &PgCluster, args: &[&str]) -> crate::harness::O
 /// With `WALDEN_WALG_BIN` (WAL-G 3.0.9): WAL-G prints the same bytes for
 /// every wal-show form and for each wal-verify check against `pg`.
 fn same_as_walg(store: &Store, pg: &PgCluster) {
-    let Some(bin) = std::env::var_os("WALDEN_WALG_BIN").filter(|p| !p.is_empty()) else {
-        eprintln!("WALDEN_WALG_BIN not set: skipping the comparison with WAL-G");
-        return;
-    };
     let forms: [&[&str]; 8] = [
         &["wal-show"],
         &["wal-show", "--without-backups"],
@@ -74,7 +70,16 @@ fn same_as_walg(store: &Store, pg: &PgCluster) {
         &["wal-verify", "integrity", "--json"],
         &["wal-verify", "timeline", "integrity", "--json"],
     ];
-    for args in forms {
+    same_as_walg_in(store, pg, &forms);
+}
+
+/// [`same_as_walg`] for the given argument lists.
+fn same_as_walg_in(store: &Store, pg: &PgCluster, forms: &[&[&str]]) {
+    let Some(bin) = std::env::var_os("WALDEN_WALG_BIN").filter(|p| !p.is_empty()) else {
+        eprintln!("WALDEN_WALG_BIN not set: skipping the comparison with WAL-G");
+        return;
+    };
+    for &args in forms {
         let run = |w: Walden| {
             w.envs(store.env())
                 .envs(pg.env())
@@ -188,6 +193,33 @@ fn wal_show_and_verify_find_a_deleted_segment() {
         assert_eq!(verified["timeline"]["status"], "OK");
         assert_eq!(verified["timeline"]["details"]["current_timeline_id"], 1);
         same_as_walg(&store, &pg);
+
+        // From a given position (no server asked) and from a named backup.
+        let lsn = pg.psql("SELECT pg_current_wal_lsn()");
+        let at = [
+            "wal-verify",
+            "integrity",
+            "--json",
+            "--timeline",
+            "1",
+            "--lsn",
+            &lsn,
+        ];
+        let verified = json_of(&store.walden().args(at).run());
+        assert_eq!(
+            verified["integrity"]["details"][0]["end_segment"],
+            last.as_str()
+        );
+        let named = ["wal-verify", "integrity", "--backup-name", &backup_name];
+        let out = wal_verify(&store, &pg, &named[1..]);
+        out.assert_ok();
+        assert!(
+            out.stdout_str()
+                .contains(&format!("| {backup_segment} | {last} |")),
+            "{}",
+            out.dump()
+        );
+        same_as_walg_in(&store, &pg, &[&at, &named]);
 
         // A segment after the backup's start goes missing.
         let gone = segment_after(&backup_segment);
