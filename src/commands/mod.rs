@@ -6,6 +6,8 @@ mod pg_info;
 mod st;
 mod wal_fetch;
 mod wal_push;
+mod wal_show;
+mod wal_verify;
 
 use std::ffi::OsString;
 use std::sync::Arc;
@@ -34,6 +36,8 @@ pub fn run(command: &str, settings: Settings, args: Vec<OsString>) -> Result<()>
         "wal-push" => wal_push::run(&settings, args),
         "wal-fetch" => wal_fetch::run(&settings, args),
         "wal-prefetch" => wal_fetch::run_prefetch(&settings, args),
+        "wal-show" => wal_show::run(&settings, args),
+        "wal-verify" => wal_verify::run(&settings, args),
         "flags" => flags::run(),
         "pg-info" => pg_info::run(&settings, args),
         "pgbackrest" => crate::pgbackrest::run(&settings, args),

@@ -2,9 +2,12 @@
 //! WAL-G keeps about them under pg_wal.
 
 pub mod archive_status;
+pub mod history;
 pub mod metadata;
 pub mod name;
 pub mod object;
+pub mod ranges;
+pub mod table;
 
 pub use name::Segment;
 

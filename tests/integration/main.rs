@@ -22,5 +22,6 @@ mod tablespaces;
 mod versions;
 mod wal;
 mod wal_fetch_requests;
+mod wal_show;
 mod walg_backup;
 mod walg_compat;
