@@ -3,6 +3,7 @@
 
 mod alive;
 pub mod catalog;
+pub mod delete;
 pub mod extract;
 pub mod fetch;
 mod files_metadata;
@@ -12,6 +13,7 @@ pub mod layout;
 pub mod list;
 pub mod mark;
 pub mod push;
+pub mod retention;
 pub mod recovery;
 pub mod select;
 pub mod sentinel;
