@@ -28,7 +28,8 @@ use crate::error::{Error, Result};
 use crate::storage::{Entry, Storage};
 use crate::wal::Segment;
 
-const USAGE: &str = "walden delete retain [FULL|FIND_FULL] N [--after T|NAME] | retain --window D | \
+const USAGE: &str =
+    "walden delete retain [FULL|FIND_FULL] N [--after T|NAME] | retain --window D | \
 before [FIND_FULL] NAME|TIME | everything [FORCE] | target [FIND_FULL] NAME|LATEST | \
 target --target-user-data JSON | garbage [ARCHIVES|BACKUPS]  [--confirm] [--use-sentinel-time]";
 
@@ -118,7 +119,9 @@ fn parse(settings: &Settings, args: Vec<OsString>) -> Result<Options> {
             let (modifier, skip) = modifier_of(&rest);
             let args = &rest[skip..];
             match (args, &window) {
-                ([], Some(_)) | ([], None) if window.is_some() || settings.get_explicit(WINDOW_SETTING).is_some() => {
+                ([], Some(_)) | ([], None)
+                    if window.is_some() || settings.get_explicit(WINDOW_SETTING).is_some() =>
+                {
                     let text = window
                         .clone()
                         .or_else(|| settings.get_explicit(WINDOW_SETTING))
@@ -131,11 +134,9 @@ fn parse(settings: &Settings, args: Vec<OsString>) -> Result<Options> {
                     Command::Window(d)
                 }
                 ([n], None) => {
-                    let count = n
-                        .parse::<usize>()
-                        .ok()
-                        .filter(|&c| c > 0)
-                        .ok_or_else(|| usage(&format!("retain count '{n}' must be an integer > 0")))?;
+                    let count = n.parse::<usize>().ok().filter(|&c| c > 0).ok_or_else(|| {
+                        usage(&format!("retain count '{n}' must be an integer > 0"))
+                    })?;
                     Command::Retain {
                         modifier,
                         count,
@@ -151,7 +152,9 @@ fn parse(settings: &Settings, args: Vec<OsString>) -> Result<Options> {
         "before" => {
             let (modifier, skip) = modifier_of(&rest);
             if modifier == Modifier::Full {
-                return Err(usage("before FULL is not a modifier WAL-G accepts; use FIND_FULL"));
+                return Err(usage(
+                    "before FULL is not a modifier WAL-G accepts; use FIND_FULL",
+                ));
             }
             match &rest[skip..] {
                 [what] => Command::Before {
@@ -173,10 +176,15 @@ fn parse(settings: &Settings, args: Vec<OsString>) -> Result<Options> {
             };
             let wanted = match (args, user_data) {
                 ([name], None) => Wanted::Name(name.to_string()),
-                ([], Some(json)) => Wanted::UserData(serde_json::from_str(&json).map_err(|e| {
-                    usage(&format!("--target-user-data is not JSON ({e})"))
-                })?),
-                _ => return Err(usage("target takes one backup name, LATEST, or --target-user-data JSON")),
+                ([], Some(json)) => Wanted::UserData(
+                    serde_json::from_str(&json)
+                        .map_err(|e| usage(&format!("--target-user-data is not JSON ({e})")))?,
+                ),
+                _ => {
+                    return Err(usage(
+                        "target takes one backup name, LATEST, or --target-user-data JSON",
+                    ))
+                }
             };
             Command::Target { find_full, wanted }
         }
@@ -198,6 +206,8 @@ fn parse(settings: &Settings, args: Vec<OsString>) -> Result<Options> {
 /// What one non-recursive listing of `basebackups_005/` shows.
 struct Listing {
     finished: Vec<String>,
+    /// The sentinels' modification times, in `finished`'s order.
+    times: Vec<Option<SystemTime>>,
     /// Directories `basebackups_005/NAME/`, finished or not.
     dirs: Vec<String>,
     /// Other top-level objects (neither sentinel nor directory).
@@ -207,6 +217,7 @@ struct Listing {
 fn list_top(storage: &Arc<dyn Storage>) -> Result<Listing> {
     let mut l = Listing {
         finished: Vec::new(),
+        times: Vec::new(),
         dirs: Vec::new(),
         strays: Vec::new(),
     };
@@ -215,7 +226,10 @@ fn list_top(storage: &Arc<dyn Storage>) -> Result<Listing> {
             Entry::Object(o) => {
                 let base = o.key.strip_prefix(layout::BASEBACKUPS).unwrap_or(&o.key);
                 match base.strip_suffix(layout::SENTINEL_SUFFIX) {
-                    Some(name) if !base.contains('/') => l.finished.push(name.to_string()),
+                    Some(name) if !base.contains('/') => {
+                        l.finished.push(name.to_string());
+                        l.times.push(o.modified);
+                    }
                     _ => l.strays.push(o.key),
                 }
             }
@@ -232,15 +246,13 @@ fn list_top(storage: &Arc<dyn Storage>) -> Result<Listing> {
 fn load(
     storage: &Arc<dyn Storage>,
     names: &[String],
+    times: &[Option<SystemTime>],
     use_time: bool,
     wal_size_mb: u64,
 ) -> Result<Catalog> {
     let seg_bytes = wal_size_mb << 20;
     let mut backups = Vec::with_capacity(names.len());
-    for name in names {
-        let sentinel_time = storage
-            .stat(&layout::sentinel_key(name))?
-            .and_then(|o| o.modified);
+    for (name, &sentinel_time) in names.iter().zip(times) {
         let sentinel = catalog::read_sentinel(storage, name)?;
         let delta_from = catalog::delta_from(&sentinel);
         drop(sentinel);
@@ -332,7 +344,13 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     let wal_size_mb = crate::wal::segment_size_mb(settings)?;
     let storage = open_storage(settings)?;
     let top = list_top(&storage)?;
-    let catalog = load(&storage, &top.finished, opts.use_sentinel_time, wal_size_mb)?;
+    let catalog = load(
+        &storage,
+        &top.finished,
+        &top.times,
+        opts.use_sentinel_time,
+        wal_size_mb,
+    )?;
     let mut d = Deleter {
         storage: &storage,
         confirm: opts.confirm,
@@ -434,7 +452,10 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
                 d.push(layout::sentinel_key(name))?;
             }
             d.flush()?;
-            d.prefix(layout::BASEBACKUPS, &|k| k.ends_with(layout::SENTINEL_SUFFIX) && !k[layout::BASEBACKUPS.len()..].contains('/'))?;
+            d.prefix(layout::BASEBACKUPS, &|k| {
+                k.ends_with(layout::SENTINEL_SUFFIX)
+                    && !k[layout::BASEBACKUPS.len()..].contains('/')
+            })?;
             d.prefix(WAL, &|_| false)?;
         }
         Command::Target { find_full, wanted } => {
@@ -450,7 +471,11 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
                     if found.len() > 1 {
                         return Err(Error::Other(format!(
                             "more than one backup has this user data: {}",
-                            found.iter().map(|b| b.name.as_str()).collect::<Vec<_>>().join(" ")
+                            found
+                                .iter()
+                                .map(|b| b.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(" ")
                         )));
                     }
                     found.first().copied()
@@ -463,7 +488,10 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
                 ))
             })?;
             let set = catalog.target_set(target, *find_full);
-            if let Some(p) = set.iter().find(|n| catalog.get(n).is_some_and(|b| b.permanent)) {
+            if let Some(p) = set
+                .iter()
+                .find(|n| catalog.get(n).is_some_and(|b| b.permanent))
+            {
                 return Err(Error::Other(format!(
                     "Unable to delete permanent backup {p}; 'walden backup-mark -i {p}' makes it deletable"
                 )));

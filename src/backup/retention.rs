@@ -142,10 +142,7 @@ impl Catalog {
     /// first backup named with that prefix (full only with a modifier).
     pub fn after_target(&self, after: &After, modifier: Modifier) -> Option<&Backup> {
         let full_only = modifier != Modifier::None;
-        let mut candidates = self
-            .backups
-            .iter()
-            .filter(|b| !full_only || b.is_full());
+        let mut candidates = self.backups.iter().filter(|b| !full_only || b.is_full());
         match after {
             After::Time(t) => candidates.find(|b| b.time.is_some_and(|bt| bt >= *t)),
             After::Name(prefix) => candidates.find(|b| b.name.starts_with(prefix.as_str())),
@@ -286,7 +283,8 @@ impl Plan {
         for name in plan.protected.clone() {
             if let Some(b) = catalog.get(&name) {
                 if let Some((first, last)) = b.wal {
-                    plan.wal_kept.push((first.timeline, first.number, last.number));
+                    plan.wal_kept
+                        .push((first.timeline, first.number, last.number));
                 }
             }
         }
@@ -446,11 +444,16 @@ mod tests {
             c.retain_target(Modifier::FindFull, 1).unwrap().name,
             c.backups[0].name
         );
-        assert_eq!(c.retain_target(Modifier::Full, 1).unwrap().name, c.backups[0].name);
+        assert_eq!(
+            c.retain_target(Modifier::Full, 1).unwrap().name,
+            c.backups[0].name
+        );
         assert_eq!(c.target_set(&c.backups[1], false).len(), 2);
         assert_eq!(c.target_set(&c.backups[1], true).len(), 3);
         assert_eq!(
-            c.window_target(UNIX_EPOCH + Duration::from_secs(350)).unwrap().name,
+            c.window_target(UNIX_EPOCH + Duration::from_secs(350))
+                .unwrap()
+                .name,
             c.backups[0].name
         );
     }
@@ -474,11 +477,17 @@ mod tests {
     #[test]
     fn windows() {
         assert_eq!(parse_window("7d"), Some(Duration::from_secs(7 * 86_400)));
-        assert_eq!(parse_window("1w2h"), Some(Duration::from_secs(7 * 86_400 + 7200)));
+        assert_eq!(
+            parse_window("1w2h"),
+            Some(Duration::from_secs(7 * 86_400 + 7200))
+        );
         assert_eq!(parse_window("90s"), Some(Duration::from_secs(90)));
         assert_eq!(parse_window("7"), None);
         assert_eq!(parse_window("0d"), None);
         assert_eq!(parse_window("7x"), None);
-        assert_eq!(hex_run("wal_005/000000010000000000000003.lz4"), Some("000000010000000000000003"));
+        assert_eq!(
+            hex_run("wal_005/000000010000000000000003.lz4"),
+            Some("000000010000000000000003")
+        );
     }
 }
