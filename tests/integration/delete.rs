@@ -294,3 +294,94 @@ fn delete_requests_follow_the_work() {
     assert_eq!(gets, 2, "one sentinel and one metadata.json");
     assert!(reqs.len() <= 10, "{} requests: {reqs:#?}", reqs.len());
 }
+
+/// The retention window keeps the newest backup that finished before
+/// (now - window) and everything after it: the dry run names the oldest
+/// moment that stays restorable, the setting works as the flag does.
+#[test]
+fn delete_retain_window() {
+    let store = Store::fs();
+    let scratch = TempDir::new("delete-window");
+    let backups = [
+        (
+            "base_000000010000000000000002",
+            "2020-01-01T00:00:00Z",
+            0x2000028u64,
+        ),
+        (
+            "base_000000010000000000000005",
+            "2020-01-05T00:00:00Z",
+            0x5000028,
+        ),
+        (
+            "base_000000010000000000000008",
+            "2099-01-01T00:00:00Z",
+            0x8000028,
+        ),
+    ];
+    for n in 1..=9 {
+        store.put_raw(
+            scratch.path(),
+            &format!("wal_005/0000000100000000000000{n:02X}.lz4"),
+            b"w",
+        );
+    }
+    store.put_raw(scratch.path(), "wal_005/00000002.history.lz4", b"h");
+    for (name, finish, lsn) in backups {
+        store.put_raw(
+            scratch.path(),
+            &format!("basebackups_005/{name}/tar_partitions/part_1.tar.lz4"),
+            b"t",
+        );
+        store.put_raw(
+            scratch.path(),
+            &format!("basebackups_005/{name}/metadata.json"),
+            format!(r#"{{"start_time":"{finish}","finish_time":"{finish}","start_lsn":{lsn},"finish_lsn":{}}}"#, lsn + 0x100).as_bytes(),
+        );
+        store.put_raw(
+            scratch.path(),
+            &format!("basebackups_005/{name}_backup_stop_sentinel.json"),
+            b"{}",
+        );
+    }
+    let before = objects(&store);
+    let out = delete(&store, &["retain", "--window", "7d"]);
+    out.assert_ok();
+    assert_eq!(objects(&store), before);
+    assert!(
+        out.stderr
+            .contains("oldest restorable moment: 2020-01-05T00:00:00Z"),
+        "{}",
+        out.dump()
+    );
+    let out = store
+        .walden()
+        .env("WALDEN_RETENTION_WINDOW", "1w")
+        .args(["delete", "retain", "--confirm"])
+        .run();
+    out.assert_ok();
+    let gone: BTreeSet<String> = before.difference(&objects(&store)).cloned().collect();
+    let mut expected: BTreeSet<String> = ["01", "02", "03", "04"]
+        .iter()
+        .map(|n| format!("wal_005/0000000100000000000000{n}.lz4"))
+        .collect();
+    for k in [
+        "_backup_stop_sentinel.json",
+        "/metadata.json",
+        "/tar_partitions/part_1.tar.lz4",
+    ] {
+        expected.insert(format!("basebackups_005/base_000000010000000000000002{k}"));
+    }
+    assert_eq!(gone, expected, "{}", out.dump());
+    // A window reaching past every backup keeps everything.
+    let out = delete(&store, &["retain", "--window", "100000d", "--confirm"]);
+    out.assert_ok();
+    assert!(
+        out.stderr
+            .contains("the oldest restorable moment is 2020-01-05T00:00:00Z"),
+        "{}",
+        out.dump()
+    );
+    let out = delete(&store, &["retain", "--window", "7x"]);
+    out.assert_code(1);
+}
