@@ -384,4 +384,82 @@ fn delete_retain_window() {
     );
     let out = delete(&store, &["retain", "--window", "7x"]);
     out.assert_code(1);
+
+    // A delete interrupted after the sentinels leaves backup directories
+    // without one; a rerun removes them.
+    let b = "base_000000010000000000000005";
+    store
+        .walden()
+        .args([
+            "st",
+            "rm",
+            &format!("basebackups_005/{b}_backup_stop_sentinel.json"),
+        ])
+        .run()
+        .assert_ok();
+    let out = delete(&store, &["retain", "1", "--confirm"]);
+    out.assert_ok();
+    let left = objects(&store);
+    assert!(!left.iter().any(|k| k.contains(b)), "{left:?}");
+    assert!(left.contains("wal_005/00000002.history.lz4"), "{left:?}");
+    assert!(
+        left.contains("basebackups_005/base_000000010000000000000008_backup_stop_sentinel.json")
+    );
+}
+
+/// Sentinels go in a request of their own before any other object of
+/// their backups: when a later request fails, no backup is left that
+/// looks whole, and what is left sorts before the target for a rerun.
+#[test]
+fn delete_removes_sentinels_first() {
+    let old = "base_000000010000000000000002";
+    let new = "base_000000010000000000000009";
+    let s3 = FakeS3::start(move |req| {
+        if req.is_list() {
+            let prefix = req.query_value("prefix").unwrap_or("");
+            let keys: Vec<String> = if prefix == "basebackups_005/" {
+                [old, new]
+                    .iter()
+                    .map(|n| format!("basebackups_005/{n}_backup_stop_sentinel.json"))
+                    .collect()
+            } else if prefix.starts_with("basebackups_005/") {
+                (1..=3)
+                    .map(|i| format!("{prefix}tar_partitions/part_{i}.tar.lz4"))
+                    .collect()
+            } else {
+                vec![]
+            };
+            let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+            return FakeResponse::listing(&refs);
+        }
+        match (req.method.as_str(), req.key()) {
+            ("GET", Some(k)) if k.ends_with("_backup_stop_sentinel.json") => FakeResponse::ok("{}"),
+            ("GET", Some(k)) if k.ends_with("metadata.json") => {
+                FakeResponse::ok(r#"{"start_lsn":33554472,"finish_lsn":33554600}"#)
+            }
+            ("POST", None) if String::from_utf8_lossy(&req.body).contains("tar_partitions") => {
+                FakeResponse::error(500, "InternalError", "killed midway")
+            }
+            ("POST", None) => FakeResponse::xml(200, "<DeleteResult></DeleteResult>"),
+            _ => FakeResponse::no_such_key(),
+        }
+    });
+    let out = Walden::new()
+        .envs(s3.env(""))
+        .args(["delete", "retain", "1", "--confirm"])
+        .run();
+    assert_eq!(out.code, 1, "{}", out.dump());
+    let posts: Vec<String> = s3
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST")
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .collect();
+    assert!(posts.len() >= 2, "{posts:?}");
+    assert!(
+        posts[0].contains(&format!("basebackups_005/{old}_backup_stop_sentinel.json")),
+        "{posts:?}"
+    );
+    assert!(!posts[0].contains("tar_partitions"), "{posts:?}");
+    assert!(!posts.iter().any(|p| p.contains(new)), "{posts:?}");
 }
