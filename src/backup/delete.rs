@@ -323,7 +323,9 @@ impl Deleter<'_> {
     fn prefix(&mut self, prefix: &str, keep: &dyn Fn(&str) -> bool) -> Result<()> {
         let mut err = None;
         self.storage.list(prefix, true, &mut |e| {
-            if let Entry::Object(o) = e {
+            // After a failed delete, no further request: the rest of the
+            // listing is only read through.
+            if let (Entry::Object(o), None) = (e, &err) {
                 if !keep(&o.key) {
                     if let Err(e) = self.push(o.key) {
                         err = Some(e);
