@@ -71,7 +71,25 @@ pub const COMMANDS: &[Command] = &[
         "walden backup-show NAME|LATEST [--json]\n\n  Print what the sentinel and metadata.json of backup NAME (LATEST: the newest)\n  record, as aligned 'key: value' lines, or with --json as one JSON object\n  with backup-list --detail --json's keys and the sentinel's own (delta base,\n  tablespaces, files metadata); see walden-backup-show(1).",
         true,
     ),
-    cmd("delete", "delete old backups and WAL", "walden delete retain|before|everything|target|garbage ...", false),
+    cmd(
+        "delete",
+        "delete old backups and WAL",
+        concat!(
+            "walden delete retain [FULL|FIND_FULL] N [--after TIME|NAME] | retain --window D\n",
+            "              before [FIND_FULL] NAME|TIME | everything [FORCE]\n",
+            "              target [FIND_FULL] NAME|LATEST | target --target-user-data JSON\n",
+            "              garbage [ARCHIVES|BACKUPS]     [--confirm] [--use-sentinel-time]\n\n",
+            "  Delete backups and WAL by WAL-G's rules: everything older than a target\n",
+            "  backup goes (retain: the N-th newest; before: NAME or the first at TIME;\n",
+            "  garbage: the oldest non-permanent one), except permanent backups, the WAL\n",
+            "  from their start to their end, and the delta bases of kept backups.\n",
+            "  retain --window D (or WALDEN_RETENTION_WINDOW; 7d, 36h, 1w) keeps what a\n",
+            "  restore to any moment of the last D needs. Without --confirm nothing is\n",
+            "  deleted: the objects that would go are listed. Sentinels go first, so an\n",
+            "  interrupted delete leaves no backup that looks whole; rerun to finish."
+        ),
+        true,
+    ),
     cmd("copy", "copy backups between storages", "walden copy --from CONFIG --to CONFIG", false),
     cmd(
         "wal-push",

@@ -3,6 +3,7 @@
 
 mod alive;
 pub mod catalog;
+pub mod delete;
 pub mod extract;
 pub mod fetch;
 mod files_metadata;
@@ -13,6 +14,7 @@ pub mod list;
 pub mod mark;
 pub mod push;
 pub mod recovery;
+pub mod retention;
 pub mod select;
 pub mod sentinel;
 pub mod show;
