@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 const USAGE: &str = "walden backup-list [--pretty] [--json] [--detail]";
 
 /// walden reads one storage; WAL-G names the primary one `default`.
-const STORAGE_NAME: &str = "default";
+pub(crate) const STORAGE_NAME: &str = "default";
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Options {
@@ -27,7 +27,9 @@ pub struct Options {
 }
 
 impl Options {
-    fn parse(args: Vec<OsString>) -> Result<Options> {
+    /// The flags of `backup-list` (and of `pgbackrest backup-list`, whose
+    /// usage line is `usage`).
+    pub(crate) fn parse(args: Vec<OsString>, usage: &str) -> Result<Options> {
         use lexopt::prelude::*;
         let mut o = Options::default();
         let mut parser = lexopt::Parser::from_args(args);
@@ -38,7 +40,7 @@ impl Options {
                 Long("detail") => o.detail = true,
                 _ => {
                     return Err(Error::Usage(format!(
-                        "{}; usage: {USAGE}",
+                        "{}; usage: {usage}",
                         arg.unexpected()
                     )))
                 }
@@ -49,7 +51,7 @@ impl Options {
 }
 
 pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
-    let opts = Options::parse(args)?;
+    let opts = Options::parse(args, USAGE)?;
     let storage = open_storage(settings)?;
     log::info!("List backups from storages: [{STORAGE_NAME}]");
     let backups = catalog::list(&storage)?;

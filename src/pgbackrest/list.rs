@@ -16,39 +16,11 @@ use crate::config::Settings;
 use crate::error::{Error, Result};
 
 const USAGE: &str = "walden pgbackrest backup-list [--pretty] [--json] [--detail]";
-const STORAGE_NAME: &str = "default";
-
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Options {
-    pub pretty: bool,
-    pub json: bool,
-    pub detail: bool,
-}
-
-impl Options {
-    fn parse(args: Vec<OsString>) -> Result<Options> {
-        use lexopt::prelude::*;
-        let mut o = Options::default();
-        let mut parser = lexopt::Parser::from_args(args);
-        while let Some(arg) = parser.next()? {
-            match arg {
-                Long("pretty") => o.pretty = true,
-                Long("json") => o.json = true,
-                Long("detail") => o.detail = true,
-                _ => {
-                    return Err(Error::Usage(format!(
-                        "{}; usage: {USAGE}",
-                        arg.unexpected()
-                    )))
-                }
-            }
-        }
-        Ok(o)
-    }
-}
+pub use crate::backup::list::Options;
+use crate::backup::list::STORAGE_NAME;
 
 pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
-    let opts = Options::parse(args)?;
+    let opts = Options::parse(args, USAGE)?;
     let repo = Repo::new(open_storage(settings)?, super::stanza(settings)?);
     let text = listing(&repo, opts)?;
     if text.is_empty() {
