@@ -43,20 +43,10 @@ fn name_of(base: &str) -> &str {
     base.split("_backup").next().unwrap_or(base)
 }
 
+/// WAL-G's `StripWalFileName`: the key's first run of 24 hex digits, or
+/// 24 `Z` when it has none.
 fn wal_file_name(key: &str) -> String {
-    let b = key.as_bytes();
-    let mut run = 0;
-    for (i, c) in b.iter().enumerate() {
-        if c.is_ascii_digit() || (b'A'..=b'F').contains(c) {
-            run += 1;
-            if run == 24 {
-                return key[i + 1 - 24..=i].to_string();
-            }
-        } else {
-            run = 0;
-        }
-    }
-    "Z".repeat(24)
+    super::retention::hex_run(key).map_or_else(|| "Z".repeat(24), str::to_string)
 }
 
 /// Every backup (finished: it has its sentinel), oldest first: ordered by

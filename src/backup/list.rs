@@ -107,11 +107,15 @@ pub fn render(rows: &[Row], opts: Options) -> String {
     if opts.json {
         return json_list(rows, opts.pretty);
     }
-    if rows.is_empty() {
-        return String::new();
-    }
-    let fields: Vec<Vec<Field>> = rows.iter().map(fields).collect();
-    if opts.pretty {
+    table(rows.iter().map(fields).collect(), opts.pretty)
+}
+
+/// The rows as a boxed table (`--pretty`) or a tab-aligned one; nothing
+/// for no rows. Shared with `pgbackrest backup-list`.
+pub(crate) fn table(fields: Vec<Vec<Field>>, pretty: bool) -> String {
+    if fields.is_empty() {
+        String::new()
+    } else if pretty {
         pretty_table(&fields)
     } else {
         tabbed(&fields)

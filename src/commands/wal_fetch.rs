@@ -66,13 +66,19 @@ fn fetch(
     }
     let storage = open_storage(settings)?;
     let codecs = codecs(settings)?;
-    let probe = if cache.missed_before(name) {
+    // On a filesystem every extension is tried anyway (object::open): no
+    // note to read or write there.
+    let remote = !storage.lookups_are_local();
+    let missed_before = remote && cache.missed_before(name);
+    let probe = if missed_before {
         Probe::ListFirst
     } else {
         Probe::GetFirst
     };
     let found = download(&storage, &codecs, name, dest, wal_size, probe)?;
-    cache.note(name, found.is_some());
+    if remote {
+        cache.note(name, found.is_some(), missed_before);
+    }
     match found {
         Some(()) => Ok(()),
         None => {
@@ -159,15 +165,16 @@ impl PrefetchCache {
         fs::read(&self.last_miss).is_ok_and(|content| content == name.as_bytes())
     }
 
-    /// Remember a miss of `name`, forget it once found. Best effort: a lost
-    /// or torn note only costs one request more on the next call.
-    fn note(&self, name: &str, found: bool) {
-        if !found && !self.missed_before(name) {
+    /// Remember a miss of `name`, forget it once found; `noted` is what
+    /// [`Self::missed_before`] said. Best effort: a lost or torn note only
+    /// costs one request more on the next call.
+    fn note(&self, name: &str, found: bool, noted: bool) {
+        if !found && !noted {
             if let Some(dir) = self.last_miss.parent() {
                 let _ = fs::create_dir_all(dir);
             }
             let _ = fs::write(&self.last_miss, name);
-        } else if found && self.missed_before(name) {
+        } else if found && noted {
             let _ = fs::remove_file(&self.last_miss);
         }
     }
@@ -303,7 +310,9 @@ pub fn run_prefetch(settings: &Settings, args: Vec<OsString>) -> Result<()> {
                     Ok(true) => log::debug!("prefetched {file}"),
                     Ok(false) => {
                         // The standby will ask for it next: one LIST then.
-                        cache.note(&file, false);
+                        if !storage.lookups_are_local() {
+                            cache.note(&file, false, cache.missed_before(&file));
+                        }
                         // Later segments do not exist yet either.
                         if let Ok(mut q) = queue.lock() {
                             q.clear();

@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 
 use super::repo::{BackupEntry, ManifestSummary, Repo};
 use crate::backup::gotime::GoTime;
-use crate::backup::list::{ordered_json, pretty_table, tabbed, Field};
+use crate::backup::list::{ordered_json, table, Field};
 use crate::commands::open_storage;
 use crate::config::Settings;
 use crate::error::{Error, Result};
@@ -57,15 +57,7 @@ pub fn render(rows: &[Row], opts: Options) -> String {
     if opts.json {
         return json_list(rows, opts.pretty);
     }
-    if rows.is_empty() {
-        return String::new();
-    }
-    let fields: Vec<Vec<Field>> = rows.iter().map(fields).collect();
-    if opts.pretty {
-        pretty_table(&fields)
-    } else {
-        tabbed(&fields)
-    }
+    table(rows.iter().map(fields).collect(), opts.pretty)
 }
 
 fn time(secs: i64) -> GoTime {
