@@ -85,8 +85,13 @@ impl AtomicFile {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        File::open(dir)?.sync_all()
+        sync_dir(&dir)
     }
+}
+
+/// Make a directory's entries (a rename, a new file) durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
 }
 
 impl Write for AtomicFile {

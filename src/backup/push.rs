@@ -292,9 +292,15 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
 
     // The WAL up to the backup's end must be archived before the backup
     // is usable; on a standby PostgreSQL does not wait either.
-    let wait_archive =
-        !server.in_recovery && matches!(server.archive_mode.as_str(), "on" | "always");
-    let stopped = stop::stop_backup(&mut pg, server.version, wait_archive, opts.stop_timeout)?;
+    let wait_archive = (!server.in_recovery
+        && matches!(server.archive_mode.as_str(), "on" | "always"))
+    .then(|| opts.pgdata.join("pg_wal").join("archive_status"));
+    let stopped = stop::stop_backup(
+        &mut pg,
+        server.version,
+        wait_archive.as_deref(),
+        opts.stop_timeout,
+    )?;
     let (finish_lsn, label_file, spcmap) = (stopped.finish_lsn, stopped.label, stopped.spcmap);
     // Everything is uploaded: a standby must still be on its timeline.
     let timeline_change = if server.in_recovery {

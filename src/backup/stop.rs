@@ -7,7 +7,13 @@
 //! `pg_stat_archiver` with short, growing sleeps until the segment holding
 //! the backup's end is archived, whatever the archive_command. Both the
 //! stop and the wait are bounded by `WALG_STOP_BACKUP_TIMEOUT`.
+//!
+//! A segment an earlier `wal-push` uploaded in the background is handed
+//! back as `archive_status/<segment>.done` and never passes through the
+//! archiver's statistics: that file counts as archived too, as it does for
+//! PostgreSQL's own wait.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -24,10 +30,12 @@ pub struct Stopped {
 const REPORT_EVERY: Duration = Duration::from_secs(60);
 const MAX_SLEEP: Duration = Duration::from_millis(100);
 
+/// `archive_status` is pg_wal's status directory when the backup must
+/// wait for its WAL to be archived, else None.
 pub fn stop_backup(
     pg: &mut Client,
     version: i64,
-    wait_archive: bool,
+    archive_status: Option<&Path>,
     timeout: Option<Duration>,
 ) -> Result<Stopped> {
     let started = Instant::now();
@@ -39,7 +47,7 @@ pub fn stop_backup(
     // pg_walfile_name(lsn): the segment holding lsn - 1, the last one the
     // backup needs (what PostgreSQL's own wait waits for). It cannot be
     // called during recovery, where there is no wait anyway.
-    let segment = if wait_archive {
+    let segment = if archive_status.is_some() {
         "pg_walfile_name(lsn)"
     } else {
         "''"
@@ -65,8 +73,8 @@ pub fn stop_backup(
         spcmap: row.get_str(2)?.unwrap_or("").to_string(),
     };
     let last_needed = row.get_str(3)?.unwrap_or("").to_string();
-    if wait_archive && !last_needed.is_empty() {
-        wait_for_archive(pg, &last_needed, started, timeout)?;
+    if let Some(status) = archive_status.filter(|_| !last_needed.is_empty()) {
+        wait_for_archive(pg, status, &last_needed, started, timeout)?;
     }
     Ok(stopped)
 }
@@ -82,6 +90,7 @@ fn timed_out(timeout: Option<Duration>, detail: &str) -> Error {
 /// Until `segment` (or a later one) is the last archived WAL file.
 fn wait_for_archive(
     pg: &mut Client,
+    archive_status: &Path,
     segment: &str,
     started: Instant,
     timeout: Option<Duration>,
@@ -103,6 +112,10 @@ fn wait_for_archive(
         // history file `<segment>.<offset>.backup` sorts after its segment.
         if archived.len() >= 24 && archived.as_str() >= segment {
             log::debug!("WAL up to {segment} is archived (last archived: {archived})");
+            return Ok(());
+        }
+        if archive_status.join(format!("{segment}.done")).exists() {
+            log::debug!("WAL up to {segment} is archived (its .done file is there)");
             return Ok(());
         }
         if let Some(t) = timeout {

@@ -9,6 +9,7 @@ use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::{codecs, open_storage, positionals, upload_concurrency};
@@ -68,6 +69,16 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
         codecs: bg_codecs,
         prevent_overwrite,
     });
+    // Segments uploaded in the background are handed back to PostgreSQL
+    // at once (`.ready` renamed `.done`, which its archiver expects: it
+    // re-checks each `.ready` before calling us), so that pg_wal keeps only
+    // WAL not yet stored. With WAL metadata the later call for each must
+    // still run, so they are marked instead, as WAL-G marks them.
+    let release = if meta_level == metadata::Level::None {
+        Release::Done
+    } else {
+        Release::Marker
+    };
     let background = Background::start(
         bg_job,
         &path,
@@ -76,6 +87,7 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
         bg_limit.saturating_sub(1),
         wal_size,
         &markers,
+        release,
     );
 
     let job = Job {
@@ -85,8 +97,10 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     };
     let mut buf = crate::stream::buffer();
     let result = job.push(&path, &name, &mut buf);
-    // Background uploads finish either way; their errors are only logged,
-    // as PostgreSQL will call us again for those files.
+    // Background uploads finish the segment each is on and take no new
+    // one: PostgreSQL learns of this one now, and its next call starts the
+    // next round. Their errors are only logged, as PostgreSQL will call us
+    // again for those files.
     background.wait(&markers);
     result?;
     metadata::upload(&storage, meta_level, &name, &path, markers.dir())?;
@@ -185,6 +199,20 @@ fn same_content(a: &mut dyn Read, b: &mut dyn Read) -> io::Result<bool> {
 struct Background {
     workers: Vec<std::thread::JoinHandle<()>>,
     done: Arc<Mutex<Vec<String>>>,
+    /// Set when the foreground upload ends: no worker starts another file.
+    stop: Arc<AtomicBool>,
+    status_dir: PathBuf,
+    release: Release,
+}
+
+/// How a segment uploaded in the background is handed back.
+#[derive(Clone, Copy, PartialEq)]
+enum Release {
+    /// `archive_status/<name>.ready` renamed `.done`, as PostgreSQL's
+    /// archiver does after a successful archive_command.
+    Done,
+    /// WAL-G's marker: the later archive_command call returns at once.
+    Marker,
 }
 
 impl Background {
@@ -196,19 +224,24 @@ impl Background {
         limit: usize,
         wal_size: u64,
         markers: &Markers,
+        release: Release,
     ) -> Background {
         let done = Arc::new(Mutex::new(Vec::new()));
-        let mut background = Background {
-            workers: Vec::new(),
-            done: done.clone(),
-        };
-        if threads == 0 || limit == 0 {
-            return background;
-        }
+        let stop = Arc::new(AtomicBool::new(false));
         let dir = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
+        let mut background = Background {
+            workers: Vec::new(),
+            done: done.clone(),
+            stop: stop.clone(),
+            status_dir: dir.join("archive_status"),
+            release,
+        };
+        if threads == 0 || limit == 0 {
+            return background;
+        }
         let queue = ready_files(&dir, name, limit, wal_size, markers);
         if queue.is_empty() {
             return background;
@@ -229,9 +262,17 @@ impl Background {
             let job = job.clone();
             let dir = dir.clone();
             let done = done.clone();
+            let stop = stop.clone();
             background.workers.push(std::thread::spawn(move || {
                 let mut buf = crate::stream::buffer();
+                // Each worker was started for one file; it takes more only
+                // while the foreground upload runs.
+                let mut first = true;
                 loop {
+                    if !first && stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    first = false;
                     let next = queue.lock().ok().and_then(|mut q| q.pop_front());
                     let Some(file) = next else { return };
                     match job.push(&dir.join(&file), &file, &mut buf) {
@@ -248,13 +289,39 @@ impl Background {
         background
     }
 
-    fn wait(self, markers: &Markers) {
-        for w in self.workers {
+    fn wait(mut self, markers: &Markers) {
+        self.stop.store(true, Ordering::Relaxed);
+        for w in std::mem::take(&mut self.workers) {
             let _ = w.join();
         }
-        if let Ok(done) = self.done.lock() {
-            for file in done.iter() {
+        let Ok(done) = self.done.lock() else { return };
+        let mut renamed = false;
+        for file in done.iter() {
+            if self.release == Release::Done && self.mark_done(file) {
+                renamed = true;
+            } else {
                 markers.mark(file);
+            }
+        }
+        // Durable as PostgreSQL's own rename: a rename lost in a crash
+        // only makes PostgreSQL archive that segment again.
+        if renamed {
+            if let Err(e) = crate::localfile::sync_dir(&self.status_dir) {
+                log::warn!("cannot sync {}: {e}", self.status_dir.display());
+            }
+        }
+    }
+
+    /// `<file>.ready` → `<file>.done`; false when that failed (the file is
+    /// then marked, and PostgreSQL's call for it returns at once).
+    fn mark_done(&self, file: &str) -> bool {
+        let ready = self.status_dir.join(format!("{file}.ready"));
+        let done = self.status_dir.join(format!("{file}.done"));
+        match fs::rename(&ready, &done) {
+            Ok(()) => true,
+            Err(e) => {
+                log::debug!("cannot rename {}: {e}", ready.display());
+                false
             }
         }
     }

@@ -77,15 +77,11 @@ fn is_temp(name: &str) -> bool {
     name.contains(TEMP_MARK)
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
 /// Move a finished temp file into place durably.
 fn publish(temp: &Path, path: &Path) -> io::Result<()> {
     File::open(temp)?.sync_all()?;
     fs::rename(temp, path)?;
-    sync_dir(path.parent().unwrap_or(Path::new("/")))
+    crate::localfile::sync_dir(path.parent().unwrap_or(Path::new("/")))
 }
 
 impl FsStorage {

@@ -205,6 +205,41 @@ fn missing_and_damaged_wal_is_refused_without_writing_dest() {
 }
 
 #[test]
+fn background_uploads_hand_ready_segments_back_to_postgresql() {
+    // Without WAL metadata nothing is left for the archiver's later calls:
+    // a segment uploaded in the background is renamed `.done`, as
+    // PostgreSQL itself does after archive_command, so pg_wal holds only
+    // WAL not stored yet (PostgreSQL re-checks each `.ready` before a call).
+    let store = Store::fs();
+    let wal = FakeWal::new();
+    let names: Vec<String> = (1..=3)
+        .map(|i| format!("0000000100000000000000{i:02X}"))
+        .collect();
+    for (i, n) in names.iter().enumerate() {
+        wal.segment(n, i as u8, true);
+    }
+    store
+        .walden()
+        .arg("wal-push")
+        .arg(wal.dir().join(&names[0]))
+        .run()
+        .assert_ok();
+    let status = wal.dir().join("archive_status");
+    let markers = wal.dir().join("walg_data/walg_archive_status");
+    for n in &names[1..] {
+        assert!(
+            store.object_file(&format!("wal_005/{n}.lz4")).is_file(),
+            "{n} uploaded"
+        );
+        assert!(status.join(format!("{n}.done")).is_file(), "{n} done");
+        assert!(!status.join(format!("{n}.ready")).exists(), "{n} not ready");
+        assert!(!markers.join(n).exists(), "{n} not marked");
+    }
+    // The foreground file is PostgreSQL's to rename.
+    assert!(status.join(format!("{}.ready", names[0])).is_file());
+}
+
+#[test]
 fn background_uploads_mark_ready_segments_and_later_calls_return_at_once() {
     for store in Store::both() {
         let wal = FakeWal::new();

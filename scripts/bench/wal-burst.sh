@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# WAL write-burst benchmark (prints figures; not a test). A PostgreSQL 15
+# cluster with pgbench data is driven hard by pgbench (its OLTP script, and
+# one transaction in ten a batch of random text) for BENCH_SECONDS
+# (default 60) with frequent checkpoints, so that full-page images make WAL
+# come in storms; archive_command is each tool in turn (walden, pgBackRest
+# sync and async, and WAL-G / wal-rus when BENCH_WALG / BENCH_WALRUS point at
+# binaries built by hand from their sources; nothing here builds them), on
+# the filesystem storage and on a local S3-compatible server (nanio). Every
+# run starts from the same copy of the cluster. Once a second the number of
+# `.ready` files waiting in pg_wal/archive_status and the archiver's peak
+# RSS are sampled; printed: the backlog's maximum, the time to drain it after
+# pgbench stops, segments archived, pgbench's tps and archive failures.
+#
+# BENCH_SECONDS (default 60), BENCH_SCALE (pgbench scale, default 50),
+# BENCH_CLIENTS (default 8), BENCH_RUNS (rounds, tools alternating, default
+# 1), BENCH_CODEC (zstd-3: every tool at zstd level 3, the default; or
+# defaults: each tool's own default compression), BENCH_STORAGES (default
+# "fs s3"), BENCH_TOOLS (comma-separated labels, default all).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+bash scripts/install-deps.sh
+command -v /usr/bin/time >/dev/null || apt-get install -y -q time >/dev/null
+bin=$(bash scripts/build-release.sh | tail -1)
+work=$(mktemp -d /tmp/walden-walburst.XXXXXX)
+chmod 755 "$work"
+keep="${BENCH_KEEP:-}"
+cleanup() {
+    for d in "$work"/pg "$work"/run; do
+        [ -f "$d/postmaster.pid" ] && runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D "$d" -m immediate stop >/dev/null 2>&1
+    done
+    pkill -f "$work/nanio-data" 2>/dev/null || true
+    [ -n "$keep" ] || rm -rf "$work"
+}
+trap cleanup EXIT
+cp "$bin" "$work/walden"
+for peer in BENCH_WALG BENCH_WALRUS; do
+    if [ -n "${!peer:-}" ]; then cp "${!peer}" "$work/$peer"; else echo "$peer not set: skipping that tool"; fi
+done
+chown -R postgres: "$work"
+venv="${WALDEN_TEST_VENV:-target/test-venv}"
+[ -x "$venv/bin/nanio" ] || bash scripts/setup-test-env.sh >/dev/null
+exec python3 scripts/bench/wal_burst.py "$work" "$(realpath "$venv/bin/nanio")"
