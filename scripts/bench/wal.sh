@@ -6,7 +6,7 @@
 # pgBackRest archive-push, posix repo, sync), fetched back one process per
 # segment (wal-fetch vs archive-get), and a base backup is replayed by a
 # recovering PostgreSQL through each tool's restore_command (walden with
-# prefetch, pgBackRest with async archive-get).
+# prefetch, pgBackRest with async archive-get, WAL-G and wal-rus when set).
 #
 # Optional peers: BENCH_WALG=/path/to/wal-g and BENCH_WALRUS=/path/to/walrus
 # add WAL-G and ClickHouse's wal-rus to the push and fetch runs (they take

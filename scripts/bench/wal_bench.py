@@ -336,6 +336,12 @@ def main():
         "pgbackrest": (f"'pgbackrest --config={async_conf} --stanza=bench --pg1-path={WORK}/restore-pgbackrest "
                        f"archive-get %f \"%p\"'", {}),
     }
+    for peer, label in (("BENCH_WALG", "wal-g"), ("BENCH_WALRUS", "wal-rus")):
+        exe = f"{WORK}/{peer}"
+        if os.path.exists(exe):
+            commands[label] = (f"'{exe} wal-fetch %f %p'",
+                               {"WALG_FILE_PREFIX": f"{WORK}/repo-{label}-zstd-3",
+                                "WALG_COMPRESSION_METHOD": "zstd"})
     times = {t: [] for t in commands}
     for rnd in range(2):
         for t, (cmd, env) in commands.items():
@@ -363,7 +369,9 @@ def main():
         print(f"{t:<12} {statistics.median(xs):.2f} s for {replayed} segments "
               f"({statistics.median(xs) / replayed * 1000:.1f} ms per segment; runs: "
               f"{', '.join(f'{x:.2f}' for x in xs)})")
-    print(f"pgbackrest / walden: replay {statistics.median(times['pgbackrest']) / statistics.median(times['walden']):.2f}x")
+    for t in times:
+        if t != "walden":
+            print(f"{t} / walden: replay {statistics.median(times[t]) / statistics.median(times['walden']):.2f}x")
 
 
 main()
