@@ -83,8 +83,10 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
         bg_job,
         &path,
         &name,
-        concurrency.saturating_sub(1),
-        bg_limit.saturating_sub(1),
+        Lanes {
+            threads: concurrency.saturating_sub(1),
+            files: bg_limit.saturating_sub(1),
+        },
         wal_size,
         &markers,
         release,
@@ -202,7 +204,14 @@ struct Background {
     /// Set when the foreground upload ends: no worker starts another file.
     stop: Arc<AtomicBool>,
     status_dir: PathBuf,
-    release: Release,
+}
+
+/// How much a call uploads besides its own file.
+struct Lanes {
+    /// Uploads at once: `WALG_UPLOAD_CONCURRENCY` - 1.
+    threads: usize,
+    /// Files at most: `TOTAL_BG_UPLOADED_LIMIT` - 1.
+    files: usize,
 }
 
 /// How a segment uploaded in the background is handed back.
@@ -220,8 +229,7 @@ impl Background {
         job: Arc<Job>,
         path: &Path,
         name: &str,
-        threads: usize,
-        limit: usize,
+        lanes: Lanes,
         wal_size: u64,
         markers: &Markers,
         release: Release,
@@ -237,12 +245,11 @@ impl Background {
             done: done.clone(),
             stop: stop.clone(),
             status_dir: dir.join("archive_status"),
-            release,
         };
-        if threads == 0 || limit == 0 {
+        if lanes.threads == 0 || lanes.files == 0 {
             return background;
         }
-        let queue = ready_files(&dir, name, limit, wal_size, markers);
+        let queue = ready_files(&dir, name, lanes.files, wal_size, markers);
         if queue.is_empty() {
             return background;
         }
@@ -254,7 +261,8 @@ impl Background {
         // More threads than twice the cores only hold more encoder memory:
         // the work is compression first, then one PUT per segment.
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let threads = threads
+        let threads = lanes
+            .threads
             .min(cores * 2)
             .min(queue.lock().map_or(0, |q| q.len()));
         for _ in 0..threads {
@@ -263,6 +271,7 @@ impl Background {
             let dir = dir.clone();
             let done = done.clone();
             let stop = stop.clone();
+            let status_dir = background.status_dir.clone();
             background.workers.push(std::thread::spawn(move || {
                 let mut buf = crate::stream::buffer();
                 // Each worker was started for one file; it takes more only
@@ -276,6 +285,9 @@ impl Background {
                     let next = queue.lock().ok().and_then(|mut q| q.pop_front());
                     let Some(file) = next else { return };
                     match job.push(&dir.join(&file), &file, &mut buf) {
+                        // Handed back as soon as it is stored, so that pg_wal
+                        // never waits for the rest of this call.
+                        Ok(()) if release == Release::Done && hand_back(&status_dir, &file) => {}
                         Ok(()) => {
                             if let Ok(mut d) = done.lock() {
                                 d.push(file);
@@ -295,36 +307,27 @@ impl Background {
             let _ = w.join();
         }
         let Ok(done) = self.done.lock() else { return };
-        let mut renamed = false;
         for file in done.iter() {
-            if self.release == Release::Done && self.mark_done(file) {
-                renamed = true;
-            } else {
-                markers.mark(file);
-            }
-        }
-        // Durable as PostgreSQL's own rename: a rename lost in a crash
-        // only makes PostgreSQL archive that segment again.
-        if renamed {
-            if let Err(e) = crate::localfile::sync_dir(&self.status_dir) {
-                log::warn!("cannot sync {}: {e}", self.status_dir.display());
-            }
+            markers.mark(file);
         }
     }
+}
 
-    /// `<file>.ready` → `<file>.done`; false when that failed (the file is
-    /// then marked, and PostgreSQL's call for it returns at once).
-    fn mark_done(&self, file: &str) -> bool {
-        let ready = self.status_dir.join(format!("{file}.ready"));
-        let done = self.status_dir.join(format!("{file}.done"));
-        match fs::rename(&ready, &done) {
-            Ok(()) => true,
-            Err(e) => {
-                log::debug!("cannot rename {}: {e}", ready.display());
-                false
-            }
-        }
+/// `<file>.ready` → `<file>.done` in pg_wal's archive_status, durable as
+/// PostgreSQL's own rename (one lost in a crash only makes PostgreSQL
+/// archive that file again). False when it failed: the file is then
+/// marked, and PostgreSQL's call for it returns at once.
+fn hand_back(status_dir: &Path, file: &str) -> bool {
+    let ready = status_dir.join(format!("{file}.ready"));
+    let done = status_dir.join(format!("{file}.done"));
+    if let Err(e) = fs::rename(&ready, &done) {
+        log::debug!("cannot rename {}: {e}", ready.display());
+        return false;
     }
+    if let Err(e) = crate::localfile::sync_dir(status_dir) {
+        log::warn!("cannot sync {}: {e}", status_dir.display());
+    }
+    true
 }
 
 /// Other WAL files PostgreSQL has marked ready for archiving, oldest first:
