@@ -5,7 +5,9 @@
 //! the copy starts after replaying the archived WAL through walden, with
 //! the named data equal to the primary's. With WAL-G (`WALDEN_WALG_BIN`)
 //! the same walden backup is also restored partially by WAL-G, whose
-//! reader then brings the table's index and TOAST too.
+//! reader then brings the table's index and TOAST too, and walden
+//! restores a table of WAL-G's backup (TOAST found by name, indexes
+//! rebuilt as walden's warning says).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -308,6 +310,25 @@ fn partial_restore_of_one_table_with_index_and_toast() {
         .timeout(Duration::from_secs(300))
         .run()
         .assert_ok();
+    let name = backups(&store).pop().unwrap();
+    // And one by WAL-G (whose names list no indexes), in its own WAL segment.
+    let walg_bin = std::env::var_os("WALDEN_WALG_BIN")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from);
+    let walg_backup = walg_bin.as_ref().map(|bin| {
+        pg.switch_wal();
+        Walden::program(bin)
+            .envs(store.env())
+            .envs(pg.env())
+            .arg("backup-push")
+            .arg(pg.data_dir())
+            .timeout(Duration::from_secs(300))
+            .run()
+            .assert_ok();
+        let newest = backups(&store).pop().unwrap();
+        assert_ne!(newest, name);
+        newest
+    });
     // After the backup: changes to the heap, the index and TOAST, replayed.
     sql(
         &pg,
@@ -320,7 +341,6 @@ fn partial_restore_of_one_table_with_index_and_toast() {
     let last = pg.switch_wal();
     pg.wait_for_archive(&last, Duration::from_secs(120));
     pg.stop();
-    let name = backups(&store).pop().unwrap();
 
     let dir = TempDir::new("partial-table");
     let refused = dir.join("refused");
@@ -362,12 +382,15 @@ fn partial_restore_of_one_table_with_index_and_toast() {
 
     // WAL-G reads walden's names: its partial restore of the same table
     // brings the index and TOAST that walden lists under it.
-    let Some(bin) = std::env::var_os("WALDEN_WALG_BIN").filter(|p| !p.is_empty()) else {
-        eprintln!("WALDEN_WALG_BIN not set: skipping the WAL-G partial restore of a walden backup");
+    let (Some(bin), Some(walg_backup)) = (walg_bin, walg_backup) else {
+        eprintln!(
+            "WALDEN_WALG_BIN not set: skipping the partial restores between WAL-G and walden"
+        );
         return;
     };
+    drop(restored);
     let walg_data = dir.join("walg");
-    Walden::program(PathBuf::from(bin))
+    Walden::program(&bin)
         .envs(store.env())
         .arg("backup-fetch")
         .arg(&walg_data)
@@ -381,9 +404,31 @@ fn partial_restore_of_one_table_with_index_and_toast() {
         "WAL-G restored the TOAST"
     );
     assert!(!walg_data.join(&skipped_file).exists());
-    drop(restored);
     let walg_restored = start_restored(&store, walg_data);
     check_big(&walg_restored, &expected);
+    drop(walg_restored);
+
+    // walden restores WAL-G's backup: TOAST found by its name, and a
+    // warning for the indexes, which WAL-G's names do not list.
+    let from_walg = dir.join("from-walg");
+    let out = store
+        .walden()
+        .arg("backup-fetch")
+        .arg(&from_walg)
+        .arg(&walg_backup)
+        .args(["--restore-only", "app/big"])
+        .run();
+    out.assert_ok();
+    assert!(
+        out.stderr.contains("REINDEX TABLE public.big"),
+        "{}",
+        out.dump()
+    );
+    assert!(from_walg.join(&toast_file).is_file());
+    assert!(!from_walg.join(&skipped_file).exists());
+    let restored = start_restored(&store, from_walg);
+    sql(&restored, "app", "REINDEX TABLE big");
+    check_big(&restored, &expected);
 }
 
 /// `big` reads back equal to the primary's, through an index scan too,
