@@ -29,7 +29,7 @@ pub const COMMANDS: &[Command] = &[
     cmd(
         "backup-push",
         "make a base backup",
-        "walden backup-push [PGDATA] [--permanent] [--full] [--add-user-data JSON]\n                   [--without-files-metadata]\n\n  Take a full backup of the local data directory PGDATA (the argument or the\n  PGDATA setting) through the server PGHOST/PGPORT, into basebackups_005/ in\n  WAL-G's layout, files_metadata.json included; the sentinel is written last.\n  --permanent marks it permanent; user data (or WALG_SENTINEL_USER_DATA) must\n  be JSON. WALG_UPLOAD_DISK_CONCURRENCY partitions are filled at once;\n  WALG_DISK_RATE_LIMIT / WALG_NETWORK_RATE_LIMIT (bytes/s),\n  WALG_ALIVE_CHECK_INTERVAL and WALG_STOP_BACKUP_TIMEOUT apply.\n  Tablespaces are included; against a standby the backup is taken there,\n  and a timeline change meanwhile leaves it unfinalised (the error says how\n  to finalise it). Delta and remote backups are not built yet.",
+        "walden backup-push [PGDATA] [--permanent] [--full] [--add-user-data JSON]\n                   [--without-files-metadata]\n\n  Take a full backup of the local data directory PGDATA (the argument or the\n  PGDATA setting) through the server PGHOST/PGPORT, into basebackups_005/ in\n  WAL-G's layout, files_metadata.json included; the sentinel is written last.\n  --permanent marks it permanent; user data (or WALG_SENTINEL_USER_DATA) must\n  be JSON. WALG_UPLOAD_DISK_CONCURRENCY partitions are filled at once;\n  WALG_DISK_RATE_LIMIT / WALG_NETWORK_RATE_LIMIT (bytes/s),\n  WALG_ALIVE_CHECK_INTERVAL and WALG_STOP_BACKUP_TIMEOUT apply. Each\n  database's relations are recorded for backup-fetch --restore-only unless\n  WALG_DISABLE_PARTIAL_RESTORE=true.\n  Tablespaces are included; against a standby the backup is taken there,\n  and a timeline change meanwhile leaves it unfinalised (the error says how\n  to finalise it). Delta and remote backups are not built yet.",
         true,
     ),
     cmd(
@@ -38,6 +38,7 @@ pub const COMMANDS: &[Command] = &[
         concat!(
             "walden backup-fetch DEST NAME|LATEST [--recovery-target-time T | --recovery-target-lsn L |\n",
             "    --recovery-target-name N | --recovery-target immediate] [--standby] [--restore-spec FILE]\n",
+            "    [--restore-only DB[,DB/TABLE,DB/SCHEMA.TABLE,...]]\n",
             "walden backup-fetch DEST --target-user-data JSON [recovery options]\n\n",
             "  Restore backup NAME (LATEST: the newest finished one; --target-user-data:\n",
             "  the one whose user data equals JSON) into DEST, which must not exist or be\n",
@@ -49,7 +50,14 @@ pub const COMMANDS: &[Command] = &[
             "  restore point), LATEST is the newest backup that finished before it, and\n",
             "  recovery.signal (standby.signal with --standby) and a restore_command\n",
             "  calling this walden go into DEST: starting PostgreSQL is the whole restore.\n",
-            "  Settings from the environment are not written; the log names them.",
+            "  Settings from the environment are not written; the log names them.\n\n",
+            "  --restore-only (experimental, as in WAL-G): restore only the databases\n",
+            "  and tables named (comma-separated, CSV quoting, '*' matches any run;\n",
+            "  TABLE alone means public.TABLE), plus every system catalog, global/ and\n",
+            "  the databases template0, template1, postgres. A table comes with its\n",
+            "  partitions, indexes and TOAST. Needs the database names backup-push\n",
+            "  stores (not with WALG_DISABLE_PARTIAL_RESTORE=true); a name matching\n",
+            "  nothing is an error. Drop what was left out after recovery.",
         ),
         true,
     ),

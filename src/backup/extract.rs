@@ -13,6 +13,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
+use super::partial::Filter;
 use super::tablespaces::{Plan, Route};
 use crate::error::{Error, Result};
 use crate::localfile::AtomicFile;
@@ -151,6 +152,9 @@ pub struct Extractor<'a> {
     /// Members `/pg_tblspc/<oid>/...` of tablespaces go below their
     /// directories, with the same checks as below DEST.
     pub tablespaces: &'a Plan,
+    /// Partial restore: only the files this keeps are written
+    /// (directories always are).
+    pub keep: Option<&'a Filter>,
 }
 
 impl Extractor<'_> {
@@ -216,6 +220,13 @@ impl Extractor<'_> {
     fn member(&self, mut entry: tar::Entry<'_, EofWatch>, buf: &mut [u8]) -> Result<()> {
         let name = entry.path_bytes().into_owned();
         let rel = safe_relative(&name).map_err(|why| self.refuse(&name, why))?;
+        if let Some(filter) = self.keep {
+            if !entry.header().entry_type().is_dir()
+                && !filter.keeps(&String::from_utf8_lossy(&name))
+            {
+                return Ok(());
+            }
+        }
         let (root, rel) = match self.tablespaces.route(&rel) {
             Route::Skip => return Ok(()),
             Route::Dest => (self.dest, rel.as_path()),
@@ -481,6 +492,7 @@ mod tests {
             key: "t.tar",
             atomic: false,
             tablespaces: &Plan::default(),
+            keep: None,
         }
         .extract(Box::new(io::Cursor::new(tar)))
     }

@@ -17,6 +17,7 @@ use serde_json::Value;
 
 use super::catalog;
 use super::layout::{self, TarKind};
+use super::partial;
 use super::recovery::{self, Recovery};
 use super::select::{self, Wanted};
 use super::sentinel;
@@ -30,7 +31,7 @@ use crate::storage::{Entry, Storage};
 
 const USAGE: &str = "walden backup-fetch DEST NAME|LATEST [--target-user-data JSON] \
 [--recovery-target-time T | --recovery-target-lsn L | --recovery-target-name N | --recovery-target immediate] [--standby] \
-[--restore-spec FILE]";
+[--restore-spec FILE] [--restore-only DB[,DB/TABLE,...]]";
 
 /// Everything the command line and settings ask for, checked before
 /// storage is opened or DEST touched.
@@ -42,6 +43,8 @@ struct Options {
     concurrency: usize,
     /// `--restore-spec FILE`: where tablespaces go (spec §3.4).
     restore_spec: Option<PathBuf>,
+    /// `--restore-only`: a partial restore (spec §9.5, `partial.rs`).
+    restore_only: Option<partial::Request>,
 }
 
 fn options(settings: &Settings, args: Vec<OsString>) -> Result<Options> {
@@ -53,6 +56,8 @@ fn options(settings: &Settings, args: Vec<OsString>) -> Result<Options> {
     let mut targets: Vec<(String, String)> = Vec::new();
     let mut standby = false;
     let mut restore_spec: Option<PathBuf> = None;
+    let mut restore_only: Vec<String> = Vec::new();
+    let mut partial_asked = false;
     while let Some(arg) = parser.next()? {
         match arg {
             Long("target-user-data") => user_data_arg = Some(parser.value()?.string()?),
@@ -66,6 +71,10 @@ fn options(settings: &Settings, args: Vec<OsString>) -> Result<Options> {
                 targets.push((flag, parser.value()?.string()?));
             }
             Long("standby") => standby = true,
+            Long("restore-only") => {
+                partial_asked = true;
+                restore_only.push(parser.value()?.string()?);
+            }
             Long("restore-spec") if restore_spec.is_none() => {
                 restore_spec = Some(PathBuf::from(parser.value()?));
             }
@@ -135,6 +144,11 @@ fn options(settings: &Settings, args: Vec<OsString>) -> Result<Options> {
         fsync: !settings.bool("WALG_TAR_DISABLE_FSYNC")?,
         concurrency,
         restore_spec,
+        restore_only: if partial_asked {
+            Some(partial::Request::parse(&restore_only)?)
+        } else {
+            None
+        },
     })
 }
 
@@ -184,6 +198,10 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
              restore it with WAL-G for now"
         )));
     }
+    let keep = match &opts.restore_only {
+        Some(request) => Some(partial_filter(&storage, &name, request)?),
+        None => None,
+    };
     let lines = recovery_lines(settings, &opts, &name, &sentinel)?;
     let tars = tar_keys(&storage, &name)?;
     let dest = prepare_dest(&opts.dest)?;
@@ -202,6 +220,7 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
         writeback: opts.fsync,
         tablespaces: &tablespaces,
         progress: &progress,
+        keep: keep.as_ref(),
     };
     restore(&unpacker, &opts, tars, lines.as_deref()).map_err(|e| {
         Error::Other(format!(
@@ -215,6 +234,21 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
         recovery::report(settings, &opts.recovery, &dest);
     }
     Ok(())
+}
+
+/// The partial-restore filter of backup `name`, or why there is none.
+fn partial_filter(
+    storage: &Arc<dyn Storage>,
+    name: &str,
+    request: &partial::Request,
+) -> Result<partial::Filter> {
+    let names = partial::Names::read(storage, name)?.ok_or_else(|| {
+        Error::Other(format!(
+            "--restore-only needs the database names that backup-push stores in files_metadata.json, and backup {name}              has none (taken over the replication protocol, with --without-files-metadata or              WALG_DISABLE_PARTIAL_RESTORE=true, or by an old WAL-G); restore it whole"
+        ))
+    })?;
+    log::info!("Partial restore of {}", request.describe());
+    partial::Filter::new(request, &names, name, true)
 }
 
 /// The restore order, chosen so that no interrupted restore can start:

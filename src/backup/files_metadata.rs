@@ -24,35 +24,39 @@ pub struct Spill {
 
 static SPILL_SEQ: AtomicU64 = AtomicU64::new(0);
 
+/// An anonymous file in the temp directory for a part of `what`: removed
+/// right after it is created, so a killed backup leaves nothing behind.
+pub fn anonymous_file(what: &str) -> Result<File> {
+    let dir = std::env::temp_dir();
+    let path = dir.join(format!(
+        "walden-files-metadata-{}-{}",
+        std::process::id(),
+        SPILL_SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let failed = |e| {
+        Error::io(
+            format!(
+                "creating a temporary file in '{}' for {what} (set TMPDIR to a writable directory)",
+                dir.display()
+            ),
+            e,
+        )
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(failed)?;
+    std::fs::remove_file(&path).map_err(failed)?;
+    Ok(file)
+}
+
 impl Spill {
-    /// An anonymous file in the temp directory: removed right after it is
-    /// created, so a killed backup leaves nothing behind.
     pub fn new() -> Result<Spill> {
-        let dir = std::env::temp_dir();
-        let path = dir.join(format!(
-            "walden-files-metadata-{}-{}",
-            std::process::id(),
-            SPILL_SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        let failed = |e| {
-            Error::io(
-                format!(
-                    "creating a temporary file in '{}' for files_metadata.json (set TMPDIR to a writable directory)",
-                    dir.display()
-                ),
-                e,
-            )
-        };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(failed)?;
-        std::fs::remove_file(&path).map_err(failed)?;
         Ok(Spill {
-            out: BufWriter::with_capacity(64 * 1024, file),
+            out: BufWriter::with_capacity(64 * 1024, anonymous_file("files_metadata.json")?),
             files: 0,
         })
     }
@@ -75,10 +79,12 @@ fn go_string(s: &str) -> String {
 }
 
 /// Stream the whole `files_metadata.json` from the spills into `out`;
-/// `extra_sets` are tar sets known only at the end (the label tar).
+/// `extra_sets` are tar sets known only at the end (the label tar);
+/// `names` is the `DatabasesByNames` object, already JSON (`names.rs`).
 pub fn write_json(
     spills: Vec<Spill>,
     extra_sets: &[(&str, &[&str])],
+    names: Option<&mut dyn io::Read>,
     out: &mut dyn Write,
 ) -> Result<()> {
     let failed = |e| Error::io("assembling files_metadata.json", e);
@@ -148,7 +154,12 @@ pub fn write_json(
         let list: Vec<String> = members.iter().map(|m| go_string(m)).collect();
         write!(out, "{}:[{}]", go_string(tar), list.join(",")).map_err(failed)?;
     }
-    out.write_all(b"}}").map_err(failed)?;
+    out.write_all(b"}").map_err(failed)?;
+    if let Some(names) = names {
+        out.write_all(b",\"DatabasesByNames\":").map_err(failed)?;
+        io::copy(names, out).map_err(failed)?;
+    }
+    out.write_all(b"}").map_err(failed)?;
     Ok(())
 }
 
@@ -184,6 +195,7 @@ mod tests {
         write_json(
             vec![a, b],
             &[("backup_label.tar.zst", &["tablespace_map", "backup_label"])],
+            Some(&mut &br#"{"postgres":{"oid":5}}"#[..]),
             &mut out,
         )
         .unwrap();
@@ -206,6 +218,10 @@ mod tests {
         assert_eq!(
             v["TarFileSets"]["backup_label.tar.zst"],
             serde_json::json!(["tablespace_map", "backup_label"])
+        );
+        assert!(
+            text.ends_with(r#"]},"DatabasesByNames":{"postgres":{"oid":5}}}"#),
+            "{text}"
         );
     }
 }

@@ -12,6 +12,8 @@ mod knobs;
 pub mod layout;
 pub mod list;
 pub mod mark;
+mod names;
+pub mod partial;
 pub mod push;
 pub mod recovery;
 pub mod retention;

@@ -51,6 +51,9 @@ struct Options {
     disk_limit: Option<u64>,
     network_limit: Option<u64>,
     files_metadata: bool,
+    /// `DatabasesByNames` for partial restore, unless
+    /// `WALG_DISABLE_PARTIAL_RESTORE` (and only with files metadata).
+    database_names: bool,
     alive_every: Option<Duration>,
     stop_timeout: Option<Duration>,
 }
@@ -147,6 +150,8 @@ fn options(settings: &Settings, args: Vec<OsString>) -> Result<Options> {
         disk_limit: knobs::rate(settings, "WALG_DISK_RATE_LIMIT")?,
         network_limit: knobs::rate(settings, "WALG_NETWORK_RATE_LIMIT")?,
         files_metadata: !without_files_metadata,
+        database_names: !without_files_metadata
+            && !settings.bool("WALG_DISABLE_PARTIAL_RESTORE")?,
         alive_every: knobs::duration(settings, "WALG_ALIVE_CHECK_INTERVAL", Some(ALIVE_DEFAULT))?,
         stop_timeout: knobs::duration(settings, "WALG_STOP_BACKUP_TIMEOUT", None)?,
     })
@@ -186,7 +191,8 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
         }
     }
 
-    let mut pg = Client::connect(&ConnParams::from_settings(settings)?)?;
+    let params = ConnParams::from_settings(settings)?;
+    let mut pg = Client::connect(&params)?;
     let server = Server::query(&mut pg)?;
     server.check(&pgdata, opts.wal_size_mb)?;
 
@@ -275,6 +281,17 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     if shared.abort.is_set() {
         return Err(shared.abort.error());
     }
+    // After the data upload, as WAL-G (but before the stop, so the names
+    // describe the catalog as the tars hold it as closely as can be).
+    let names = opts
+        .database_names
+        .then(|| super::names::collect(&params))
+        .and_then(|r| {
+            r.map_err(|e| {
+                log::warn!("partial restore will not be possible with this backup: listing the databases' relations failed: {e}")
+            })
+            .ok()
+        });
 
     // pg_control after every data tar, still inside the backup.
     let control_path = pgdata.join("global/pg_control");
@@ -323,6 +340,10 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
         files_metadata::write_json(
             spills,
             &[(label_tar.as_str(), &["tablespace_map", "backup_label"])],
+            names
+                .map(|n| n.file)
+                .as_mut()
+                .map(|f| f as &mut dyn std::io::Read),
             &mut out,
         )?;
         let object = out

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::extract::Extractor;
+use super::partial::Filter;
 use super::tablespaces::Plan;
 use crate::codec::Codecs;
 use crate::error::{Error, Result};
@@ -31,6 +32,8 @@ pub struct Unpacker<'a> {
     pub tablespaces: &'a Plan,
     /// Counts the tar bytes extracted (for the progress line).
     pub progress: &'a Progress,
+    /// Partial restore: the files to write.
+    pub keep: Option<&'a Filter>,
 }
 
 /// Fails reads once another tar has failed, so the other threads stop
@@ -74,6 +77,7 @@ impl Unpacker<'_> {
             key,
             atomic,
             tablespaces: self.tablespaces,
+            keep: self.keep,
         }
         .extract(source)?;
         log::debug!("extracted '{key}'");

@@ -64,14 +64,22 @@ impl Client {
 
     /// Runs `sql` (one or more statements) and returns the rows.
     pub fn query(&mut self, sql: &str) -> Result<Vec<Row>, PgError> {
-        self.simple(sql).map(|(rows, _)| rows)
+        let mut rows = Vec::new();
+        self.simple(sql, &mut |r| rows.push(r)).map(|_| rows)
+    }
+
+    /// Runs `sql` and hands each row to `each` as it arrives: memory stays
+    /// one row whatever the result's size (a catalog listing of a large
+    /// database).
+    pub fn query_each(&mut self, sql: &str, each: &mut dyn FnMut(Row)) -> Result<(), PgError> {
+        self.simple(sql, each).map(|_| ())
     }
 
     /// Runs `sql` and returns the row count of its last command tag
     /// ("INSERT 0 5" → 5; 0 for commands without one).
     #[allow(dead_code)] // the backup commands will use it
     pub fn execute(&mut self, sql: &str) -> Result<u64, PgError> {
-        let (_, tag) = self.simple(sql)?;
+        let tag = self.simple(sql, &mut |_| {})?;
         Ok(tag
             .as_deref()
             .and_then(|t| t.rsplit(' ').next())
@@ -79,11 +87,10 @@ impl Client {
             .unwrap_or(0))
     }
 
-    fn simple(&mut self, sql: &str) -> Result<(Vec<Row>, Option<String>), PgError> {
+    fn simple(&mut self, sql: &str, each: &mut dyn FnMut(Row)) -> Result<Option<String>, PgError> {
         frontend::query(sql, &mut self.wire.out)
             .map_err(|e| self.wire.protocol(format!("the query cannot be sent: {e}")))?;
         self.wire.send()?;
-        let mut rows = Vec::new();
         let mut columns: Arc<[String]> = Arc::new([]);
         let mut tag = None;
         let mut error: Option<ServerMessage> = None;
@@ -98,7 +105,7 @@ impl Client {
                 }
                 b'D' => {
                     let values = message::data_row(&msg.body).map_err(|e| bad(&self.wire, e))?;
-                    rows.push(Row::new(columns.clone(), values));
+                    each(Row::new(columns.clone(), values));
                 }
                 b'C' => {
                     tag = Some(
@@ -140,7 +147,7 @@ impl Client {
             Some(server) => Err(PgError::Query {
                 server: Box::new(server),
             }),
-            None => Ok((rows, tag)),
+            None => Ok(tag),
         }
     }
 
