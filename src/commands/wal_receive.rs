@@ -4,7 +4,10 @@
 //!
 //! One segment buffer is held in memory (WAL-G does the same); the server
 //! is told that WAL is flushed only up to the start of that buffer, so the
-//! slot keeps on the server whatever storage does not hold yet. A stop
+//! slot keeps on the server whatever storage does not hold yet. When the
+//! server asks for a reply and we hold all it sent (a shutting-down server
+//! waits for exactly that), the segment so far is stored as
+//! `<segment>.partial` first and then confirmed. A stop
 //! signal uploads the buffer as `<segment>.partial` and ends with exit 0;
 //! a lost connection (server restart) is retried for a while, streaming
 //! again from the start of the buffered segment.
@@ -58,6 +61,7 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
         buf_start: None,
         buf: vec![0u8; (wal_mb << 20) as usize],
         filled: 0,
+        acked: 0,
         io_buf: crate::stream::buffer(),
     };
     let mut lost_since: Option<Instant> = None;
@@ -129,6 +133,9 @@ struct Receiver {
     buf_start: Option<u64>,
     buf: Vec<u8>,
     filled: usize,
+    /// Confirmed to the server beyond `buf_start`: held in storage by a
+    /// `.partial` object of the current segment.
+    acked: u64,
     io_buf: Vec<u8>,
 }
 
@@ -192,7 +199,17 @@ impl Receiver {
                         reply = true;
                     }
                 }
-                Stream::Keepalive { reply: asked } => reply = asked,
+                Stream::Keepalive { end, reply: asked } => {
+                    reply = asked;
+                    let received = self.buf_start.unwrap_or(0) + self.filled as u64;
+                    if asked && end <= received && received > self.acked {
+                        // The server waits for us to confirm all it sent
+                        // (a shutdown waits for exactly this): store the
+                        // segment so far as .partial, then confirm it.
+                        self.upload_partial()?;
+                        self.acked = received;
+                    }
+                }
                 Stream::EndOfTimeline {
                     next_timeline,
                     start,
@@ -213,7 +230,7 @@ impl Receiver {
                 }
             }
             if reply || last_status.elapsed() >= STATUS_INTERVAL {
-                let stored = self.buf_start.unwrap_or(0);
+                let stored = self.buf_start.unwrap_or(0).max(self.acked);
                 client.send_status(stored, stored, stored)?;
                 last_status = Instant::now();
             }
@@ -346,7 +363,6 @@ impl Receiver {
         }
         let name = format!("{}.partial", self.segment().name(self.wal_mb));
         self.store(&name, self.filled)?;
-        self.filled = 0;
         Ok(())
     }
 

@@ -54,7 +54,7 @@ pub enum Stream {
     /// WAL bytes starting at `start`.
     XLogData { start: u64, data: Vec<u8> },
     /// The server's WAL end; `reply` asks for a status update at once.
-    Keepalive { reply: bool },
+    Keepalive { end: u64, reply: bool },
     /// The timeline ended (the server was promoted past it, or we asked
     /// for an old one): the next timeline and where it starts.
     EndOfTimeline { next_timeline: u32, start: u64 },
@@ -188,9 +188,10 @@ impl Client {
                             });
                         }
                         b'k' => {
-                            b.bytes(16).map_err(|e| self.bad(e))?;
+                            let end = u64_of(&mut b).map_err(|e| self.bad(e))?;
+                            b.bytes(8).map_err(|e| self.bad(e))?;
                             let reply = b.u8().map_err(|e| self.bad(e))? != 0;
-                            return Ok(Stream::Keepalive { reply });
+                            return Ok(Stream::Keepalive { end, reply });
                         }
                         other => {
                             return Err(self.bad(format!(
