@@ -202,6 +202,9 @@ impl Client {
                     }
                 }
                 b'c' => return self.end_of_timeline(),
+                // A shutting-down server ends the stream with
+                // CommandComplete once we confirmed all it sent.
+                b'C' => return Err(self.bad("the server ended streaming (it is shutting down)")),
                 b'E' => {
                     let server = message::server_message(&msg.body).map_err(|e| self.bad(e))?;
                     return Err(PgError::Query {
