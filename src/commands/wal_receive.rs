@@ -62,6 +62,7 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
         buf: vec![0u8; (wal_mb << 20) as usize],
         filled: 0,
         acked: 0,
+        streamed: false,
         io_buf: crate::stream::buffer(),
     };
     let mut lost_since: Option<Instant> = None;
@@ -70,6 +71,10 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
             Ok(()) => break,
             Err(_) if STOP.load(Ordering::SeqCst) => break,
             Err(e) if r.buf_start.is_some() && reconnectable(&e) => {
+                // The window counts from the last time streaming worked.
+                if std::mem::take(&mut r.streamed) {
+                    lost_since = None;
+                }
                 let since = *lost_since.get_or_insert_with(Instant::now);
                 if since.elapsed() > RECONNECT_FOR {
                     return Err(Error::Other(format!(
@@ -136,6 +141,8 @@ struct Receiver {
     /// Confirmed to the server beyond `buf_start`: held in storage by a
     /// `.partial` object of the current segment.
     acked: u64,
+    /// Streaming started on the current connection.
+    streamed: bool,
     io_buf: Vec<u8>,
 }
 
@@ -182,6 +189,7 @@ impl Receiver {
             system.system_id
         );
         client.start_replication(&self.slot, start, self.timeline)?;
+        self.streamed = true;
         let mut last_status = Instant::now();
         loop {
             if STOP.load(Ordering::SeqCst) {
