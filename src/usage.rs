@@ -137,7 +137,12 @@ pub const COMMANDS: &[Command] = &[
         "walden wal-verify integrity|timeline... [--json] [--timeline N --lsn LSN]\n                  [--backup-name NAME]\n\n  integrity: every segment from the oldest non-permanent backup's start (or\n  segment 1) up to the cluster's current one is in storage, following timeline\n  switches: FOUND, MISSING_DELAYED (WALG_INTEGRITY_MAX_DELAYED_WALS newest),\n  MISSING_UPLOADING (the next WALG_UPLOAD_CONCURRENCY), MISSING_LOST; status\n  OK, WARNING or FAILURE. timeline: the cluster is on the highest timeline in\n  storage. Connects to PostgreSQL (PGHOST...) unless --timeline/--lsn give\n  the position; --backup-name walks down to that backup. Exit 0 whatever the\n  status.",
         true,
     ),
-    cmd("wal-receive", "stream WAL over the replication protocol", "walden wal-receive", false),
+    cmd(
+        "wal-receive",
+        "stream WAL over the replication protocol",
+        "walden wal-receive\n\n  Stream WAL from PostgreSQL (PGHOST...; the user needs REPLICATION) through\n  the physical slot WALG_SLOTNAME (default walg, [0-9A-Za-z_]), created when\n  missing, and store each completed segment in wal_005/ like wal-push. The\n  server hears as flushed only what storage holds. Follows timeline switches\n  (storing .history files), reconnects after a server restart, and on SIGTERM\n  or SIGINT stores the current segment as <name>.partial and exits 0.",
+        true,
+    ),
     cmd("wal-restore", "restore missing WAL for pg_rewind", "walden wal-restore TARGET SOURCE", false),
     cmd("daemon", "serve wal-push/wal-fetch over a socket", "walden daemon SOCKET", false),
     cmd("catchup-push", "incremental catch-up backup", "walden catchup-push PGDATA --from-lsn LSN", false),

@@ -6,6 +6,7 @@ mod pg_info;
 mod st;
 mod wal_fetch;
 mod wal_push;
+mod wal_receive;
 mod wal_show;
 mod wal_verify;
 
@@ -35,6 +36,7 @@ pub fn run(command: &str, settings: Settings, args: Vec<OsString>) -> Result<()>
         "delete" => crate::backup::delete::run(&settings, args),
         "st" => st::run(&settings, args),
         "wal-push" => wal_push::run(&settings, args),
+        "wal-receive" => wal_receive::run(&settings, args),
         "wal-fetch" => wal_fetch::run(&settings, args),
         "wal-prefetch" => wal_fetch::run_prefetch(&settings, args),
         "wal-show" => wal_show::run(&settings, args),

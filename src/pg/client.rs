@@ -24,7 +24,9 @@ use super::tls;
 use super::transport::Stream;
 
 pub struct Client {
-    wire: Wire,
+    /// The replication protocol (`replication.rs`) reads and writes Copy
+    /// messages on it directly.
+    pub(super) wire: Wire,
     parameters: HashMap<String, String>,
 }
 
@@ -152,7 +154,7 @@ impl Client {
     }
 
     /// Messages that may come at any time.
-    fn on_async(&mut self, tag: u8, msg: &Message) -> Result<(), PgError> {
+    pub(super) fn on_async(&mut self, tag: u8, msg: &Message) -> Result<(), PgError> {
         match tag {
             b'S' => {
                 let mut b = Body::new(&msg.body);

@@ -13,6 +13,7 @@ mod error;
 mod message;
 mod params;
 mod pgpass;
+pub mod replication;
 mod row;
 mod tls;
 mod transport;

@@ -24,6 +24,7 @@ mod tablespaces;
 mod versions;
 mod wal;
 mod wal_fetch_requests;
+mod wal_receive;
 mod wal_show;
 mod walg_backup;
 mod walg_compat;

@@ -1,0 +1,168 @@
+//! wal-receive end to end: a real PostgreSQL 15 without archiving streams
+//! its WAL to walden over a replication slot while pgbench writes and the
+//! server restarts once; every stored segment is byte-identical to the
+//! server's, the slot never claims more than storage holds, and a base
+//! backup taken meanwhile recovers through wal-fetch from that WAL alone.
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use crate::harness::{PgCluster, TempDir};
+use crate::store::{codec_env, Store, WAL_SIZE};
+
+fn stored_names(store: &Store, ext: &str) -> Vec<String> {
+    let dir = store.object_file("wal_005");
+    let mut names: Vec<String> = fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter_map(|n| n.strip_suffix(ext).map(str::to_string))
+        .filter(|n| n.len() == 24)
+        .collect();
+    names.sort();
+    names
+}
+
+fn wait_stored(store: &Store, name: &str, ext: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let path = store.object_file(&format!("wal_005/{name}{ext}"));
+    while !path.is_file() {
+        assert!(Instant::now() < deadline, "{name} was not stored in time");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The LSN just past segment `name` (16 MiB segments).
+fn end_lsn(name: &str) -> String {
+    let hi = u64::from_str_radix(&name[8..16], 16).unwrap();
+    let lo = u64::from_str_radix(&name[16..24], 16).unwrap();
+    let end = ((hi << 32) | (lo << 24)) + (1 << 24);
+    format!("{:X}/{:X}", end >> 32, end & 0xFFFF_FFFF)
+}
+
+#[test]
+fn wal_receive_streams_stores_and_recovers() {
+    let store = Store::fs();
+    let codec = codec_env("lz4", true);
+    let ext = ".lz4";
+    let mut pg = PgCluster::builder()
+        .conf("archive_mode", "off")
+        // Keep every segment in pg_wal, to compare with what was stored.
+        .conf("wal_keep_size", "'2GB'")
+        .start();
+    pg.pgbench_init(2);
+
+    let receiver = store
+        .walden()
+        .envs(pg.env())
+        .envs(codec.clone())
+        .env("WALG_SLOTNAME", "walden_test")
+        .arg("wal-receive")
+        .spawn();
+    pg.wait_for_sql(
+        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'walden_test' AND active",
+        "1",
+        Duration::from_secs(60),
+    );
+
+    // A base backup while receiving: only wal-receive supplies its WAL.
+    let restored_dir = TempDir::new("walrecv-restored");
+    let data = restored_dir.join("data");
+    pg.base_backup(&data);
+    pg.pgbench(&["-n", "-t", "1500", "-c", "2"]);
+    let first = pg.switch_wal();
+    wait_stored(&store, &first, ext);
+
+    // The server restarts: wal-receive reconnects and goes on.
+    pg.restart();
+    pg.wait_for_sql(
+        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'walden_test' AND active",
+        "1",
+        Duration::from_secs(60),
+    );
+    pg.pgbench(&["-n", "-t", "1500", "-c", "2"]);
+    pg.psql("CREATE TABLE marker AS SELECT 'streamed'::text AS note");
+    let expected = pg.psql("SELECT sum(abalance)::text || '/' || count(*) FROM pgbench_accounts");
+    let last = pg.switch_wal();
+    wait_stored(&store, &last, ext);
+    // The slot holds no more than storage does.
+    let slot_ok = pg.psql(&format!(
+        "SELECT restart_lsn <= '{}' FROM pg_replication_slots WHERE slot_name = 'walden_test'",
+        end_lsn(&last)
+    ));
+    assert_eq!(slot_ok, "t", "the slot passed what storage holds");
+    // Some WAL after the last complete segment, for the .partial.
+    pg.psql("CREATE TABLE after_last AS SELECT 1 AS x");
+    std::thread::sleep(Duration::from_secs(1));
+
+    receiver.signal(libc::SIGTERM);
+    let out = receiver.wait(Duration::from_secs(60));
+    assert_eq!(out.code, 0, "wal-receive: {}", out.stderr);
+    assert!(out.stderr.contains("connection lost"), "{}", out.stderr);
+
+    // Every stored segment equals the server's copy, fetched back.
+    let names = stored_names(&store, ext);
+    assert!(names.contains(&first) && names.contains(&last), "{names:?}");
+    assert!(
+        names.len() >= 4,
+        "pgbench wrote several segments: {names:?}"
+    );
+    let fetched = TempDir::new("walrecv-fetched");
+    for name in &names {
+        let dest = fetched.join(name);
+        store
+            .walden()
+            .envs(codec.clone())
+            .args(["wal-fetch", name.as_str()])
+            .arg(&dest)
+            .run()
+            .assert_ok();
+        let got = fs::read(&dest).unwrap();
+        assert_eq!(got.len(), WAL_SIZE);
+        let server = fs::read(pg.data_dir().join("pg_wal").join(name)).unwrap();
+        assert!(got == server, "{name} differs from the server's copy");
+    }
+    let partials: Vec<String> = fs::read_dir(store.object_file("wal_005"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.contains(".partial"))
+        .collect();
+    assert!(
+        !partials.is_empty(),
+        "a .partial segment on stop: {names:?}"
+    );
+    // The slot, after the stop, still claims no more than storage holds.
+    let slot_ok = pg.psql(&format!(
+        "SELECT restart_lsn <= '{}' AND NOT active FROM pg_replication_slots WHERE slot_name = 'walden_test'",
+        end_lsn(names.last().unwrap())
+    ));
+    assert_eq!(slot_ok, "t");
+    pg.stop();
+
+    // Recovery of the base backup through the received WAL.
+    fs::write(data.join("recovery.signal"), "").unwrap();
+    let restored = PgCluster::builder()
+        .conf("restore_command", "'{walden} wal-fetch %f %p'")
+        .conf("archive_mode", "off")
+        .env(store.env())
+        .env(codec.clone())
+        .start_restored(data.clone());
+    restored.wait_for_promotion(Duration::from_secs(120));
+    let got = restored.psql("SELECT sum(abalance)::text || '/' || count(*) FROM pgbench_accounts");
+    assert_eq!(got, expected, "{}", restored.log_tail());
+    assert_eq!(restored.psql("SELECT note FROM marker"), "streamed");
+}
+
+#[test]
+fn wal_receive_refuses_a_bad_slot_name() {
+    let store = Store::fs();
+    let out = store
+        .walden()
+        .env("WALG_SLOTNAME", "bad-name")
+        .arg("wal-receive")
+        .run();
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("[0-9A-Za-z_]"), "{}", out.stderr);
+}
