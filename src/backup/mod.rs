@@ -12,6 +12,7 @@ mod knobs;
 pub mod layout;
 pub mod list;
 pub mod mark;
+mod pagecheck;
 pub mod push;
 pub mod recovery;
 pub mod retention;
