@@ -14,6 +14,7 @@ mod hardening;
 mod harness_selftest;
 mod hostile_s3;
 mod interop;
+mod page_checksums;
 mod pg_client;
 mod pitr;
 mod st;
