@@ -66,6 +66,12 @@ pub const COMMANDS: &[Command] = &[
         true,
     ),
     cmd(
+        "backup-verify",
+        "check that a backup can be restored, without restoring it",
+        "walden backup-verify NAME|LATEST|--all [--json]\n\n  Download every object of the backup (LATEST: the newest; --all: every one),\n  decrypt, decompress and parse every tar with nothing written to disk, and\n  check: sentinel and metadata.json agree; every tar partition and every file\n  of files_metadata.json is there, read whole; pg_control (CRC) and\n  backup_label (start LSN) are there; every page's checksum where pg_control\n  says the cluster has them; the WAL from the start to the finish segment is\n  in wal_005/; a delta's chain of bases exists. Prints OK or each problem\n  with the object it concerns (--json: a JSON array); exit 0 only when all\n  holds. WALG_DOWNLOAD_CONCURRENCY tars at a time; see walden-backup-verify(1).",
+        true,
+    ),
+    cmd(
         "backup-show",
         "show one backup's sentinel and metadata",
         "walden backup-show NAME|LATEST [--json]\n\n  Print what the sentinel and metadata.json of backup NAME (LATEST: the newest)\n  record, as aligned 'key: value' lines, or with --json as one JSON object\n  with backup-list --detail --json's keys and the sentinel's own (delta base,\n  tablespaces, files metadata); see walden-backup-show(1).",

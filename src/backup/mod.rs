@@ -25,4 +25,5 @@ pub mod tablespaces;
 mod tars;
 mod throttle;
 pub mod unpack;
+pub mod verify;
 pub mod walk;

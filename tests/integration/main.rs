@@ -8,6 +8,7 @@ mod harness;
 mod backup;
 mod backup_catalog;
 mod backup_push;
+mod backup_verify;
 mod config;
 mod delete;
 mod hardening;
