@@ -138,13 +138,13 @@ impl<R: Read> PageCheck<R> {
         path: &std::path::Path,
     ) -> PageCheck<R> {
         let segment = rules.and(segment_of(member)).filter(|_| size > 0);
-        if segment.is_some() && size % BLCKSZ as u64 != 0 {
+        if segment.is_some() && !size.is_multiple_of(BLCKSZ as u64) {
             log::warn!(
                 "'{}' is {size} bytes, not a whole number of {BLCKSZ}-byte pages: its page checksums are not checked",
                 path.display()
             );
         }
-        let segment = segment.filter(|_| size % BLCKSZ as u64 == 0);
+        let segment = segment.filter(|_| size.is_multiple_of(BLCKSZ as u64));
         let rules = rules.unwrap_or(Rules {
             skip_from_lsn: None,
             store_all: false,

@@ -119,7 +119,7 @@ pub fn verify_page(page: &[u8], blkno: u32) -> Verdict {
             && lower <= upper
             && upper <= special
             && usize::from(special) <= BLCKSZ
-            && special % 8 == 0;
+            && special.is_multiple_of(8);
         return if sane {
             Verdict::Good
         } else {

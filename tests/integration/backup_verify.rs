@@ -3,10 +3,11 @@
 //! a missing WAL segment each fail (exit 1) with a line naming the object.
 
 use std::fs;
+use std::time::Instant;
 
 use serde_json::Value;
 
-use crate::harness::{Output, PgCluster};
+use crate::harness::{Output, PgCluster, TempDir};
 use crate::store::Store;
 
 fn cluster(store: &Store) -> PgCluster {
@@ -90,6 +91,26 @@ fn backup_verify_passes_good_backups_and_names_damaged_objects() {
     assert!(r["pages_checked"].as_u64().unwrap() > 600, "{r}");
     assert!(r["files"].as_u64().unwrap() > 900, "{r}");
     assert!(r["wal_segments"].as_u64().unwrap() >= 1, "{r}");
+    // For the note: backup-verify reads what backup-fetch reads, minus
+    // the writes.
+    let started = Instant::now();
+    verify(&store, &[&good]).assert_ok();
+    let verify_took = started.elapsed();
+    let restored = TempDir::new("verify-fetch");
+    let started = Instant::now();
+    store
+        .walden()
+        .arg("backup-fetch")
+        .arg(restored.join("data"))
+        .arg(&good)
+        .run()
+        .assert_ok();
+    eprintln!(
+        "backup-verify {verify_took:?}, backup-fetch {:?} of the same backup ({} files, {} pages)",
+        started.elapsed(),
+        r["files"],
+        r["pages_checked"]
+    );
 
     // A truncated tar object.
     let cut = backup(&store, &pg);

@@ -1,7 +1,8 @@
 //! backup-push `--verify` (`WALG_VERIFY_PAGE_CHECKSUMS`) and
 //! `--store-all-corrupt`: PostgreSQL's page checksums checked on every
 //! page read, corrupt block numbers in files_metadata.json as WAL-G
-//! records them, the log's summary, and `backup-list --detail`.
+//! records them, the log's summary, `backup-list --detail`, and
+//! backup-verify finding the same pages in the stored backup.
 
 use std::fs;
 use std::os::unix::fs::FileExt;
@@ -171,6 +172,24 @@ fn verify_reports_corrupt_blocks() {
         json!(13)
     );
 
+    // backup-verify reads the stored pages and names tar and member.
+    let check = store.walden().args(["backup-verify", &bad]).run();
+    check.assert_code(1);
+    let report = check.stdout_str();
+    assert!(
+        report.lines().any(|l| l.contains("/tar_partitions/part_")
+            && l.contains(&format!(
+                "member '{t_member}': 1 page(s) fail PostgreSQL's page check, blocks [2]"
+            ))),
+        "{}",
+        check.dump()
+    );
+    store
+        .walden()
+        .args(["backup-verify", &clean])
+        .run()
+        .assert_ok();
+
     push(&store, &pg, &["--verify", "--store-all-corrupt"], &[]);
     let all = latest(&store);
     let entries = corrupt_entries(&store, &all);
@@ -224,12 +243,15 @@ fn verify_under_load_reports_nothing() {
     let out = std::thread::scope(|s| {
         let load = s.spawn(|| pg.pgbench(&["-n", "-T", "4", "-c", "4"]));
         std::thread::sleep(std::time::Duration::from_millis(300));
-        let out = push(
-            &store,
-            &pg,
-            &["--verify"],
-            &[("WALG_UPLOAD_DISK_CONCURRENCY", "2")],
-        );
+        let out = store
+            .walden()
+            .envs(pg.env())
+            .env("WALG_UPLOAD_DISK_CONCURRENCY", "2")
+            .env("WALG_STOP_BACKUP_TIMEOUT", "120s")
+            .args(["backup-push", "--verify"])
+            .timeout(std::time::Duration::from_secs(300))
+            .run();
+        out.assert_ok();
         load.join().unwrap();
         out
     });

@@ -102,7 +102,7 @@ fn members(source: Box<dyn Read + Send>, judge: &Judge, seen: &mut TarSeen) -> R
                 let segment = judge
                     .pages
                     .and_then(|_| pagecheck::segment_of(name.as_bytes()))
-                    .filter(|_| size > 0 && size % BLCKSZ as u64 == 0)
+                    .filter(|_| size > 0 && size.is_multiple_of(BLCKSZ as u64))
                     .filter(|_| !judge.increments.contains(&name));
                 match (segment, judge.pages) {
                     (Some(seg), Some(rules)) => {
