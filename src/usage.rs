@@ -29,7 +29,7 @@ pub const COMMANDS: &[Command] = &[
     cmd(
         "backup-push",
         "make a base backup",
-        "walden backup-push [PGDATA] [--permanent] [--full] [--add-user-data JSON]\n                   [--without-files-metadata]\n\n  Take a full backup of the local data directory PGDATA (the argument or the\n  PGDATA setting) through the server PGHOST/PGPORT, into basebackups_005/ in\n  WAL-G's layout, files_metadata.json included; the sentinel is written last.\n  --permanent marks it permanent; user data (or WALG_SENTINEL_USER_DATA) must\n  be JSON. WALG_UPLOAD_DISK_CONCURRENCY partitions are filled at once;\n  WALG_DISK_RATE_LIMIT / WALG_NETWORK_RATE_LIMIT (bytes/s),\n  WALG_ALIVE_CHECK_INTERVAL and WALG_STOP_BACKUP_TIMEOUT apply. Each\n  database's relations are recorded for backup-fetch --restore-only unless\n  WALG_DISABLE_PARTIAL_RESTORE=true.\n  Tablespaces are included; against a standby the backup is taken there,\n  and a timeline change meanwhile leaves it unfinalised (the error says how\n  to finalise it). Delta and remote backups are not built yet.",
+        "walden backup-push [PGDATA] [--permanent] [--full] [--add-user-data JSON]\n                   [--without-files-metadata] [--verify] [--store-all-corrupt]\n\n  Take a full backup of the local data directory PGDATA (the argument or the\n  PGDATA setting) through the server PGHOST/PGPORT, into basebackups_005/ in\n  WAL-G's layout, files_metadata.json included; the sentinel is written last.\n  --permanent marks it permanent; user data (or WALG_SENTINEL_USER_DATA) must\n  be JSON. WALG_UPLOAD_DISK_CONCURRENCY partitions are filled at once;\n  WALG_DISK_RATE_LIMIT / WALG_NETWORK_RATE_LIMIT (bytes/s),\n  WALG_ALIVE_CHECK_INTERVAL and WALG_STOP_BACKUP_TIMEOUT apply. Each\n  database's relations are recorded for backup-fetch --restore-only unless\n  WALG_DISABLE_PARTIAL_RESTORE=true.\n  Tablespaces are included; against a standby the backup is taken there,\n  and a timeline change meanwhile leaves it unfinalised (the error says how\n  to finalise it). --verify (WALG_VERIFY_PAGE_CHECKSUMS) checks every page's\n  checksum as it is read and records corrupt blocks in files_metadata.json\n  (at most 10 per file unless --store-all-corrupt). Delta and remote backups\n  are not built yet.",
         true,
     ),
     cmd(
@@ -71,6 +71,12 @@ pub const COMMANDS: &[Command] = &[
         "backup-mark",
         "mark a backup permanent or not",
         "walden backup-mark NAME [-i|--impermanent]\n\n  Mark backup NAME permanent (delete keeps it), with every base a delta backup\n  depends on. -i marks NAME impermanent again, refused while a permanent delta\n  backup depends on it. Only metadata.json changes, as with WAL-G.",
+        true,
+    ),
+    cmd(
+        "backup-verify",
+        "check that a backup can be restored, without restoring it",
+        "walden backup-verify NAME|LATEST|--all [--json]\n\n  Download every object of the backup (LATEST: the newest; --all: every one),\n  decrypt, decompress and parse every tar with nothing written to disk, and\n  check: sentinel and metadata.json agree; every tar partition and every file\n  of files_metadata.json is there, read whole; pg_control (CRC) and\n  backup_label (start LSN) are there; every page's checksum where pg_control\n  says the cluster has them; the WAL from the start to the finish segment is\n  in wal_005/; a delta's chain of bases exists. Prints OK or each problem\n  with the object it concerns (--json: a JSON array); exit 0 only when all\n  holds. WALG_DOWNLOAD_CONCURRENCY tars at a time; see walden-backup-verify(1).",
         true,
     ),
     cmd(

@@ -205,6 +205,9 @@ pub struct Metadata {
     pub uncompressed_size: i64,
     pub compressed_size: i64,
     pub user_data: Option<Value>,
+    /// Corrupt pages a `--verify` backup-push found (walden's own key;
+    /// `None` when the backup was not verified).
+    pub corrupt_pages: Option<u64>,
 }
 
 impl Metadata {
@@ -268,6 +271,7 @@ impl Metadata {
                 None | Some(Value::Null) => None,
                 Some(v) => Some(v.clone()),
             },
+            corrupt_pages: field(obj, super::sentinel::CORRUPT_PAGES_KEY).and_then(Value::as_u64),
         })
     }
 }

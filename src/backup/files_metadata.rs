@@ -6,8 +6,9 @@
 //! are one run of lines in one spill file).
 //!
 //! Spill line: `<tar object name> TAB <member as a JSON string> TAB <MTime
-//! as a JSON string, or empty when the member is not in Files>`; JSON
-//! strings hold no raw tab or newline, so the split is unambiguous.
+//! as a JSON string, or empty when the member is not in Files>` [`TAB
+//! <CorruptBlocks JSON>` after `--verify` found some]; JSON holds no raw
+//! tab or newline, so the split is unambiguous.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, BufWriter, Seek, Write};
@@ -64,13 +65,30 @@ impl Spill {
     /// Member `member` assigned to `tar`; `mtime` when it is in `Files`
     /// (a file that vanished before it was read is only in the tar's set).
     pub fn record(&mut self, tar: &str, member: &[u8], mtime: Option<SystemTime>) -> Result<()> {
+        self.record_extra(tar, member, mtime, None)
+    }
+
+    /// [`Spill::record`] with more keys for the `Files` entry, as JSON
+    /// (`"CorruptBlocks":{…}` is written from `{…}`).
+    pub fn record_extra(
+        &mut self,
+        tar: &str,
+        member: &[u8],
+        mtime: Option<SystemTime>,
+        corrupt_blocks: Option<&str>,
+    ) -> Result<()> {
         let name = go_string(&String::from_utf8_lossy(member));
         let time = mtime.map(|t| go_string(&crate::time::rfc3339_nano(t)));
         if time.is_some() {
             self.files += 1;
         }
-        writeln!(self.out, "{tar}\t{name}\t{}", time.unwrap_or_default())
-            .map_err(|e| Error::io("writing the files_metadata.json spill file", e))
+        let extra = corrupt_blocks.map_or_else(String::new, |c| format!("\t{c}"));
+        writeln!(
+            self.out,
+            "{tar}\t{name}\t{}{extra}",
+            time.unwrap_or_default()
+        )
+        .map_err(|e| Error::io("writing the files_metadata.json spill file", e))
     }
 }
 
@@ -103,17 +121,24 @@ pub fn write_json(
         for f in &mut files {
             for line in lines(f) {
                 let line = line.map_err(failed)?;
-                let (_, name, time) = split(&line)?;
+                let (_, name, rest) = split(&line)?;
+                // The MTime, then (tab) the CorruptBlocks value if any.
+                let (time, corrupt) = rest.split_once('\t').unwrap_or((rest, ""));
                 if time.is_empty() {
                     continue;
                 }
+                let corrupt = if corrupt.is_empty() {
+                    String::new()
+                } else {
+                    format!(",\"CorruptBlocks\":{corrupt}")
+                };
                 if !first {
                     out.write_all(b",").map_err(failed)?;
                 }
                 first = false;
                 write!(
                     out,
-                    "{name}:{{\"IsIncremented\":false,\"IsSkipped\":false,\"MTime\":{time},\"UpdatesCount\":0}}"
+                    "{name}:{{\"IsIncremented\":false,\"IsSkipped\":false,\"MTime\":{time}{corrupt},\"UpdatesCount\":0}}"
                 )
                 .map_err(failed)?;
             }
@@ -191,6 +216,13 @@ mod tests {
         a.record("part_003.tar.zst", b"/gone", None).unwrap();
         let mut b = Spill::new().unwrap();
         b.record("part_002.tar.zst", b"/a<b", Some(t)).unwrap();
+        b.record_extra(
+            "part_002.tar.zst",
+            b"/base/5/16384",
+            Some(t),
+            Some("{\"CorruptBlocksCount\":1,\"SomeCorruptBlocks\":[3]}"),
+        )
+        .unwrap();
         let mut out = Vec::new();
         write_json(
             vec![a, b],
@@ -205,7 +237,12 @@ mod tests {
         ), "{text}");
         assert!(text.contains("\"/a\\u003cb\":"), "{text}");
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(v["Files"].as_object().unwrap().len(), 3);
+        assert_eq!(v["Files"].as_object().unwrap().len(), 4);
+        assert_eq!(
+            v["Files"]["/base/5/16384"]["CorruptBlocks"],
+            serde_json::json!({"CorruptBlocksCount": 1, "SomeCorruptBlocks": [3]})
+        );
+        assert!(v["Files"]["/base"].get("CorruptBlocks").is_none());
         assert!(v["Files"].get("/gone").is_none());
         assert_eq!(
             v["TarFileSets"]["part_001.tar.zst"],

@@ -70,6 +70,7 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
             });
         }
         sort_details(&mut rows);
+        corrupt_pages_note(&rows);
         rows
     } else {
         backups
@@ -82,6 +83,26 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     out.write_all(text.as_bytes())
         .and_then(|_| out.flush())
         .map_err(|e| Error::io("writing the backup list to stdout", e))
+}
+
+/// `--verify` results of `--detail` rows, on stderr as log lines: stdout
+/// stays byte for byte WAL-G's table or JSON (no column or key added), so
+/// that every script parsing WAL-G's output keeps working.
+fn corrupt_pages_note(rows: &[Row]) {
+    for r in rows {
+        match r.meta.as_ref().and_then(|m| m.corrupt_pages) {
+            Some(0) => log::info!(
+                "Backup {}: page checksums verified at backup time, no corrupt page",
+                r.entry.name
+            ),
+            Some(n) => log::warn!(
+                "Backup {}: {n} corrupt page(s) found by --verify at backup time \
+                 (block numbers under CorruptBlocks in its files_metadata.json)",
+                r.entry.name
+            ),
+            None => {}
+        }
+    }
 }
 
 /// One line of the listing: the backup, and its metadata with `--detail`.
@@ -463,6 +484,7 @@ mod tests {
                 uncompressed_size: 100,
                 compressed_size: 50,
                 user_data: Some(json!({"b": "<x>", "a": [1]})),
+                corrupt_pages: None,
             }),
         }
     }

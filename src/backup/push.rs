@@ -26,7 +26,7 @@ use super::tablespaces;
 use super::tars::{self, Builder, Member, Pool, What};
 use super::throttle::RateLimit;
 use super::walk::{self, Kind};
-use super::{files_metadata, knobs, layout, stop};
+use super::{files_metadata, knobs, layout, pagecheck, stop};
 use crate::codec::FinishWrite;
 use crate::commands::{codecs, open_storage};
 use crate::config::{ConfigError, Settings};
@@ -36,7 +36,7 @@ use crate::progress::Progress;
 use crate::storage::upload::ObjectWriter;
 
 const USAGE: &str =
-    "walden backup-push [PGDATA] [--permanent] [--full] [--add-user-data JSON] [--without-files-metadata]";
+    "walden backup-push [PGDATA] [--permanent] [--full] [--add-user-data JSON] [--without-files-metadata] [--verify] [--store-all-corrupt]";
 
 struct Options {
     pgdata: PathBuf,
@@ -56,6 +56,10 @@ struct Options {
     database_names: bool,
     alive_every: Option<Duration>,
     stop_timeout: Option<Duration>,
+    /// `--verify` / `WALG_VERIFY_PAGE_CHECKSUMS` (pagecheck.rs).
+    verify: bool,
+    /// `--store-all-corrupt` / `WALG_STORE_ALL_CORRUPT_BLOCKS`.
+    store_all_corrupt: bool,
 }
 
 /// WAL-G's default `WALG_ALIVE_CHECK_INTERVAL` (PostgreSQL).
@@ -71,12 +75,16 @@ fn options(settings: &Settings, args: Vec<OsString>) -> Result<Options> {
     let mut permanent = false;
     let mut without_files_metadata = settings.bool("WALG_WITHOUT_FILES_METADATA")?;
     let mut user_data_arg: Option<String> = None;
+    let mut verify = settings.bool("WALG_VERIFY_PAGE_CHECKSUMS")?;
+    let mut store_all_corrupt = settings.bool("WALG_STORE_ALL_CORRUPT_BLOCKS")?;
     while let Some(arg) = parser.next()? {
         match arg {
             Short('p') | Long("permanent") => permanent = true,
             // Every backup walden takes is full for now.
             Short('f') | Long("full") => {}
             Long("without-files-metadata") => without_files_metadata = true,
+            Short('v') | Long("verify") => verify = true,
+            Short('s') | Long("store-all-corrupt") => store_all_corrupt = true,
             Long("add-user-data") => {
                 user_data_arg = Some(parser.value()?.string()?);
             }
@@ -154,6 +162,8 @@ fn options(settings: &Settings, args: Vec<OsString>) -> Result<Options> {
             && !settings.bool("WALG_DISABLE_PARTIAL_RESTORE")?,
         alive_every: knobs::duration(settings, "WALG_ALIVE_CHECK_INTERVAL", Some(ALIVE_DEFAULT))?,
         stop_timeout: knobs::duration(settings, "WALG_STOP_BACKUP_TIMEOUT", None)?,
+        verify,
+        store_all_corrupt,
     })
 }
 
@@ -238,7 +248,7 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     let mut codecs = codecs;
     // One zstd stream per builder: the cores are shared among them.
     codecs.zstd_workers = (codecs.zstd_workers / opts.builders as u32).max(1);
-    let shared = Arc::new(tars::Shared::new(
+    let mut shared = tars::Shared::new(
         storage.clone(),
         codecs,
         &name,
@@ -246,7 +256,11 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
         opts.disk_limit.map(RateLimit::new),
         opts.network_limit.map(RateLimit::new),
         opts.files_metadata,
-    ));
+    );
+    if opts.verify {
+        shared.verify = pagecheck::rules_for(&mut pg, start_lsn, opts.store_all_corrupt)?;
+    }
+    let shared = Arc::new(shared);
     let alive = match opts.alive_every {
         Some(every) => Held::Checked(AliveCheck::start(pg, every, shared.clone())?),
         None => Held::Idle(pg),
@@ -292,6 +306,7 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
             })
             .ok()
         });
+    let corrupt_pages = shared.verify.map(|_| pagecheck::summary(&shared.verified));
 
     // pg_control after every data tar, still inside the backup.
     let control_path = pgdata.join("global/pg_control");
@@ -370,6 +385,7 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
         data_dir: server.data_dir.display().to_string(),
         is_permanent: opts.permanent,
         files_metadata_disabled: !opts.files_metadata,
+        corrupt_pages,
     };
     if let Some(why) = timeline_change {
         return Err(standby::unfinalised(

@@ -7,6 +7,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
+/// metadata.json key of the corrupt page count of a `--verify` backup:
+/// not one of WAL-G's (whose decoder skips unknown keys), so that WAL-G
+/// still reads the file and walden's `backup-list --detail` can report it
+/// without reading files_metadata.json.
+pub const CORRUPT_PAGES_KEY: &str = "walden_corrupt_pages";
+
 pub const DATE_FMT: &str = "%Y-%m-%dT%H:%M:%S.%fZ";
 
 /// What one finished full backup records.
@@ -29,6 +35,9 @@ pub struct BackupInfo {
     pub is_permanent: bool,
     /// No `files_metadata.json` was written (`--without-files-metadata`).
     pub files_metadata_disabled: bool,
+    /// Corrupt pages `--verify` found (`None`: not verified). Kept in
+    /// metadata.json under a walden key that WAL-G's reader ignores.
+    pub corrupt_pages: Option<u64>,
 }
 
 /// Go's `encoding/json` output for a string: serde_json's escaping plus
@@ -142,6 +151,9 @@ pub fn metadata_json(b: &BackupInfo) -> String {
     if let Some(u) = &b.user_data {
         out.push_str(&format!(",\"user_data\":{}", go_escape(u.to_string())));
     }
+    if let Some(n) = b.corrupt_pages {
+        out.push_str(&format!(",\"{CORRUPT_PAGES_KEY}\":{n}"));
+    }
     out.push('}');
     out
 }
@@ -173,6 +185,7 @@ mod tests {
             data_dir: "/var/lib/postgresql/16/main".into(),
             is_permanent: false,
             files_metadata_disabled: true,
+            corrupt_pages: None,
         }
     }
 

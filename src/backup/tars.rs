@@ -24,6 +24,7 @@ use std::thread::JoinHandle;
 
 use super::files_metadata::Spill;
 use super::layout;
+use super::pagecheck::{self, PageCheck};
 use super::throttle::{LimitedRead, LimitedWrite, RateLimit};
 use crate::codec::{Codecs, FinishWrite};
 use crate::error::{Error, Result};
@@ -84,6 +85,9 @@ pub struct Shared {
     /// Bytes handed to storage (WAL-G's `CompressedSize`).
     pub stored: Arc<AtomicU64>,
     pub parts: AtomicU32,
+    /// `--verify`: page checksums checked on the bytes as they are read.
+    pub verify: Option<pagecheck::Rules>,
+    pub verified: pagecheck::Totals,
 }
 
 impl Shared {
@@ -109,6 +113,8 @@ impl Shared {
             content_total: AtomicU64::new(0),
             stored: Arc::new(AtomicU64::new(0)),
             parts: AtomicU32::new(0),
+            verify: None,
+            verified: pagecheck::Totals::default(),
         }
     }
 
@@ -246,11 +252,24 @@ impl Builder {
     }
 
     fn record(&mut self, member: &[u8], meta: Option<&Metadata>) -> Result<()> {
+        self.record_extra(member, meta, None)
+    }
+
+    /// `extra`: more keys for the member's `Files` entry (`CorruptBlocks`).
+    fn record_extra(
+        &mut self,
+        member: &[u8],
+        meta: Option<&Metadata>,
+        extra: Option<&str>,
+    ) -> Result<()> {
         let (Some(spill), Some(open)) = (self.spill.as_mut(), self.current.as_ref()) else {
             return Ok(());
         };
         let mtime = meta.and_then(|m| m.modified().ok());
-        spill.record(&open.base, member, mtime)
+        match extra {
+            None => spill.record(&open.base, member, mtime),
+            Some(_) => spill.record_extra(&open.base, member, mtime, extra),
+        }
     }
 
     fn add_header(&mut self, m: &Member, kind: tar::EntryType, link: Option<&[u8]>) -> Result<()> {
@@ -289,6 +308,7 @@ impl Builder {
             },
             limit: self.shared.disk_limit.clone(),
         };
+        let mut reader = PageCheck::for_member(reader, &m.name, size, self.shared.verify, &m.path);
         if self.buf.is_empty() && size > 0 {
             self.buf = vec![0; COPY_BUFFER];
         }
@@ -299,7 +319,7 @@ impl Builder {
                 open,
                 &mut header,
                 &m.name,
-                reader,
+                &mut reader,
                 size,
                 &mut buf,
                 &shared.abort,
@@ -313,7 +333,8 @@ impl Builder {
             open.content > threshold
         });
         self.shared.content_total.fetch_add(size, Ordering::Relaxed);
-        self.record(&m.name, Some(&m.meta))?;
+        let corrupt = reader.done(&m.path, &self.shared.verified);
+        self.record_extra(&m.name, Some(&m.meta), corrupt.as_deref())?;
         if full {
             self.close()?;
         }

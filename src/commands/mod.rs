@@ -33,6 +33,7 @@ pub fn run(command: &str, settings: Settings, args: Vec<OsString>) -> Result<()>
         "backup-list" => crate::backup::list::run(&settings, args),
         "backup-mark" => crate::backup::mark::run(&settings, args),
         "backup-show" => crate::backup::show::run(&settings, args),
+        "backup-verify" => crate::backup::verify::run(&settings, args),
         "delete" => crate::backup::delete::run(&settings, args),
         "st" => st::run(&settings, args),
         "wal-push" => wal_push::run(&settings, args),

@@ -8,6 +8,7 @@
 //! and writer in a module of its own (see `client.rs`).
 
 mod auth;
+pub mod checksum;
 mod client;
 mod error;
 mod message;
