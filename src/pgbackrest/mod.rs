@@ -3,10 +3,13 @@
 //! at the repository root (`repo1-path`, or the bucket prefix), as WAL-G
 //! reads it.
 
+mod cipher;
+mod codec;
 mod fetch;
 mod ini;
 mod list;
 mod repo;
+mod tablespaces;
 mod wal;
 
 #[cfg(test)]
@@ -50,7 +53,7 @@ impl From<PgbrError> for Error {
 }
 
 const USAGE: &str = "walden pgbackrest backup-list [--pretty] [--json] [--detail]\n\
-walden pgbackrest backup-fetch DEST LABEL|LATEST\n\
+walden pgbackrest backup-fetch DEST LABEL|LATEST [--tablespace-map NAME=DIR] [--tablespace-map-all DIR] [--recovery-target...]\n\
 walden pgbackrest wal-fetch NAME DEST";
 
 pub fn run(settings: &Settings, mut args: Vec<OsString>) -> Result<()> {
@@ -86,4 +89,17 @@ pub fn stanza(settings: &Settings) -> Result<String> {
         )));
     }
     Ok(name)
+}
+
+/// The repository at walden's storage, with the stanza and the
+/// repository passphrase (`PGBACKREST_REPO1_CIPHER_PASS`, pgBackRest's own
+/// name for it) of the settings.
+pub fn open_repo(settings: &Settings) -> Result<repo::Repo> {
+    let pass = settings
+        .get_explicit("PGBACKREST_REPO1_CIPHER_PASS")
+        .filter(|p| !p.is_empty());
+    Ok(
+        repo::Repo::new(crate::commands::open_storage(settings)?, stanza(settings)?)
+            .with_cipher_pass(pass),
+    )
 }
