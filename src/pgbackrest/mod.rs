@@ -11,6 +11,7 @@ mod list;
 mod repo;
 mod tablespaces;
 mod wal;
+mod walshow;
 
 #[cfg(test)]
 mod tests;
@@ -54,7 +55,8 @@ impl From<PgbrError> for Error {
 
 const USAGE: &str = "walden pgbackrest backup-list [--pretty] [--json] [--detail]\n\
 walden pgbackrest backup-fetch DEST LABEL|LATEST [--tablespace-map NAME=DIR] [--tablespace-map-all DIR] [--recovery-target...]\n\
-walden pgbackrest wal-fetch NAME DEST";
+walden pgbackrest wal-fetch NAME DEST\n\
+walden pgbackrest wal-show [--json]";
 
 pub fn run(settings: &Settings, mut args: Vec<OsString>) -> Result<()> {
     if args.is_empty() {
@@ -67,9 +69,7 @@ pub fn run(settings: &Settings, mut args: Vec<OsString>) -> Result<()> {
         "backup-list" => list::run(settings, args),
         "wal-fetch" => wal::run_fetch(settings, args),
         "backup-fetch" => fetch::run(settings, args),
-        "wal-show" => Err(Error::Other(format!(
-            "'pgbackrest {sub}' is not built yet in walden; built: backup-list, backup-fetch, wal-fetch"
-        ))),
+        "wal-show" => walshow::run(settings, args),
         other => Err(Error::Usage(format!(
             "unknown subcommand '{other}'; usage:\n{USAGE}"
         ))),

@@ -541,3 +541,64 @@ fn backup_fetch_damage_is_named_and_leaves_no_startable_cluster() {
         .to_string();
     assert!(err.contains("not empty"), "{err}");
 }
+
+/// wal-show: one timeline 1 in archive 15-1 from the min to the max
+/// segment of EXPECTED.json, no holes; then a segment removed shows as a
+/// gap of one.
+#[test]
+fn wal_show_ranges_and_gaps() {
+    for set in ["lz4-plain", "zst-aes"] {
+        let x = extract(set);
+        let r = repo(&x);
+        let want = expected(set);
+        let text = super::walshow::report(&r, true).unwrap();
+        let got: Value = serde_json::from_str(&text).unwrap();
+        let t = &got[0];
+        assert_eq!(got.as_array().unwrap().len(), 1, "{text}");
+        assert_eq!(t["archive_id"], want["wal_archive"]["id"], "{set}");
+        assert_eq!(t["timeline"], 1);
+        assert_eq!(t["start_segment"], want["wal_archive"]["min"], "{set}");
+        assert_eq!(t["end_segment"], want["wal_archive"]["max"], "{set}");
+        assert_eq!(t["missing_segments"], 0, "{set}");
+        let table = super::walshow::report(&r, false).unwrap();
+        assert!(table.contains("| 15-1 "), "{table}");
+    }
+    let x = extract("lz4-plain");
+    let dir = x.root.join("repo/archive/demo/15-1/0000000100000000");
+    for e in fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("000000010000000000000005-")
+        {
+            fs::remove_file(p).unwrap();
+        }
+    }
+    let got: Value =
+        serde_json::from_str(&super::walshow::report(&repo(&x), true).unwrap()).unwrap();
+    assert_eq!(got[0]["missing_segments"], 1);
+    assert_eq!(got[0]["gaps"][0]["start"], "000000010000000000000005");
+    assert!(super::walshow::report(&repo(&x), false)
+        .unwrap()
+        .contains("000000010000000000000005-000000010000000000000005"));
+}
+
+/// A flipped byte inside a bundle member: the restore fails naming the
+/// file and the bundle, and DEST has no pg_control.
+#[test]
+fn backup_fetch_flipped_byte_in_bundle_is_named() {
+    let x = extract("zst-aes");
+    let bundle = x.root.join("repo/backup/demo/20261124-053905F/bundle/1");
+    let mut bytes = fs::read(&bundle).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x10;
+    fs::write(&bundle, bytes).unwrap();
+    let dest = x.root.join("d");
+    let err = super::fetch::restore(&repo(&x), &fetch_opts(&dest, "20261124-053905F"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("pg_data/"), "{err}");
+    assert!(!dest.join("global/pg_control").exists());
+}
