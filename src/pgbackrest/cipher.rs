@@ -136,9 +136,15 @@ impl<R: Read> Decrypt<R> {
         } else {
             full
         };
-        let mut chunk: Vec<u8> = self.pending.drain(..ready).collect();
-        self.decrypt_in_place(&mut chunk);
-        self.plain = chunk;
+        // Swap the buffers instead of allocating: `plain` takes the
+        // decrypted blocks, `pending` keeps the few bytes after them.
+        std::mem::swap(&mut self.plain, &mut self.pending);
+        self.pending.clear();
+        self.pending.extend_from_slice(&self.plain[ready..]);
+        self.plain.truncate(ready);
+        let mut plain = std::mem::take(&mut self.plain);
+        self.decrypt_in_place(&mut plain);
+        self.plain = plain;
         Ok(())
     }
 }

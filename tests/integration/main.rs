@@ -15,6 +15,7 @@ mod harness_selftest;
 mod hostile_s3;
 mod interop;
 mod pg_client;
+mod pgbackrest;
 mod pitr;
 mod st;
 mod standby;
