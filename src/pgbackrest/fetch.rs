@@ -41,6 +41,7 @@ pub struct Options {
 }
 
 impl Options {
+    #[cfg(test)]
     pub fn new(dest: &Path, label: &str, concurrency: usize) -> Options {
         Options {
             dest: dest.to_path_buf(),
@@ -232,6 +233,8 @@ fn choose<'a>(
         .ok_or_else(|| Error::Other("the pgBackRest repository has no backups".into()))
 }
 
+/// [`restore_with`] with recovery settings naming plain `walden`.
+#[cfg(test)]
 pub fn restore(repo: &Repo, opts: &Options) -> Result<String> {
     restore_with(repo, opts, &|label: &str| {
         opts.recovery
