@@ -7,7 +7,7 @@
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
-packages=(postgresql-15 postgresql-client-15 lz4 zstd xz-utils python3-venv
+packages=(postgresql-15 postgresql-client-15 lz4 zstd xz-utils bzip2 python3-venv
           python3-pip ca-certificates curl time pgbackrest build-essential openssl)
 # npm: any install will do (this machine's comes from nodejs), so it is only
 # asked for when the command is missing.

@@ -58,6 +58,7 @@ pub fn is_secret(name: &str) -> bool {
         "GOOGLE_APPLICATION_CREDENTIALS",
         "GPG_KEY_ID",
         "REDIS_PASSWORD",
+        "PGBACKREST_REPO1_CIPHER_PASS",
     ];
     const WORDS: &[&str] = &["PASSWORD", "SECRET", "TOKEN", "PASSPHRASE", "CREDENTIAL"];
     let upper = name.to_uppercase();
@@ -231,6 +232,7 @@ pub const KNOWN: &[&str] = &[
     "WALG_FAILOVER_STORAGES_CACHE_LIFETIME",
     "PG_READY_RENAME",
     "PGBACKREST_STANZA",
+    "PGBACKREST_REPO1_CIPHER_PASS",
     // encryption
     "WALG_LIBSODIUM_KEY",
     "WALG_LIBSODIUM_KEY_PATH",

@@ -1,17 +1,17 @@
 //! `walden pgbackrest backup-fetch DEST LABEL|LATEST`: restore a full, diff
-//! or incr backup of an unencrypted, unbundled pgBackRest repository
-//! (spec §7.1, §7.3, §12). Each file is read from the backup that stores
-//! it (the manifest's `reference`), decoded, and checked against its size
-//! and SHA-1 while it is written. The manifest's file list is streamed to
-//! the workers, never held. `global/pg_control` is written last: until
-//! then DEST cannot start as a cluster, so a failed restore leaves nothing
-//! PostgreSQL would run.
+//! or incr backup of a pgBackRest repository (spec §7, §12), bundled or
+//! not, encrypted or not, gz/lz4/zst/bz2/none, with its tablespaces. Each
+//! file is read from the backup that stores it (the manifest's
+//! `reference`), decoded, and checked against its size and SHA-1 while it
+//! is written. The manifest's file list is streamed to the workers, never
+//! held. `global/pg_control` is written last: until then DEST cannot start
+//! as a cluster, so a failed restore leaves nothing PostgreSQL would run.
 
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
@@ -19,14 +19,16 @@ use std::time::{Duration, UNIX_EPOCH};
 use ring::digest::{Context, SHA1_FOR_LEGACY_USE_ONLY};
 use serde_json::Value;
 
-use super::repo::Repo;
+use super::codec::{self, Compress};
+use super::repo::{BackupEntry, Repo};
+use super::tablespaces::{Layout, TablespaceMap};
 use super::PgbrError;
-use crate::codec::compression::{decoder, Method};
-use crate::commands::{open_storage, positionals};
+use crate::backup::recovery::{self, Recovery, Target};
 use crate::config::Settings;
 use crate::error::{Error, Result};
 
-const USAGE: &str = "walden pgbackrest backup-fetch DEST LABEL|LATEST";
+const USAGE: &str = "walden pgbackrest backup-fetch DEST LABEL|LATEST [--tablespace-map NAME=DIR ...] [--tablespace-map-all DIR] \
+[--recovery-target-time T | --recovery-target-lsn L | --recovery-target-name N | --recovery-target immediate] [--standby]";
 const PG_CONTROL: &str = "pg_data/global/pg_control";
 
 /// Options built once at the top of the command.
@@ -34,17 +36,143 @@ pub struct Options {
     pub dest: PathBuf,
     pub label: String,
     pub concurrency: usize,
+    pub tablespaces: TablespaceMap,
+    pub recovery: Recovery,
+}
+
+impl Options {
+    #[cfg(test)]
+    pub fn new(dest: &Path, label: &str, concurrency: usize) -> Options {
+        Options {
+            dest: dest.to_path_buf(),
+            label: label.to_string(),
+            concurrency,
+            tablespaces: TablespaceMap::default(),
+            recovery: Recovery::default(),
+        }
+    }
+}
+
+fn options(settings: &Settings, args: Vec<OsString>) -> Result<Options> {
+    use lexopt::prelude::*;
+    let usage = |what: String| Error::Usage(format!("{what}; usage: {USAGE}"));
+    let mut parser = lexopt::Parser::from_args(args);
+    let mut positional: Vec<String> = Vec::new();
+    let mut targets: Vec<(String, String)> = Vec::new();
+    let mut standby = false;
+    let mut map = TablespaceMap::default();
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Long(
+                flag @ ("recovery-target-time"
+                | "recovery-target-lsn"
+                | "recovery-target-name"
+                | "recovery-target"),
+            ) => {
+                let flag = flag.to_string();
+                targets.push((flag, parser.value()?.string()?));
+            }
+            Long("standby") => standby = true,
+            Long("tablespace-map") => {
+                let v = parser.value()?.string()?;
+                let (name, dir) = v
+                    .split_once('=')
+                    .filter(|(n, d)| !n.is_empty() && !d.is_empty())
+                    .ok_or_else(|| usage(format!("--tablespace-map wants NAME=DIR, not '{v}'")))?;
+                map.each.push((name.to_string(), PathBuf::from(dir)));
+            }
+            Long("tablespace-map-all") if map.all.is_none() => {
+                map.all = Some(PathBuf::from(parser.value()?));
+            }
+            Value(v) if positional.len() < 2 => positional.push(
+                v.into_string()
+                    .map_err(|_| usage("arguments must be UTF-8".into()))?,
+            ),
+            _ => return Err(usage(arg.unexpected().to_string())),
+        }
+    }
+    if targets.len() > 1 {
+        let names: Vec<String> = targets.iter().map(|(f, _)| format!("--{f}")).collect();
+        return Err(usage(format!(
+            "give one recovery target, not {}",
+            names.join(" and ")
+        )));
+    }
+    let target = match targets.pop() {
+        Some((flag, text)) => Some(recovery::parse_target(&flag, &text)?),
+        None => None,
+    };
+    if positional.len() != 2 {
+        return Err(usage("DEST and LABEL (or LATEST) are needed".into()));
+    }
+    let label = positional.pop().unwrap_or_default();
+    let dest = positional.pop().unwrap_or_default();
+    Ok(Options {
+        dest: PathBuf::from(dest),
+        label,
+        concurrency: settings.positive("WALG_DOWNLOAD_CONCURRENCY")?.min(64),
+        tablespaces: map,
+        recovery: Recovery { target, standby },
+    })
 }
 
 pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
-    let values = positionals(args, USAGE, 2)?;
-    let opts = Options {
-        dest: PathBuf::from(&values[0]),
-        label: values[1].clone(),
-        concurrency: settings.positive("WALG_DOWNLOAD_CONCURRENCY")?.min(64),
+    let opts = options(settings, args)?;
+    let repo = super::open_repo(settings)?;
+    let lines = if opts.recovery.requested() {
+        let exe = std::env::current_exe()
+            .map_err(|e| Error::io("finding the walden binary for restore_command", e))?;
+        let config = recovery::config_file(settings)?;
+        Some((exe, config))
+    } else {
+        None
     };
-    let repo = Repo::new(open_storage(settings)?, super::stanza(settings)?);
-    restore(&repo, &opts)
+    let label = restore_with(&repo, &opts, &|label: &str| {
+        lines.as_ref().map(|(exe, config)| {
+            pgbackrest_conf_lines(&opts.recovery, exe, config.as_deref(), label)
+        })
+    })?;
+    if opts.recovery.requested() {
+        recovery::report(settings, &opts.recovery, &opts.dest);
+        log::info!(
+            "restore_command runs 'walden pgbackrest wal-fetch': PGBACKREST_STANZA{} must be set where PostgreSQL runs it",
+            if repo.cipher_pass.is_some() {
+                " and PGBACKREST_REPO1_CIPHER_PASS"
+            } else {
+                ""
+            }
+        );
+    }
+    log::info!(
+        "pgBackRest backup {label} restored into {}",
+        opts.dest.display()
+    );
+    Ok(())
+}
+
+/// walden's own recovery settings, with `restore_command` calling
+/// `walden pgbackrest wal-fetch` instead of `walden wal-fetch`.
+pub fn pgbackrest_conf_lines(
+    recovery: &Recovery,
+    exe: &Path,
+    config: Option<&Path>,
+    label: &str,
+) -> String {
+    let lines = recovery::conf_lines(recovery, exe, config, label);
+    lines
+        .lines()
+        .map(|l| {
+            if l.starts_with("restore_command = ") {
+                l.replacen(" wal-fetch %f %p'", " pgbackrest wal-fetch %f %p'", 1)
+            } else if l.starts_with("# Added by walden backup-fetch") {
+                l.replacen("walden backup-fetch", "walden pgbackrest backup-fetch", 1)
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
 }
 
 /// One `[target:file]` entry, as much of it as a restore needs.
@@ -54,6 +182,8 @@ struct FileJob {
     checksum: Option<String>,
     repo_size: Option<u64>,
     reference: Option<String>,
+    /// Bundle id and offset (spec §7.2).
+    bundle: Option<(u64, u64)>,
     mode: Option<u32>,
     timestamp: Option<i64>,
 }
@@ -66,51 +196,63 @@ fn unsupported(label: &str, problem: impl Into<String>) -> Error {
     .into()
 }
 
-fn mode_of(v: Option<&Value>) -> Option<u32> {
+pub fn mode_of(v: Option<&Value>) -> Option<u32> {
     v.and_then(Value::as_str)
         .and_then(|m| u32::from_str_radix(m, 8).ok())
 }
 
-/// `pg_data/<rest>` as a path under DEST; anything that could leave DEST
-/// is refused.
-fn local_path(dest: &Path, name: &str) -> Result<PathBuf> {
-    let rest = if name == "pg_data" {
-        ""
-    } else {
-        name.strip_prefix("pg_data/").ok_or_else(|| {
+/// The label LABEL|LATEST names; with a time target and LATEST, the newest
+/// backup that ended before the target (spec §12.1).
+fn choose<'a>(
+    backups: &'a [BackupEntry],
+    wanted: &str,
+    target: Option<&Target>,
+) -> Result<&'a BackupEntry> {
+    if wanted != "LATEST" {
+        return backups.iter().find(|b| b.label == wanted).ok_or_else(|| {
             Error::Other(format!(
-                "manifest entry '{name}' is outside pg_data (tablespaces are not restored yet)"
+                "no backup {wanted} in backup.info (`walden pgbackrest backup-list` lists them)"
             ))
-        })?
-    };
-    let rel = Path::new(rest);
-    if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
-        return Err(Error::Other(format!(
-            "manifest entry '{name}' would be written outside DEST; refused"
-        )));
+        });
     }
-    Ok(dest.join(rel))
+    if let Some(Target::Time(t)) = target {
+        let secs = t
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        return backups
+            .iter()
+            .rev()
+            .find(|b| b.timestamp_stop < secs)
+            .ok_or_else(|| {
+                Error::Other("no pgBackRest backup ended before the recovery target time".into())
+            });
+    }
+    backups
+        .last()
+        .ok_or_else(|| Error::Other("the pgBackRest repository has no backups".into()))
 }
 
-pub fn restore(repo: &Repo, opts: &Options) -> Result<()> {
+/// [`restore_with`] with recovery settings naming plain `walden`.
+#[cfg(test)]
+pub fn restore(repo: &Repo, opts: &Options) -> Result<String> {
+    restore_with(repo, opts, &|label: &str| {
+        opts.recovery
+            .requested()
+            .then(|| pgbackrest_conf_lines(&opts.recovery, Path::new("walden"), None, label))
+    })
+}
+
+/// Restore, then write the recovery settings `lines(label)` gives before
+/// pg_control. Returns the label restored.
+fn restore_with(
+    repo: &Repo,
+    opts: &Options,
+    lines: &dyn Fn(&str) -> Option<String>,
+) -> Result<String> {
     let info = repo.backup_info()?;
-    let label = if opts.label == "LATEST" {
-        info.backups
-            .last()
-            .map(|b| b.label.clone())
-            .ok_or_else(|| Error::Other("the pgBackRest repository has no backups".into()))?
-    } else {
-        opts.label.clone()
-    };
-    let entry = info
-        .backups
-        .iter()
-        .find(|b| b.label == label)
-        .ok_or_else(|| {
-            Error::Other(format!(
-                "no backup {label} in backup.info (`walden pgbackrest backup-list` lists them)"
-            ))
-        })?;
+    let entry = choose(&info.backups, &opts.label, opts.recovery.target.as_ref())?;
+    let label = entry.label.clone();
     if entry.block_incremental {
         return Err(unsupported(
             &label,
@@ -118,7 +260,9 @@ pub fn restore(repo: &Repo, opts: &Options) -> Result<()> {
         ));
     }
     let manifest_key = repo.backup_key(&format!("{label}/backup.manifest"));
-    let (man, used_key) = repo.load_from(&manifest_key, &|s| s != "target:file")?;
+    let (man, used_key) = repo.load_from(&manifest_key, info.cipher_pass.as_deref(), &|s| {
+        s != "target:file"
+    })?;
     let flag = |k: &str| man.get("backup", k).and_then(Value::as_bool) == Some(true);
     if flag("backup-block-incr") {
         return Err(unsupported(
@@ -126,71 +270,78 @@ pub fn restore(repo: &Repo, opts: &Options) -> Result<()> {
             "is a block incremental backup (pgBackRest 2.45 beta format), which walden does not read",
         ));
     }
-    if flag("backup-bundle") {
+    if flag("backup-bundle-raw") {
         return Err(unsupported(
             &label,
-            "was made with repo-bundle=y; restoring bundled backups is not built yet",
+            "stores bundled files in pgBackRest's raw format (a set made with block incremental), which walden does not read",
         ));
     }
-    let method = match man
+    let compress = match man
         .get("backup:option", "option-compress-type")
         .and_then(Value::as_str)
     {
-        Some("lz4") => Method::Lz4,
-        Some("zst") => Method::Zstd,
-        Some("none") => Method::None,
-        Some(other) => {
-            return Err(unsupported(
+        Some(t) => Compress::from_type(t).ok_or_else(|| {
+            unsupported(
                 &label,
-                format!(
-                    "is compressed with {other}; walden restores lz4, zst and uncompressed backups"
-                ),
-            ))
-        }
-        None => {
-            return Err(unsupported(
-                &label,
-                "has no option-compress-type (a manifest older than pgBackRest 2.42)",
-            ))
-        }
+                format!("is compressed with '{t}', which walden does not read"),
+            )
+        })?,
+        // Manifests before 2.42: a boolean, which meant gz (§6.3).
+        None => match man
+            .get("backup:option", "option-compress")
+            .and_then(Value::as_bool)
+        {
+            Some(true) => Compress::Gz,
+            _ => Compress::None,
+        },
     };
-    if let Some(targets) = man.section("backup:target") {
-        if let Some(t) = targets.keys().find(|k| *k != "pg_data") {
-            return Err(unsupported(
-                &label,
-                format!("has a tablespace or link ({t}); restoring those is not built yet"),
-            ));
+    let db_version = man
+        .get("backup:db", "db-version")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let recovery_lines = lines(&label);
+    if recovery_lines.is_some() && db_version.parse::<f64>().is_ok_and(|v| v < 12.0) {
+        return Err(Error::Usage(format!(
+            "backup {label} is of PostgreSQL {db_version}, which reads its recovery settings from recovery.conf; \
+             walden writes them for PostgreSQL 12 and later: restore without a recovery target or --standby"
+        )));
+    }
+    let data_pass = man
+        .get("cipher", "cipher-pass")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    if info.cipher_pass.is_some() && data_pass.is_none() {
+        return Err(PgbrError::Format {
+            what: used_key.clone(),
+            problem: "the repository is encrypted but the manifest has no [cipher] cipher-pass"
+                .into(),
         }
+        .into());
     }
-    if man.section("target:link").is_some_and(|l| !l.is_empty()) {
-        return Err(unsupported(
-            &label,
-            "has symlinks; restoring those is not built yet",
-        ));
-    }
-    let ext = match method {
-        Method::None => String::new(),
-        m => format!(".{}", m.extension()),
-    };
+    let layout = Layout::new(&man, &opts.dest, &opts.tablespaces)?;
     prepare_dest(&opts.dest)?;
+    layout.prepare()?;
     let file_mode = mode_of(man.get("target:file:default", "mode")).unwrap_or(0o600);
     let dir_mode = mode_of(man.get("target:path:default", "mode")).unwrap_or(0o700);
 
     // Directories first, owner-writable until the end.
     let mut dirs: Vec<(PathBuf, u32)> = Vec::new();
     for (name, v) in man.section("target:path").into_iter().flatten() {
-        let path = local_path(&opts.dest, name)?;
+        let Some(path) = layout.path(name)? else {
+            continue;
+        };
         fs::create_dir_all(&path)
             .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
         dirs.push((path, mode_of(v.get("mode")).unwrap_or(dir_mode)));
     }
+    layout.links()?;
 
     let ctx = Arc::new(Ctx {
         repo_storage: repo,
         label: label.clone(),
-        dest: opts.dest.clone(),
-        ext,
-        method,
+        layout: &layout,
+        compress,
+        pass: data_pass,
         file_mode,
     });
     let (tx, rx) = sync_channel::<FileJob>(opts.concurrency * 4);
@@ -209,6 +360,7 @@ pub fn restore(repo: &Repo, opts: &Options) -> Result<()> {
         drop(rx);
         let fed = repo.stream(
             &used_key,
+            info.cipher_pass.as_deref(),
             &|s| s != "target:file",
             &mut |section, name, v| {
                 if section != "target:file" {
@@ -249,6 +401,9 @@ pub fn restore(repo: &Repo, opts: &Options) -> Result<()> {
             "the manifest of {label} lists no {PG_CONTROL}: not a data directory backup"
         ))
     })?;
+    if let Some(lines) = &recovery_lines {
+        recovery::write(&opts.dest, &opts.recovery, lines)?;
+    }
     // Everything else durable before pg_control makes DEST a cluster.
     // SAFETY: sync() takes no arguments and cannot fail.
     unsafe { libc::sync() };
@@ -257,11 +412,7 @@ pub fn restore(repo: &Repo, opts: &Options) -> Result<()> {
         fs::set_permissions(path, fs::Permissions::from_mode(*mode))
             .map_err(|e| Error::io(format!("setting the mode of {}", path.display()), e))?;
     }
-    log::info!(
-        "pgBackRest backup {label} restored into {}",
-        opts.dest.display()
-    );
-    Ok(())
+    Ok(label)
 }
 
 /// DEST must be absent or empty: a restore over a cluster would mix two.
@@ -287,9 +438,6 @@ fn job(name: &str, v: &Value) -> Result<FileJob> {
         what: format!("manifest entry {name}"),
         problem: p.to_string(),
     };
-    if v.get("bni").is_some() {
-        return Err(bad("is in a bundle; restoring bundled files is not built yet").into());
-    }
     if v.get("bi").is_some() || v.get("bim").is_some() {
         return Err(bad("is block incremental, which walden does not read").into());
     }
@@ -308,6 +456,19 @@ fn job(name: &str, v: &Value) -> Result<FileJob> {
             .get("reference")
             .and_then(Value::as_str)
             .map(str::to_string),
+        bundle: match v.get("bni") {
+            None => None,
+            Some(id) => Some((
+                id.as_u64()
+                    .ok_or_else(|| bad("has a bni that is not a number"))?,
+                match v.get("bno") {
+                    None => 0,
+                    Some(o) => o
+                        .as_u64()
+                        .ok_or_else(|| bad("has a bno that is not a number"))?,
+                },
+            )),
+        },
         mode: mode_of(v.get("mode")),
         timestamp: v.get("timestamp").and_then(Value::as_i64),
     })
@@ -316,9 +477,10 @@ fn job(name: &str, v: &Value) -> Result<FileJob> {
 struct Ctx<'a> {
     repo_storage: &'a Repo,
     label: String,
-    dest: PathBuf,
-    ext: String,
-    method: Method,
+    layout: &'a Layout,
+    compress: Compress,
+    /// The manifest's cipher-pass: opens every data file of the set.
+    pass: Option<String>,
     file_mode: u32,
 }
 
@@ -341,7 +503,10 @@ fn work(ctx: &Ctx, rx: &Mutex<Receiver<FileJob>>) -> Result<()> {
 const EMPTY_SHA1: &str = "da39a3ee5e6b4b0d3255bfef95601890afd80709";
 
 fn restore_file(ctx: &Ctx, job: &FileJob) -> Result<()> {
-    let path = local_path(&ctx.dest, &job.name)?;
+    let path = ctx
+        .layout
+        .path(&job.name)?
+        .ok_or_else(|| Error::Other(format!("manifest entry {} is not a file path", job.name)))?;
     let mut out = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -349,8 +514,8 @@ fn restore_file(ctx: &Ctx, job: &FileJob) -> Result<()> {
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&path)
         .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
-    let (written, sha1) = if job.size == 0 && job.reference.is_none() && job.repo_size.is_none() {
-        // Nothing stored (spec §7.2): an empty file.
+    let (written, sha1) = if job.size == 0 {
+        // Nothing to read (bundled empty files are not even stored, §7.2).
         (0, EMPTY_SHA1.to_string())
     } else {
         copy_from_repo(ctx, job, &mut out, &path)?
@@ -383,10 +548,22 @@ fn copy_from_repo(ctx: &Ctx, job: &FileJob, out: &mut File, path: &Path) -> Resu
             job.name
         )));
     }
-    let key = ctx
-        .repo_storage
-        .backup_key(&format!("{owner}/{}{}", job.name, ctx.ext));
-    let source = ctx.repo_storage.storage.get(&key, 0).map_err(|e| {
+    let (key, offset) = match job.bundle {
+        Some((id, offset)) => (
+            ctx.repo_storage.backup_key(&format!("{owner}/bundle/{id}")),
+            offset,
+        ),
+        None => (
+            ctx.repo_storage
+                .backup_key(&format!("{owner}/{}{}", job.name, ctx.compress.suffix())),
+            0,
+        ),
+    };
+    let what = match job.bundle {
+        Some(_) => format!("{key} (member {} at offset {offset})", job.name),
+        None => key.clone(),
+    };
+    let source = ctx.repo_storage.storage.get(&key, offset).map_err(|e| {
         if e.is_not_found() {
             Error::Other(format!(
                 "{key} is missing: file {} of backup {} is stored by {owner}, which is not in the repository (expired or damaged?)",
@@ -396,7 +573,19 @@ fn copy_from_repo(ctx: &Ctx, job: &FileJob, out: &mut File, path: &Path) -> Resu
             e.into()
         }
     })?;
-    let mut reader = decoder(ctx.method, source);
+    let source: Box<dyn Read + Send> = match job.bundle {
+        // A member is the bytes [bno, bno + repo-size) of its bundle.
+        Some(_) => Box::new(source.take(job.repo_size.unwrap_or(job.size))),
+        None => source,
+    };
+    let read_err = |e: std::io::Error| -> Error {
+        PgbrError::Read {
+            what: what.clone(),
+            problem: format!("{e} (truncated or damaged file?)"),
+        }
+        .into()
+    };
+    let mut reader = codec::open(source, ctx.pass.as_deref(), ctx.compress).map_err(read_err)?;
     let mut hash = Context::new(&SHA1_FOR_LEGACY_USE_ONLY);
     let mut buf = vec![0u8; 1 << 16];
     let mut total = 0u64;
@@ -405,13 +594,7 @@ fn copy_from_repo(ctx: &Ctx, job: &FileJob, out: &mut File, path: &Path) -> Resu
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                return Err(PgbrError::Read {
-                    what: key.clone(),
-                    problem: format!("{e} (truncated or damaged file?)"),
-                }
-                .into())
-            }
+            Err(e) => return Err(read_err(e)),
         };
         total += n as u64;
         if total > job.size {

@@ -35,6 +35,7 @@ impl Ini {
 /// Parse `input` (named `what` in errors), keeping the sections for which
 /// `keep` is true, and verify `[backrest] backrest-checksum` and
 /// `backrest-format`.
+#[cfg(test)]
 pub fn parse(input: &mut dyn BufRead, what: &str, keep: &dyn Fn(&str) -> bool) -> Result<Ini> {
     parse_with(input, what, keep, &mut |_, _, _| Ok(()))
 }

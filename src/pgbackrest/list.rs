@@ -11,7 +11,6 @@ use serde_json::{json, Map, Value};
 use super::repo::{BackupEntry, ManifestSummary, Repo};
 use crate::backup::gotime::GoTime;
 use crate::backup::list::{ordered_json, table, Field};
-use crate::commands::open_storage;
 use crate::config::Settings;
 use crate::error::{Error, Result};
 
@@ -21,7 +20,7 @@ use crate::backup::list::STORAGE_NAME;
 
 pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     let opts = Options::parse(args, USAGE)?;
-    let repo = Repo::new(open_storage(settings)?, super::stanza(settings)?);
+    let repo = super::open_repo(settings)?;
     let text = listing(&repo, opts)?;
     if text.is_empty() {
         log::info!("No backups found");
@@ -44,7 +43,7 @@ pub fn listing(repo: &Repo, opts: Options) -> Result<String> {
     let mut rows = Vec::with_capacity(info.backups.len());
     for entry in info.backups {
         let manifest = if opts.detail {
-            Some(repo.manifest_summary(&entry.label)?)
+            Some(repo.manifest_summary(&entry.label, info.cipher_pass.as_deref())?)
         } else {
             None
         };

@@ -3,11 +3,15 @@
 //! at the repository root (`repo1-path`, or the bucket prefix), as WAL-G
 //! reads it.
 
+mod cipher;
+mod codec;
 mod fetch;
 mod ini;
 mod list;
 mod repo;
+mod tablespaces;
 mod wal;
+mod walshow;
 
 #[cfg(test)]
 mod tests;
@@ -50,8 +54,9 @@ impl From<PgbrError> for Error {
 }
 
 const USAGE: &str = "walden pgbackrest backup-list [--pretty] [--json] [--detail]\n\
-walden pgbackrest backup-fetch DEST LABEL|LATEST\n\
-walden pgbackrest wal-fetch NAME DEST";
+walden pgbackrest backup-fetch DEST LABEL|LATEST [--tablespace-map NAME=DIR] [--tablespace-map-all DIR] [--recovery-target...]\n\
+walden pgbackrest wal-fetch NAME DEST\n\
+walden pgbackrest wal-show [--json]";
 
 pub fn run(settings: &Settings, mut args: Vec<OsString>) -> Result<()> {
     if args.is_empty() {
@@ -64,9 +69,7 @@ pub fn run(settings: &Settings, mut args: Vec<OsString>) -> Result<()> {
         "backup-list" => list::run(settings, args),
         "wal-fetch" => wal::run_fetch(settings, args),
         "backup-fetch" => fetch::run(settings, args),
-        "wal-show" => Err(Error::Other(format!(
-            "'pgbackrest {sub}' is not built yet in walden; built: backup-list, backup-fetch, wal-fetch"
-        ))),
+        "wal-show" => walshow::run(settings, args),
         other => Err(Error::Usage(format!(
             "unknown subcommand '{other}'; usage:\n{USAGE}"
         ))),
@@ -86,4 +89,17 @@ pub fn stanza(settings: &Settings) -> Result<String> {
         )));
     }
     Ok(name)
+}
+
+/// The repository at walden's storage, with the stanza and the
+/// repository passphrase (`PGBACKREST_REPO1_CIPHER_PASS`, pgBackRest's own
+/// name for it) of the settings.
+pub fn open_repo(settings: &Settings) -> Result<repo::Repo> {
+    let pass = settings
+        .get_explicit("PGBACKREST_REPO1_CIPHER_PASS")
+        .filter(|p| !p.is_empty());
+    Ok(
+        repo::Repo::new(crate::commands::open_storage(settings)?, stanza(settings)?)
+            .with_cipher_pass(pass),
+    )
 }

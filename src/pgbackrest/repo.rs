@@ -12,12 +12,14 @@ use super::PgbrError;
 use crate::error::{Error, Result};
 use crate::storage::Storage;
 
-/// `openssl enc`'s header: an encrypted info file starts with it (§3.4).
-const SALTED: &[u8] = b"Salted__";
+use super::cipher::{Decrypt, MAGIC as SALTED};
 
 pub struct Repo {
     pub storage: Arc<dyn Storage>,
     pub stanza: String,
+    /// The repository passphrase (`repo1-cipher-pass`), which opens
+    /// backup.info and archive.info of an encrypted repository (§8.3).
+    pub cipher_pass: Option<String>,
 }
 
 /// One `[backup:current]` entry of backup.info (spec §4).
@@ -47,6 +49,8 @@ pub struct BackupEntry {
 pub struct BackupInfo {
     /// Sorted by label, which is pgBackRest's order (§1.1).
     pub backups: Vec<BackupEntry>,
+    /// `[cipher] cipher-pass`: opens every manifest of the stanza.
+    pub cipher_pass: Option<String>,
 }
 
 /// archive.info (spec §5).
@@ -55,6 +59,8 @@ pub struct ArchiveInfo {
     pub system_id: u64,
     /// `(history id, db-version, system id)`, newest id first.
     pub history: Vec<(u64, String, u64)>,
+    /// `[cipher] cipher-pass`: opens every file of the archive.
+    pub cipher_pass: Option<String>,
 }
 
 /// The parts of a manifest backup-list shows (spec §6.1-6.3).
@@ -79,7 +85,16 @@ fn format_err(what: &str, problem: impl Into<String>) -> PgbrError {
 
 impl Repo {
     pub fn new(storage: Arc<dyn Storage>, stanza: String) -> Repo {
-        Repo { storage, stanza }
+        Repo {
+            storage,
+            stanza,
+            cipher_pass: None,
+        }
+    }
+
+    pub fn with_cipher_pass(mut self, pass: Option<String>) -> Repo {
+        self.cipher_pass = pass;
+        self
     }
 
     pub fn backup_key(&self, rest: &str) -> String {
@@ -92,18 +107,24 @@ impl Repo {
 
     /// Load `key`, or `key.copy` when `key` cannot be read for any reason;
     /// both errors are reported when neither can.
-    fn load(&self, key: &str, keep: &dyn Fn(&str) -> bool) -> Result<Ini> {
-        self.load_from(key, keep).map(|(ini, _)| ini)
+    /// `pass` opens the file when the repository is encrypted.
+    fn load(&self, key: &str, pass: Option<&str>, keep: &dyn Fn(&str) -> bool) -> Result<Ini> {
+        self.load_from(key, pass, keep).map(|(ini, _)| ini)
     }
 
     /// [`Repo::load`], also saying which of the twins was read.
-    pub fn load_from(&self, key: &str, keep: &dyn Fn(&str) -> bool) -> Result<(Ini, String)> {
-        let first = match self.load_one(key, keep) {
+    pub fn load_from(
+        &self,
+        key: &str,
+        pass: Option<&str>,
+        keep: &dyn Fn(&str) -> bool,
+    ) -> Result<(Ini, String)> {
+        let first = match self.load_one(key, pass, keep) {
             Ok(ini) => return Ok((ini, key.to_string())),
             Err(e) => e,
         };
         let copy = format!("{key}.copy");
-        match self.load_one(&copy, keep) {
+        match self.load_one(&copy, pass, keep) {
             Ok(ini) => {
                 log::warn!("{first}; read {copy} instead");
                 Ok((ini, copy))
@@ -126,14 +147,24 @@ impl Repo {
     pub fn stream(
         &self,
         key: &str,
+        pass: Option<&str>,
         keep: &dyn Fn(&str) -> bool,
         sink: &mut dyn FnMut(&str, &str, Value) -> Result<()>,
     ) -> Result<()> {
-        let mut reader = BufReader::new(self.storage.get(key, 0)?);
-        ini::parse_with(&mut reader, key, keep, sink).map(|_| ())
+        self.parse_one(key, pass, keep, sink).map(|_| ())
     }
 
-    fn load_one(&self, key: &str, keep: &dyn Fn(&str) -> bool) -> Result<Ini> {
+    fn load_one(&self, key: &str, pass: Option<&str>, keep: &dyn Fn(&str) -> bool) -> Result<Ini> {
+        self.parse_one(key, pass, keep, &mut |_, _, _| Ok(()))
+    }
+
+    fn parse_one(
+        &self,
+        key: &str,
+        pass: Option<&str>,
+        keep: &dyn Fn(&str) -> bool,
+        sink: &mut dyn FnMut(&str, &str, Value) -> Result<()>,
+    ) -> Result<Ini> {
         let mut reader = BufReader::new(self.storage.get(key, 0)?);
         let head = {
             use std::io::BufRead;
@@ -142,19 +173,34 @@ impl Repo {
                 .map_err(|e| Error::io(format!("reading {key}"), e))?
                 .to_vec()
         };
-        if head.starts_with(SALTED) {
+        if !head.starts_with(SALTED) {
+            return ini::parse_with(&mut reader, key, keep, sink);
+        }
+        let Some(pass) = pass else {
             return Err(PgbrError::Unsupported {
                 what: key.to_string(),
-                problem: "the repository is encrypted (repo1-cipher-type=aes-256-cbc); walden does not read encrypted pgBackRest repositories yet".into(),
+                problem: "is encrypted (repo1-cipher-type=aes-256-cbc): set PGBACKREST_REPO1_CIPHER_PASS to the repository's passphrase (pgBackRest's repo1-cipher-pass)".into(),
             }
             .into());
-        }
-        ini::parse(&mut reader, key, keep)
+        };
+        let plain = Decrypt::new(reader, pass).map_err(|e| PgbrError::Read {
+            what: key.to_string(),
+            problem: e.to_string(),
+        })?;
+        // Without a MAC a wrong passphrase shows as garbage, bad padding or
+        // a checksum mismatch: say which fix to try first.
+        ini::parse_with(&mut BufReader::new(plain), key, keep, sink).map_err(|e| {
+            Error::Other(format!(
+                "{e} (wrong PGBACKREST_REPO1_CIPHER_PASS, or a damaged file)"
+            ))
+        })
     }
 
     pub fn backup_info(&self) -> Result<BackupInfo> {
         let key = self.backup_key("backup.info");
-        let ini = self.load(&key, &|s| s == "db" || s == "backup:current")?;
+        let ini = self.load(&key, self.cipher_pass.as_deref(), &|s| {
+            s == "db" || s == "backup:current" || s == "cipher"
+        })?;
         // The cluster must be named, even though the listing does not show it.
         text(ini.get("db", "db-version")).ok_or_else(|| format_err(&key, "no [db] db-version"))?;
         ini.get("db", "db-system-id")
@@ -167,12 +213,17 @@ impl Repo {
             }
         }
         backups.sort_by(|a, b| a.label.cmp(&b.label));
-        Ok(BackupInfo { backups })
+        Ok(BackupInfo {
+            backups,
+            cipher_pass: text(ini.get("cipher", "cipher-pass")),
+        })
     }
 
     pub fn archive_info(&self) -> Result<ArchiveInfo> {
         let key = self.archive_key("archive.info");
-        let ini = self.load(&key, &|s| s == "db" || s == "db:history")?;
+        let ini = self.load(&key, self.cipher_pass.as_deref(), &|s| {
+            s == "db" || s == "db:history" || s == "cipher"
+        })?;
         let db_version = text(ini.get("db", "db-version"))
             .ok_or_else(|| format_err(&key, "no [db] db-version"))?;
         let system_id = ini
@@ -198,12 +249,14 @@ impl Repo {
             db_version,
             system_id,
             history,
+            cipher_pass: text(ini.get("cipher", "cipher-pass")),
         })
     }
 
-    pub fn manifest_summary(&self, label: &str) -> Result<ManifestSummary> {
+    /// `pass` is backup.info's cipher-pass.
+    pub fn manifest_summary(&self, label: &str, pass: Option<&str>) -> Result<ManifestSummary> {
         let key = self.backup_key(&format!("{label}/backup.manifest"));
-        let ini = self.load(&key, &|s| {
+        let ini = self.load(&key, pass, &|s| {
             s == "backup" || s == "backup:db" || s == "backup:option"
         })?;
         let flag = |k: &str| ini.get("backup", k).and_then(Value::as_bool) == Some(true);

@@ -17,6 +17,7 @@ const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/
 
 pub struct Extracted {
     pub root: PathBuf,
+    pub encrypted: bool,
 }
 
 impl Drop for Extracted {
@@ -41,7 +42,10 @@ pub fn extract(set: &str) -> Extracted {
     let decoder = zstd::stream::read::Decoder::new(file).unwrap();
     tar::Archive::new(decoder).unpack(&root).unwrap();
     make_writable(&root);
-    Extracted { root }
+    Extracted {
+        root,
+        encrypted: set == "zst-aes",
+    }
 }
 
 fn make_writable(dir: &Path) {
@@ -62,6 +66,15 @@ fn make_writable(dir: &Path) {
 
 pub fn repo(x: &Extracted) -> Repo {
     Repo::new(Arc::new(FsStorage::new(x.root.join("repo"))), "demo".into())
+        .with_cipher_pass(pass_of(x))
+}
+
+/// The passphrase of the encrypted sample (EXPECTED.md), given to every
+/// repository: a plain one ignores it.
+const S2_PASS: &str = "walrus-fixture-passphrase";
+
+fn pass_of(x: &Extracted) -> Option<String> {
+    x.encrypted.then(|| S2_PASS.to_string())
 }
 
 fn expected(set: &str) -> Value {
@@ -88,7 +101,7 @@ fn json_listing(repo: &Repo) -> Vec<Value> {
 }
 
 /// Every field of EXPECTED.json's backups the listing shows.
-fn check_listing_matches(set: &str) -> Vec<Value> {
+pub fn check_listing_matches(set: &str) -> Vec<Value> {
     let x = extract(set);
     let listed = json_listing(&repo(&x));
     let want = expected(set);
@@ -154,13 +167,38 @@ fn lists_block_incremental_repository_and_marks_it() {
 }
 
 #[test]
-fn encrypted_repository_is_refused_clearly() {
+fn lists_encrypted_bundled_repository_as_expected() {
+    let listed = check_listing_matches("zst-aes");
+    assert!(listed.iter().all(|b| b["compression"] == "zst"));
+    assert!(listed.iter().all(|b| b["bundle"] == true));
+}
+
+/// No passphrase: says which setting to give; a wrong one: says so, for
+/// both twins, without a panic or garbage.
+#[test]
+fn encrypted_repository_without_or_with_wrong_passphrase_fails_clearly() {
     let x = extract("zst-aes");
-    let err = listing(&repo(&x), Options::default())
+    let storage = || Arc::new(FsStorage::new(x.root.join("repo")));
+    let err = listing(&Repo::new(storage(), "demo".into()), Options::default())
         .unwrap_err()
         .to_string();
-    assert!(err.contains("encrypted"), "{err}");
+    assert!(err.contains("PGBACKREST_REPO1_CIPHER_PASS"), "{err}");
     assert!(err.contains("backup/demo/backup.info"), "{err}");
+    let wrong = Repo::new(storage(), "demo".into()).with_cipher_pass(Some("walrus".into()));
+    let err = listing(&wrong, Options::default()).unwrap_err().to_string();
+    assert!(err.contains("wrong PGBACKREST_REPO1_CIPHER_PASS"), "{err}");
+    assert!(err.contains("backup.info.copy"), "{err}");
+    let err = super::wal::fetch(&wrong, "000000010000000000000003", &x.root.join("w"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("archive.info"), "{err}");
+    assert!(!x.root.join("w").exists());
+    let dest = x.root.join("d");
+    let err = super::fetch::restore(&wrong, &fetch_opts(&dest, "LATEST"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("wrong PGBACKREST_REPO1_CIPHER_PASS"), "{err}");
+    assert!(!dest.exists());
 }
 
 #[test]
@@ -302,13 +340,8 @@ fn wal_fetch_block_incremental_repository_archive() {
 }
 
 #[test]
-fn wal_fetch_refuses_encrypted_archive() {
-    let x = extract("zst-aes");
-    let err =
-        super::wal::fetch(&repo(&x), "000000010000000000000003", &x.root.join("w")).unwrap_err();
-    assert_eq!(err.exit_code(), 1);
-    assert!(err.to_string().contains("encrypted"), "{err}");
-    assert!(!x.root.join("w").exists());
+fn wal_fetch_encrypted_archive_every_file() {
+    check_wal_fetch("zst-aes");
 }
 
 /// A truncated segment and one whose bytes do not match its name's SHA-1:
@@ -360,11 +393,7 @@ fn wal_fetch_damaged_segments_fail_without_writing() {
 }
 
 fn fetch_opts(dest: &Path, label: &str) -> super::fetch::Options {
-    super::fetch::Options {
-        dest: dest.to_path_buf(),
-        label: label.to_string(),
-        concurrency: 3,
-    }
+    super::fetch::Options::new(dest, label, 3)
 }
 
 fn count_files(dir: &Path) -> (usize, usize) {
@@ -389,10 +418,21 @@ fn count_files(dir: &Path) -> (usize, usize) {
 /// fails the restore), the counts of EXPECTED.json, modes and times.
 #[test]
 fn backup_fetch_every_backup_of_plain_repository() {
+    check_backup_fetch("lz4-plain");
+}
+
+/// zst, aes-256-cbc with the passphrase chain, bundles (members read at
+/// their offsets from the bundles of the full and the diff).
+#[test]
+fn backup_fetch_every_backup_of_encrypted_bundled_repository() {
+    check_backup_fetch("zst-aes");
+}
+
+fn check_backup_fetch(set: &str) {
     use std::os::unix::fs::PermissionsExt;
-    let x = extract("lz4-plain");
+    let x = extract(set);
     let r = repo(&x);
-    let want = expected("lz4-plain");
+    let want = expected(set);
     for b in want["backups"].as_array().unwrap() {
         let label = b["label"].as_str().unwrap();
         let dest = x.root.join(format!("restore-{label}"));
@@ -426,7 +466,11 @@ fn backup_fetch_every_backup_of_plain_repository() {
     // LATEST is the newest label of backup.info.
     let dest = x.root.join("latest");
     super::fetch::restore(&r, &fetch_opts(&dest, "LATEST")).unwrap();
-    let incr = x.root.join("restore-20261124-053849F_20261124-053854I");
+    let last = want["backups"].as_array().unwrap().last().unwrap()["label"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let incr = x.root.join(format!("restore-{last}"));
     assert_eq!(
         fs::read(dest.join("backup_label")).unwrap(),
         fs::read(incr.join("backup_label")).unwrap()
@@ -434,7 +478,7 @@ fn backup_fetch_every_backup_of_plain_repository() {
 }
 
 #[test]
-fn backup_fetch_refuses_block_incremental_and_encrypted_writing_nothing() {
+fn backup_fetch_refuses_block_incremental_writing_nothing() {
     let x = extract("lz4-blockincr-beta");
     for label in ["20261124-054736F", "20261124-054736F_20261124-054739I"] {
         let dest = x.root.join("d");
@@ -447,13 +491,6 @@ fn backup_fetch_refuses_block_incremental_and_encrypted_writing_nothing() {
         );
         assert!(!dest.exists());
     }
-    let x = extract("zst-aes");
-    let dest = x.root.join("d");
-    let err = super::fetch::restore(&repo(&x), &fetch_opts(&dest, "LATEST"))
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("encrypted"), "{err}");
-    assert!(!dest.exists());
 }
 
 /// A damaged data file, a truncated one, and a diff whose full is gone:
@@ -503,4 +540,65 @@ fn backup_fetch_damage_is_named_and_leaves_no_startable_cluster() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("not empty"), "{err}");
+}
+
+/// wal-show: one timeline 1 in archive 15-1 from the min to the max
+/// segment of EXPECTED.json, no holes; then a segment removed shows as a
+/// gap of one.
+#[test]
+fn wal_show_ranges_and_gaps() {
+    for set in ["lz4-plain", "zst-aes"] {
+        let x = extract(set);
+        let r = repo(&x);
+        let want = expected(set);
+        let text = super::walshow::report(&r, true).unwrap();
+        let got: Value = serde_json::from_str(&text).unwrap();
+        let t = &got[0];
+        assert_eq!(got.as_array().unwrap().len(), 1, "{text}");
+        assert_eq!(t["archive_id"], want["wal_archive"]["id"], "{set}");
+        assert_eq!(t["timeline"], 1);
+        assert_eq!(t["start_segment"], want["wal_archive"]["min"], "{set}");
+        assert_eq!(t["end_segment"], want["wal_archive"]["max"], "{set}");
+        assert_eq!(t["missing_segments"], 0, "{set}");
+        let table = super::walshow::report(&r, false).unwrap();
+        assert!(table.contains("| 15-1 "), "{table}");
+    }
+    let x = extract("lz4-plain");
+    let dir = x.root.join("repo/archive/demo/15-1/0000000100000000");
+    for e in fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("000000010000000000000005-")
+        {
+            fs::remove_file(p).unwrap();
+        }
+    }
+    let got: Value =
+        serde_json::from_str(&super::walshow::report(&repo(&x), true).unwrap()).unwrap();
+    assert_eq!(got[0]["missing_segments"], 1);
+    assert_eq!(got[0]["gaps"][0]["start"], "000000010000000000000005");
+    assert!(super::walshow::report(&repo(&x), false)
+        .unwrap()
+        .contains("000000010000000000000005-000000010000000000000005"));
+}
+
+/// A flipped byte inside a bundle member: the restore fails naming the
+/// file and the bundle, and DEST has no pg_control.
+#[test]
+fn backup_fetch_flipped_byte_in_bundle_is_named() {
+    let x = extract("zst-aes");
+    let bundle = x.root.join("repo/backup/demo/20261124-053905F/bundle/1");
+    let mut bytes = fs::read(&bundle).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x10;
+    fs::write(&bundle, bytes).unwrap();
+    let dest = x.root.join("d");
+    let err = super::fetch::restore(&repo(&x), &fetch_opts(&dest, "20261124-053905F"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("pg_data/"), "{err}");
+    assert!(!dest.join("global/pg_control").exists());
 }

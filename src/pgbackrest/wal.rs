@@ -10,10 +10,10 @@ use std::path::Path;
 
 use ring::digest::{Context, SHA1_FOR_LEGACY_USE_ONLY};
 
+use super::codec::{self, Compress};
 use super::repo::Repo;
 use super::PgbrError;
-use crate::codec::compression::{decoder, Method};
-use crate::commands::{open_storage, positionals};
+use crate::commands::positionals;
 use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::localfile::AtomicFile;
@@ -23,7 +23,7 @@ const USAGE: &str = "walden pgbackrest wal-fetch NAME DEST";
 
 pub fn run_fetch(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     let values = positionals(args, USAGE, 2)?;
-    let repo = Repo::new(open_storage(settings)?, super::stanza(settings)?);
+    let repo = super::open_repo(settings)?;
     fetch(&repo, &values[0], Path::new(&values[1]))
 }
 
@@ -87,7 +87,7 @@ pub fn fetch(repo: &Repo, name: &str, dest: &Path) -> Result<()> {
         .collect();
     for id in &ids {
         if let Some(found) = find(repo, id, name, kind)? {
-            return download(repo, &found, name, dest);
+            return download(repo, &found, info.cipher_pass.as_deref(), name, dest);
         }
     }
     Err(Error::WalNotFound(name.to_string()))
@@ -141,23 +141,21 @@ fn find(repo: &Repo, id: &str, name: &str, kind: Kind) -> Result<Option<Found>> 
     }
 }
 
-fn download(repo: &Repo, found: &Found, name: &str, dest: &Path) -> Result<()> {
-    let method = match found.ext.as_str() {
-        "" => Method::None,
-        "lz4" => Method::Lz4,
-        "zst" => Method::Zstd,
-        other => {
-            return Err(PgbrError::Unsupported {
-                what: found.key.clone(),
-                problem: format!(
-                    "compressed with {other}, which walden cannot decode yet (it reads lz4, zst and uncompressed archives)"
-                ),
-            }
-            .into())
-        }
-    };
+/// `pass` is archive.info's cipher-pass, when the repository is encrypted.
+fn download(repo: &Repo, found: &Found, pass: Option<&str>, name: &str, dest: &Path) -> Result<()> {
+    let compress = Compress::from_extension(&found.ext).ok_or_else(|| PgbrError::Unsupported {
+        what: found.key.clone(),
+        problem: format!(
+            "compressed with {}, which pgBackRest reserves and walden does not read",
+            found.ext
+        ),
+    })?;
     let source = repo.storage.get(&found.key, 0)?;
-    let mut reader = decoder(method, source);
+    let read_err = |e: std::io::Error| PgbrError::Read {
+        what: found.key.clone(),
+        problem: format!("{e} (truncated or damaged file?)"),
+    };
+    let mut reader = codec::open(source, pass, compress).map_err(read_err)?;
     let mut out = AtomicFile::create(dest)
         .map_err(|e| Error::io(format!("creating {}", dest.display()), e))?;
     let mut hash = Context::new(&SHA1_FOR_LEGACY_USE_ONLY);

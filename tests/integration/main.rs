@@ -18,6 +18,7 @@ mod interop;
 mod page_checksums;
 mod partial;
 mod pg_client;
+mod pgbackrest;
 mod pitr;
 mod st;
 mod standby;
