@@ -9,6 +9,7 @@ mod backup;
 mod backup_catalog;
 mod backup_push;
 mod config;
+mod copy;
 mod delete;
 mod hardening;
 mod harness_selftest;
