@@ -57,7 +57,9 @@ fn copy(from: &Path, to: &Path, extra: &[&str]) -> Walden {
 /// bookkeeping left out.
 fn tree(root: &Path) -> BTreeMap<String, u64> {
     fn walk(dir: &Path, rel: &str, out: &mut BTreeMap<String, u64>) {
-        let Ok(entries) = fs::read_dir(dir) else { return };
+        let Ok(entries) = fs::read_dir(dir) else {
+            return;
+        };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if name.starts_with(".nanio") {
@@ -210,10 +212,14 @@ fn copy_fs_to_s3_restores_there_and_one_backup_comes_back() {
     assert_eq!(backup_objects, expected);
     // WAL: from the backup's start segment, and not what followed it.
     let start_segment = &names[1]["base_".len()..];
-    let wal: Vec<&String> = copied.keys().filter(|k| k.starts_with("wal_005/")).collect();
+    let wal: Vec<&String> = copied
+        .keys()
+        .filter(|k| k.starts_with("wal_005/"))
+        .collect();
     assert!(!wal.is_empty());
     assert!(
-        wal.iter().all(|k| k["wal_005/".len()..] >= start_segment[..]),
+        wal.iter()
+            .all(|k| k["wal_005/".len()..] >= start_segment[..]),
         "{wal:?}"
     );
     let all_wal = source.keys().filter(|k| k.starts_with("wal_005/")).count();
@@ -262,8 +268,11 @@ fn synthetic(repo: &Path, count: usize, size: usize) {
         )
         .unwrap();
     }
-    fs::write(b.join("metadata.json"), r#"{"start_lsn": 33554472, "finish_lsn": 50331904}"#)
-        .unwrap();
+    fs::write(
+        b.join("metadata.json"),
+        r#"{"start_lsn": 33554472, "finish_lsn": 50331904}"#,
+    )
+    .unwrap();
     fs::write(
         repo.join(format!("basebackups_005/{name}_backup_stop_sentinel.json")),
         r#"{"LSN": 33554472}"#,
@@ -299,7 +308,9 @@ fn interrupted_copy_resumes_and_skips_what_arrived() {
     let partial = tree(&dest_root);
     assert!(partial.len() < source.len(), "killed too late: {partial:?}");
     assert!(
-        !partial.keys().any(|k| k.ends_with("_backup_stop_sentinel.json")),
+        !partial
+            .keys()
+            .any(|k| k.ends_with("_backup_stop_sentinel.json")),
         "{partial:?}"
     );
     for (k, size) in &partial {
@@ -339,10 +350,8 @@ fn interrupted_copy_resumes_and_skips_what_arrived() {
     let out = copy(&src_conf, &dst_conf, &[]).run();
     out.assert_ok();
     assert!(
-        stat_line(&out.stderr).contains(&format!(
-            "Copied {} objects",
-            source.len() - present
-        )) && stat_line(&out.stderr).contains(&format!("; {present} already")),
+        stat_line(&out.stderr).contains(&format!("Copied {} objects", source.len() - present))
+            && stat_line(&out.stderr).contains(&format!("; {present} already")),
         "{}",
         out.dump()
     );
@@ -363,8 +372,11 @@ fn one_backup_takes_its_base_and_its_wal() {
     fs::create_dir_all(b.join("tar_partitions")).unwrap();
     fs::write(b.join("tar_partitions/part_1.tar.zst"), noise(5000, 7)).unwrap();
     // Starts in segment 6, ends in segment 7.
-    fs::write(b.join("metadata.json"), r#"{"start_lsn": 100663336, "finish_lsn": 117440768}"#)
-        .unwrap();
+    fs::write(
+        b.join("metadata.json"),
+        r#"{"start_lsn": 100663336, "finish_lsn": 117440768}"#,
+    )
+    .unwrap();
     fs::write(
         repo.join(format!("basebackups_005/{delta}_backup_stop_sentinel.json")),
         r#"{"DeltaFrom": "base_000000010000000000000002"}"#,
@@ -381,9 +393,13 @@ fn one_backup_takes_its_base_and_its_wal() {
 
     let out_dir = dir.join("without");
     let conf = fs_config(&dir, "without.json", &out_dir);
-    copy(&src_conf, &conf, &["--backup-name", delta, "--without-history"])
-        .run()
-        .assert_ok();
+    copy(
+        &src_conf,
+        &conf,
+        &["--backup-name", delta, "--without-history"],
+    )
+    .run()
+    .assert_ok();
     let got = tree(&out_dir);
     let mut expected = vec!["00000002.history.zst".to_string()];
     // Base: segments 2..=3; delta: 6..=7.

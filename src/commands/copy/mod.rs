@@ -52,9 +52,10 @@ impl Options {
                 Short('f') | Long("from") => from = Some(PathBuf::from(parser.value()?)),
                 Short('t') | Long("to") => to = Some(PathBuf::from(parser.value()?)),
                 Short('b') | Long("backup-name") => {
-                    let v = parser.value()?.into_string().map_err(|_| {
-                        usage("--backup-name needs a UTF-8 value".to_string())
-                    })?;
+                    let v = parser
+                        .value()?
+                        .into_string()
+                        .map_err(|_| usage("--backup-name needs a UTF-8 value".to_string()))?;
                     backup = Some(v);
                 }
                 Short('w') | Long("without-history") => without_history = true,
@@ -87,9 +88,8 @@ impl Options {
 fn storage_of(flag: &str, path: &PathBuf) -> Result<Arc<dyn Storage>> {
     let settings = Settings::load_storage_file(path.clone())?;
     unsupported::check(&settings)?;
-    open_storage(&settings).map_err(|e| {
-        Error::Other(format!("the storage of {flag} {}: {e}", path.display()))
-    })
+    open_storage(&settings)
+        .map_err(|e| Error::Other(format!("the storage of {flag} {}: {e}", path.display())))
 }
 
 pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
@@ -97,8 +97,8 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     let src = storage_of("--from", &o.from)?;
     let dst = storage_of("--to", &o.to)?;
     src.verify_root()?;
-    let same_service = src.copy_source("", 0).map(|c| c.service)
-        == dst.copy_source("", 0).map(|c| c.service);
+    let same_service =
+        src.copy_source("", 0).map(|c| c.service) == dst.copy_source("", 0).map(|c| c.service);
     if same_service && src.location() == dst.location() {
         return Err(Error::Usage(format!(
             "--from and --to both name {}: nothing to copy",
@@ -113,13 +113,7 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     let result = match &o.backup {
         None => copy_everything(&transfer),
         Some(wanted) => {
-            let selection = select::backup(
-                &src,
-                wanted,
-                !o.without_history,
-                o.wal_size_mb,
-                USAGE,
-            )?;
+            let selection = select::backup(&src, wanted, !o.without_history, o.wal_size_mb, USAGE)?;
             copy_backup(&transfer, &selection)
         }
     };

@@ -41,9 +41,9 @@ impl Selection {
         if logical.len() != 24 || !logical.bytes().all(|b| b.is_ascii_hexdigit()) {
             return false;
         }
-        self.wal.iter().any(|s| {
-            s.first.as_str() <= logical && s.last.as_deref().is_none_or(|l| logical <= l)
-        })
+        self.wal
+            .iter()
+            .any(|s| s.first.as_str() <= logical && s.last.as_deref().is_none_or(|l| logical <= l))
     }
 
     /// Whether `key` (under `basebackups_005/`) belongs to a backup of
@@ -107,7 +107,9 @@ pub fn backup(
             .and_then(|hex| Segment::parse(hex, wal_size_mb))
             .map(|s| s.timeline)
             .ok_or_else(|| {
-                Error::Other(format!("'{name}' has no WAL file name in it: not a backup name"))
+                Error::Other(format!(
+                    "'{name}' has no WAL file name in it: not a backup name"
+                ))
             })?;
         let meta = catalog::read_metadata(src, name)?;
         let segment = |lsn: u64| Segment {
@@ -122,7 +124,10 @@ pub fn backup(
         let needed_end = segment(meta.finish_lsn.saturating_sub(1).max(meta.start_lsn));
         let mut n = segment(meta.start_lsn).number;
         while n <= needed_end.number {
-            let s = Segment { timeline, number: n };
+            let s = Segment {
+                timeline,
+                number: n,
+            };
             if !scan.contains(s) {
                 return Err(Error::Other(format!(
                     "WAL segment {} that backup {name} needs to be consistent is not in {}; \
@@ -156,13 +161,22 @@ mod tests {
 
     #[test]
     fn logical_names_as_walg_cuts_them() {
-        assert_eq!(logical_name("000000010000000000000003.lz4"), "000000010000000000000003");
+        assert_eq!(
+            logical_name("000000010000000000000003.lz4"),
+            "000000010000000000000003"
+        );
         assert_eq!(
             logical_name("000000010000000000000003.00000028.backup.zst"),
             "000000010000000000000003"
         );
-        assert_eq!(logical_name("000000010000000000000003.partial"), "000000010000000000000003");
-        assert_eq!(logical_name("000000010000000000000003"), "000000010000000000000003");
+        assert_eq!(
+            logical_name("000000010000000000000003.partial"),
+            "000000010000000000000003"
+        );
+        assert_eq!(
+            logical_name("000000010000000000000003"),
+            "000000010000000000000003"
+        );
         assert_eq!(logical_name("00000002.history.br"), "00000002");
     }
 
@@ -193,8 +207,11 @@ mod tests {
         assert!(history.wants_wal("000000010000000000000099.zst"));
         assert!(history.wants_wal("000000020000000000000005.zst"));
         assert!(!history.wants_wal("000000010000000000000003.zst"));
-        assert!(history.in_chain("basebackups_005/base_000000010000000000000004/tar_partitions/part_1.tar.lz4"));
-        assert!(!history.in_chain("basebackups_005/base_000000010000000000000004_backup_stop_sentinel.json"));
+        assert!(history.in_chain(
+            "basebackups_005/base_000000010000000000000004/tar_partitions/part_1.tar.lz4"
+        ));
+        assert!(!history
+            .in_chain("basebackups_005/base_000000010000000000000004_backup_stop_sentinel.json"));
         assert!(!history.in_chain("basebackups_005/base_000000010000000000000005/metadata.json"));
     }
 }

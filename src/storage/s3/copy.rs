@@ -65,7 +65,10 @@ impl S3Storage {
             let mut parts = Vec::new();
             for (i, (first, last)) in part_ranges(source.size).into_iter().enumerate() {
                 let number = i as u32 + 1;
-                parts.push((number, self.copy_part(source, key, &upload_id, number, first, last)?));
+                parts.push((
+                    number,
+                    self.copy_part(source, key, &upload_id, number, first, last)?,
+                ));
             }
             self.complete_upload(key, &upload_id, &parts)
         })();
