@@ -10,7 +10,7 @@ mod select;
 mod transfer;
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -85,8 +85,8 @@ impl Options {
 }
 
 /// The storage a `--from`/`--to` file describes.
-fn storage_of(flag: &str, path: &PathBuf) -> Result<Arc<dyn Storage>> {
-    let settings = Settings::load_storage_file(path.clone())?;
+fn storage_of(flag: &str, path: &Path) -> Result<Arc<dyn Storage>> {
+    let settings = Settings::load_storage_file(path.to_path_buf())?;
     unsupported::check(&settings)?;
     open_storage(&settings)
         .map_err(|e| Error::Other(format!("the storage of {flag} {}: {e}", path.display())))
