@@ -450,6 +450,27 @@ mod tests {
     }
 
     #[test]
+    fn storage_locations_are_the_prefixes_and_the_sub_prefix() {
+        for name in [
+            "WALG_S3_PREFIX",
+            "WALE_S3_PREFIX",
+            "WALG_FILE_PREFIX",
+            "WALG_GS_PREFIX",
+        ] {
+            assert!(is_storage_location(name), "{name}");
+        }
+        assert!(is_storage_location("WALG_STORAGE_PREFIX"));
+        for name in [
+            "AWS_ACCESS_KEY_ID",
+            "S3_PREFIX",
+            "WALG_S3_PREFIXX",
+            "WALG_UPLOAD_CONCURRENCY",
+        ] {
+            assert!(!is_storage_location(name), "{name}");
+        }
+    }
+
+    #[test]
     fn defaults_and_file() {
         let s = settings(&[("WALG_UPLOAD_CONCURRENCY", "3"), ("WALE_ZZ_TEST_ONLY", "x")]);
         assert_eq!(s.positive("WALG_UPLOAD_CONCURRENCY").unwrap(), 3);

@@ -393,13 +393,18 @@ fn one_backup_takes_its_base_and_its_wal() {
 
     let out_dir = dir.join("without");
     let conf = fs_config(&dir, "without.json", &out_dir);
+    let elsewhere = dir.join("elsewhere");
     copy(
         &src_conf,
         &conf,
         &["--backup-name", delta, "--without-history"],
     )
+    // A storage prefix in the environment is not the files' storage.
+    .env("WALG_FILE_PREFIX", &elsewhere)
+    .env("WALG_STORAGE_PREFIX", "sub")
     .run()
     .assert_ok();
+    assert!(!elsewhere.exists());
     let got = tree(&out_dir);
     let mut expected = vec!["00000002.history.zst".to_string()];
     // Base: segments 2..=3; delta: 6..=7.
