@@ -1,6 +1,7 @@
 //! One module per command. Each gets the settings and its own arguments
 //! and builds only what it needs (storage, codecs), when it needs it.
 
+mod copy;
 mod flags;
 mod pg_info;
 mod st;
@@ -23,7 +24,7 @@ pub fn run(command: &str, settings: Settings, args: Vec<OsString>) -> Result<()>
     // behind; set up before any thread starts.
     if matches!(
         command,
-        "st" | "wal-push" | "wal-fetch" | "wal-prefetch" | "backup-push" | "backup-fetch"
+        "st" | "copy" | "wal-push" | "wal-fetch" | "wal-prefetch" | "backup-push" | "backup-fetch"
     ) {
         crate::cleanup::install();
     }
@@ -36,6 +37,7 @@ pub fn run(command: &str, settings: Settings, args: Vec<OsString>) -> Result<()>
         "backup-verify" => crate::backup::verify::run(&settings, args),
         "delete" => crate::backup::delete::run(&settings, args),
         "st" => st::run(&settings, args),
+        "copy" => copy::run(&settings, args),
         "wal-push" => wal_push::run(&settings, args),
         "wal-receive" => wal_receive::run(&settings, args),
         "wal-fetch" => wal_fetch::run(&settings, args),

@@ -105,6 +105,10 @@ pub struct Settings {
     file: Section,
     /// The config file that was read, passed on to child processes.
     pub config_path: Option<PathBuf>,
+    /// A storage's own file (`copy --from/--to`): the file comes before
+    /// the environment, and a storage prefix is never taken from the
+    /// environment.
+    storage_file: bool,
 }
 
 impl Settings {
@@ -134,7 +138,44 @@ impl Settings {
             flags,
             file,
             config_path: path,
+            storage_file: false,
         })
+    }
+
+    /// The settings of one storage of `copy --from/--to FILE`, as WAL-G
+    /// builds them: the storage prefix must be in the file (one in the
+    /// environment, or `WALG_STORAGE_PREFIX` there, is not used); other
+    /// settings the file lacks, credentials say, still come from the
+    /// environment.
+    pub fn load_storage_file(path: PathBuf) -> Result<Settings, ConfigError> {
+        let file = file::read(&path)?;
+        check_shapes(&file).map_err(|problem| ConfigError::File {
+            path: path.display().to_string(),
+            problem,
+        })?;
+        Ok(Settings {
+            flags: HashMap::new(),
+            file,
+            config_path: Some(path),
+            storage_file: true,
+        })
+    }
+
+    /// The environment's value of `name`, as far as these settings use it.
+    fn env(&self, name: &str) -> Option<String> {
+        if self.storage_file && is_storage_location(name) {
+            return None;
+        }
+        env_value(name)
+    }
+
+    fn file_scalar(&self, name: &str) -> Option<String> {
+        // Only a scalar: a nested section (WALG_FAILOVER_STORAGES) is
+        // not a value, and its inner keys never stand in for top-level ones.
+        self.file
+            .scalar(name)
+            .filter(|v| !v.is_empty())
+            .map(|v| v.trim_end_matches(['\r', '\n']).to_string())
     }
 
     /// Settings with `pairs` as the config file's content (for tests).
@@ -153,6 +194,7 @@ impl Settings {
             flags: HashMap::new(),
             file,
             config_path: None,
+            storage_file: false,
         }
     }
 
@@ -173,15 +215,10 @@ impl Settings {
         if let Some(v) = self.flags.get(name) {
             return Some(v.clone());
         }
-        if let Some(v) = env_value(name) {
-            return Some(v);
+        if self.storage_file {
+            return self.file_scalar(name).or_else(|| self.env(name));
         }
-        // Only a scalar: a nested section (WALG_FAILOVER_STORAGES) is
-        // not a value, and its inner keys never stand in for top-level ones.
-        self.file
-            .scalar(name)
-            .filter(|v| !v.is_empty())
-            .map(|v| v.trim_end_matches(['\r', '\n']).to_string())
+        self.env(name).or_else(|| self.file_scalar(name))
     }
 
     /// A structured setting from the config file (a map of maps such as
@@ -196,15 +233,21 @@ impl Settings {
 
     /// Where `name` is set, if it is: "flag", "environment" or "config file".
     pub fn origin(&self, name: &str) -> Option<&'static str> {
+        let in_file = match self.file.get(name) {
+            None => false,
+            Some(Value::Scalar(v)) => !v.is_empty(),
+            Some(_) => true,
+        };
         if self.flags.get(name).is_some_and(|v| !v.is_empty()) {
             Some("flag")
-        } else if env_value(name).is_some() {
+        } else if self.storage_file && in_file {
+            Some("config file")
+        } else if self.env(name).is_some() {
             Some("environment")
+        } else if in_file {
+            Some("config file")
         } else {
-            match self.file.get(name)? {
-                Value::Scalar(v) if v.is_empty() => None,
-                _ => Some("config file"),
-            }
+            None
         }
     }
 
@@ -366,6 +409,17 @@ pub fn parse_bool(value: &str) -> Option<bool> {
     }
 }
 
+/// A setting that says where a storage is: a storage prefix (either
+/// form) or `WALG_STORAGE_PREFIX`.
+fn is_storage_location(name: &str) -> bool {
+    name == "WALG_STORAGE_PREFIX"
+        || known::STORAGE_PREFIXES.iter().any(|(bare, _, _)| {
+            name.strip_prefix("WALG_")
+                .or_else(|| name.strip_prefix("WALE_"))
+                == Some(bare)
+        })
+}
+
 fn env_value(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
@@ -393,6 +447,27 @@ mod tests {
 
     fn settings(pairs: &[(&str, &str)]) -> Settings {
         Settings::from_pairs(pairs)
+    }
+
+    #[test]
+    fn storage_locations_are_the_prefixes_and_the_sub_prefix() {
+        for name in [
+            "WALG_S3_PREFIX",
+            "WALE_S3_PREFIX",
+            "WALG_FILE_PREFIX",
+            "WALG_GS_PREFIX",
+        ] {
+            assert!(is_storage_location(name), "{name}");
+        }
+        assert!(is_storage_location("WALG_STORAGE_PREFIX"));
+        for name in [
+            "AWS_ACCESS_KEY_ID",
+            "S3_PREFIX",
+            "WALG_S3_PREFIXX",
+            "WALG_UPLOAD_CONCURRENCY",
+        ] {
+            assert!(!is_storage_location(name), "{name}");
+        }
     }
 
     #[test]

@@ -125,8 +125,11 @@ impl FsStorage {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(io_error("list", dir_key, &dir, e)),
         };
-        // Sorted per directory, as S3 lists in key order.
-        let mut names: Vec<(String, fs::Metadata)> = Vec::new();
+        // Sorted per directory, as S3 lists in key order. Only the names
+        // are kept while sorting (a directory of 100,000 WAL files is a
+        // few MB of names, where names with their metadata were tens of
+        // MB); each entry's metadata is read as it is reported.
+        let mut names = Names::default();
         for entry in read {
             let entry = entry.map_err(|e| io_error("list", dir_key, &dir, e))?;
             let Ok(name) = entry.file_name().into_string() else {
@@ -135,16 +138,22 @@ impl FsStorage {
             if !name.starts_with(name_prefix) {
                 continue;
             }
-            let meta = match entry.metadata() {
+            // The type from the directory itself (no stat); unknown types
+            // are looked at when reported.
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            if !is_dir && is_temp(&name) != temps {
+                continue;
+            }
+            names.push(&name, is_dir);
+        }
+        for (name, _) in names.sorted() {
+            let path = dir.join(&name);
+            let meta = match fs::symlink_metadata(&path) {
                 Ok(m) => m,
                 // Deleted while we listed it.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(io_error("list", dir_key, &entry.path(), e)),
+                Err(e) => return Err(io_error("list", dir_key, &path, e)),
             };
-            names.push((name, meta));
-        }
-        names.sort_by(|a, b| a.0.cmp(&b.0));
-        for (name, meta) in names {
             let key = format!("{dir_key}{name}");
             if meta.is_dir() {
                 if recursive {
@@ -161,6 +170,50 @@ impl FsStorage {
             }
         }
         Ok(())
+    }
+}
+
+/// The names of one directory, packed into one buffer to be sorted in
+/// key order: a directory sorts as its name followed by `/`, as its keys
+/// do in S3 (`a.x` before `a/b`).
+#[derive(Default)]
+struct Names {
+    bytes: Vec<u8>,
+    /// Start and length of each name in `bytes`; the top bit of the
+    /// length marks a directory.
+    spans: Vec<(u32, u32)>,
+}
+
+const DIR_BIT: u32 = 1 << 31;
+
+impl Names {
+    fn push(&mut self, name: &str, is_dir: bool) {
+        // Names are at most 255 bytes; a buffer past 4 GiB of names would
+        // need 20 million of them in one directory.
+        let start = self.bytes.len() as u32;
+        self.bytes.extend_from_slice(name.as_bytes());
+        let len = name.len() as u32 | if is_dir { DIR_BIT } else { 0 };
+        self.spans.push((start, len));
+    }
+
+    fn name(&self, span: (u32, u32)) -> &str {
+        let (start, len) = (span.0 as usize, (span.1 & !DIR_BIT) as usize);
+        // Pushed from a `&str`, cut at its own boundaries.
+        std::str::from_utf8(&self.bytes[start..start + len]).unwrap_or_default()
+    }
+
+    /// The bytes a name sorts by: the name, then `/` for a directory.
+    fn sort_key(&self, span: (u32, u32)) -> impl Iterator<Item = u8> + '_ {
+        let slash: &[u8] = if span.1 & DIR_BIT != 0 { b"/" } else { b"" };
+        self.name(span).bytes().chain(slash.iter().copied())
+    }
+
+    fn sorted(mut self) -> impl Iterator<Item = (String, bool)> {
+        let mut spans = std::mem::take(&mut self.spans);
+        spans.sort_unstable_by(|a, b| self.sort_key(*a).cmp(self.sort_key(*b)));
+        spans
+            .into_iter()
+            .map(move |s| (self.name(s).to_string(), s.1 & DIR_BIT != 0))
     }
 }
 
@@ -377,6 +430,26 @@ mod tests {
             .unwrap();
         assert!(s.stat("wal_005/a").unwrap().is_none());
         assert!(s.get("../etc/passwd", 0).is_err());
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn listing_is_in_key_order() {
+        let root = temp_root("order");
+        let s = FsStorage::new(root.clone());
+        // Key order as S3 gives it: `a.x` before `a/...`.
+        s.put("k/a/b", b"").unwrap();
+        s.put("k/a.x", b"").unwrap();
+        s.put("k/a0", b"").unwrap();
+        let mut keys = Vec::new();
+        s.list("k/", true, &mut |e| {
+            if let Entry::Object(o) = e {
+                keys.push(o.key);
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(keys, ["k/a.x", "k/a/b", "k/a0"]);
         fs::remove_dir_all(root).unwrap();
     }
 }

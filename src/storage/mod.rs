@@ -5,6 +5,7 @@
 //! `WALG_STORAGE_PREFIX`) and use `/` as separator, e.g.
 //! `wal_005/000000010000000000000001.lz4`.
 
+pub mod capped;
 pub mod fs;
 pub mod retry;
 pub mod s3;
@@ -30,6 +31,19 @@ pub struct ObjectInfo {
     pub key: String,
     pub size: u64,
     pub modified: Option<SystemTime>,
+}
+
+/// An object another storage of the same S3 service can copy without
+/// the bytes passing through walden (CopyObject's `x-amz-copy-source`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopySource {
+    /// Which service holds it (endpoint and region): a server-side copy is
+    /// only asked of the same service.
+    pub service: String,
+    pub bucket: String,
+    /// The object's full key in its bucket.
+    pub object: String,
+    pub size: u64,
 }
 
 /// What a write killed midway left behind: a temp object (filesystem) or
@@ -163,6 +177,30 @@ pub trait Storage: Send + Sync {
     /// than listing a directory that may hold every archived WAL file.
     fn lookups_are_local(&self) -> bool {
         false
+    }
+
+    /// Where a server-side copy of `key` (of `size` bytes) can read it;
+    /// `None` when this storage has no such thing (a filesystem).
+    fn copy_source(&self, _key: &str, _size: u64) -> Option<CopySource> {
+        None
+    }
+
+    /// Whether [`Storage::copy_from`] can take objects of `service`.
+    fn can_copy_from(&self, _service: &str) -> bool {
+        false
+    }
+
+    /// Store a copy of `source` as `key`, made by the service itself.
+    /// Only called when [`Storage::can_copy_from`] said yes; the service
+    /// may still refuse (credentials that cannot read the source), which
+    /// is a `Permanent` error the caller answers by copying the bytes.
+    fn copy_from(&self, _source: &CopySource, key: &str) -> Result<()> {
+        Err(StorageError::new(
+            ErrorKind::Permanent,
+            "copy",
+            key,
+            format!("{} cannot copy objects server-side", self.location()),
+        ))
     }
 
     /// Check that the storage itself is there, before a missing object is

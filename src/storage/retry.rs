@@ -140,6 +140,18 @@ impl Storage for Retrying {
         })
     }
 
+    fn copy_source(&self, key: &str, size: u64) -> Option<super::CopySource> {
+        self.inner.copy_source(key, size)
+    }
+
+    fn can_copy_from(&self, service: &str) -> bool {
+        self.inner.can_copy_from(service)
+    }
+
+    fn copy_from(&self, source: &super::CopySource, key: &str) -> Result<()> {
+        self.run("copy", || self.inner.copy_from(source, key))
+    }
+
     fn part_size(&self) -> usize {
         self.inner.part_size()
     }

@@ -10,6 +10,7 @@ mod backup_catalog;
 mod backup_push;
 mod backup_verify;
 mod config;
+mod copy;
 mod delete;
 mod hardening;
 mod harness_selftest;

@@ -1,6 +1,7 @@
 //! Amazon S3 and S3-compatible object stores, over HTTP with SigV4.
 
 mod client;
+mod copy;
 mod delete;
 mod endpoint;
 mod error;
@@ -15,7 +16,7 @@ use std::fmt;
 use std::io::Read;
 use std::path::PathBuf;
 
-use super::{Entry, Leftover, ObjectInfo, Result, Storage};
+use super::{CopySource, Entry, Leftover, ObjectInfo, Result, Storage};
 
 use client::Client;
 use endpoint::Endpoint;
@@ -80,6 +81,9 @@ pub struct S3Storage {
     /// Headers for the requests that create objects: storage class and
     /// server-side encryption.
     create_headers: Vec<(String, String)>,
+    /// The endpoint and region, for telling whether a server-side copy
+    /// between two storages is possible.
+    service: String,
     part_size: usize,
     parts_in_flight: usize,
 }
@@ -122,6 +126,16 @@ impl S3Storage {
                 "virtual-host"
             }
         );
+        let service = format!(
+            "{}|{region}",
+            cfg.endpoint
+                .as_deref()
+                .map(str::trim)
+                .filter(|e| !e.is_empty())
+                .unwrap_or("aws")
+                .trim_end_matches('/')
+                .to_ascii_lowercase()
+        );
         let signer = Signer::new(
             &cfg.access_key,
             &cfg.secret_key,
@@ -153,6 +167,7 @@ impl S3Storage {
             bucket: cfg.bucket,
             root: cfg.root.trim_matches('/').to_string(),
             create_headers,
+            service,
             part_size: cfg.part_size,
             parts_in_flight: cfg.parts_in_flight,
         })
@@ -238,6 +253,23 @@ impl Storage for S3Storage {
 
     fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<()> {
         self.abort_upload(key, upload_id)
+    }
+
+    fn copy_source(&self, key: &str, size: u64) -> Option<CopySource> {
+        Some(CopySource {
+            service: self.service.clone(),
+            bucket: self.bucket.clone(),
+            object: self.object_key(key),
+            size,
+        })
+    }
+
+    fn can_copy_from(&self, service: &str) -> bool {
+        self.service == service
+    }
+
+    fn copy_from(&self, source: &CopySource, key: &str) -> Result<()> {
+        self.copy_object(source, key)
     }
 
     fn part_size(&self) -> usize {
