@@ -6,8 +6,10 @@
 //! are one run of lines in one spill file).
 //!
 //! Spill line: `<tar object name> TAB <member as a JSON string> TAB <MTime
-//! as a JSON string, or empty when the member is not in Files>`; JSON
-//! strings hold no raw tab or newline, so the split is unambiguous.
+//! as a JSON string, or empty when the member is not in Files> TAB <flag>`;
+//! JSON strings hold no raw tab or newline, so the split is unambiguous.
+//! The flag is empty, `I` (an increment) or `S` (skipped: unchanged since
+//! the delta base, in no tar, so its tar name is empty).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, BufWriter, Seek, Write};
@@ -16,6 +18,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use crate::error::{Error, Result};
+
+/// How a file of a delta backup is stored (`IsIncremented`, `IsSkipped`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flag {
+    Whole,
+    Incremented,
+    Skipped,
+}
 
 pub struct Spill {
     out: BufWriter<File>,
@@ -60,13 +70,33 @@ impl Spill {
     /// Member `member` assigned to `tar`; `mtime` when it is in `Files`
     /// (a file that vanished before it was read is only in the tar's set).
     pub fn record(&mut self, tar: &str, member: &[u8], mtime: Option<SystemTime>) -> Result<()> {
+        self.record_as(tar, member, mtime, Flag::Whole)
+    }
+
+    /// [`Spill::record`] for a member of a delta backup.
+    pub fn record_as(
+        &mut self,
+        tar: &str,
+        member: &[u8],
+        mtime: Option<SystemTime>,
+        flag: Flag,
+    ) -> Result<()> {
         let name = go_string(&String::from_utf8_lossy(member));
         let time = mtime.map(|t| go_string(&crate::time::rfc3339_nano(t)));
         if time.is_some() {
             self.files += 1;
         }
-        writeln!(self.out, "{tar}\t{name}\t{}", time.unwrap_or_default())
-            .map_err(|e| Error::io("writing the files_metadata.json spill file", e))
+        let flag = match flag {
+            Flag::Whole => "",
+            Flag::Incremented => "I",
+            Flag::Skipped => "S",
+        };
+        writeln!(
+            self.out,
+            "{tar}\t{name}\t{}\t{flag}",
+            time.unwrap_or_default()
+        )
+        .map_err(|e| Error::io("writing the files_metadata.json spill file", e))
     }
 }
 
@@ -97,7 +127,7 @@ pub fn write_json(
         for f in &mut files {
             for line in lines(f) {
                 let line = line.map_err(failed)?;
-                let (_, name, time) = split(&line)?;
+                let (_, name, time, flag) = split(&line)?;
                 if time.is_empty() {
                     continue;
                 }
@@ -107,7 +137,9 @@ pub fn write_json(
                 first = false;
                 write!(
                     out,
-                    "{name}:{{\"IsIncremented\":false,\"IsSkipped\":false,\"MTime\":{time},\"UpdatesCount\":0}}"
+                    "{name}:{{\"IsIncremented\":{},\"IsSkipped\":{},\"MTime\":{time},\"UpdatesCount\":0}}",
+                    flag == "I",
+                    flag == "S"
                 )
                 .map_err(failed)?;
             }
@@ -121,7 +153,10 @@ pub fn write_json(
         let mut current: Option<String> = None;
         for line in lines(f) {
             let line = line.map_err(failed)?;
-            let (tar, name, _) = split(&line)?;
+            let (tar, name, _, _) = split(&line)?;
+            if tar.is_empty() {
+                continue;
+            }
             if current.as_deref() != Some(tar) {
                 if current.is_some() {
                     out.write_all(b"]").map_err(failed)?;
@@ -156,10 +191,10 @@ fn lines(f: &mut File) -> impl Iterator<Item = io::Result<String>> + '_ {
     BufReader::with_capacity(64 * 1024, f).lines()
 }
 
-fn split(line: &str) -> Result<(&str, &str, &str)> {
-    let mut it = line.splitn(3, '\t');
-    match (it.next(), it.next(), it.next()) {
-        (Some(a), Some(b), Some(c)) => Ok((a, b, c)),
+fn split(line: &str) -> Result<(&str, &str, &str, &str)> {
+    let mut it = line.splitn(4, '\t');
+    match (it.next(), it.next(), it.next(), it.next()) {
+        (Some(a), Some(b), Some(c), d) => Ok((a, b, c, d.unwrap_or(""))),
         _ => Err(Error::Other(
             "internal: a files_metadata.json spill line is damaged".into(),
         )),

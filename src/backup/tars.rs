@@ -22,7 +22,8 @@ use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use super::files_metadata::Spill;
+use super::delta::{self, Packed};
+use super::files_metadata::{Flag, Spill};
 use super::layout;
 use super::throttle::{LimitedRead, LimitedWrite, RateLimit};
 use crate::codec::{Codecs, FinishWrite};
@@ -84,6 +85,8 @@ pub struct Shared {
     /// Bytes handed to storage (WAL-G's `CompressedSize`).
     pub stored: Arc<AtomicU64>,
     pub parts: AtomicU32,
+    /// A delta backup's base and file list (`None`: a full backup).
+    pub delta: Option<Arc<delta::Plan>>,
 }
 
 impl Shared {
@@ -109,6 +112,7 @@ impl Shared {
             content_total: AtomicU64::new(0),
             stored: Arc::new(AtomicU64::new(0)),
             parts: AtomicU32::new(0),
+            delta: None,
         }
     }
 
@@ -146,6 +150,8 @@ pub struct Builder {
     current: Option<OpenTar>,
     spill: Option<Spill>,
     buf: Vec<u8>,
+    /// The delta page scan's buffer (empty in full backups).
+    scan_buf: Vec<u8>,
 }
 
 impl Builder {
@@ -160,6 +166,7 @@ impl Builder {
             current: None,
             spill,
             buf: Vec::new(),
+            scan_buf: Vec::new(),
         })
     }
 
@@ -246,11 +253,66 @@ impl Builder {
     }
 
     fn record(&mut self, member: &[u8], meta: Option<&Metadata>) -> Result<()> {
-        let (Some(spill), Some(open)) = (self.spill.as_mut(), self.current.as_ref()) else {
+        self.record_as(member, meta, Flag::Whole)
+    }
+
+    fn record_as(&mut self, member: &[u8], meta: Option<&Metadata>, flag: Flag) -> Result<()> {
+        let Some(spill) = self.spill.as_mut() else {
             return Ok(());
         };
         let mtime = meta.and_then(|m| m.modified().ok());
-        spill.record(&open.base, member, mtime)
+        // A skipped file is in no tar.
+        let tar = match (flag, self.current.as_ref()) {
+            (Flag::Skipped, _) => "",
+            (_, Some(open)) => open.base.as_str(),
+            (_, None) => return Ok(()),
+        };
+        match flag {
+            Flag::Whole => spill.record(tar, member, mtime),
+            _ => spill.record_as(tar, member, mtime, flag),
+        }
+    }
+
+    /// A changed relation file of a delta backup: its `wi1` increment
+    /// under the file's member name (spec §6.4).
+    fn add_increment(
+        &mut self,
+        m: &Member,
+        mut incr: delta::increment_writer::IncrementReader,
+    ) -> Result<()> {
+        let size = incr.len();
+        let mut header = header_from(&m.meta, tar::EntryType::Regular, size);
+        if self.buf.is_empty() {
+            self.buf = vec![0; COPY_BUFFER];
+        }
+        let mut buf = std::mem::take(&mut self.buf);
+        let shared = self.shared.clone();
+        let result = self.open().and_then(|open| {
+            append_copy(
+                open,
+                &mut header,
+                &m.name,
+                &mut incr,
+                size,
+                &mut buf,
+                &shared.abort,
+            )
+        });
+        self.buf = buf;
+        result?;
+        if let Some(plan) = &shared.delta {
+            plan.count_page_reads(incr.read_bytes);
+        }
+        let full = self.current.as_mut().is_some_and(|open| {
+            open.content += size;
+            open.content > shared.threshold
+        });
+        shared.content_total.fetch_add(size, Ordering::Relaxed);
+        self.record_as(&m.name, Some(&m.meta), Flag::Incremented)?;
+        if full {
+            self.close()?;
+        }
+        Ok(())
     }
 
     fn add_header(&mut self, m: &Member, kind: tar::EntryType, link: Option<&[u8]>) -> Result<()> {
@@ -266,6 +328,14 @@ impl Builder {
     /// that vanished before it was opened is skipped (still listed in its
     /// tar's set, as WAL-G lists it).
     fn add_file(&mut self, m: &Member) -> Result<()> {
+        if let Some(plan) = self.shared.delta.clone() {
+            let limit = self.shared.disk_limit.clone();
+            match plan.prepare(&m.name, &m.path, &m.meta, &mut self.scan_buf, limit)? {
+                Packed::Skip => return self.record_as(&m.name, Some(&m.meta), Flag::Skipped),
+                Packed::Increment(incr) => return self.add_increment(m, incr),
+                Packed::Whole => plan.count_whole(m.meta.len()),
+            }
+        }
         let file = match OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW)
