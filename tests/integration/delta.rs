@@ -356,3 +356,90 @@ fn delta_memory_is_flat_in_the_file_count() {
         peaks[1]
     );
 }
+
+/// The increment stored for a relation holds exactly the pages that
+/// changed: one HOT update touches one block, and only that block is in
+/// the `wi1` member, with the file's size in its header.
+#[test]
+fn delta_increment_holds_exactly_the_changed_pages() {
+    let store = Store::fs();
+    let pg = PgCluster::builder()
+        .conf("archive_mode", "on")
+        .conf("archive_command", "'{walden} wal-push %p'")
+        .conf("archive_timeout", "0")
+        .conf("autovacuum", "off")
+        .env(store.env())
+        .start();
+    pg.psql(
+        "CREATE TABLE paged (id int, pad text) WITH (fillfactor = 50); \
+         INSERT INTO paged SELECT g, repeat('p', 100) FROM generate_series(1, 4000) g",
+    );
+    pg.psql("VACUUM FREEZE paged");
+    pg.psql("CHECKPOINT");
+    let path = pg.psql("SELECT pg_relation_filepath('paged')");
+    let pages: u64 = pg
+        .psql("SELECT pg_relation_size('paged') / 8192")
+        .parse()
+        .unwrap();
+    assert!(pages > 20, "{pages} pages");
+    let full = push(&store, &pg, "LATEST");
+    assert!(!full.contains("_D_"));
+    let block: u32 = pg
+        .psql("UPDATE paged SET pad = 'changed' WHERE id = 2500 RETURNING (ctid::text::point)[0]::int")
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap();
+    let delta = push(&store, &pg, "LATEST");
+    assert!(delta.contains("_D_"), "{delta}");
+
+    let member = format!("/{path}");
+    let fm = files_metadata(&store, &delta);
+    assert_eq!(
+        fm["Files"][&member]["IsIncremented"], true,
+        "{}",
+        fm["Files"][&member]
+    );
+    let tar_name = fm["TarFileSets"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(_, m)| m.as_array().unwrap().iter().any(|n| n == member.as_str()))
+        .map(|(t, _)| t.clone())
+        .unwrap();
+    let out = store
+        .walden()
+        .args([
+            "st",
+            "cat",
+            "--decompress",
+            &format!("basebackups_005/{delta}/tar_partitions/{tar_name}"),
+        ])
+        .run();
+    out.assert_ok();
+    let mut archive = tar::Archive::new(&out.stdout[..]);
+    let mut found = None;
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        if entry.path_bytes().as_ref() == member.as_bytes() {
+            let mut body = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut body).unwrap();
+            found = Some(body);
+        }
+    }
+    let body = found.unwrap_or_else(|| panic!("{member} in {tar_name}"));
+    assert_eq!(&body[..4], b"wi1\x55");
+    assert_eq!(
+        u64::from_le_bytes(body[4..12].try_into().unwrap()),
+        pages * 8192
+    );
+    let n = u32::from_le_bytes(body[12..16].try_into().unwrap());
+    let blocks: Vec<u32> = (0..n as usize)
+        .map(|i| u32::from_le_bytes(body[16 + 4 * i..20 + 4 * i].try_into().unwrap()))
+        .collect();
+    assert_eq!(blocks, vec![block], "the changed block only");
+    assert_eq!(body.len(), 16 + 4 + 8192);
+    // The page stored is the page with the update.
+    let page = &body[20..];
+    assert!(page.windows(7).any(|w| w == b"changed"));
+}
