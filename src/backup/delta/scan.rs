@@ -112,7 +112,7 @@ pub fn select(
 /// `global/` catalogs paged): a numeric segment file (`1234`, `1234.5`)
 /// under `/base/` or `/pg_tblspc/`, non-empty, whole pages.
 pub fn is_paged(member: &[u8], size: u64) -> bool {
-    if size == 0 || size % PAGE != 0 {
+    if size == 0 || !size.is_multiple_of(PAGE) {
         return false;
     }
     if !(member.starts_with(b"/base/") || member.starts_with(b"/pg_tblspc/")) {
