@@ -243,4 +243,28 @@ mod tests {
             serde_json::json!(["tablespace_map", "backup_label"])
         );
     }
+
+    #[test]
+    fn delta_flags_and_skipped_files_in_no_tar() {
+        let t = UNIX_EPOCH + Duration::new(1_700_000_000, 0);
+        let mut a = Spill::new().unwrap();
+        a.record_as("part_001.tar.zst", b"/base/1/2", Some(t), Flag::Incremented)
+            .unwrap();
+        a.record_as("", b"/base/1/3", Some(t), Flag::Skipped)
+            .unwrap();
+        a.record("part_001.tar.zst", b"/base/1/4", Some(t)).unwrap();
+        let mut out = Vec::new();
+        write_json(vec![a], &[], &mut out).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        let f = &v["Files"];
+        assert_eq!(f["/base/1/2"]["IsIncremented"], true);
+        assert_eq!(f["/base/1/2"]["IsSkipped"], false);
+        assert_eq!(f["/base/1/3"]["IsSkipped"], true);
+        assert_eq!(f["/base/1/3"]["IsIncremented"], false);
+        assert_eq!(f["/base/1/4"]["IsIncremented"], false);
+        assert_eq!(
+            v["TarFileSets"],
+            serde_json::json!({"part_001.tar.zst": ["/base/1/2", "/base/1/4"]})
+        );
+    }
 }
