@@ -6,9 +6,11 @@
 //! are one run of lines in one spill file).
 //!
 //! Spill line: `<tar object name> TAB <member as a JSON string> TAB <MTime
-//! as a JSON string, or empty when the member is not in Files>` [`TAB
-//! <CorruptBlocks JSON>` after `--verify` found some]; JSON holds no raw
-//! tab or newline, so the split is unambiguous.
+//! as a JSON string, or empty when the member is not in Files> TAB <flag>`
+//! [`TAB <CorruptBlocks JSON>` after `--verify` found some]; JSON holds no
+//! raw tab or newline, so the split is unambiguous. The flag is empty, `I`
+//! (an increment) or `S` (skipped: unchanged since the delta base, in no
+//! tar, so its tar name is empty).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, BufWriter, Seek, Write};
@@ -17,6 +19,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use crate::error::{Error, Result};
+
+/// How a file of a delta backup is stored (`IsIncremented`, `IsSkipped`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flag {
+    Whole,
+    Incremented,
+    Skipped,
+}
 
 pub struct Spill {
     out: BufWriter<File>,
@@ -64,17 +74,20 @@ impl Spill {
 
     /// Member `member` assigned to `tar`; `mtime` when it is in `Files`
     /// (a file that vanished before it was read is only in the tar's set).
+    #[cfg(test)]
     pub fn record(&mut self, tar: &str, member: &[u8], mtime: Option<SystemTime>) -> Result<()> {
-        self.record_extra(tar, member, mtime, None)
+        self.record_as(tar, member, mtime, Flag::Whole, None)
     }
 
-    /// [`Spill::record`] with more keys for the `Files` entry, as JSON
-    /// (`"CorruptBlocks":{…}` is written from `{…}`).
-    pub fn record_extra(
+    /// [`Spill::record`] for a member of a delta backup, or with more keys
+    /// for the `Files` entry, as JSON (`"CorruptBlocks":{…}` is written
+    /// from `{…}`).
+    pub fn record_as(
         &mut self,
         tar: &str,
         member: &[u8],
         mtime: Option<SystemTime>,
+        flag: Flag,
         corrupt_blocks: Option<&str>,
     ) -> Result<()> {
         let name = go_string(&String::from_utf8_lossy(member));
@@ -82,10 +95,15 @@ impl Spill {
         if time.is_some() {
             self.files += 1;
         }
+        let flag = match flag {
+            Flag::Whole => "",
+            Flag::Incremented => "I",
+            Flag::Skipped => "S",
+        };
         let extra = corrupt_blocks.map_or_else(String::new, |c| format!("\t{c}"));
         writeln!(
             self.out,
-            "{tar}\t{name}\t{}{extra}",
+            "{tar}\t{name}\t{}\t{flag}{extra}",
             time.unwrap_or_default()
         )
         .map_err(|e| Error::io("writing the files_metadata.json spill file", e))
@@ -121,9 +139,7 @@ pub fn write_json(
         for f in &mut files {
             for line in lines(f) {
                 let line = line.map_err(failed)?;
-                let (_, name, rest) = split(&line)?;
-                // The MTime, then (tab) the CorruptBlocks value if any.
-                let (time, corrupt) = rest.split_once('\t').unwrap_or((rest, ""));
+                let (_, name, time, flag, corrupt) = split(&line)?;
                 if time.is_empty() {
                     continue;
                 }
@@ -138,7 +154,9 @@ pub fn write_json(
                 first = false;
                 write!(
                     out,
-                    "{name}:{{\"IsIncremented\":false,\"IsSkipped\":false,\"MTime\":{time}{corrupt},\"UpdatesCount\":0}}"
+                    "{name}:{{\"IsIncremented\":{},\"IsSkipped\":{},\"MTime\":{time}{corrupt},\"UpdatesCount\":0}}",
+                    flag == "I",
+                    flag == "S"
                 )
                 .map_err(failed)?;
             }
@@ -152,7 +170,10 @@ pub fn write_json(
         let mut current: Option<String> = None;
         for line in lines(f) {
             let line = line.map_err(failed)?;
-            let (tar, name, _) = split(&line)?;
+            let (tar, name, _, _, _) = split(&line)?;
+            if tar.is_empty() {
+                continue;
+            }
             if current.as_deref() != Some(tar) {
                 if current.is_some() {
                     out.write_all(b"]").map_err(failed)?;
@@ -192,10 +213,13 @@ fn lines(f: &mut File) -> impl Iterator<Item = io::Result<String>> + '_ {
     BufReader::with_capacity(64 * 1024, f).lines()
 }
 
-fn split(line: &str) -> Result<(&str, &str, &str)> {
-    let mut it = line.splitn(3, '\t');
-    match (it.next(), it.next(), it.next()) {
-        (Some(a), Some(b), Some(c)) => Ok((a, b, c)),
+/// (tar, member, MTime, flag, CorruptBlocks), the last two possibly empty.
+type SpillLine<'a> = (&'a str, &'a str, &'a str, &'a str, &'a str);
+
+fn split(line: &str) -> Result<SpillLine<'_>> {
+    let mut it = line.splitn(5, '\t');
+    match (it.next(), it.next(), it.next(), it.next(), it.next()) {
+        (Some(a), Some(b), Some(c), d, e) => Ok((a, b, c, d.unwrap_or(""), e.unwrap_or(""))),
         _ => Err(Error::Other(
             "internal: a files_metadata.json spill line is damaged".into(),
         )),
@@ -216,10 +240,11 @@ mod tests {
         a.record("part_003.tar.zst", b"/gone", None).unwrap();
         let mut b = Spill::new().unwrap();
         b.record("part_002.tar.zst", b"/a<b", Some(t)).unwrap();
-        b.record_extra(
+        b.record_as(
             "part_002.tar.zst",
             b"/base/5/16384",
             Some(t),
+            Flag::Whole,
             Some("{\"CorruptBlocksCount\":1,\"SomeCorruptBlocks\":[3]}"),
         )
         .unwrap();
@@ -259,6 +284,36 @@ mod tests {
         assert!(
             text.ends_with(r#"]},"DatabasesByNames":{"postgres":{"oid":5}}}"#),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn delta_flags_and_skipped_files_in_no_tar() {
+        let t = UNIX_EPOCH + Duration::new(1_700_000_000, 0);
+        let mut a = Spill::new().unwrap();
+        a.record_as(
+            "part_001.tar.zst",
+            b"/base/1/2",
+            Some(t),
+            Flag::Incremented,
+            None,
+        )
+        .unwrap();
+        a.record_as("", b"/base/1/3", Some(t), Flag::Skipped, None)
+            .unwrap();
+        a.record("part_001.tar.zst", b"/base/1/4", Some(t)).unwrap();
+        let mut out = Vec::new();
+        write_json(vec![a], &[], None, &mut out).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        let f = &v["Files"];
+        assert_eq!(f["/base/1/2"]["IsIncremented"], true);
+        assert_eq!(f["/base/1/2"]["IsSkipped"], false);
+        assert_eq!(f["/base/1/3"]["IsSkipped"], true);
+        assert_eq!(f["/base/1/3"]["IsIncremented"], false);
+        assert_eq!(f["/base/1/4"]["IsIncremented"], false);
+        assert_eq!(
+            v["TarFileSets"],
+            serde_json::json!({"part_001.tar.zst": ["/base/1/2", "/base/1/4"]})
         );
     }
 }

@@ -87,7 +87,7 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
 
 /// NAME and the bases it depends on that are not permanent yet, the full
 /// backup first (the order WAL-G marks them in).
-fn chain_to_mark(storage: &Arc<dyn Storage>, name: &str) -> Result<Vec<String>> {
+pub(crate) fn chain_to_mark(storage: &Arc<dyn Storage>, name: &str) -> Result<Vec<String>> {
     let mut out = Vec::new();
     let mut seen = HashSet::new();
     let mut current = name.to_string();
@@ -148,7 +148,7 @@ fn refuse_if_needed_by_permanent(storage: &Arc<dyn Storage>, name: &str) -> Resu
 
 /// Rewrite `metadata.json` with `is_permanent` set; every other byte
 /// stays as it was. One PUT, which replaces the object whole.
-fn set_permanent(storage: &Arc<dyn Storage>, name: &str, permanent: bool) -> Result<()> {
+pub(crate) fn set_permanent(storage: &Arc<dyn Storage>, name: &str, permanent: bool) -> Result<()> {
     let key = layout::metadata_key(name);
     let text = catalog::read_json_bytes(storage, &key, "metadata")?;
     let text = String::from_utf8(text).map_err(|_| {

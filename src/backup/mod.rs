@@ -4,6 +4,7 @@
 mod alive;
 pub mod catalog;
 pub mod delete;
+pub mod delta;
 pub mod extract;
 pub mod fetch;
 mod files_metadata;

@@ -20,7 +20,10 @@ use std::time::{Duration, SystemTime};
 use serde_json::Value;
 
 use super::alive::AliveCheck;
-use super::sentinel::{self, BackupInfo};
+use super::delta::base::{self as delta_base, DeltaOptions};
+use super::delta::index::BaseIndex;
+use super::delta::Plan;
+use super::sentinel::{self, BackupInfo, DeltaFields};
 use super::standby;
 use super::tablespaces;
 use super::tars::{self, Builder, Member, Pool, What};
@@ -35,8 +38,8 @@ use crate::pg::{Client, ConnParams};
 use crate::progress::Progress;
 use crate::storage::upload::ObjectWriter;
 
-const USAGE: &str =
-    "walden backup-push [PGDATA] [--permanent] [--full] [--add-user-data JSON] [--without-files-metadata] [--verify] [--store-all-corrupt]";
+const USAGE: &str = "walden backup-push [PGDATA] [--permanent] [--full] [--delta-from-name NAME] \
+[--delta-from-user-data JSON] [--add-user-data JSON] [--without-files-metadata] [--verify] [--store-all-corrupt]";
 
 struct Options {
     pgdata: PathBuf,
@@ -60,6 +63,7 @@ struct Options {
     verify: bool,
     /// `--store-all-corrupt` / `WALG_STORE_ALL_CORRUPT_BLOCKS`.
     store_all_corrupt: bool,
+    delta: DeltaOptions,
 }
 
 /// WAL-G's default `WALG_ALIVE_CHECK_INTERVAL` (PostgreSQL).
@@ -77,11 +81,17 @@ fn options(settings: &Settings, args: Vec<OsString>) -> Result<Options> {
     let mut user_data_arg: Option<String> = None;
     let mut verify = settings.bool("WALG_VERIFY_PAGE_CHECKSUMS")?;
     let mut store_all_corrupt = settings.bool("WALG_STORE_ALL_CORRUPT_BLOCKS")?;
+    let mut full = false;
+    let mut delta_from_name: Option<String> = None;
+    let mut delta_from_user_data: Option<String> = None;
     while let Some(arg) = parser.next()? {
         match arg {
             Short('p') | Long("permanent") => permanent = true,
-            // Every backup walden takes is full for now.
-            Short('f') | Long("full") => {}
+            Short('f') | Long("full") => full = true,
+            Long("delta-from-name") => delta_from_name = Some(parser.value()?.string()?),
+            Long("delta-from-user-data") => {
+                delta_from_user_data = Some(parser.value()?.string()?);
+            }
             Long("without-files-metadata") => without_files_metadata = true,
             Short('v') | Long("verify") => verify = true,
             Short('s') | Long("store-all-corrupt") => store_all_corrupt = true,
@@ -146,6 +156,13 @@ fn options(settings: &Settings, args: Vec<OsString>) -> Result<Options> {
             .into())
         }
     };
+    let delta = DeltaOptions::from_settings(
+        settings,
+        full,
+        delta_from_name,
+        delta_from_user_data,
+        without_files_metadata,
+    )?;
     let disk = settings.positive("WALG_UPLOAD_DISK_CONCURRENCY")?;
     let uploads = crate::commands::upload_concurrency(settings)?;
     Ok(Options {
@@ -164,6 +181,7 @@ fn options(settings: &Settings, args: Vec<OsString>) -> Result<Options> {
         stop_timeout: knobs::duration(settings, "WALG_STOP_BACKUP_TIMEOUT", None)?,
         verify,
         store_all_corrupt,
+        delta,
     })
 }
 
@@ -175,20 +193,6 @@ fn canonical(p: &Path) -> Result<PathBuf> {
 pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     let start_time = sentinel::round_up_micros(SystemTime::now());
     let opts = options(settings, args)?;
-    for delta in [
-        "WALG_DELTA_MAX_STEPS",
-        "WALG_DELTA_FROM_NAME",
-        "WALG_DELTA_FROM_USER_DATA",
-    ] {
-        if settings
-            .get_explicit(delta)
-            .is_some_and(|v| v.trim() != "0")
-        {
-            log::warn!(
-                "{delta} is set, but walden takes only full backups for now: this one is full"
-            );
-        }
-    }
     let storage = open_storage(settings)?;
     let codecs = codecs(settings)?;
     let pgdata = canonical(&opts.pgdata)?;
@@ -205,6 +209,21 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     let mut pg = Client::connect(&params)?;
     let server = Server::query(&mut pg)?;
     server.check(&pgdata, opts.wal_size_mb)?;
+    // Before the backup starts: the base's file list is streamed from
+    // storage, which must not hold the backup open.
+    let base = delta_base::choose(
+        &delta_base::InStorage(&storage),
+        &opts.delta,
+        opts.permanent,
+    )?;
+    let plan = match base {
+        Some(b) => {
+            let index = BaseIndex::load(&storage, &b.name)?;
+            log::debug!("the delta base {} lists {} files", b.name, index.entries);
+            Some(Plan::new(b, index))
+        }
+        None => None,
+    };
 
     let label = crate::time::rfc3339_nano(start_time);
     // pg_walfile_name cannot run on a standby: its timeline comes from
@@ -234,7 +253,26 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
                 ))
             })?
     };
-    let name = layout::backup_name(timeline, start_lsn, opts.wal_size_mb);
+    let mut name = layout::backup_name(timeline, start_lsn, opts.wal_size_mb);
+    let plan = match plan {
+        Some(p) => {
+            let usable = delta_base::check_started(
+                &p.base,
+                start_lsn,
+                server.system_identifier,
+                timeline,
+                |tl| std::fs::read_to_string(pgdata.join(format!("pg_wal/{tl:08X}.history"))).ok(),
+            )?;
+            usable.then_some(p)
+        }
+        None => None,
+    };
+    if let Some(p) = &plan {
+        log::info!("Delta backup enabled");
+        // WAL-G's `_D_` + the base's own start segment.
+        let base_segment = super::retention::hex_run(&p.base.name).unwrap_or_default();
+        name = format!("{name}_D_{base_segment}");
+    }
     log::info!(
         "Starting backup {name} of '{}' (start LSN {start_text})",
         pgdata.display()
@@ -260,6 +298,7 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     if opts.verify {
         shared.verify = pagecheck::rules_for(&mut pg, start_lsn, opts.store_all_corrupt)?;
     }
+    shared.delta = plan.clone();
     let shared = Arc::new(shared);
     let alive = match opts.alive_every {
         Some(every) => Held::Checked(AliveCheck::start(pg, every, shared.clone())?),
@@ -369,13 +408,27 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
             .map_err(|e| Error::io(format!("uploading '{key}'"), e))?;
     }
 
+    let uncompressed = shared.content_total.load(Ordering::Relaxed);
+    let compressed = shared.stored.load(Ordering::Relaxed);
+    match &plan {
+        Some(p) => log::info!("{}", p.summary(uncompressed, compressed)),
+        None => log::info!(
+            "Full backup: read {uncompressed} bytes, stored {uncompressed} bytes ({compressed} compressed)"
+        ),
+    }
     let info = BackupInfo {
         start_lsn,
+        delta: plan.as_ref().map(|p| DeltaFields {
+            lsn: p.base.lsn,
+            from: p.base.name.clone(),
+            full_name: p.base.full_name.clone(),
+            count: p.base.count,
+        }),
         finish_lsn,
         pg_version: server.version,
         system_identifier: server.system_identifier,
-        uncompressed_size: shared.content_total.load(Ordering::Relaxed),
-        compressed_size: shared.stored.load(Ordering::Relaxed),
+        uncompressed_size: uncompressed,
+        compressed_size: compressed,
         data_catalog_size: catalog,
         spec: tablespaces::spec_json(&pgdata, &tablespaces),
         user_data: opts.user_data,
@@ -396,6 +449,13 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
             &layout::sentinel_key(&name),
             &sentinel::sentinel_json(&info),
         ));
+    }
+    // A permanent delta keeps its chain: the base and its ancestors are
+    // marked first (WAL-G, same order).
+    if let (Some(p), true) = (&plan, opts.permanent) {
+        for b in super::mark::chain_to_mark(&storage, &p.base.name)? {
+            super::mark::set_permanent(&storage, &b, true)?;
+        }
     }
     storage.put(
         &layout::metadata_key(&name),

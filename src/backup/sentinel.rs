@@ -15,9 +15,21 @@ pub const CORRUPT_PAGES_KEY: &str = "walden_corrupt_pages";
 
 pub const DATE_FMT: &str = "%Y-%m-%dT%H:%M:%S.%fZ";
 
-/// What one finished full backup records.
+/// A delta backup's sentinel fields (spec §3.1: `DeltaLSN`, `DeltaFrom`,
+/// `DeltaFullName`, `DeltaCount`, right after `LSN`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeltaFields {
+    pub lsn: u64,
+    pub from: String,
+    pub full_name: String,
+    pub count: u64,
+}
+
+/// What one finished backup records.
 pub struct BackupInfo {
     pub start_lsn: u64,
+    /// `None` for a full backup.
+    pub delta: Option<DeltaFields>,
     pub finish_lsn: u64,
     pub pg_version: i64,
     pub system_identifier: Option<u64>,
@@ -94,10 +106,20 @@ fn opt_u64(v: Option<u64>) -> String {
 /// v1 `omitempty` (spec §3.1). A full local backup has no Delta* keys,
 /// and no Spec without tablespaces.
 pub fn sentinel_json(b: &BackupInfo) -> String {
-    let mut out = format!(
-        "{{\"LSN\":{},\"PgVersion\":{},\"FinishLSN\":{}",
-        b.start_lsn, b.pg_version, b.finish_lsn
-    );
+    let mut out = format!("{{\"LSN\":{}", b.start_lsn);
+    if let Some(d) = &b.delta {
+        out.push_str(&format!(
+            ",\"DeltaLSN\":{},\"DeltaFrom\":{},\"DeltaFullName\":{},\"DeltaCount\":{}",
+            d.lsn,
+            string(&d.from),
+            string(&d.full_name),
+            d.count
+        ));
+    }
+    out.push_str(&format!(
+        ",\"PgVersion\":{},\"FinishLSN\":{}",
+        b.pg_version, b.finish_lsn
+    ));
     if let Some(id) = b.system_identifier {
         out.push_str(&format!(",\"SystemIdentifier\":{id}"));
     }
@@ -171,6 +193,7 @@ mod tests {
     fn info() -> BackupInfo {
         BackupInfo {
             start_lsn: 83886120,
+            delta: None,
             finish_lsn: 83886376,
             pg_version: 150014,
             system_identifier: Some(7507672962298572862),
@@ -220,6 +243,26 @@ mod tests {
         assert!(!sentinel_json(&b).contains("FilesMetadataDisabled"));
         assert!(sentinel_json(&b).contains(",\"UserData\":{\"a\":\"\\u003cx\\u003e\",\"z\":1},"));
         assert!(parse_user_data("{nope").is_err());
+    }
+
+    #[test]
+    fn delta_keys_follow_lsn() {
+        let mut b = info();
+        b.delta = Some(DeltaFields {
+            lsn: 0x0C00_0028,
+            from: "base_000000010000000000000006_D_000000010000000000000004".into(),
+            full_name: "base_000000010000000000000004".into(),
+            count: 2,
+        });
+        let s = sentinel_json(&b);
+        assert!(
+            s.starts_with(
+                "{\"LSN\":83886120,\"DeltaLSN\":201326632,\"DeltaFrom\":\"base_000000010000000000000006_D_000000010000000000000004\",\
+\"DeltaFullName\":\"base_000000010000000000000004\",\"DeltaCount\":2,\"PgVersion\":150014,\"FinishLSN\":83886376,"
+            ),
+            "{s}"
+        );
+        assert!(!metadata_json(&b).contains("Delta"));
     }
 
     #[test]

@@ -22,7 +22,8 @@ use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use super::files_metadata::Spill;
+use super::delta::{self, Packed};
+use super::files_metadata::{Flag, Spill};
 use super::layout;
 use super::pagecheck::{self, PageCheck};
 use super::throttle::{LimitedRead, LimitedWrite, RateLimit};
@@ -88,6 +89,8 @@ pub struct Shared {
     /// `--verify`: page checksums checked on the bytes as they are read.
     pub verify: Option<pagecheck::Rules>,
     pub verified: pagecheck::Totals,
+    /// A delta backup's base and file list (`None`: a full backup).
+    pub delta: Option<Arc<delta::Plan>>,
 }
 
 impl Shared {
@@ -115,6 +118,7 @@ impl Shared {
             parts: AtomicU32::new(0),
             verify: None,
             verified: pagecheck::Totals::default(),
+            delta: None,
         }
     }
 
@@ -152,6 +156,8 @@ pub struct Builder {
     current: Option<OpenTar>,
     spill: Option<Spill>,
     buf: Vec<u8>,
+    /// The delta page scan's buffer (empty in full backups).
+    scan_buf: Vec<u8>,
 }
 
 impl Builder {
@@ -166,6 +172,7 @@ impl Builder {
             current: None,
             spill,
             buf: Vec::new(),
+            scan_buf: Vec::new(),
         })
     }
 
@@ -252,24 +259,70 @@ impl Builder {
     }
 
     fn record(&mut self, member: &[u8], meta: Option<&Metadata>) -> Result<()> {
-        self.record_extra(member, meta, None)
+        self.record_as(member, meta, Flag::Whole, None)
     }
 
     /// `extra`: more keys for the member's `Files` entry (`CorruptBlocks`).
-    fn record_extra(
+    fn record_as(
         &mut self,
         member: &[u8],
         meta: Option<&Metadata>,
+        flag: Flag,
         extra: Option<&str>,
     ) -> Result<()> {
-        let (Some(spill), Some(open)) = (self.spill.as_mut(), self.current.as_ref()) else {
+        let Some(spill) = self.spill.as_mut() else {
             return Ok(());
         };
         let mtime = meta.and_then(|m| m.modified().ok());
-        match extra {
-            None => spill.record(&open.base, member, mtime),
-            Some(_) => spill.record_extra(&open.base, member, mtime, extra),
+        // A skipped file is in no tar.
+        let tar = match (flag, self.current.as_ref()) {
+            (Flag::Skipped, _) => "",
+            (_, Some(open)) => open.base.as_str(),
+            (_, None) => return Ok(()),
+        };
+        spill.record_as(tar, member, mtime, flag, extra)
+    }
+
+    /// A changed relation file of a delta backup: its `wi1` increment
+    /// under the file's member name (spec §6.4).
+    fn add_increment(
+        &mut self,
+        m: &Member,
+        mut incr: delta::increment_writer::IncrementReader,
+    ) -> Result<()> {
+        let size = incr.len();
+        let mut header = header_from(&m.meta, tar::EntryType::Regular, size);
+        if self.buf.is_empty() {
+            self.buf = vec![0; COPY_BUFFER];
         }
+        let mut buf = std::mem::take(&mut self.buf);
+        let shared = self.shared.clone();
+        let result = self.open().and_then(|open| {
+            append_copy(
+                open,
+                &mut header,
+                &m.name,
+                &mut incr,
+                size,
+                &mut buf,
+                &shared.abort,
+            )
+        });
+        self.buf = buf;
+        result?;
+        if let Some(plan) = &shared.delta {
+            plan.count_page_reads(incr.read_bytes);
+        }
+        let full = self.current.as_mut().is_some_and(|open| {
+            open.content += size;
+            open.content > shared.threshold
+        });
+        shared.content_total.fetch_add(size, Ordering::Relaxed);
+        self.record_as(&m.name, Some(&m.meta), Flag::Incremented, None)?;
+        if full {
+            self.close()?;
+        }
+        Ok(())
     }
 
     fn add_header(&mut self, m: &Member, kind: tar::EntryType, link: Option<&[u8]>) -> Result<()> {
@@ -285,6 +338,14 @@ impl Builder {
     /// that vanished before it was opened is skipped (still listed in its
     /// tar's set, as WAL-G lists it).
     fn add_file(&mut self, m: &Member) -> Result<()> {
+        if let Some(plan) = self.shared.delta.clone() {
+            let limit = self.shared.disk_limit.clone();
+            match plan.prepare(&m.name, &m.path, &m.meta, &mut self.scan_buf, limit)? {
+                Packed::Skip => return self.record_as(&m.name, Some(&m.meta), Flag::Skipped, None),
+                Packed::Increment(incr) => return self.add_increment(m, incr),
+                Packed::Whole => plan.count_whole(m.meta.len()),
+            }
+        }
         let file = match OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW)
@@ -334,7 +395,7 @@ impl Builder {
         });
         self.shared.content_total.fetch_add(size, Ordering::Relaxed);
         let corrupt = reader.done(&m.path, &self.shared.verified);
-        self.record_extra(&m.name, Some(&m.meta), corrupt.as_deref())?;
+        self.record_as(&m.name, Some(&m.meta), Flag::Whole, corrupt.as_deref())?;
         if full {
             self.close()?;
         }

@@ -12,6 +12,7 @@ mod backup_verify;
 mod config;
 mod copy;
 mod delete;
+mod delta;
 mod hardening;
 mod harness_selftest;
 mod hostile_s3;

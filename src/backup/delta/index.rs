@@ -1,0 +1,354 @@
+//! The delta base's `Files` map (spec §3.3, §6.2), for the per-file
+//! decision: was the file in the base, and with which mtime.
+//!
+//! WAL-G loads the whole map into memory (W3: GBs for millions of files).
+//! Here `files_metadata.json` is streamed from storage one entry at a time
+//! into an unlinked temporary file, then placed into an open-addressing
+//! hash table in a second unlinked file, read with `pread` per lookup: the
+//! process's memory does not grow with the number of files (the table
+//! lives in the page cache, which the kernel can evict). A slot holds
+//! 128 bits of the member name's SHA-256, so two names colliding is not a
+//! practical concern (a collision could only make a changed file look
+//! like the base's one: 2^-128 per pair).
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, BufWriter, Read, Seek, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+use serde::Deserializer as _;
+
+use crate::backup::layout;
+use crate::error::{Error, Result};
+use crate::storage::Storage;
+
+const SLOT: u64 = 32;
+/// Slot flag: occupied. Mtime known: second flag.
+const USED: u32 = 1;
+const HAS_TIME: u32 = 2;
+
+/// One base entry as the decision needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BaseFile {
+    /// `MTime` as an instant, if the entry had one walden could read.
+    pub mtime: Option<SystemTime>,
+}
+
+pub struct BaseIndex {
+    table: File,
+    mask: u64,
+    pub entries: u64,
+}
+
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+fn temp_file(what: &str) -> Result<File> {
+    let dir = std::env::temp_dir();
+    let path = dir.join(format!(
+        "walden-delta-{what}-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let failed = |e| {
+        Error::io(
+            format!(
+                "creating a temporary file in '{}' for the delta base's file list (set TMPDIR to a writable directory)",
+                dir.display()
+            ),
+            e,
+        )
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(failed)?;
+    std::fs::remove_file(&path).map_err(failed)?;
+    Ok(file)
+}
+
+fn key_of(name: &[u8]) -> [u8; 16] {
+    let d = ring::digest::digest(&ring::digest::SHA256, name);
+    let mut k = [0u8; 16];
+    k.copy_from_slice(&d.as_ref()[..16]);
+    k
+}
+
+/// 16 bytes key, i64 seconds, u32 nanoseconds, u32 flags.
+fn encode(key: &[u8; 16], mtime: Option<SystemTime>) -> [u8; SLOT as usize] {
+    let mut s = [0u8; SLOT as usize];
+    s[..16].copy_from_slice(key);
+    let mut flags = USED;
+    if let Some(d) = mtime.and_then(|t| t.duration_since(UNIX_EPOCH).ok()) {
+        s[16..24].copy_from_slice(&(d.as_secs() as i64).to_le_bytes());
+        s[24..28].copy_from_slice(&d.subsec_nanos().to_le_bytes());
+        flags |= HAS_TIME;
+    }
+    s[28..32].copy_from_slice(&flags.to_le_bytes());
+    s
+}
+
+fn decode(s: &[u8; SLOT as usize]) -> (u32, BaseFile) {
+    let flags = u32::from_le_bytes([s[28], s[29], s[30], s[31]]);
+    let mtime = (flags & HAS_TIME != 0).then(|| {
+        let secs = i64::from_le_bytes(s[16..24].try_into().unwrap_or_default());
+        let nanos = u32::from_le_bytes(s[24..28].try_into().unwrap_or_default());
+        UNIX_EPOCH + Duration::new(secs.max(0) as u64, nanos)
+    });
+    (flags, BaseFile { mtime })
+}
+
+impl BaseIndex {
+    /// Stream `files_metadata.json` of backup `name` into an index.
+    pub fn load(storage: &Arc<dyn Storage>, name: &str) -> Result<BaseIndex> {
+        let key = layout::files_metadata_key(name);
+        match storage.get(&key, 0) {
+            Ok(reader) => Self::from_reader(reader, &key),
+            // WAL-G goes on with an empty list: every file is stored whole.
+            Err(e) if e.is_not_found() => {
+                log::warn!(
+                    "the delta base {name} has no '{key}': every file of this delta is stored whole"
+                );
+                Self::from_reader(&b"{}"[..], &key)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn from_reader(reader: impl Read, key: &str) -> Result<BaseIndex> {
+        let spill = temp_file("list")?;
+        let mut out = BufWriter::with_capacity(64 * 1024, spill);
+        let mut count = 0u64;
+        let mut write_err: Option<std::io::Error> = None;
+        {
+            let mut sink = |name: &str, mtime: Option<SystemTime>| {
+                if write_err.is_some() {
+                    return;
+                }
+                count += 1;
+                if let Err(e) = out.write_all(&encode(&key_of(name.as_bytes()), mtime)) {
+                    write_err = Some(e);
+                }
+            };
+            let mut de =
+                serde_json::Deserializer::from_reader(BufReader::with_capacity(64 * 1024, reader));
+            de.deserialize_map(TopVisitor { sink: &mut sink })
+                .map_err(|e| {
+                    Error::Other(format!(
+                        "reading the delta base's '{key}': {e}; its files_metadata.json is damaged, take a full backup (--full)"
+                    ))
+                })?;
+        }
+        let io_failed = |e| Error::io("writing the delta base's file list to a temporary file", e);
+        if let Some(e) = write_err {
+            return Err(io_failed(e));
+        }
+        let mut spill = out.into_inner().map_err(|e| io_failed(e.into_error()))?;
+        let cap = (count * 2).next_power_of_two().max(16);
+        let table = temp_file("index")?;
+        table.set_len(cap * SLOT).map_err(io_failed)?;
+        let index = BaseIndex {
+            table,
+            mask: cap - 1,
+            entries: count,
+        };
+        spill.rewind().map_err(io_failed)?;
+        let mut input = BufReader::with_capacity(64 * 1024, spill);
+        let mut rec = [0u8; SLOT as usize];
+        for _ in 0..count {
+            input.read_exact(&mut rec).map_err(io_failed)?;
+            index.insert(&rec).map_err(io_failed)?;
+        }
+        Ok(index)
+    }
+
+    fn home(&self, key: &[u8]) -> u64 {
+        u64::from_le_bytes(key[..8].try_into().unwrap_or_default()) & self.mask
+    }
+
+    fn insert(&self, rec: &[u8; SLOT as usize]) -> std::io::Result<()> {
+        let mut i = self.home(&rec[..16]);
+        let mut slot = [0u8; SLOT as usize];
+        loop {
+            self.table.read_exact_at(&mut slot, i * SLOT)?;
+            let (flags, _) = decode(&slot);
+            // A duplicate name keeps its last entry, as a Go map does.
+            if flags & USED == 0 || slot[..16] == rec[..16] {
+                return self.table.write_all_at(rec, i * SLOT);
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+
+    /// The base's entry for member `name`, if it has one.
+    pub fn get(&self, name: &[u8]) -> Result<Option<BaseFile>> {
+        let key = key_of(name);
+        let mut i = self.home(&key);
+        let mut slot = [0u8; SLOT as usize];
+        loop {
+            self.table
+                .read_exact_at(&mut slot, i * SLOT)
+                .map_err(|e| Error::io("reading the delta base's file list (temporary file)", e))?;
+            let (flags, file) = decode(&slot);
+            if flags & USED == 0 {
+                return Ok(None);
+            }
+            if slot[..16] == key {
+                return Ok(Some(file));
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+}
+
+type Sink<'a> = dyn FnMut(&str, Option<SystemTime>) + 'a;
+
+/// `{"Files":{...},"TarFileSets":...}`: only `Files` is looked into (keys
+/// matched ignoring case, as WAL-G's decoder does).
+struct TopVisitor<'a, 'b> {
+    sink: &'a mut Sink<'b>,
+}
+
+impl<'de> Visitor<'de> for TopVisitor<'_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a files_metadata.json object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<(), A::Error> {
+        while let Some(k) = map.next_key::<String>()? {
+            if k.eq_ignore_ascii_case("Files") {
+                map.next_value_seed(FilesSeed { sink: self.sink })?;
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+struct FilesSeed<'a, 'b> {
+    sink: &'a mut Sink<'b>,
+}
+
+impl<'de> DeserializeSeed<'de> for FilesSeed<'_, '_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for FilesSeed<'_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("the Files object")
+    }
+    fn visit_unit<E: de::Error>(self) -> std::result::Result<(), E> {
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<(), A::Error> {
+        while let Some(name) = map.next_key::<String>()? {
+            let mtime = map.next_value_seed(DescSeed)?;
+            (self.sink)(&name, mtime);
+        }
+        Ok(())
+    }
+}
+
+/// One `BackupFileDescription`: its `MTime`.
+struct DescSeed;
+
+impl<'de> DeserializeSeed<'de> for DescSeed {
+    type Value = Option<SystemTime>;
+    fn deserialize<D: de::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for DescSeed {
+    type Value = Option<SystemTime>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a file description object")
+    }
+    fn visit_unit<E: de::Error>(self) -> std::result::Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_map<A: MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        let mut mtime = None;
+        while let Some(k) = map.next_key::<String>()? {
+            if k.eq_ignore_ascii_case("MTime") {
+                let v: Option<String> = map.next_value()?;
+                mtime = v.as_deref().and_then(crate::time::parse_iso8601);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(mtime)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_walg_entries_by_name_with_their_instant() {
+        let json = r#"{"Files":{"/base":{"IsIncremented":false,"IsSkipped":false,"MTime":"2026-08-21T19:55:01.5+02:00","UpdatesCount":0},
+          "/base/5/1259":{"IsIncremented":true,"IsSkipped":false,"MTime":"2026-08-21T20:01:12.871532011+02:00","UpdatesCount":0},
+          "/base/5/2619":{"isskipped":true,"mtime":"2026-08-20T03:10:44.102+02:00"},
+          "/odd":{}},
+          "TarFileSets":{"part_001.tar.lz4":["/base","/base/5/1259"]},
+          "DatabasesByNames":{"postgres":{"oid":5}}}"#;
+        let idx = BaseIndex::from_reader(json.as_bytes(), "k").unwrap();
+        assert_eq!(idx.entries, 4);
+        let t = idx.get(b"/base/5/1259").unwrap().unwrap().mtime.unwrap();
+        assert_eq!(
+            crate::time::rfc3339_nano(t),
+            "2026-08-21T18:01:12.871532011Z"
+        );
+        assert!(idx.get(b"/base/5/2619").unwrap().unwrap().mtime.is_some());
+        assert_eq!(idx.get(b"/odd").unwrap(), Some(BaseFile { mtime: None }));
+        assert_eq!(idx.get(b"/base/5/9999").unwrap(), None);
+        assert_eq!(idx.get(b"part_001.tar.lz4").unwrap(), None);
+    }
+
+    #[test]
+    fn many_entries_and_no_files() {
+        let mut json = String::from("{\"Files\":{");
+        for i in 0..5000 {
+            if i > 0 {
+                json.push(',');
+            }
+            json.push_str(&format!(
+                "\"/base/1/{i}\":{{\"MTime\":\"2026-01-01T00:00:{:02}Z\"}}",
+                i % 60
+            ));
+        }
+        json.push_str("}}");
+        let idx = BaseIndex::from_reader(json.as_bytes(), "k").unwrap();
+        for i in (0..5000).step_by(7) {
+            let t = idx
+                .get(format!("/base/1/{i}").as_bytes())
+                .unwrap()
+                .unwrap()
+                .mtime
+                .unwrap();
+            assert_eq!(t.duration_since(UNIX_EPOCH).unwrap().as_secs() % 60, i % 60);
+        }
+        assert_eq!(idx.get(b"/base/1/5000").unwrap(), None);
+        let empty = BaseIndex::from_reader(&b"{\"TarFileSets\":{}}"[..], "k").unwrap();
+        assert_eq!(empty.get(b"/base").unwrap(), None);
+        assert!(BaseIndex::from_reader(&b"{\"Files\":"[..], "k").is_err());
+    }
+}
