@@ -16,6 +16,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::catalog;
+use super::chain::{self, Chain};
 use super::layout::{self, TarKind};
 use super::recovery::{self, Recovery};
 use super::select::{self, Wanted};
@@ -30,7 +31,7 @@ use crate::storage::{Entry, Storage};
 
 const USAGE: &str = "walden backup-fetch DEST NAME|LATEST [--target-user-data JSON] \
 [--recovery-target-time T | --recovery-target-lsn L | --recovery-target-name N | --recovery-target immediate] [--standby] \
-[--restore-spec FILE]";
+[--restore-spec FILE] [--reverse-unpack [--skip-redundant-tars]]";
 
 /// Everything the command line and settings ask for, checked before
 /// storage is opened or DEST touched.
@@ -42,6 +43,8 @@ struct Options {
     concurrency: usize,
     /// `--restore-spec FILE`: where tablespaces go (spec §3.4).
     restore_spec: Option<PathBuf>,
+    /// How a delta backup's chain is composed.
+    chain_mode: chain::Mode,
 }
 
 fn options(settings: &Settings, args: Vec<OsString>) -> Result<Options> {
@@ -53,6 +56,8 @@ fn options(settings: &Settings, args: Vec<OsString>) -> Result<Options> {
     let mut targets: Vec<(String, String)> = Vec::new();
     let mut standby = false;
     let mut restore_spec: Option<PathBuf> = None;
+    let mut reverse_unpack = false;
+    let mut skip_redundant = false;
     while let Some(arg) = parser.next()? {
         match arg {
             Long("target-user-data") => user_data_arg = Some(parser.value()?.string()?),
@@ -66,6 +71,8 @@ fn options(settings: &Settings, args: Vec<OsString>) -> Result<Options> {
                 targets.push((flag, parser.value()?.string()?));
             }
             Long("standby") => standby = true,
+            Long("reverse-unpack") => reverse_unpack = true,
+            Long("skip-redundant-tars") => skip_redundant = true,
             Long("restore-spec") if restore_spec.is_none() => {
                 restore_spec = Some(PathBuf::from(parser.value()?));
             }
@@ -128,7 +135,22 @@ fn options(settings: &Settings, args: Vec<OsString>) -> Result<Options> {
         }
         .into());
     }
+    let reverse_unpack = reverse_unpack || settings.bool("WALG_USE_REVERSE_UNPACK")?;
+    let skip_redundant = skip_redundant || settings.bool("WALG_SKIP_REDUNDANT_TARS")?;
+    let chain_mode = if reverse_unpack {
+        chain::Mode::Reverse { skip_redundant }
+    } else {
+        if skip_redundant {
+            // WAL-G ignores it too: forward restore writes every file of
+            // the oldest backup first, so no tar is redundant before.
+            log::warn!(
+                "--skip-redundant-tars / WALG_SKIP_REDUNDANT_TARS takes effect only with --reverse-unpack / WALG_USE_REVERSE_UNPACK"
+            );
+        }
+        chain::Mode::Forward
+    };
     Ok(Options {
+        chain_mode,
         dest: PathBuf::from(dest),
         wanted,
         recovery: Recovery { target, standby },
@@ -178,12 +200,10 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     let chosen = select::choose(&storage, &opts.wanted, opts.recovery.target.as_ref())?;
     let (name, sentinel) = (chosen.name, chosen.sentinel);
     let tablespaces = tablespaces::Plan::new(&sentinel, opts.restore_spec.as_deref(), &opts.dest)?;
-    if let Some(base) = sentinel.as_object().and_then(catalog::delta_from) {
-        return Err(Error::Other(format!(
-            "backup {name} is a delta backup (taken against {base}), and restoring delta backups is not built yet in walden; \
-             restore it with WAL-G for now"
-        )));
-    }
+    let chain = match sentinel.as_object() {
+        Some(s) if catalog::delta_from(s).is_some() => Some(Chain::resolve(&storage, &name, s)?),
+        _ => None,
+    };
     let lines = recovery_lines(settings, &opts, &name, &sentinel)?;
     let tars = tar_keys(&storage, &name)?;
     let dest = prepare_dest(&opts.dest)?;
@@ -191,10 +211,13 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     log::info!("Restoring backup {name} into '{}'", dest.display());
 
     // Counted in tar bytes, which is what UncompressedSize counts.
-    let progress = Progress::new(
-        &format!("backup-fetch {name}"),
-        sentinel.get("UncompressedSize").and_then(Value::as_u64),
-    );
+    // A chain's tars are more than the newest backup's, and some are not
+    // downloaded: no total for it.
+    let total = match chain {
+        Some(_) => None,
+        None => sentinel.get("UncompressedSize").and_then(Value::as_u64),
+    };
+    let progress = Progress::new(&format!("backup-fetch {name}"), total);
     let unpacker = Unpacker {
         storage: &storage,
         codecs: &codecs,
@@ -202,8 +225,9 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
         writeback: opts.fsync,
         tablespaces: &tablespaces,
         progress: &progress,
+        policy: None,
     };
-    restore(&unpacker, &opts, tars, lines.as_deref()).map_err(|e| {
+    restore(&unpacker, &opts, tars, lines.as_deref(), chain.as_ref()).map_err(|e| {
         Error::Other(format!(
             "{e}\nhint: '{}' is incomplete; remove it before trying again",
             dest.display()
@@ -228,6 +252,7 @@ fn restore(
     opts: &Options,
     tars: Vec<(TarKind, String)>,
     recovery_lines: Option<&str>,
+    chain: Option<&Chain>,
 ) -> Result<()> {
     let dest = unpacker.dest;
     let data: Vec<String> = tars
@@ -235,7 +260,10 @@ fn restore(
         .filter(|(k, _)| *k == TarKind::Data)
         .map(|(_, key)| key.clone())
         .collect();
-    unpacker.parallel(&data, opts.concurrency)?;
+    match chain {
+        Some(chain) => chain.restore_data(unpacker, opts.concurrency, opts.chain_mode)?,
+        None => unpacker.parallel(&data, opts.concurrency)?,
+    }
     for (_, key) in tars.iter().filter(|(k, _)| *k == TarKind::Label) {
         unpacker.one(key, false)?;
     }
@@ -274,6 +302,18 @@ fn sync_filesystem(dest: &Path) -> Result<()> {
 /// The tars of the backup in restore order: data tars (by number), then
 /// the backup_label tar, then pg_control's.
 fn tar_keys(storage: &Arc<dyn Storage>, name: &str) -> Result<Vec<(TarKind, String)>> {
+    let tars = list_tars(storage, name)?;
+    if !tars.iter().any(|(k, _)| *k == TarKind::Control) {
+        return Err(Error::Other(format!(
+            "backup {name} has no pg_control tar under '{}'; it is incomplete or damaged and cannot be restored",
+            layout::partitions_prefix(name)
+        )));
+    }
+    Ok(tars)
+}
+
+/// Every tar of backup `name`, in restore order.
+pub(super) fn list_tars(storage: &Arc<dyn Storage>, name: &str) -> Result<Vec<(TarKind, String)>> {
     let prefix = layout::partitions_prefix(name);
     let mut tars = Vec::new();
     storage.list(&prefix, false, &mut |e| {
@@ -283,11 +323,6 @@ fn tar_keys(storage: &Arc<dyn Storage>, name: &str) -> Result<Vec<(TarKind, Stri
         }
         Ok(())
     })?;
-    if !tars.iter().any(|(k, _, _)| *k == TarKind::Control) {
-        return Err(Error::Other(format!(
-            "backup {name} has no pg_control tar under '{prefix}'; it is incomplete or damaged and cannot be restored"
-        )));
-    }
     tars.sort();
     Ok(tars.into_iter().map(|(k, _, key)| (k, key)).collect())
 }

@@ -3,10 +3,12 @@
 
 mod alive;
 pub mod catalog;
+pub mod chain;
 pub mod delete;
 pub mod extract;
 pub mod fetch;
 mod files_metadata;
+pub mod metadata_read;
 pub mod gotime;
 mod knobs;
 pub mod layout;

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::extract::Extractor;
+use super::extract::{Extractor, MemberPolicy};
 use super::tablespaces::Plan;
 use crate::codec::Codecs;
 use crate::error::{Error, Result};
@@ -21,6 +21,7 @@ use crate::storage::Storage;
 /// threads and stream buffers.
 pub const MAX_DOWNLOAD_CONCURRENCY: usize = 256;
 
+#[derive(Clone, Copy)]
 pub struct Unpacker<'a> {
     pub storage: &'a Arc<dyn Storage>,
     pub codecs: &'a Codecs,
@@ -31,6 +32,8 @@ pub struct Unpacker<'a> {
     pub tablespaces: &'a Plan,
     /// Counts the tar bytes extracted (for the progress line).
     pub progress: &'a Progress,
+    /// Per-member decisions (restoring a chain of delta backups).
+    pub policy: Option<&'a dyn MemberPolicy>,
 }
 
 /// Fails reads once another tar has failed, so the other threads stop
@@ -74,6 +77,7 @@ impl Unpacker<'_> {
             key,
             atomic,
             tablespaces: self.tablespaces,
+            policy: self.policy,
         }
         .extract(source)?;
         log::debug!("extracted '{key}'");
