@@ -10,6 +10,7 @@ mod backup_catalog;
 mod backup_push;
 mod config;
 mod delete;
+mod delta_fetch;
 mod hardening;
 mod harness_selftest;
 mod hostile_s3;
