@@ -155,10 +155,8 @@ pub fn read(
         listed: 0,
         tars: None,
     };
-    let mut de = serde_json::Deserializer::from_reader(std::io::BufReader::with_capacity(
-        256 * 1024,
-        input,
-    ));
+    let mut de =
+        serde_json::Deserializer::from_reader(std::io::BufReader::with_capacity(256 * 1024, input));
     TopSeed(&mut raw)
         .deserialize(&mut de)
         .map_err(|e| e.to_string())?;
@@ -285,7 +283,8 @@ impl<'de> Visitor<'de> for FilesSeed<'_, '_> {
                 if raw.arena.len() > u32::MAX as usize {
                     return Err(de::Error::custom("more than 4 GiB of file names"));
                 }
-                raw.spans.push((start as u32, raw.arena.len() as u32, flags));
+                raw.spans
+                    .push((start as u32, raw.arena.len() as u32, flags));
             }
         }
         Ok(())
@@ -407,7 +406,11 @@ mod tests {
             .map(|&i| m.files.name(i as usize))
             .collect();
         assert_eq!(names, [&b"/base"[..], b"/base/5/1259"]);
-        assert!(m.tar_set("backup_label.tar.lz4").unwrap().members.is_empty());
+        assert!(m
+            .tar_set("backup_label.tar.lz4")
+            .unwrap()
+            .members
+            .is_empty());
         assert!(m.tar_set("part_002.tar.lz4").is_none());
     }
 
@@ -453,7 +456,13 @@ mod tests {
                 let names: Vec<String> = (t * 1000..(t + 1) * 1000)
                     .map(|i| format!("\"/base/{}/{}.{}\"", 16384 + i % 7, 16385 + i / 3, i % 3))
                     .collect();
-                write!(f, "\"part_{:03}.tar.lz4\":[{}]{sep}", t + 1, names.join(",")).unwrap();
+                write!(
+                    f,
+                    "\"part_{:03}.tar.lz4\":[{}]{sep}",
+                    t + 1,
+                    names.join(",")
+                )
+                .unwrap();
             }
             write!(f, "}}}}").unwrap();
         }

@@ -54,7 +54,8 @@ fn walden(store: &Store) -> Walden {
 
 /// Every user table of `db` (name, size in bytes, md5 of its rows in
 /// order): what must come back exactly, including sizes after truncation.
-const STATE: &str = "SELECT coalesce(string_agg(c.relname || '=' || pg_relation_size(c.oid) || '/' || \
+const STATE: &str =
+    "SELECT coalesce(string_agg(c.relname || '=' || pg_relation_size(c.oid) || '/' || \
      md5(query_to_xml(format('SELECT * FROM %I ORDER BY 1', c.relname), false, false, '')::text), \
      ' ' ORDER BY c.relname), 'none') \
      FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'r'";
@@ -95,7 +96,13 @@ fn tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
                 out.insert(rel, b"<dir>".to_vec());
                 stack.push(p);
             } else if t.is_symlink() {
-                out.insert(rel, fs::read_link(&p).unwrap().into_os_string().into_encoded_bytes());
+                out.insert(
+                    rel,
+                    fs::read_link(&p)
+                        .unwrap()
+                        .into_os_string()
+                        .into_encoded_bytes(),
+                );
             } else {
                 out.insert(rel, fs::read(&p).unwrap());
             }
@@ -118,7 +125,10 @@ fn tars_downloaded(stderr: &str) -> usize {
 const MODES: [(&str, &[&str]); 3] = [
     ("forward", &[]),
     ("reverse", &["--reverse-unpack"]),
-    ("reverse-skip", &["--reverse-unpack", "--skip-redundant-tars"]),
+    (
+        "reverse-skip",
+        &["--reverse-unpack", "--skip-redundant-tars"],
+    ),
 ];
 
 #[test]
@@ -217,7 +227,11 @@ fn walg_delta_chain_restores_every_link() {
                 started.elapsed(),
                 tars_downloaded(&out.stderr)
             );
-            for l in out.stderr.lines().filter(|l| l.contains("Unpacking") || l.contains("WARN")) {
+            for l in out
+                .stderr
+                .lines()
+                .filter(|l| l.contains("Unpacking") || l.contains("WARN"))
+            {
                 eprintln!("    {l}");
             }
             trees.push((mode, tars_downloaded(&out.stderr), tree(&dest)));
@@ -309,7 +323,11 @@ fn damaged_chains(store: &Store, names: &[String], scratch: &TempDir) {
         let key = format!("{parts}{base}");
         let local = scratch.join("tar");
         let _ = fs::remove_file(&local);
-        walden(store).args(["st", "get", &key]).arg(&local).run().assert_ok();
+        walden(store)
+            .args(["st", "get", &key])
+            .arg(&local)
+            .run()
+            .assert_ok();
         let mut bytes = fs::read(&local).unwrap();
         let Some(at) = (0..bytes.len().saturating_sub(4))
             .step_by(512)
@@ -321,7 +339,12 @@ fn damaged_chains(store: &Store, names: &[String], scratch: &TempDir) {
         bytes[at] = b'x';
         fs::write(&local, &bytes).unwrap();
         let stem = key.strip_suffix(&format!(".{METHOD}")).unwrap().to_string();
-        walden(store).args(["st", "put", "-f"]).arg(&local).arg(&stem).run().assert_ok();
+        walden(store)
+            .args(["st", "put", "-f"])
+            .arg(&local)
+            .arg(&stem)
+            .run()
+            .assert_ok();
         corrupted = Some((key, stem, original));
         break;
     }
@@ -336,13 +359,22 @@ fn damaged_chains(store: &Store, names: &[String], scratch: &TempDir) {
     }
     let local = scratch.join("tar");
     fs::write(&local, &original).unwrap();
-    walden(store).args(["st", "put", "-f"]).arg(&local).arg(&stem).run().assert_ok();
+    walden(store)
+        .args(["st", "put", "-f"])
+        .arg(&local)
+        .arg(&stem)
+        .run()
+        .assert_ok();
 
     // A delta without files_metadata.json.
     let middle = &names[2];
     let fm = format!("basebackups_005/{middle}/files_metadata.json");
     let saved = scratch.join("fm.json");
-    walden(store).args(["st", "get", &fm]).arg(&saved).run().assert_ok();
+    walden(store)
+        .args(["st", "get", &fm])
+        .arg(&saved)
+        .run()
+        .assert_ok();
     walden(store).args(["st", "rm", &fm]).run().assert_ok();
     let err = fetch("no-metadata", &[]);
     eprintln!("no-metadata: {err}");
@@ -355,16 +387,31 @@ fn damaged_chains(store: &Store, names: &[String], scratch: &TempDir) {
         .assert_ok();
     // Whole again: restoring works.
     let dest = scratch.join("whole-again");
-    walden(store).arg("backup-fetch").arg(&dest).arg(newest).run().assert_ok();
+    walden(store)
+        .arg("backup-fetch")
+        .arg(&dest)
+        .arg(newest)
+        .run()
+        .assert_ok();
     fs::remove_dir_all(&dest).unwrap();
 
     // The base of the first delta deleted.
     let full = &names[0];
     walden(store)
-        .args(["st", "rm", &format!("basebackups_005/{full}_backup_stop_sentinel.json")])
+        .args([
+            "st",
+            "rm",
+            &format!("basebackups_005/{full}_backup_stop_sentinel.json"),
+        ])
         .run()
         .assert_ok();
-    for (dest, flags) in [("no-base", &[][..]), ("no-base-rev", &["--reverse-unpack", "--skip-redundant-tars"][..])] {
+    for (dest, flags) in [
+        ("no-base", &[][..]),
+        (
+            "no-base-rev",
+            &["--reverse-unpack", "--skip-redundant-tars"][..],
+        ),
+    ] {
         let err = fetch(dest, flags);
         eprintln!("{dest}: {err}");
         assert!(

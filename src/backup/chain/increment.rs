@@ -41,7 +41,11 @@ pub enum IncrementError {
     UnknownVersion(u8),
     /// The member is shorter than its own header or than the pages it
     /// announces, or longer.
-    SizeMismatch { pages: u64, expected: u64, actual: u64 },
+    SizeMismatch {
+        pages: u64,
+        expected: u64,
+        actual: u64,
+    },
     /// Block numbers must grow strictly.
     Unordered { index: usize, block: u32 },
     /// Reading the member (the tar stream) failed.
@@ -98,13 +102,17 @@ pub fn read_header(r: &mut impl Read, member_size: u64) -> Result<Header> {
     let mut head = [0u8; HEADER as usize];
     r.read_exact(&mut head).map_err(IncrementError::Read)?;
     if head[0] != MAGIC[0] || head[1] != MAGIC[1] || head[3] != SIGNATURE {
-        return Err(IncrementError::BadMagic([head[0], head[1], head[2], head[3]]));
+        return Err(IncrementError::BadMagic([
+            head[0], head[1], head[2], head[3],
+        ]));
     }
     if head[2] != MAGIC[2] {
         return Err(IncrementError::UnknownVersion(head[2]));
     }
     let size = u64::from_le_bytes(head[4..12].try_into().unwrap_or_default());
-    let pages = u64::from(u32::from_le_bytes(head[12..16].try_into().unwrap_or_default()));
+    let pages = u64::from(u32::from_le_bytes(
+        head[12..16].try_into().unwrap_or_default(),
+    ));
     let expected = HEADER + pages * (4 + PAGE);
     if expected != member_size {
         return Err(IncrementError::SizeMismatch {
@@ -374,11 +382,15 @@ mod tests {
         ] {
             let mut m = good.clone();
             m[i] = b;
-            let e = read_header(&mut Cursor::new(&m), len).unwrap_err().to_string();
+            let e = read_header(&mut Cursor::new(&m), len)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(what), "{e}");
         }
         // Page count that does not match the member's size, both ways.
-        let e = read_header(&mut Cursor::new(&good), len - 1).unwrap_err().to_string();
+        let e = read_header(&mut Cursor::new(&good), len - 1)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("announces 1 pages"), "{e}");
         let e = read_header(&mut Cursor::new(&good), len + 8192).unwrap_err();
         assert!(matches!(e, IncrementError::SizeMismatch { .. }));
@@ -388,7 +400,9 @@ mod tests {
         // Shorter than a header, and a block list out of order.
         assert!(read_header(&mut Cursor::new(&good[..10]), 10).is_err());
         let m = member(65536, &[(4, 1), (2, 2)]);
-        let e = read_header(&mut Cursor::new(&m), m.len() as u64).unwrap_err().to_string();
+        let e = read_header(&mut Cursor::new(&m), m.len() as u64)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not ascending"), "{e}");
         // A member whose header is right but whose pages are cut short.
         let m = member(65536, &[(1, 1), (2, 2)]);
@@ -481,7 +495,15 @@ mod tests {
         assert_eq!(&want[..PAGE as usize], &[0u8; PAGE as usize][..]);
         assert_eq!(std::fs::read(&rev).unwrap(), want);
         // A further (older) copy changes nothing.
-        fill_holes(&f, 5 * PAGE, None, &mut Cursor::new(&full), full.len() as u64, &mut buf).unwrap();
+        fill_holes(
+            &f,
+            5 * PAGE,
+            None,
+            &mut Cursor::new(&full),
+            full.len() as u64,
+            &mut buf,
+        )
+        .unwrap();
         assert_eq!(std::fs::read(&rev).unwrap(), want);
         std::fs::remove_dir_all(&dir).unwrap();
     }

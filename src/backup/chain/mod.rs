@@ -189,8 +189,9 @@ impl Chain {
                     // A full backup restores what its tars hold: names
                     // its metadata lacks (or all, without metadata) are
                     // whole files.
-                    let mut pairs: Vec<(&[u8], u8)> =
-                        (0..files.len()).map(|i| (files.name(i), files.flags_at(i))).collect();
+                    let mut pairs: Vec<(&[u8], u8)> = (0..files.len())
+                        .map(|i| (files.name(i), files.flags_at(i)))
+                        .collect();
                     pairs.extend(missing.into_iter().map(|n| (n, 0)));
                     let rebuilt = FileSet::from_pairs(pairs);
                     files = rebuilt;
@@ -284,7 +285,10 @@ impl Chain {
                 keys.push(key.clone());
             } else {
                 skipped += 1;
-                log::debug!("backup {}: tar '{key}' holds nothing still needed: not downloaded", link.name);
+                log::debug!(
+                    "backup {}: tar '{key}' holds nothing still needed: not downloaded",
+                    link.name
+                );
             }
         }
         log::info!(
@@ -312,7 +316,10 @@ impl Chain {
             ..*unpacker
         };
         unpacker.parallel(&keys, concurrency).map_err(|e| {
-            Error::Other(format!("restoring backup {} of the delta chain: {e}", link.name))
+            Error::Other(format!(
+                "restoring backup {} of the delta chain: {e}",
+                link.name
+            ))
         })
     }
 }
@@ -376,9 +383,10 @@ struct LinkPolicy<'a> {
 impl LinkPolicy<'_> {
     fn damaged(&self, m: &Member, e: IncrementError) -> Error {
         match e {
-            IncrementError::Write(e) => {
-                Error::io(format!("writing '{}' (from '{}')", m.path.display(), m.key), e)
-            }
+            IncrementError::Write(e) => Error::io(
+                format!("writing '{}' (from '{}')", m.path.display(), m.key),
+                e,
+            ),
             e => Error::Other(format!(
                 "member '{}' in object '{}' of backup {} is damaged: {e}. Nothing of it was \
                  written as file data; the backup cannot be restored",
@@ -390,7 +398,10 @@ impl LinkPolicy<'_> {
     }
 
     fn local(&self, m: &Member, e: io::Error) -> Error {
-        Error::io(format!("writing '{}' (from '{}')", m.path.display(), m.key), e)
+        Error::io(
+            format!("writing '{}' (from '{}')", m.path.display(), m.key),
+            e,
+        )
     }
 
     /// The file as the newer backups (reverse) or older ones (forward)
@@ -439,7 +450,11 @@ impl LinkPolicy<'_> {
 impl MemberPolicy for LinkPolicy<'_> {
     fn decide(&self, name: &[u8], kind: tar::EntryType) -> Result<Decision> {
         if utility(name) {
-            return Ok(if self.newest { Decision::Extract } else { Decision::Skip });
+            return Ok(if self.newest {
+                Decision::Extract
+            } else {
+                Decision::Skip
+            });
         }
         let regular = matches!(kind, tar::EntryType::Regular | tar::EntryType::Continuous);
         let Some(flags) = self.link.files.flags(name) else {
@@ -451,16 +466,26 @@ impl MemberPolicy for LinkPolicy<'_> {
                     String::from_utf8_lossy(name)
                 )));
             }
-            return Ok(if self.newest { Decision::Extract } else { Decision::Skip });
+            return Ok(if self.newest {
+                Decision::Extract
+            } else {
+                Decision::Skip
+            });
         };
         if !regular {
-            return Ok(if self.newest { Decision::Extract } else { Decision::Skip });
+            return Ok(if self.newest {
+                Decision::Extract
+            } else {
+                Decision::Skip
+            });
         }
-        Ok(if flags & INCREMENTED != 0 || (self.reverse && !self.newest) {
-            Decision::Custom
-        } else {
-            Decision::Extract
-        })
+        Ok(
+            if flags & INCREMENTED != 0 || (self.reverse && !self.newest) {
+                Decision::Custom
+            } else {
+                Decision::Extract
+            },
+        )
     }
 
     fn write(&self, m: &Member, data: &mut dyn Read, buf: &mut [u8]) -> Result<()> {
