@@ -153,6 +153,7 @@ pub fn read(
         arena: Vec::new(),
         spans: Vec::new(),
         listed: 0,
+        sorted: None,
         tars: None,
     };
     let mut de =
@@ -170,23 +171,48 @@ struct Raw<'k> {
     arena: Vec<u8>,
     spans: Vec<(u32, u32, u8)>,
     listed: usize,
-    /// Tar name and the kept names it lists, resolved once `Files` is sorted
-    /// (the two keys may come in either order).
-    tars: Option<Vec<(String, Vec<Vec<u8>>)>>,
+    /// `Files`, sorted as soon as it has been read.
+    sorted: Option<FileSet>,
+    /// Tar name and the kept names it lists: indices when `Files` came
+    /// first (WAL-G's order), else names until `Files` is read.
+    tars: Option<Vec<(String, Names)>>,
+}
+
+enum Names {
+    Resolved(Vec<u32>),
+    Pending { arena: Vec<u8>, ends: Vec<u32> },
 }
 
 impl Raw<'_> {
-    fn finish(self) -> FilesMetadata {
-        let files = FileSet::from_spans(&self.arena, self.spans);
-        drop(self.arena);
+    /// Sort what `Files` gave so far.
+    fn sort_files(&mut self) {
+        let arena = std::mem::take(&mut self.arena);
+        let spans = std::mem::take(&mut self.spans);
+        if self.sorted.is_none() || !spans.is_empty() {
+            self.sorted = Some(FileSet::from_spans(&arena, spans));
+        }
+    }
+
+    fn finish(mut self) -> FilesMetadata {
+        if self.sorted.is_none() {
+            self.sort_files();
+        }
+        let files = self.sorted.take().unwrap_or_default();
         let tar_sets = self.tars.map(|tars| {
             tars.into_iter()
                 .map(|(tar, names)| TarSet {
                     tar,
-                    members: names
-                        .iter()
-                        .filter_map(|n| files.index(n).map(|i| i as u32))
-                        .collect(),
+                    members: match names {
+                        Names::Resolved(m) => m,
+                        Names::Pending { arena, ends } => (0..ends.len())
+                            .filter_map(|i| {
+                                let start = if i == 0 { 0 } else { ends[i - 1] as usize };
+                                files
+                                    .index(&arena[start..ends[i] as usize])
+                                    .map(|i| i as u32)
+                            })
+                            .collect(),
+                    },
                 })
                 .collect()
         });
@@ -221,6 +247,7 @@ impl<'de> Visitor<'de> for TopSeed<'_, '_> {
         while let Some(key) = map.next_key::<String>()? {
             if is_key(&key, "Files") {
                 map.next_value_seed(Nullable(FilesSeed(self.0)))?;
+                self.0.sort_files();
             } else if is_key(&key, "TarFileSets") {
                 self.0.tars = Some(Vec::new());
                 map.next_value_seed(Nullable(TarsSeed(self.0)))?;
@@ -341,9 +368,16 @@ impl<'de> Visitor<'de> for TarsSeed<'_, '_> {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         while let Some(tar) = map.next_key::<String>()? {
-            let mut names = Vec::new();
+            let mut names = match self.0.sorted {
+                Some(_) => Names::Resolved(Vec::new()),
+                None => Names::Pending {
+                    arena: Vec::new(),
+                    ends: Vec::new(),
+                },
+            };
             map.next_value_seed(Nullable(NamesSeed {
                 keep: self.0.keep,
+                files: self.0.sorted.as_ref(),
                 out: &mut names,
             }))?;
             self.0.tars.get_or_insert_with(Vec::new).push((tar, names));
@@ -354,7 +388,8 @@ impl<'de> Visitor<'de> for TarsSeed<'_, '_> {
 
 struct NamesSeed<'a, 'k> {
     keep: &'k dyn Fn(&[u8]) -> bool,
-    out: &'a mut Vec<Vec<u8>>,
+    files: Option<&'a FileSet>,
+    out: &'a mut Names,
 }
 
 impl<'de> DeserializeSeed<'de> for NamesSeed<'_, '_> {
@@ -371,8 +406,20 @@ impl<'de> Visitor<'de> for NamesSeed<'_, '_> {
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         while let Some(name) = seq.next_element::<String>()? {
-            if (self.keep)(name.as_bytes()) {
-                self.out.push(name.into_bytes());
+            if !(self.keep)(name.as_bytes()) {
+                continue;
+            }
+            match (&mut *self.out, self.files) {
+                (Names::Resolved(m), Some(files)) => {
+                    if let Some(i) = files.index(name.as_bytes()) {
+                        m.push(i as u32);
+                    }
+                }
+                (Names::Pending { arena, ends }, _) => {
+                    arena.extend_from_slice(name.as_bytes());
+                    ends.push(arena.len() as u32);
+                }
+                (Names::Resolved(_), None) => {}
             }
         }
         Ok(())
@@ -412,6 +459,21 @@ mod tests {
             .members
             .is_empty());
         assert!(m.tar_set("part_002.tar.lz4").is_none());
+    }
+
+    #[test]
+    fn tar_sets_before_files() {
+        let text =
+            r#"{"TarFileSets":{"p1":["/b","/a","/zz"]},"Files":{"/a":{"IsSkipped":true},"/b":{}}}"#;
+        let m = read(text.as_bytes(), &|_| true).unwrap();
+        let p = m.tar_set("p1").unwrap();
+        let names: Vec<&[u8]> = p
+            .members
+            .iter()
+            .map(|&i| m.files.name(i as usize))
+            .collect();
+        assert_eq!(names, [&b"/b"[..], b"/a"]);
+        assert_eq!(m.files.flags(b"/a"), Some(SKIPPED));
     }
 
     #[test]
