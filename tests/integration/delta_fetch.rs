@@ -1,4 +1,5 @@
-//! backup-fetch of delta chains made by WAL-G 3.0.9 (walden cannot push
+//! backup-fetch of delta chains made by WAL-G 3.0.9 (origins LATEST and
+//! LATEST_FULL; walden cannot push
 //! deltas yet): a full backup and three deltas with pgbench writes
 //! between them and, among them, a VACUUM FULL (new relfilenode), a table
 //! shrunk by VACUUM and grown again, a DROP TABLE, a TRUNCATE, a new table
@@ -32,7 +33,7 @@ fn walg_bin() -> Option<PathBuf> {
     }
 }
 
-fn walg(bin: &Path, store: &Store) -> Walden {
+fn walg(bin: &Path, store: &Store, origin: &str) -> Walden {
     if let Store::Fs { dir } = store {
         fs::create_dir_all(dir.join("repo")).unwrap();
     }
@@ -42,6 +43,7 @@ fn walg(bin: &Path, store: &Store) -> Walden {
         // Small tars, so that a backup has many and skipping some shows.
         .env("WALG_TAR_SIZE_THRESHOLD", "1048576")
         .env("WALG_DELTA_MAX_STEPS", "3")
+        .env("WALG_DELTA_ORIGIN", origin)
         .timeout(Duration::from_secs(300))
 }
 
@@ -134,6 +136,15 @@ const MODES: [(&str, &[&str]); 3] = [
 #[test]
 fn walg_delta_chain_restores_every_link() {
     let Some(bin) = walg_bin() else { return };
+    // LATEST: each delta against the one before (a chain of four);
+    // LATEST_FULL: each against the full backup (chains of two).
+    for origin in ["LATEST", "LATEST_FULL"] {
+        chain(&bin, origin);
+    }
+}
+
+fn chain(bin: &Path, origin: &str) {
+    eprintln!("WALG_DELTA_ORIGIN={origin}");
     let store = Store::fs();
     let mut pg = PgCluster::builder()
         .conf("archive_mode", "on")
@@ -155,7 +166,7 @@ fn walg_delta_chain_restores_every_link() {
     let mut expected = Vec::new();
     let push = |pg: &PgCluster, names: &mut Vec<String>, expected: &mut Vec<String>, db2| {
         expected.push(state(pg, db2));
-        walg(&bin, &store)
+        walg(bin, &store, origin)
             .envs(pg.env())
             .arg("backup-push")
             .arg(&data)
@@ -197,11 +208,22 @@ fn walg_delta_chain_restores_every_link() {
     let last = pg.switch_wal();
     pg.wait_for_archive(&last, Duration::from_secs(120));
     pg.stop();
-    for (i, n) in names.iter().enumerate() {
-        let want = if i == 0 { "_D_" } else { "" };
+    assert!(!names[0].contains("_D_"), "{names:?}: a full backup first");
+    for (i, n) in names.iter().enumerate().skip(1) {
+        // base_<seg>_D_<segment of the backup it was taken against>.
+        let against = match origin {
+            "LATEST" => &names[i - 1],
+            _ => &names[0],
+        };
+        let segment: String = against
+            .trim_start_matches("base_")
+            .chars()
+            .take(24)
+            .collect();
+        let suffix = format!("_D_{segment}");
         assert!(
-            i == 0 && !n.contains(want) || i > 0 && n.contains("_D_"),
-            "backup {i} is {n}: WAL-G made a full then deltas"
+            n.ends_with(&suffix),
+            "{origin}: backup {i} is {n}, wanted a delta against {against}"
         );
     }
 
@@ -283,7 +305,9 @@ fn walg_delta_chain_restores_every_link() {
         }
     }
 
-    damaged_chains(&store, &names, &scratch);
+    if origin == "LATEST" {
+        damaged_chains(&store, &names, &scratch);
+    }
 }
 
 /// The newest delta's chain broken three ways, each named in the error;
