@@ -137,6 +137,34 @@ fn copy_with(
     }
 }
 
+/// What a restore of a chain of backups does with a member, decided per
+/// member by the chain's code (`super::chain`): extract it as usual, skip
+/// it, or write it itself (an increment, or a copy that only fills what
+/// newer backups left missing).
+pub enum Decision {
+    Extract,
+    Skip,
+    Custom,
+}
+
+/// A regular member handed to [`MemberPolicy::write`], its path checked
+/// and its parent directories made.
+pub struct Member<'a> {
+    pub name: &'a [u8],
+    pub path: &'a Path,
+    pub mode: u32,
+    pub size: u64,
+    /// The tar object it comes from, for messages.
+    pub key: &'a str,
+}
+
+pub trait MemberPolicy: Sync {
+    fn decide(&self, name: &[u8], kind: tar::EntryType) -> Result<Decision>;
+    /// Write a member `decide` returned [`Decision::Custom`] for; `data`
+    /// is its content, exactly `member.size` bytes.
+    fn write(&self, member: &Member, data: &mut dyn Read, buf: &mut [u8]) -> Result<()>;
+}
+
 /// Files are not synced one by one: the caller syncs each file system
 /// once (`syncfs`) before `pg_control` arrives, which measured 2–3 times
 /// faster than an fsync per file (`../shared/research/backup-speed.md`).
@@ -155,6 +183,8 @@ pub struct Extractor<'a> {
     /// Partial restore: only the files this keeps are written
     /// (directories always are).
     pub keep: Option<&'a Filter>,
+    /// Per-member decisions when restoring a chain of delta backups.
+    pub policy: Option<&'a dyn MemberPolicy>,
 }
 
 impl Extractor<'_> {
@@ -240,6 +270,23 @@ impl Extractor<'_> {
                 return Ok(());
             }
             return Err(self.refuse(&name, "it names the destination itself"));
+        }
+        if let Some(policy) = self.policy {
+            match policy.decide(&name, kind)? {
+                Decision::Extract => {}
+                Decision::Skip => return Ok(()),
+                Decision::Custom => {
+                    let path = self.parent_dirs(root, &name, rel)?;
+                    let member = Member {
+                        name: &name,
+                        path: &path,
+                        mode,
+                        size: entry.size(),
+                        key: self.key,
+                    };
+                    return policy.write(&member, &mut entry, buf);
+                }
+            }
         }
         let path = self.parent_dirs(root, &name, rel)?;
         match kind {
@@ -493,6 +540,7 @@ mod tests {
             atomic: false,
             tablespaces: &Plan::default(),
             keep: None,
+            policy: None,
         }
         .extract(Box::new(io::Cursor::new(tar)))
     }

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::catalog;
+use super::chain::{self, Chain};
 use super::layout::{self, TarKind};
 use super::partial;
 use super::recovery::{self, Recovery};
@@ -31,7 +32,7 @@ use crate::storage::{Entry, Storage};
 
 const USAGE: &str = "walden backup-fetch DEST NAME|LATEST [--target-user-data JSON] \
 [--recovery-target-time T | --recovery-target-lsn L | --recovery-target-name N | --recovery-target immediate] [--standby] \
-[--restore-spec FILE] [--restore-only DB[,DB/TABLE,...]]";
+[--restore-spec FILE] [--restore-only DB[,DB/TABLE,...]] [--reverse-unpack [--skip-redundant-tars]]";
 
 /// Everything the command line and settings ask for, checked before
 /// storage is opened or DEST touched.
@@ -45,6 +46,8 @@ struct Options {
     restore_spec: Option<PathBuf>,
     /// `--restore-only`: a partial restore (spec §9.5, `partial.rs`).
     restore_only: Option<partial::Request>,
+    /// How a delta backup's chain is composed.
+    chain_mode: chain::Mode,
 }
 
 fn options(settings: &Settings, args: Vec<OsString>) -> Result<Options> {
@@ -58,6 +61,8 @@ fn options(settings: &Settings, args: Vec<OsString>) -> Result<Options> {
     let mut restore_spec: Option<PathBuf> = None;
     let mut restore_only: Vec<String> = Vec::new();
     let mut partial_asked = false;
+    let mut reverse_unpack = false;
+    let mut skip_redundant = false;
     while let Some(arg) = parser.next()? {
         match arg {
             Long("target-user-data") => user_data_arg = Some(parser.value()?.string()?),
@@ -75,6 +80,8 @@ fn options(settings: &Settings, args: Vec<OsString>) -> Result<Options> {
                 partial_asked = true;
                 restore_only.push(parser.value()?.string()?);
             }
+            Long("reverse-unpack") => reverse_unpack = true,
+            Long("skip-redundant-tars") => skip_redundant = true,
             Long("restore-spec") if restore_spec.is_none() => {
                 restore_spec = Some(PathBuf::from(parser.value()?));
             }
@@ -137,7 +144,22 @@ fn options(settings: &Settings, args: Vec<OsString>) -> Result<Options> {
         }
         .into());
     }
+    let reverse_unpack = reverse_unpack || settings.bool("WALG_USE_REVERSE_UNPACK")?;
+    let skip_redundant = skip_redundant || settings.bool("WALG_SKIP_REDUNDANT_TARS")?;
+    let chain_mode = if reverse_unpack {
+        chain::Mode::Reverse { skip_redundant }
+    } else {
+        if skip_redundant {
+            // WAL-G ignores it too: forward restore writes every file of
+            // the oldest backup first, so no tar is redundant before.
+            log::warn!(
+                "--skip-redundant-tars / WALG_SKIP_REDUNDANT_TARS takes effect only with --reverse-unpack / WALG_USE_REVERSE_UNPACK"
+            );
+        }
+        chain::Mode::Forward
+    };
     Ok(Options {
+        chain_mode,
         dest: PathBuf::from(dest),
         wanted,
         recovery: Recovery { target, standby },
@@ -192,12 +214,12 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     let chosen = select::choose(&storage, &opts.wanted, opts.recovery.target.as_ref())?;
     let (name, sentinel) = (chosen.name, chosen.sentinel);
     let tablespaces = tablespaces::Plan::new(&sentinel, opts.restore_spec.as_deref(), &opts.dest)?;
-    if let Some(base) = sentinel.as_object().and_then(catalog::delta_from) {
-        return Err(Error::Other(format!(
-            "backup {name} is a delta backup (taken against {base}), and restoring delta backups is not built yet in walden; \
-             restore it with WAL-G for now"
-        )));
-    }
+    let chain = match sentinel.as_object() {
+        Some(s) if catalog::delta_from(s).is_some() => Some(Chain::resolve(&storage, &name, s)?),
+        _ => None,
+    };
+    // The newest backup's names say which paths belong to what was asked;
+    // the same paths are taken from every older backup of a chain.
     let keep = match &opts.restore_only {
         Some(request) => Some(partial_filter(&storage, &name, request)?),
         None => None,
@@ -209,10 +231,13 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     log::info!("Restoring backup {name} into '{}'", dest.display());
 
     // Counted in tar bytes, which is what UncompressedSize counts.
-    let progress = Progress::new(
-        &format!("backup-fetch {name}"),
-        sentinel.get("UncompressedSize").and_then(Value::as_u64),
-    );
+    // A chain's tars are more than the newest backup's, and some are not
+    // downloaded: no total for it.
+    let total = match chain {
+        Some(_) => None,
+        None => sentinel.get("UncompressedSize").and_then(Value::as_u64),
+    };
+    let progress = Progress::new(&format!("backup-fetch {name}"), total);
     let unpacker = Unpacker {
         storage: &storage,
         codecs: &codecs,
@@ -221,8 +246,9 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
         tablespaces: &tablespaces,
         progress: &progress,
         keep: keep.as_ref(),
+        policy: None,
     };
-    restore(&unpacker, &opts, tars, lines.as_deref()).map_err(|e| {
+    restore(&unpacker, &opts, tars, lines.as_deref(), chain.as_ref()).map_err(|e| {
         Error::Other(format!(
             "{e}\nhint: '{}' is incomplete; remove it before trying again",
             dest.display()
@@ -244,7 +270,9 @@ fn partial_filter(
 ) -> Result<partial::Filter> {
     let names = partial::Names::read(storage, name)?.ok_or_else(|| {
         Error::Other(format!(
-            "--restore-only needs the database names that backup-push stores in files_metadata.json, and backup {name}              has none (taken over the replication protocol, with --without-files-metadata or              WALG_DISABLE_PARTIAL_RESTORE=true, or by an old WAL-G); restore it whole"
+            "--restore-only needs the database names that backup-push stores in files_metadata.json, and backup {name} \
+             has none (taken over the replication protocol, with --without-files-metadata or \
+             WALG_DISABLE_PARTIAL_RESTORE=true, or by an old WAL-G); restore it whole"
         ))
     })?;
     log::info!("Partial restore of {}", request.describe());
@@ -262,6 +290,7 @@ fn restore(
     opts: &Options,
     tars: Vec<(TarKind, String)>,
     recovery_lines: Option<&str>,
+    chain: Option<&Chain>,
 ) -> Result<()> {
     let dest = unpacker.dest;
     let data: Vec<String> = tars
@@ -269,7 +298,10 @@ fn restore(
         .filter(|(k, _)| *k == TarKind::Data)
         .map(|(_, key)| key.clone())
         .collect();
-    unpacker.parallel(&data, opts.concurrency)?;
+    match chain {
+        Some(chain) => chain.restore_data(unpacker, opts.concurrency, opts.chain_mode)?,
+        None => unpacker.parallel(&data, opts.concurrency)?,
+    }
     for (_, key) in tars.iter().filter(|(k, _)| *k == TarKind::Label) {
         unpacker.one(key, false)?;
     }
@@ -308,6 +340,18 @@ fn sync_filesystem(dest: &Path) -> Result<()> {
 /// The tars of the backup in restore order: data tars (by number), then
 /// the backup_label tar, then pg_control's.
 fn tar_keys(storage: &Arc<dyn Storage>, name: &str) -> Result<Vec<(TarKind, String)>> {
+    let tars = list_tars(storage, name)?;
+    if !tars.iter().any(|(k, _)| *k == TarKind::Control) {
+        return Err(Error::Other(format!(
+            "backup {name} has no pg_control tar under '{}'; it is incomplete or damaged and cannot be restored",
+            layout::partitions_prefix(name)
+        )));
+    }
+    Ok(tars)
+}
+
+/// Every tar of backup `name`, in restore order.
+pub(super) fn list_tars(storage: &Arc<dyn Storage>, name: &str) -> Result<Vec<(TarKind, String)>> {
     let prefix = layout::partitions_prefix(name);
     let mut tars = Vec::new();
     storage.list(&prefix, false, &mut |e| {
@@ -317,11 +361,6 @@ fn tar_keys(storage: &Arc<dyn Storage>, name: &str) -> Result<Vec<(TarKind, Stri
         }
         Ok(())
     })?;
-    if !tars.iter().any(|(k, _, _)| *k == TarKind::Control) {
-        return Err(Error::Other(format!(
-            "backup {name} has no pg_control tar under '{prefix}'; it is incomplete or damaged and cannot be restored"
-        )));
-    }
     tars.sort();
     Ok(tars.into_iter().map(|(k, _, key)| (k, key)).collect())
 }

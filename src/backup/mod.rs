@@ -3,6 +3,7 @@
 
 mod alive;
 pub mod catalog;
+pub mod chain;
 pub mod delete;
 pub mod delta;
 pub mod extract;
@@ -13,6 +14,7 @@ mod knobs;
 pub mod layout;
 pub mod list;
 pub mod mark;
+pub mod metadata_read;
 mod names;
 mod pagecheck;
 pub mod partial;

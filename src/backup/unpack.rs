@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::extract::Extractor;
+use super::extract::{Extractor, MemberPolicy};
 use super::partial::Filter;
 use super::tablespaces::Plan;
 use crate::codec::Codecs;
@@ -22,6 +22,7 @@ use crate::storage::Storage;
 /// threads and stream buffers.
 pub const MAX_DOWNLOAD_CONCURRENCY: usize = 256;
 
+#[derive(Clone, Copy)]
 pub struct Unpacker<'a> {
     pub storage: &'a Arc<dyn Storage>,
     pub codecs: &'a Codecs,
@@ -34,6 +35,8 @@ pub struct Unpacker<'a> {
     pub progress: &'a Progress,
     /// Partial restore: the files to write.
     pub keep: Option<&'a Filter>,
+    /// Per-member decisions (restoring a chain of delta backups).
+    pub policy: Option<&'a dyn MemberPolicy>,
 }
 
 /// Fails reads once another tar has failed, so the other threads stop
@@ -78,6 +81,7 @@ impl Unpacker<'_> {
             atomic,
             tablespaces: self.tablespaces,
             keep: self.keep,
+            policy: self.policy,
         }
         .extract(source)?;
         log::debug!("extracted '{key}'");

@@ -5,9 +5,9 @@
 //! [`restore_chain`]) to its consistent point and every table of every
 //! database compared with what the source had when that backup was taken.
 //!
-//! walden cannot restore deltas yet, so the chain is restored by WAL-G
-//! 3.0.9 (`WALDEN_WALG_BIN`; without it these tests skip). At merge the
-//! coordinator switches [`restore_chain`] to walden.
+//! Each link is restored by walden, forward and with reverse unpack and
+//! skip-redundant-tars, and by WAL-G 3.0.9 when `WALDEN_WALG_BIN` names
+//! it (without it that part says it skips).
 
 use std::path::Path;
 use std::process::Command;
@@ -21,7 +21,9 @@ fn walg_bin() -> Option<std::path::PathBuf> {
     match std::env::var_os("WALDEN_WALG_BIN") {
         Some(p) if !p.is_empty() => Some(p.into()),
         _ => {
-            eprintln!("WALDEN_WALG_BIN not set: skipping the delta chain restore test");
+            eprintln!(
+                "WALDEN_WALG_BIN not set: skipping the WAL-G restores of walden's delta chains"
+            );
             None
         }
     }
@@ -29,18 +31,22 @@ fn walg_bin() -> Option<std::path::PathBuf> {
 
 /// Which program restores a delta chain.
 enum Tool<'a> {
+    /// walden's backup-fetch with these extra flags.
+    Walden(&'a [&'a str]),
     Walg(&'a Path),
 }
 
 /// Restore backup `name` (and the chain below it) from `store` into `dest`.
 fn restore_chain(tool: &Tool, store: &Store, name: &str, dest: &Path) {
-    let cmd = match tool {
-        Tool::Walg(bin) => Walden::program(bin).envs(store.env()),
+    let (cmd, flags): (Walden, &[&str]) = match tool {
+        Tool::Walden(flags) => (store.walden(), flags),
+        Tool::Walg(bin) => (Walden::program(bin).envs(store.env()), &[]),
     };
     cmd.timeout(Duration::from_secs(300))
         .arg("backup-fetch")
         .arg(dest)
         .arg(name)
+        .args(flags)
         .run()
         .assert_ok();
 }
@@ -153,7 +159,7 @@ fn delta_chain_latest_full() {
 }
 
 fn chain(origin: &str) {
-    let Some(bin) = walg_bin() else { return };
+    let walg = walg_bin();
     // The archiver (user postgres) creates the store's root.
     let store = Store::fs();
     let mut pg = PgCluster::builder()
@@ -255,11 +261,20 @@ fn chain(origin: &str) {
             .any(|n| n == skipped_name.as_str())));
     }
 
-    let tool = Tool::Walg(&bin);
+    let mut tools = vec![
+        Tool::Walden(&[]),
+        Tool::Walden(&["--reverse-unpack", "--skip-redundant-tars"]),
+    ];
+    if let Some(bin) = &walg {
+        tools.push(Tool::Walg(bin));
+    }
     let dirs = TempDir::new("delta-restore");
-    for (name, expected) in &links {
-        let dest = dirs.join(name);
-        restore_chain(&tool, &store, name, &dest);
+    for ((name, expected), (t, tool)) in links
+        .iter()
+        .flat_map(|l| tools.iter().enumerate().map(move |t| (l, t)))
+    {
+        let dest = dirs.join(format!("{name}-{t}"));
+        restore_chain(tool, &store, name, &dest);
         std::fs::write(dest.join("recovery.signal"), "").unwrap();
         let mut restored = PgCluster::builder()
             .conf("restore_command", "'{walden} wal-fetch %f %p'")
@@ -272,7 +287,7 @@ fn chain(origin: &str) {
         assert_eq!(
             &state(&restored),
             expected,
-            "{origin}: {name} restored\n{}",
+            "{origin}: {name} restored by tool {t}\n{}",
             restored.log_tail()
         );
         restored.stop();

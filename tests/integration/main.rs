@@ -13,6 +13,7 @@ mod config;
 mod copy;
 mod delete;
 mod delta;
+mod delta_fetch;
 mod hardening;
 mod harness_selftest;
 mod hostile_s3;

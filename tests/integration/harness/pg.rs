@@ -362,8 +362,18 @@ impl PgCluster {
             .unwrap_or_else(|e| panic!("psql failed: {sql}\n{e}"))
     }
 
+    /// `psql` in database `db`.
+    pub fn psql_in(&self, db: &str, sql: &str) -> String {
+        self.try_psql_in(db, sql)
+            .unwrap_or_else(|e| panic!("psql in {db} failed: {sql}\n{e}"))
+    }
+
     /// Like `psql` but returns stderr instead of panicking, for expected errors.
     pub fn try_psql(&self, sql: &str) -> Result<String, String> {
+        self.try_psql_in("postgres", sql)
+    }
+
+    fn try_psql_in(&self, db: &str, sql: &str) -> Result<String, String> {
         let out = self
             .client_cmd("psql")
             .args([
@@ -371,7 +381,7 @@ impl PgCluster {
                 "-A",
                 "-t",
                 "-d",
-                "postgres",
+                db,
                 "-v",
                 "ON_ERROR_STOP=1",
                 "-c",
