@@ -16,7 +16,8 @@
 # BENCH_CLIENTS (default 8), BENCH_RUNS (rounds, tools alternating, default
 # 1), BENCH_CODEC (zstd-3: every tool at zstd level 3, the default; or
 # defaults: each tool's own default compression), BENCH_STORAGES (default
-# "fs s3"), BENCH_TOOLS (comma-separated labels, default all).
+# "fs s3"), BENCH_TOOLS (comma-separated labels, default all),
+# BENCH_WALDEN_UPLOAD_CONCURRENCY (walden's WALG_UPLOAD_CONCURRENCY, to compare).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 bash scripts/install-deps.sh

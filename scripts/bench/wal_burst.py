@@ -134,7 +134,10 @@ def tools_for(storage, endpoint):
             where = {"WALG_FILE_PREFIX": repo}
         else:
             where = {**S3_KEYS, "AWS_ENDPOINT": endpoint, "WALG_S3_PREFIX": f"s3://bench/{label}-{time.time_ns()}"}
-        tools[label] = (f"{exe} wal-push %p", {**zstd, **where}, exe)
+        extra = {}
+        if label == "walden" and os.environ.get("BENCH_WALDEN_UPLOAD_CONCURRENCY"):
+            extra["WALG_UPLOAD_CONCURRENCY"] = os.environ["BENCH_WALDEN_UPLOAD_CONCURRENCY"]
+        tools[label] = (f"{exe} wal-push %p", {**zstd, **where, **extra}, exe)
     if storage == "fs":
         sync = pgbr_conf("pgbr-sync", [])
         tools["pgbr sync"] = (f"pgbackrest --config={sync} --stanza=bench archive-push %p", {}, "pgbackrest")
