@@ -5,7 +5,8 @@
 # takes a full backup into filesystem storage at zstd level 3 and restores
 # it into an empty directory: walden backup-push / backup-fetch against
 # pgBackRest 2.45 (backup / restore, --process-max=2) and the ceiling
-# `tar -cf - PGDATA | zstd -3 -T2 > /dev/null`. Medians of BENCH_RUNS runs,
+# `tar -cf - PGDATA | zstd -3 -T2 > /dev/null`; pgBackRest's backup is also
+# restored by `walden pgbackrest backup-fetch`. Medians of BENCH_RUNS runs,
 # peak RSS, stored bytes, ratios to walden.
 #
 # Optional peers: BENCH_WALG=/path/to/wal-g and BENCH_WALRUS=/path/to/walrus

@@ -50,6 +50,7 @@ def main():
     rss = {t: [0, 0] for t in tools}
     stored = {t: 0 for t in tools}
     ceiling = []
+    pgbr_by_walden, pgbr_by_walden_rss = [], 0
     for rnd in range(RUNS):
         for t, (pusher, fetcher, env, repo) in tools.items():
             before = du(repo)
@@ -64,6 +65,17 @@ def main():
             check_restore(dest)
             shutil.rmtree(dest)
             print(f"   run {rnd + 1} {t}: push {push[t][-1]:.2f} s, fetch {fetch[t][-1]:.2f} s", flush=True)
+        # pgBackRest's own backup, restored by walden (a way out of
+        # pgBackRest): against `pgbackrest restore` just above.
+        dest = fresh_dir(f"{WORK}/restore")
+        secs, kib = run([WALDEN, "pgbackrest", "backup-fetch", dest, "LATEST"],
+                        {"WALG_FILE_PREFIX": f"{WORK}/repo-pgbackrest", "PGBACKREST_STANZA": "bench",
+                         "WALG_DOWNLOAD_CONCURRENCY": CONC})
+        check_restore(dest)
+        shutil.rmtree(dest)
+        pgbr_by_walden.append(secs)
+        pgbr_by_walden_rss = max(pgbr_by_walden_rss, kib)
+        print(f"   run {rnd + 1} walden pgbackrest backup-fetch: {secs:.2f} s", flush=True)
         # pg_wal left out, as every tool leaves it out.
         secs, _ = run(f"tar -cf - --exclude=./pg_wal -C {PG} . | zstd -3 -T2 -q > /dev/null", shell=True)
         ceiling.append(secs)
@@ -81,6 +93,10 @@ def main():
         print(f"{t:<12}{p:>10.2f}{f:>10.2f}{rss[t][0] / 1024:>9.0f}M{rss[t][1] / 1024:>9.0f}M"
               f"{stored[t] / 2**20:>12.1f}{p / w[0]:>12.2f}x{f / w[1]:>13.2f}x")
     print(f"{'tar|zstd':<12}{c:>10.2f}{'':>10}{'':>10}{'':>10}{'':>12}{c / w[0]:>12.2f}x")
+    p = statistics.median(pgbr_by_walden)
+    print(f"pgBackRest's full backup restored by `walden pgbackrest backup-fetch`: {p:.2f} s "
+          f"(peak RSS {pgbr_by_walden_rss / 1024:.0f} MiB); `pgbackrest restore`: {med['pgbackrest'][1]:.2f} s "
+          f"({med['pgbackrest'][1] / p:.2f}x walden's)")
     if SMALL:
         print(f"walden push with {SMALL} extra files: {w[0] / SMALL * 1e6:.1f} µs per file over the whole backup")
 
