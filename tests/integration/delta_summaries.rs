@@ -8,7 +8,7 @@
 //! the summary path reads far fewer bytes, and the summary
 //! delta restored and recovered has the source's rows. The change holds
 //! pgbench writes, a TRUNCATE, a table that VACUUM shrinks and a new table.
-//! Skips (saying so) when PostgreSQL 17 is not installed.
+//! On PostgreSQL 17 and 18; each skips (saying so) when not installed.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -21,8 +21,8 @@ const ROWS: &str = "SELECT (SELECT sum(abalance) || '/' || count(*) FROM pgbench
     (SELECT count(*) FROM pgbench_history) || ' ' || (SELECT count(*) || '/' || coalesce(sum(id), 0) FROM trunc) || ' ' || \
     (SELECT count(*) || '/' || sum(id) FROM shrink) || ' ' || (SELECT count(*) || '/' || sum(id) FROM fresh)";
 
-fn pg17_installed() -> bool {
-    std::panic::catch_unwind(|| crate::harness::pg::server_bin(17)).is_ok()
+fn installed(major: u32) -> bool {
+    std::panic::catch_unwind(|| crate::harness::pg::server_bin(major)).is_ok()
 }
 
 /// backup-push; the backup's name and the log.
@@ -110,13 +110,22 @@ fn fetch(store: &Store, name: &str, dest: &Path) {
 
 #[test]
 fn delta_from_wal_summaries_matches_the_page_scan() {
-    if !pg17_installed() {
-        eprintln!("PostgreSQL 17 is not installed (scripts/pg-versions.sh): skipping the WAL summaries test");
+    summaries_on(17);
+}
+
+#[test]
+fn delta_from_wal_summaries_matches_the_page_scan_pg18() {
+    summaries_on(18);
+}
+
+fn summaries_on(major: u32) {
+    if !installed(major) {
+        eprintln!("PostgreSQL {major} is not installed (scripts/pg-versions.sh): skipping the WAL summaries test");
         return;
     }
     let store = Store::fs();
     let pg = PgCluster::builder()
-        .major(17)
+        .major(major)
         .conf("archive_mode", "on")
         .conf("archive_command", "'{walden} wal-push %p'")
         .conf("archive_timeout", "0")
@@ -227,7 +236,7 @@ fn delta_from_wal_summaries_matches_the_page_scan() {
 
     std::fs::write(dest_s.join("recovery.signal"), "").unwrap();
     let mut restored = PgCluster::builder()
-        .major(17)
+        .major(major)
         .conf("restore_command", "'{walden} wal-fetch %f %p'")
         .conf("archive_mode", "off")
         .conf("summarize_wal", "off")
