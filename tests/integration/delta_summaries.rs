@@ -8,6 +8,7 @@
 //! the summary path reads far fewer bytes, and the summary
 //! delta restored and recovered has the source's rows. The change holds
 //! pgbench writes, a TRUNCATE, a table that VACUUM shrinks and a new table.
+//! With `summarize_wal` turned off, a delta says why (INFO) and scans pages.
 //! On PostgreSQL 17 and 18; each skips (saying so) when not installed.
 
 use std::collections::BTreeMap;
@@ -247,4 +248,15 @@ fn summaries_on(major: u32) {
     restored.wait_for_promotion(Duration::from_secs(120));
     assert_eq!(restored.psql(ROWS), expected, "{}", restored.log_tail());
     restored.stop();
+
+    // Without summarize_wal the delta says why and scans pages.
+    pg.psql("ALTER SYSTEM SET summarize_wal = off");
+    pg.psql("SELECT pg_reload_conf()");
+    pg.wait_for_sql("SHOW summarize_wal", "off", Duration::from_secs(10));
+    let (_, log_off) = push(&store, &pg, &from, "on");
+    assert!(
+        log_off.contains("WAL summaries cannot be used (summarize_wal is off)")
+            && log_off.contains("changed blocks from a page scan"),
+        "{log_off}"
+    );
 }
