@@ -272,6 +272,14 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
         // WAL-G's `_D_` + the base's own start segment.
         let base_segment = super::retention::hex_run(&p.base.name).unwrap_or_default();
         name = format!("{name}_D_{base_segment}");
+        super::delta::summaries::attach(
+            p,
+            &opts.delta,
+            &mut pg,
+            server.version,
+            timeline,
+            start_lsn,
+        );
     }
     log::info!(
         "Starting backup {name} of '{}' (start LSN {start_text})",

@@ -14,6 +14,7 @@ mod copy;
 mod delete;
 mod delta;
 mod delta_fetch;
+mod delta_summaries;
 mod hardening;
 mod harness_selftest;
 mod hostile_s3;

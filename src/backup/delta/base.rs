@@ -37,6 +37,10 @@ pub struct DeltaOptions {
     pub from: From,
     /// `--full`, or implied (`--without-files-metadata`).
     pub full: bool,
+    /// `WALDEN_DELTA_SUMMARIES` (default on): changed blocks from the
+    /// server's WAL summaries where PostgreSQL 17+ has them; off: always
+    /// scan pages.
+    pub summaries: bool,
 }
 
 impl DeltaOptions {
@@ -97,6 +101,24 @@ impl DeltaOptions {
             })?),
             (None, None) => From::Latest,
         };
+        let summaries = match settings
+            .get_explicit("WALDEN_DELTA_SUMMARIES")
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "" | "on" | "true" | "1" => true,
+            "off" | "false" | "0" => false,
+            other => {
+                return Err(ConfigError::Invalid {
+                    name: "WALDEN_DELTA_SUMMARIES".into(),
+                    value: other.to_string(),
+                    problem: "expected on or off".into(),
+                }
+                .into())
+            }
+        };
         if without_files_metadata {
             log::info!("Files metadata tracking is disabled");
         }
@@ -105,6 +127,7 @@ impl DeltaOptions {
             origin,
             from,
             full: full || without_files_metadata,
+            summaries,
         })
     }
 }
@@ -436,6 +459,7 @@ mod tests {
             origin,
             from,
             full: false,
+            summaries: true,
         }
     }
 
