@@ -158,6 +158,9 @@ fn source() -> (Store, PgCluster) {
         "CREATE TABLE t AS SELECT g AS id, md5(g::text) AS h FROM generate_series(1, 5000) g",
     );
     pg.psql("CHECKPOINT");
+    // The archiver (user postgres) creates the store's root first.
+    let walfile = pg.switch_wal();
+    pg.wait_for_archive(&walfile, Duration::from_secs(120));
     (store, pg)
 }
 
