@@ -122,6 +122,9 @@ pub fn bucket(rating: u64) -> usize {
     }
 }
 
+/// Called with (bucket, file relative to PGDATA, rating).
+type Each<'a> = dyn FnMut(usize, &[u8], u64) -> Result<()> + 'a;
+
 /// The walked files by rating bucket, spilled to temp files.
 pub struct Sorter {
     buckets: Vec<Option<BufWriter<File>>>,
@@ -164,7 +167,7 @@ impl Sorter {
 
     /// Call `f(bucket, rel, rating)` for every file, buckets in
     /// ascending order, walk order inside a bucket.
-    pub fn drain(self, f: &mut dyn FnMut(usize, &[u8], u64) -> Result<()>) -> Result<()> {
+    pub fn drain(self, f: &mut Each) -> Result<()> {
         let mut rel = Vec::new();
         for (i, slot) in self.buckets.into_iter().enumerate() {
             let Some(out) = slot else { continue };
