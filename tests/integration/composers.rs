@@ -170,17 +170,9 @@ fn finish(pg: &mut PgCluster) {
     pg.stop();
 }
 
-#[test]
-fn database_composer_keeps_each_database_in_its_own_tars() {
-    let walg = walg_bin();
-    let (store, mut pg) = source();
-    let expected = state(&pg);
-    let other_file = relation_file(&pg, "other", "t");
-    let hot_file = relation_file(&pg, "postgres", "hot");
-    let name = push(&store, &pg, &[], &["--database-composer"]);
-    finish(&mut pg);
-
-    // Every tar holds the files of one database directory, or none.
+/// Every tar holds the files of one database directory, or none; the
+/// user databases' tables are in different tars, the headers in a tar.
+fn check_database_layout(store: &Store, name: &str, other_file: &str, hot_file: &str) {
     let group = |m: &str| -> String {
         let parts: Vec<&str> = m.split('/').collect();
         match parts.as_slice() {
@@ -188,26 +180,51 @@ fn database_composer_keeps_each_database_in_its_own_tars() {
             _ => "others".into(),
         }
     };
-    let tars = data_tars(&store, &name);
+    let tars = data_tars(store, name);
     let mut groups = BTreeSet::new();
     for (tar, members) in &tars {
         let mine: BTreeSet<String> = members.iter().map(|m| group(m)).collect();
-        assert_eq!(mine.len(), 1, "{tar} mixes {mine:?}: {members:?}");
+        assert_eq!(mine.len(), 1, "{name}: {tar} mixes {mine:?}: {members:?}");
         groups.extend(mine);
     }
     // template1, template0, postgres, other, and the rest.
-    assert!(groups.len() >= 5, "{groups:?}");
+    assert!(groups.len() >= 5, "{name}: {groups:?}");
     let holder = |file: &str| {
         tars.iter()
             .find(|(_, m)| m.iter().any(|n| n == file))
             .map(|(t, _)| t.clone())
             .unwrap_or_else(|| panic!("{file} in no tar: {tars:?}"))
     };
-    assert_ne!(holder(&other_file), holder(&hot_file));
+    assert_ne!(holder(other_file), holder(hot_file));
     // Headers in a tar of their own, as WAL-G.
-    assert!(tars.values().any(|m| m.iter().any(|n| n == "/base")));
+    let headers = holder("/base");
+    assert!(tars[&headers].iter().all(|m| group(m) == "others"));
+}
 
-    restore_and_compare(&store, &name, &expected, walg.as_deref());
+#[test]
+fn database_composer_keeps_each_database_in_its_own_tars() {
+    let walg = walg_bin();
+    let (store, mut pg) = source();
+    let expected = state(&pg);
+    let other_file = relation_file(&pg, "other", "t");
+    let hot_file = relation_file(&pg, "postgres", "hot");
+    let one = push(&store, &pg, &[], &["--database-composer"]);
+    // Two builder threads: each closes its tar when the database changes.
+    let two = push(
+        &store,
+        &pg,
+        &[
+            ("WALG_USE_DATABASE_COMPOSER", "true"),
+            ("WALG_UPLOAD_DISK_CONCURRENCY", "2"),
+            ("WALG_UPLOAD_CONCURRENCY", "4"),
+        ],
+        &[],
+    );
+    finish(&mut pg);
+    for name in [&one, &two] {
+        check_database_layout(&store, name, &other_file, &hot_file);
+        restore_and_compare(&store, name, &expected, walg.as_deref());
+    }
 }
 
 #[test]
