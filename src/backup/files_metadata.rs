@@ -10,7 +10,8 @@
 //! [`TAB <CorruptBlocks JSON>` after `--verify` found some]; JSON holds no
 //! raw tab or newline, so the split is unambiguous. The flag is empty, `I`
 //! (an increment) or `S` (skipped: unchanged since the delta base, in no
-//! tar, so its tar name is empty).
+//! tar, so its tar name is empty), followed by the member's `UpdatesCount`
+//! in decimal when it is not 0 (rating composer, `composer/rating.rs`).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, BufWriter, Seek, Write};
@@ -76,7 +77,7 @@ impl Spill {
     /// (a file that vanished before it was read is only in the tar's set).
     #[cfg(test)]
     pub fn record(&mut self, tar: &str, member: &[u8], mtime: Option<SystemTime>) -> Result<()> {
-        self.record_as(tar, member, mtime, Flag::Whole, None)
+        self.record_as(tar, member, mtime, Flag::Whole, None, 0)
     }
 
     /// [`Spill::record`] for a member of a delta backup, or with more keys
@@ -89,6 +90,7 @@ impl Spill {
         mtime: Option<SystemTime>,
         flag: Flag,
         corrupt_blocks: Option<&str>,
+        updates: u64,
     ) -> Result<()> {
         let name = go_string(&String::from_utf8_lossy(member));
         let time = mtime.map(|t| go_string(&crate::time::rfc3339_nano(t)));
@@ -101,9 +103,14 @@ impl Spill {
             Flag::Skipped => "S",
         };
         let extra = corrupt_blocks.map_or_else(String::new, |c| format!("\t{c}"));
+        let updates = if updates == 0 {
+            String::new()
+        } else {
+            updates.to_string()
+        };
         writeln!(
             self.out,
-            "{tar}\t{name}\t{}\t{flag}{extra}",
+            "{tar}\t{name}\t{}\t{flag}{updates}{extra}",
             time.unwrap_or_default()
         )
         .map_err(|e| Error::io("writing the files_metadata.json spill file", e))
@@ -152,9 +159,14 @@ pub fn write_json(
                     out.write_all(b",").map_err(failed)?;
                 }
                 first = false;
+                let (flag, updates) = flag.split_at(
+                    flag.find(|c: char| c.is_ascii_digit())
+                        .unwrap_or(flag.len()),
+                );
+                let updates = if updates.is_empty() { "0" } else { updates };
                 write!(
                     out,
-                    "{name}:{{\"IsIncremented\":{},\"IsSkipped\":{},\"MTime\":{time}{corrupt},\"UpdatesCount\":0}}",
+                    "{name}:{{\"IsIncremented\":{},\"IsSkipped\":{},\"MTime\":{time}{corrupt},\"UpdatesCount\":{updates}}}",
                     flag == "I",
                     flag == "S"
                 )
@@ -246,6 +258,7 @@ mod tests {
             Some(t),
             Flag::Whole,
             Some("{\"CorruptBlocksCount\":1,\"SomeCorruptBlocks\":[3]}"),
+            0,
         )
         .unwrap();
         let mut out = Vec::new();
@@ -297,9 +310,10 @@ mod tests {
             Some(t),
             Flag::Incremented,
             None,
+            7,
         )
         .unwrap();
-        a.record_as("", b"/base/1/3", Some(t), Flag::Skipped, None)
+        a.record_as("", b"/base/1/3", Some(t), Flag::Skipped, None, 0)
             .unwrap();
         a.record("part_001.tar.zst", b"/base/1/4", Some(t)).unwrap();
         let mut out = Vec::new();
@@ -308,6 +322,9 @@ mod tests {
         let f = &v["Files"];
         assert_eq!(f["/base/1/2"]["IsIncremented"], true);
         assert_eq!(f["/base/1/2"]["IsSkipped"], false);
+        // The rating composer's count rides on the flag column.
+        assert_eq!(f["/base/1/2"]["UpdatesCount"], 7);
+        assert_eq!(f["/base/1/3"]["UpdatesCount"], 0);
         assert_eq!(f["/base/1/3"]["IsSkipped"], true);
         assert_eq!(f["/base/1/3"]["IsIncremented"], false);
         assert_eq!(f["/base/1/4"]["IsIncremented"], false);

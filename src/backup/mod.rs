@@ -4,6 +4,7 @@
 mod alive;
 pub mod catalog;
 pub mod chain;
+pub mod composer;
 pub mod delete;
 pub mod delta;
 pub mod extract;

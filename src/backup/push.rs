@@ -20,6 +20,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::Value;
 
 use super::alive::AliveCheck;
+use super::composer::{self, database, rating, Composer};
 use super::delta::base::{self as delta_base, DeltaOptions};
 use super::delta::index::BaseIndex;
 use super::delta::Plan;
@@ -39,7 +40,8 @@ use crate::progress::Progress;
 use crate::storage::upload::ObjectWriter;
 
 const USAGE: &str = "walden backup-push [PGDATA] [--permanent] [--full] [--delta-from-name NAME] \
-[--delta-from-user-data JSON] [--add-user-data JSON] [--without-files-metadata] [--verify] [--store-all-corrupt]";
+[--delta-from-user-data JSON] [--add-user-data JSON] [--without-files-metadata] [--verify] [--store-all-corrupt] \
+[--rating-composer] [--database-composer] [--copy-composer]";
 
 struct Options {
     pgdata: PathBuf,
@@ -64,6 +66,8 @@ struct Options {
     /// `--store-all-corrupt` / `WALG_STORE_ALL_CORRUPT_BLOCKS`.
     store_all_corrupt: bool,
     delta: DeltaOptions,
+    /// Which tar each file goes to (`composer/`).
+    composer: Composer,
 }
 
 /// WAL-G's default `WALG_ALIVE_CHECK_INTERVAL` (PostgreSQL).
@@ -84,6 +88,7 @@ fn options(settings: &Settings, args: Vec<OsString>) -> Result<Options> {
     let mut full = false;
     let mut delta_from_name: Option<String> = None;
     let mut delta_from_user_data: Option<String> = None;
+    let mut composers = composer::Flags::default();
     while let Some(arg) = parser.next()? {
         match arg {
             Short('p') | Long("permanent") => permanent = true,
@@ -95,6 +100,9 @@ fn options(settings: &Settings, args: Vec<OsString>) -> Result<Options> {
             Long("without-files-metadata") => without_files_metadata = true,
             Short('v') | Long("verify") => verify = true,
             Short('s') | Long("store-all-corrupt") => store_all_corrupt = true,
+            Short('r') | Long("rating-composer") => composers.rating = true,
+            Short('c') | Long("copy-composer") => composers.copy = true,
+            Short('b') | Long("database-composer") => composers.database = true,
             Long("add-user-data") => {
                 user_data_arg = Some(parser.value()?.string()?);
             }
@@ -163,6 +171,7 @@ fn options(settings: &Settings, args: Vec<OsString>) -> Result<Options> {
         delta_from_user_data,
         without_files_metadata,
     )?;
+    let composer = Composer::choose(settings, composers, without_files_metadata)?;
     let disk = settings.positive("WALG_UPLOAD_DISK_CONCURRENCY")?;
     let uploads = crate::commands::upload_concurrency(settings)?;
     Ok(Options {
@@ -182,6 +191,7 @@ fn options(settings: &Settings, args: Vec<OsString>) -> Result<Options> {
         verify,
         store_all_corrupt,
         delta,
+        composer,
     })
 }
 
@@ -209,6 +219,13 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     let mut pg = Client::connect(&params)?;
     let server = Server::query(&mut pg)?;
     server.check(&pgdata, opts.wal_size_mb)?;
+    // Read before the backup starts, as WAL-G: the counts describe the
+    // files as the walk will find them closely enough to group them.
+    let ratings = match opts.composer {
+        Composer::Rating => Some(rating::Ratings::load(&params)?),
+        _ => None,
+    };
+    let mut sorter = ratings.as_ref().map(|_| rating::Sorter::default());
     // Before the backup starts: the base's file list is streamed from
     // storage, which must not hold the backup open.
     let base = delta_base::choose(
@@ -312,7 +329,11 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
         Some(every) => Held::Checked(AliveCheck::start(pg, every, shared.clone())?),
         None => Held::Idle(pg),
     };
-    let mut pool = Pool::start(shared.clone(), opts.builders)?;
+    let mut pool = Pool::start(
+        shared.clone(),
+        opts.builders,
+        opts.composer.separate_headers(),
+    )?;
     let mut catalog = 0u64;
     let progress = Progress::new(&format!("backup-push {name}"), None);
     let tablespaces = walk::walk(&pgdata, &mut catalog, &mut |e| {
@@ -325,7 +346,15 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
             // Counted when handed to a builder: with one builder (the
             // default) that is when it is read.
             progress.add(e.meta.len());
+            // Packed after the walk, in rating order.
+            if let (Some(sorter), Some(ratings)) = (sorter.as_mut(), ratings.as_ref()) {
+                return sorter.push(rel, ratings.of(rel));
+            }
         }
+        let group = match (opts.composer, &e.kind) {
+            (Composer::Database, Kind::File) => Some(database::group(rel)),
+            _ => None,
+        };
         pool.add(Member {
             name: [b"/", rel].concat(),
             path: pgdata.join(e.rel),
@@ -335,8 +364,13 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
                 Kind::File => What::File,
                 Kind::Symlink(target) => What::Symlink(target),
             },
+            group,
+            updates: 0,
         })
     })?;
+    if let Some(sorter) = sorter {
+        rating::pack(sorter, &pgdata, &mut |m| pool.add(m))?;
+    }
     let spills = pool.finish()?;
     let mut pg = alive.finish()?;
     if shared.abort.is_set() {
@@ -366,6 +400,8 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
         path: control_path,
         meta: control_meta,
         what: What::File,
+        group: None,
+        updates: 0,
     })?;
     single.close()?;
 

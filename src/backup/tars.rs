@@ -141,6 +141,11 @@ pub struct Member {
     pub path: PathBuf,
     pub meta: Metadata,
     pub what: What,
+    /// The composer's group of a file (`composer/`): a builder never
+    /// puts files of two groups into one tar. `None`: any tar.
+    pub group: Option<u64>,
+    /// `UpdatesCount` of the file in files_metadata.json.
+    pub updates: u64,
 }
 
 struct OpenTar {
@@ -158,6 +163,10 @@ pub struct Builder {
     buf: Vec<u8>,
     /// The delta page scan's buffer (empty in full backups).
     scan_buf: Vec<u8>,
+    /// The composer group of the open tar's files.
+    group: Option<u64>,
+    /// `UpdatesCount` of the member being added.
+    updates: u64,
 }
 
 impl Builder {
@@ -173,6 +182,8 @@ impl Builder {
             spill,
             buf: Vec::new(),
             scan_buf: Vec::new(),
+            group: None,
+            updates: 0,
         })
     }
 
@@ -247,6 +258,13 @@ impl Builder {
     }
 
     pub fn add(&mut self, m: &Member) -> Result<()> {
+        self.updates = m.updates;
+        if m.group.is_some() && matches!(m.what, What::File) {
+            if self.current.is_some() && self.group != m.group {
+                self.close()?;
+            }
+            self.group = m.group;
+        }
         match &m.what {
             What::Dir => self.add_header(m, tar::EntryType::Directory, None),
             What::Symlink(target) => self.add_header(
@@ -280,7 +298,7 @@ impl Builder {
             (_, Some(open)) => open.base.as_str(),
             (_, None) => return Ok(()),
         };
-        spill.record_as(tar, member, mtime, flag, extra)
+        spill.record_as(tar, member, mtime, flag, extra, self.updates)
     }
 
     /// A changed relation file of a delta backup: its `wi1` increment
@@ -425,15 +443,26 @@ impl Builder {
 /// Members of a backup, packed by `n` builders.
 pub struct Pool {
     shared: Arc<Shared>,
+    /// A composer's tar of every directory and symlink header, filled
+    /// from the walk's thread (WAL-G puts them all into one tarball).
+    headers: Option<Builder>,
     inline: Option<Builder>,
     jobs: Option<SyncSender<Member>>,
     workers: Vec<JoinHandle<Option<Spill>>>,
 }
 
 impl Pool {
-    pub fn start(shared: Arc<Shared>, n: usize) -> Result<Pool> {
+    /// `separate_headers`: directories and symlinks go into a tar of their
+    /// own (composers other than the regular one).
+    pub fn start(shared: Arc<Shared>, n: usize, separate_headers: bool) -> Result<Pool> {
+        let headers = if separate_headers {
+            Some(Builder::new(shared.clone(), true)?)
+        } else {
+            None
+        };
         if n <= 1 {
             return Ok(Pool {
+                headers,
                 inline: Some(Builder::new(shared.clone(), true)?),
                 shared,
                 jobs: None,
@@ -456,6 +485,7 @@ impl Pool {
         }
         Ok(Pool {
             shared,
+            headers,
             inline: None,
             jobs: Some(tx),
             workers,
@@ -465,6 +495,9 @@ impl Pool {
     pub fn add(&mut self, m: Member) -> Result<()> {
         if self.shared.abort.is_set() {
             return Err(self.shared.abort.error());
+        }
+        if let (Some(h), false) = (self.headers.as_mut(), matches!(m.what, What::File)) {
+            return h.add(&m);
         }
         if let Some(b) = self.inline.as_mut() {
             return b.add(&m);
@@ -481,6 +514,11 @@ impl Pool {
     /// Close every open tar (after the walk) and hand back the spills.
     pub fn finish(mut self) -> Result<Vec<Spill>> {
         let mut spills = Vec::new();
+        // The headers' tar first, as WAL-G closes it first.
+        if let Some(mut h) = self.headers.take() {
+            h.close()?;
+            spills.extend(h.into_spill());
+        }
         if let Some(mut b) = self.inline.take() {
             b.close()?;
             spills.extend(b.into_spill());
