@@ -36,6 +36,33 @@ pub fn random_suffix() -> String {
     random.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// An unlinked read-write file in the temp directory, for `what` (named
+/// in the error): removed right after it is created, so a killed command
+/// leaves nothing behind.
+pub fn anonymous_file(what: &str) -> crate::error::Result<File> {
+    let dir = std::env::temp_dir();
+    let path = dir.join(format!("walden-tmp-{}", random_suffix()));
+    let failed = |e| {
+        crate::error::Error::io(
+            format!(
+                "creating a temporary file in '{}' for {what} (set TMPDIR to a writable directory)",
+                dir.display()
+            ),
+            e,
+        )
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&path)
+        .map_err(failed)?;
+    fs::remove_file(&path).map_err(failed)?;
+    Ok(file)
+}
+
 /// Create `path` for writing; fails if anything (a file, a symlink) is
 /// already there.
 pub fn create_exclusive(path: &Path) -> io::Result<File> {

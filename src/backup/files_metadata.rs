@@ -13,10 +13,8 @@
 //! tar, so its tar name is empty), followed by the member's `UpdatesCount`
 //! in decimal when it is not 0 (rating composer, `composer/rating.rs`).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Seek, Write};
-use std::os::unix::fs::OpenOptionsExt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use crate::error::{Error, Result};
@@ -34,41 +32,13 @@ pub struct Spill {
     files: u64,
 }
 
-static SPILL_SEQ: AtomicU64 = AtomicU64::new(0);
-
-/// An anonymous file in the temp directory for a part of `what`: removed
-/// right after it is created, so a killed backup leaves nothing behind.
-pub fn anonymous_file(what: &str) -> Result<File> {
-    let dir = std::env::temp_dir();
-    let path = dir.join(format!(
-        "walden-files-metadata-{}-{}",
-        std::process::id(),
-        SPILL_SEQ.fetch_add(1, Ordering::Relaxed)
-    ));
-    let failed = |e| {
-        Error::io(
-            format!(
-                "creating a temporary file in '{}' for {what} (set TMPDIR to a writable directory)",
-                dir.display()
-            ),
-            e,
-        )
-    };
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(failed)?;
-    std::fs::remove_file(&path).map_err(failed)?;
-    Ok(file)
-}
-
 impl Spill {
     pub fn new() -> Result<Spill> {
         Ok(Spill {
-            out: BufWriter::with_capacity(64 * 1024, anonymous_file("files_metadata.json")?),
+            out: BufWriter::with_capacity(
+                64 * 1024,
+                crate::localfile::anonymous_file("files_metadata.json")?,
+            ),
             files: 0,
         })
     }

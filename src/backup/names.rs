@@ -26,9 +26,9 @@
 use std::fs::File;
 use std::io::{BufWriter, Seek, Write};
 
-use super::files_metadata::anonymous_file;
 use super::sentinel::go_json_string;
 use crate::error::{Error, Result};
+use crate::localfile::anonymous_file;
 use crate::pg::{Client, ConnParams, Row};
 
 /// One row per (top-level relation, subtable), the top-level relation

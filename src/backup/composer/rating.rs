@@ -26,9 +26,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use super::relation_of;
-use crate::backup::files_metadata::anonymous_file;
 use crate::backup::tars::{Member, What};
 use crate::error::{Error, Result};
+use crate::localfile::anonymous_file;
 use crate::pg::{Client, ConnParams};
 
 /// Rating 0, then 1 + ⌊log2 r⌋ for r ≥ 1.

@@ -12,10 +12,9 @@
 //! like the base's one: 2^-128 per pair).
 
 use std::fmt;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, Write};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -42,35 +41,6 @@ pub struct BaseIndex {
     table: File,
     mask: u64,
     pub entries: u64,
-}
-
-static SEQ: AtomicU64 = AtomicU64::new(0);
-
-fn temp_file(what: &str) -> Result<File> {
-    let dir = std::env::temp_dir();
-    let path = dir.join(format!(
-        "walden-delta-{what}-{}-{}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    ));
-    let failed = |e| {
-        Error::io(
-            format!(
-                "creating a temporary file in '{}' for the delta base's file list (set TMPDIR to a writable directory)",
-                dir.display()
-            ),
-            e,
-        )
-    };
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(failed)?;
-    std::fs::remove_file(&path).map_err(failed)?;
-    Ok(file)
 }
 
 fn key_of(name: &[u8]) -> [u8; 16] {
@@ -122,7 +92,7 @@ impl BaseIndex {
     }
 
     pub fn from_reader(reader: impl Read, key: &str) -> Result<BaseIndex> {
-        let spill = temp_file("list")?;
+        let spill = crate::localfile::anonymous_file("the delta base's file list")?;
         let mut out = BufWriter::with_capacity(64 * 1024, spill);
         let mut count = 0u64;
         let mut write_err: Option<std::io::Error> = None;
@@ -151,7 +121,7 @@ impl BaseIndex {
         }
         let mut spill = out.into_inner().map_err(|e| io_failed(e.into_error()))?;
         let cap = (count * 2).next_power_of_two().max(16);
-        let table = temp_file("index")?;
+        let table = crate::localfile::anonymous_file("the delta base's file index")?;
         table.set_len(cap * SLOT).map_err(io_failed)?;
         let index = BaseIndex {
             table,
