@@ -7,6 +7,7 @@ mod cleanup;
 mod codec;
 mod commands;
 mod config;
+mod copy;
 mod encoding;
 mod error;
 #[cfg(test)]

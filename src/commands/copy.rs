@@ -6,9 +6,6 @@
 //! once all of it is there; objects the destination has with the same
 //! size are skipped, so a rerun finishes an interrupted copy.
 
-mod select;
-mod transfer;
-
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -17,13 +14,14 @@ use std::sync::Arc;
 use crate::backup::layout;
 use crate::commands::{open_storage, upload_concurrency};
 use crate::config::{unsupported, Settings};
+use crate::copy::select;
+use crate::copy::transfer::{Held, Pick, Transfer};
 use crate::error::{Error, Result};
 use crate::progress::human_bytes;
 use crate::storage::capped::Capped;
 use crate::storage::Storage;
 use crate::wal::object::WAL_FOLDER;
 use crate::wal::segment_size_mb;
-use transfer::{Held, Pick, Transfer};
 
 const USAGE: &str =
     "walden copy --from CONFIG --to CONFIG [--backup-name NAME|LATEST] [--without-history]";
