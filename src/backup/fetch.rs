@@ -92,17 +92,7 @@ fn options(settings: &Settings, args: Vec<OsString>) -> Result<Options> {
             _ => return Err(usage(arg.unexpected().to_string())),
         }
     }
-    if targets.len() > 1 {
-        let names: Vec<String> = targets.iter().map(|(f, _)| format!("--{f}")).collect();
-        return Err(usage(format!(
-            "give one recovery target, not {}",
-            names.join(" and ")
-        )));
-    }
-    let target = match targets.pop() {
-        Some((flag, text)) => Some(recovery::parse_target(&flag, &text)?),
-        None => None,
-    };
+    let target = recovery::one_target(targets, usage)?;
     let (user_data_source, user_data_text) = match user_data_arg {
         Some(t) => ("--target-user-data", Some(t)),
         None => (

@@ -50,6 +50,26 @@ const MAX_NAME: usize = 63;
 
 /// One target from the command line; `kind` is the flag's name for
 /// messages.
+/// The one recovery target given on the command line, as (flag without
+/// `--`, value) pairs in the order given; none is fine, two are an error.
+/// `usage` adds the command's usage line to the message.
+pub fn one_target(
+    mut given: Vec<(String, String)>,
+    usage: impl Fn(String) -> Error,
+) -> Result<Option<Target>> {
+    if given.len() > 1 {
+        let names: Vec<String> = given.iter().map(|(f, _)| format!("--{f}")).collect();
+        return Err(usage(format!(
+            "give one recovery target, not {}",
+            names.join(" and ")
+        )));
+    }
+    given
+        .pop()
+        .map(|(flag, text)| parse_target(&flag, &text))
+        .transpose()
+}
+
 pub fn parse_target(kind: &str, text: &str) -> Result<Target> {
     let bad = |why: String| Error::Usage(format!("--{kind} '{text}' is invalid: {why}"));
     match kind {
