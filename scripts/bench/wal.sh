@@ -16,6 +16,9 @@
 # BENCH_SEGMENTS (default 50) sets how many segments are timed in the
 # sequential runs and the replay; BENCH_SHAPE_SEGMENTS (default 12) how
 # many of each shape (pgbench's, random text, mixed) in the isolated runs.
+# BENCH_CONFIGS (default zstd-3,defaults) picks codec configurations among
+# zstd-3, defaults, lz4, brotli-3, zstd-3-sodium, lz4-sodium,
+# brotli-3-sodium; BENCH_ISOLATED_ONLY=1 runs only the isolated calls.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 bash scripts/install-deps.sh

@@ -22,6 +22,9 @@ SEGMENTS = int(os.environ.get("BENCH_SEGMENTS", "50"))
 SHAPE_SEGMENTS = min(SEGMENTS, int(os.environ.get("BENCH_SHAPE_SEGMENTS", "12")))
 PG = f"{WORK}/pg"
 SEGS = f"{WORK}/segments"
+# BENCH_ISOLATED_ONLY=1: only the isolated runs (no archiver/recovery
+# sequences, no replay), for the codec matrix.
+ISOLATED_ONLY = os.environ.get("BENCH_ISOLATED_ONLY") == "1"
 WALDEN = f"{WORK}/walden"
 
 
@@ -149,7 +152,7 @@ def reset_repos(cname):
     """Empty every tool's WAL archive, so that no tool finds a segment
     already stored (pgBackRest skips those; walden would upload again)."""
     pgbr = f"{WORK}/repo-pgbr-{cname}/archive/bench"
-    for entry in os.listdir(pgbr):
+    for entry in os.listdir(pgbr) if os.path.isdir(pgbr) else []:
         if os.path.isdir(f"{pgbr}/{entry}"):
             for sub in os.listdir(f"{pgbr}/{entry}"):
                 if os.path.isdir(f"{pgbr}/{entry}/{sub}"):
@@ -238,6 +241,8 @@ def bench_config(cname, ctools, names, timed):
     # each segment shape.
     for shape, paths in SHAPES.items():
         isolated(cname, ctools, shape, paths)
+    if ISOLATED_ONLY:
+        return
 
     # 2. As PostgreSQL calls them: the archiver runs archive_command for the
     # oldest .ready segment and renames it .done on success; recovery runs
@@ -285,29 +290,46 @@ def main():
     SHAPES = make_shapes(timed)
     # Stanzas need a running server.
     pg_ctl(PG, "start", log=f"{WORK}/pg.log")
-    configs = {
-        "zstd-3": {
-            # WAL-G names its levels ("default" is zstd level 3, as in
-            # walden); wal-rus reads a number from WALG_COMPRESSION_LEVEL.
-            "walden": {"WALG_COMPRESSION_METHOD": "zstd", "WALG_ZSTD_LEVEL": "default",
-                       "WALG_COMPRESSION_LEVEL": "3"},
-            "pgbr": ["compress-type=zst", "compress-level=3"],
-        },
+    key = base64.b64encode(os.urandom(32)).decode()
+    sodium = {"WALG_LIBSODIUM_KEY": key, "WALG_LIBSODIUM_KEY_TRANSFORM": "base64"}
+    # WAL-G names its zstd levels ("default" is level 3, as in walden);
+    # wal-rus reads a number from WALG_COMPRESSION_LEVEL (default 1) for
+    # zstd and brotli; brotli is quality 3 in walden and WAL-G.
+    zstd3 = {"WALG_COMPRESSION_METHOD": "zstd", "WALG_ZSTD_LEVEL": "default", "WALG_COMPRESSION_LEVEL": "3"}
+    lz4 = {"WALG_COMPRESSION_METHOD": "lz4"}
+    brotli3 = {"WALG_COMPRESSION_METHOD": "brotli", "WALG_COMPRESSION_LEVEL": "3"}
+    # pgbr None: pgBackRest has no such codec or cipher (its encryption is
+    # aes-256-cbc), so it sits that configuration out.
+    all_configs = {
+        "zstd-3": {"walden": zstd3, "pgbr": ["compress-type=zst", "compress-level=3"]},
         "defaults": {"walden": {}, "pgbr": []},
+        "lz4": {"walden": lz4, "pgbr": ["compress-type=lz4", "compress-level=1"]},
+        "brotli-3": {"walden": brotli3, "pgbr": None},
+        "zstd-3-sodium": {"walden": {**zstd3, **sodium}, "pgbr": None},
+        "lz4-sodium": {"walden": {**lz4, **sodium}, "pgbr": None},
+        "brotli-3-sodium": {"walden": {**brotli3, **sodium}, "pgbr": None},
     }
+    # BENCH_CONFIGS picks some (comma-separated names above); zstd-3 is
+    # always there: the replay reads its repositories.
+    wanted = os.environ.get("BENCH_CONFIGS", "zstd-3,defaults").split(",")
+    unknown = [c for c in wanted if c not in all_configs]
+    if unknown:
+        raise SystemExit(f"unknown BENCH_CONFIGS {unknown}; known: {', '.join(all_configs)}")
+    configs = {c: all_configs[c] for c in all_configs if c in wanted or c == "zstd-3"}
     tools = {}
     for cname, c in configs.items():
-        conf = pgbr_conf(cname, c["pgbr"])
-        run(["pgbackrest", f"--config={conf}", "--stanza=bench", "stanza-create"])
         env = {"WALG_FILE_PREFIX": f"{WORK}/repo-walden-{cname}", **c["walden"]}
         tools[cname] = {
             "walden": (lambda seg, env=env: [WALDEN, "wal-push", seg], env,
                        lambda n, d: [WALDEN, "wal-fetch", n, d]),
-            "pgbackrest": (lambda seg, conf=conf: ["pgbackrest", f"--config={conf}", "--stanza=bench",
-                                                   "archive-push", seg], {},
-                           lambda n, d, conf=conf: ["pgbackrest", f"--config={conf}", "--stanza=bench",
-                                                    "archive-get", n, d]),
         }
+        if c["pgbr"] is not None:
+            conf = pgbr_conf(cname, c["pgbr"])
+            run(["pgbackrest", f"--config={conf}", "--stanza=bench", "stanza-create"])
+            tools[cname]["pgbackrest"] = (
+                lambda seg, conf=conf: ["pgbackrest", f"--config={conf}", "--stanza=bench", "archive-push", seg],
+                {},
+                lambda n, d, conf=conf: ["pgbackrest", f"--config={conf}", "--stanza=bench", "archive-get", n, d])
         for peer, label in (("BENCH_WALG", "wal-g"), ("BENCH_WALRUS", "wal-rus")):
             exe = f"{WORK}/{peer}"
             if os.path.exists(exe):
@@ -325,6 +347,8 @@ def main():
     for cname, ctools in tools.items():
         bench_config(cname, ctools, names, timed)
 
+    if ISOLATED_ONLY:
+        return
     # Replay through restore_command, alternating tools, two rounds.
     print("\n== replay of the base backup through restore_command (zstd-3 repositories)")
     async_conf = pgbr_conf("zstd-3", configs["zstd-3"]["pgbr"], ["archive-async=y", "process-max=2"])
