@@ -277,42 +277,10 @@ pub(crate) fn pretty_table(rows: &[Vec<Field>]) -> String {
                 .collect()
         })
         .collect();
-    let columns = header.len();
-    let widths: Vec<usize> = (0..columns)
-        .map(|c| {
-            std::iter::once(&header)
-                .chain(body.iter())
-                .map(|l| l.get(c).map_or(0, |s| width(s)))
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let rule: String = widths
-        .iter()
-        .map(|w| format!("+{}", "-".repeat(w + 2)))
-        .collect::<String>()
-        + "+\n";
-    let line = |cells: &[String]| {
-        let mut s = String::new();
-        for (c, cell) in cells.iter().enumerate() {
-            let pad = " ".repeat(widths[c] - width(cell));
-            if c == 0 {
-                s.push_str(&format!("| {pad}{cell} "));
-            } else {
-                s.push_str(&format!("| {cell}{pad} "));
-            }
-        }
-        s.push_str("|\n");
-        s
-    };
-    let mut out = rule.clone();
-    out.push_str(&line(&header));
-    out.push_str(&rule);
-    for r in &body {
-        out.push_str(&line(r));
-    }
-    out.push_str(&rule);
-    out
+    // The row-number column is numeric (right-aligned), the rest text.
+    let right: Vec<bool> = (0..header.len()).map(|c| c == 0).collect();
+    let header: Vec<&str> = header.iter().map(String::as_str).collect();
+    crate::wal::table::render(&header, &right, &body)
 }
 
 /// One backup as WAL-G's JSON encoder writes `BackupTime` or

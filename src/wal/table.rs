@@ -1,5 +1,5 @@
-//! go-pretty's default table as WAL-G's `wal-show` and `wal-verify` print
-//! it: `+---+` rules above and below the header and at the end, header
+//! go-pretty's default table as WAL-G's `wal-show`, `wal-verify` and
+//! `backup-list --pretty` print it: `+---+` rules above and below the header and at the end, header
 //! upper-case, numeric columns (header included) right-aligned, the rest
 //! left-aligned.
 
