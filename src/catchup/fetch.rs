@@ -82,7 +82,9 @@ fn options(settings: &Settings, args: Vec<OsString>) -> Result<Options> {
     } else if layout::valid_name(&name) {
         Some(name)
     } else {
-        return Err(usage(format!("'{name}' is not a backup name (base_...) or LATEST")));
+        return Err(usage(format!(
+            "'{name}' is not a backup name (base_...) or LATEST"
+        )));
     };
     let concurrency = settings.positive("WALG_DOWNLOAD_CONCURRENCY")?;
     if concurrency > MAX_DOWNLOAD_CONCURRENCY {
@@ -232,7 +234,13 @@ fn check_stopped(pgdata: &Path) -> Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(Error::io(format!("reading '{}'", pidfile.display()), e)),
     };
-    let pid: i32 = text.lines().next().unwrap_or("").trim().parse().unwrap_or(0);
+    let pid: i32 = text
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim()
+        .parse()
+        .unwrap_or(0);
     // SAFETY: signal 0 only checks that the process exists.
     let alive = pid > 0
         && (unsafe { libc::kill(pid, 0) } == 0
@@ -502,7 +510,9 @@ impl CatchupPolicy<'_> {
         };
         let rel = file.split(|&b| b == b'.').next().unwrap_or(file);
         let init = [dir, rel, b"_init"].concat();
-        self.files.as_ref().is_some_and(|f| f.index(&init).is_some())
+        self.files
+            .as_ref()
+            .is_some_and(|f| f.index(&init).is_some())
     }
 
     fn damaged(&self, m: &Member, e: IncrementError) -> Error {

@@ -8,9 +8,7 @@ use std::io::Read;
 use std::sync::Arc;
 
 use crate::backup::layout::BASEBACKUPS;
-use crate::storage::{
-    CopySource, Entry, Leftover, ObjectInfo, Result, Storage,
-};
+use crate::storage::{CopySource, Entry, Leftover, ObjectInfo, Result, Storage};
 
 pub const CATCHUPS: &str = "catchup_005/";
 
@@ -131,8 +129,14 @@ mod tests {
 
     #[test]
     fn keys_move_between_the_folders() {
-        assert_eq!(down("basebackups_005/base_1/metadata.json"), "catchup_005/base_1/metadata.json");
+        assert_eq!(
+            down("basebackups_005/base_1/metadata.json"),
+            "catchup_005/base_1/metadata.json"
+        );
         assert_eq!(down("wal_005/x"), "wal_005/x");
-        assert_eq!(up("catchup_005/base_1_backup_stop_sentinel.json".into()), "basebackups_005/base_1_backup_stop_sentinel.json");
+        assert_eq!(
+            up("catchup_005/base_1_backup_stop_sentinel.json".into()),
+            "basebackups_005/base_1_backup_stop_sentinel.json"
+        );
     }
 }

@@ -26,7 +26,10 @@ const CHECKS: &[(&str, &str)] = &[
         "postgres",
         "SELECT sum(length(v))::text || '/' || count(*) FROM keep_t",
     ),
-    ("postgres", "SELECT sum(id)::text || '/' || count(*) FROM new_t"),
+    (
+        "postgres",
+        "SELECT sum(id)::text || '/' || count(*) FROM new_t",
+    ),
     (
         "postgres",
         "SELECT count(*) FROM pg_class WHERE relname = 'drop_t'",
@@ -37,7 +40,17 @@ const CHECKS: &[(&str, &str)] = &[
 fn psql_in(pg: &PgCluster, db: &str, sql: &str) -> String {
     let out = Command::new(format!("{PG_BIN}/psql"))
         .envs(pg.env())
-        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", db, "-c", sql])
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            db,
+            "-c",
+            sql,
+        ])
         .output()
         .expect("run psql");
     assert!(
@@ -49,7 +62,10 @@ fn psql_in(pg: &PgCluster, db: &str, sql: &str) -> String {
 }
 
 fn rows(pg: &PgCluster) -> Vec<String> {
-    CHECKS.iter().map(|(db, sql)| psql_in(pg, db, sql)).collect()
+    CHECKS
+        .iter()
+        .map(|(db, sql)| psql_in(pg, db, sql))
+        .collect()
 }
 
 /// A streaming standby of `primary` in `dir/data`, made by pg_basebackup.
@@ -62,7 +78,11 @@ fn replica_of(primary: &PgCluster, dir: &TempDir) -> PgCluster {
         .arg(&data)
         .output()
         .expect("run pg_basebackup");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     start_standby(primary, data)
 }
 
@@ -145,7 +165,11 @@ fn copy_dir(from: &Path, to: &Path) {
         .arg(to)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -177,7 +201,11 @@ fn catchup_brings_a_stopped_replica_back_to_streaming() {
         .arg("LATEST")
         .run();
     running.assert_failed();
-    assert!(running.stderr.contains("PostgreSQL is running"), "{}", running.dump());
+    assert!(
+        running.stderr.contains("PostgreSQL is running"),
+        "{}",
+        running.dump()
+    );
 
     replica.stop();
     let from = redo_lsn(&data);
@@ -217,30 +245,48 @@ fn catchup_brings_a_stopped_replica_back_to_streaming() {
         .timeout(Duration::from_secs(120))
         .run();
     pushed.assert_ok();
-    assert!(pushed.stderr.contains("Catch-up backup from LSN"), "{}", pushed.dump());
+    assert!(
+        pushed.stderr.contains("Catch-up backup from LSN"),
+        "{}",
+        pushed.dump()
+    );
 
     let names = catchups(&store);
     assert_eq!(names.len(), 1, "{names:?}");
     let name = &names[0];
     assert!(!name.contains("_D_"), "{name}");
     let backups = store.walden().args(["st", "ls", "basebackups_005/"]).run();
-    assert!(!backups.stdout_str().contains("base_"), "{}", backups.dump());
+    assert!(
+        !backups.stdout_str().contains("base_"),
+        "{}",
+        backups.dump()
+    );
     // WAL-G's catch-up sentinel: a delta of a nameless base at the LSN.
-    let sentinel = cat(&store, &format!("catchup_005/{name}_backup_stop_sentinel.json"));
+    let sentinel = cat(
+        &store,
+        &format!("catchup_005/{name}_backup_stop_sentinel.json"),
+    );
     assert!(
         sentinel.starts_with("{\"LSN\":")
             && sentinel.contains(&format!(
-            ",\"DeltaLSN\":{from},\"DeltaFrom\":\"\",\"DeltaFullName\":\"\",\"DeltaCount\":1,"
-        )),
+                ",\"DeltaLSN\":{from},\"DeltaFrom\":\"\",\"DeltaFullName\":\"\",\"DeltaCount\":1,"
+            )),
         "{sentinel}"
     );
     let files = cat(&store, &format!("catchup_005/{name}/files_metadata.json"));
     assert!(files.contains("\"IsIncremented\":true"), "no increments");
-    for excluded in ["/postgresql.conf\"", "/pg_hba.conf\"", "/postgresql.auto.conf\""] {
+    for excluded in [
+        "/postgresql.conf\"",
+        "/pg_hba.conf\"",
+        "/postgresql.auto.conf\"",
+    ] {
         assert!(!files.contains(excluded), "{excluded} is in the catch-up");
     }
     // Changed pages only: far less than the data directory's relations.
-    let list = store.walden().args(["catchup-list", "--detail", "--json"]).run();
+    let list = store
+        .walden()
+        .args(["catchup-list", "--detail", "--json"])
+        .run();
     list.assert_ok();
     let listed: serde_json::Value = serde_json::from_str(&list.stdout_str()).unwrap();
     let size = listed[0]["uncompressed_size"].as_u64().unwrap();
@@ -256,7 +302,11 @@ fn catchup_brings_a_stopped_replica_back_to_streaming() {
     );
     let plain = store.walden().arg("catchup-list").run();
     plain.assert_ok();
-    assert!(plain.stdout_str().contains(name.as_str()), "{}", plain.dump());
+    assert!(
+        plain.stdout_str().contains(name.as_str()),
+        "{}",
+        plain.dump()
+    );
 
     let walg_copy = TempDir::new("catchup-walg");
     let walg = std::env::var_os("WALDEN_WALG_BIN").filter(|p| !p.is_empty());
@@ -274,7 +324,10 @@ fn catchup_brings_a_stopped_replica_back_to_streaming() {
         .timeout(Duration::from_secs(120))
         .run()
         .assert_ok();
-    assert!(!data.join(&drop_path).exists(), "the dropped table's file is left");
+    assert!(
+        !data.join(&drop_path).exists(),
+        "the dropped table's file is left"
+    );
     assert!(data.join("backup_label").exists());
     assert!(data.join("standby.signal").exists());
     assert!(!data.join("global/pg_control.walden-catchup").exists());
@@ -309,11 +362,14 @@ fn catchup_brings_a_stopped_replica_back_to_streaming() {
         chown_postgres(&copy);
         replica.stop();
         let other = PgCluster::builder()
-            .conf("primary_conninfo", &format!(
-                "'host={} port={} user=postgres'",
-                primary.socket_dir().display(),
-                primary.port()
-            ))
+            .conf(
+                "primary_conninfo",
+                &format!(
+                    "'host={} port={} user=postgres'",
+                    primary.socket_dir().display(),
+                    primary.port()
+                ),
+            )
             .conf("hot_standby", "on")
             .start_restored(copy);
         wait_streaming(&other);
