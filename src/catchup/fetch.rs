@@ -125,7 +125,7 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
         Some(n) => {
             if storage.stat(&layout::sentinel_key(&n))?.is_none() {
                 return Err(Error::Other(format!(
-                    "catch-up backup '{n}' does not exist in {}{CATCHUPS} (no sentinel); \
+                    "catch-up backup '{n}' does not exist in {} (no sentinel under {CATCHUPS}); \
                      'walden catchup-list' shows the catch-up backups",
                     storage.location()
                 )));
@@ -136,7 +136,8 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
             catalog::latest(&storage)?
                 .ok_or_else(|| {
                     Error::Other(format!(
-                        "there is no catch-up backup in {}{CATCHUPS}; take one with catchup-push on the primary",
+                        "there is no catch-up backup in {} (no sentinel under {CATCHUPS}); take one with \
+                         catchup-push on the primary",
                         storage.location()
                     ))
                 })?
@@ -146,7 +147,7 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     let sentinel = catalog::read_sentinel(&storage, &name)?;
     let replica = read_control(&pgdata)?;
     check_fits(&name, &sentinel, &replica, &pgdata)?;
-    let files = read_files(&storage, &name)?;
+    let files = require_files(&name, read_files(&storage, &name)?)?;
     let plan = tablespace_plan(&pgdata, &sentinel, &name)?;
     let tars = crate::backup::fetch::list_tars(&storage, &name)?;
     if !tars.iter().any(|(k, _)| *k == TarKind::Control) {
@@ -187,14 +188,7 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
         .collect();
     let applied = (|| {
         unpacker.parallel(&data, opts.concurrency)?;
-        match &files {
-            Some(f) => remove_gone(&pgdata, f)?,
-            None => log::warn!(
-                "catch-up backup {name} has no file list (files_metadata.json): files the primary no \
-                 longer has are left in '{}'",
-                pgdata.display()
-            ),
-        }
+        remove_gone(&pgdata, &files)?;
         for (_, key) in tars.iter().filter(|(k, _)| *k == TarKind::Label) {
             unpacker.one(key, false)?;
         }
@@ -344,6 +338,17 @@ fn read_files(storage: &Arc<dyn Storage>, name: &str) -> Result<Option<FileSet>>
     Ok(Some(read.files))
 }
 
+/// The file list is what tells increments from whole files: without it
+/// increment bytes would be written as file contents.
+fn require_files(name: &str, files: Option<FileSet>) -> Result<FileSet> {
+    files.ok_or_else(|| {
+        Error::Other(format!(
+            "catch-up backup {name} has no file list (files_metadata.json is missing or empty): walden \
+             cannot tell its increments from whole files, so it does not apply it"
+        ))
+    })
+}
+
 /// The replica's own tablespace links; each tablespace of the catch-up
 /// must have one.
 fn tablespace_plan(
@@ -488,16 +493,13 @@ fn remove_gone(pgdata: &Path, files: &FileSet) -> Result<()> {
 /// primary's file is new; everything else is extracted as usual (which
 /// replaces an existing file).
 struct CatchupPolicy<'a> {
-    files: &'a Option<FileSet>,
+    files: &'a FileSet,
     name: &'a str,
 }
 
 impl CatchupPolicy<'_> {
     fn incremented(&self, name: &[u8]) -> bool {
-        self.files
-            .as_ref()
-            .and_then(|f| f.flags(name))
-            .is_some_and(|f| f & INCREMENTED != 0)
+        self.files.flags(name).is_some_and(|f| f & INCREMENTED != 0)
     }
 
     /// An unlogged relation's fork (its `<relfilenode>_init` exists):
@@ -510,9 +512,7 @@ impl CatchupPolicy<'_> {
         };
         let rel = file.split(|&b| b == b'.').next().unwrap_or(file);
         let init = [dir, rel, b"_init"].concat();
-        self.files
-            .as_ref()
-            .is_some_and(|f| f.index(&init).is_some())
+        self.files.index(&init).is_some()
     }
 
     fn damaged(&self, m: &Member, e: IncrementError) -> Error {
@@ -594,6 +594,24 @@ impl MemberPolicy for CatchupPolicy<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unlogged_forks_are_known_by_their_init_fork() {
+        let files = FileSet::from_pairs([
+            (&b"/base/5/100_init"[..], 0),
+            (&b"/base/5/100"[..], INCREMENTED),
+            (&b"/base/5/200"[..], INCREMENTED),
+        ]);
+        let p = CatchupPolicy {
+            files: &files,
+            name: "base_1",
+        };
+        assert!(p.unlogged(b"/base/5/100"));
+        assert!(p.unlogged(b"/base/5/100.1"));
+        assert!(!p.unlogged(b"/base/5/200"));
+        assert!(p.incremented(b"/base/5/200"));
+        assert!(!p.incremented(b"/base/5/100_init"));
+    }
 
     #[test]
     fn the_replica_keeps_its_configuration() {
