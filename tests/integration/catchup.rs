@@ -426,3 +426,60 @@ fn catchup_from_after_the_replica_is_refused() {
     ahead.assert_failed();
     assert!(ahead.stderr.contains("ahead"), "{}", ahead.dump());
 }
+
+/// walden's catchup-fetch applies WAL-G's own catch-up (every file whole,
+/// the same sentinel), with `WALDEN_WALG_BIN`; without it, skips.
+#[test]
+fn walden_applies_a_walg_catchup() {
+    let Some(walg) = std::env::var_os("WALDEN_WALG_BIN").filter(|p| !p.is_empty()) else {
+        eprintln!("WALDEN_WALG_BIN not set: skipping walden's catchup-fetch of WAL-G's catch-up");
+        return;
+    };
+    let store = Store::fs();
+    let primary = PgCluster::builder().start();
+    primary.pgbench_init(1);
+    primary.psql(
+        "CREATE TABLE keep_t (id int primary key, v text); \
+         INSERT INTO keep_t SELECT g, 'k' FROM generate_series(1, 10000) g; \
+         CREATE TABLE drop_t AS SELECT 1 AS id",
+    );
+    let replica_dir = TempDir::new("catchup-from-walg");
+    let mut replica = replica_of(&primary, &replica_dir);
+    wait_replayed(&primary, &replica);
+    replica.stop();
+    let data = replica.data_dir().to_path_buf();
+    let from = redo_lsn(&data);
+    primary.psql(
+        "UPDATE keep_t SET v = 'x' WHERE id % 10 = 0; DROP TABLE drop_t; \
+         CREATE TABLE new_t AS SELECT g AS id FROM generate_series(1, 100) g",
+    );
+    primary.psql("CREATE DATABASE db2");
+    psql_in(&primary, "db2", "CREATE TABLE t2 AS SELECT 7 AS n");
+    primary.pgbench(&["-n", "-t", "100"]);
+    // WAL-G wants its storage directory to exist.
+    fs::create_dir_all(store.object_file("")).unwrap();
+    Walden::program(PathBuf::from(walg))
+        .envs(store.env())
+        .envs(primary.env())
+        .arg("catchup-push")
+        .arg(primary.data_dir())
+        .args(["--from-lsn", &from.to_string()])
+        .timeout(Duration::from_secs(120))
+        .run()
+        .assert_ok();
+    let names = catchups(&store);
+    assert_eq!(names.len(), 1, "{names:?}");
+    store
+        .walden()
+        .arg("catchup-fetch")
+        .arg(&data)
+        .arg("LATEST")
+        .timeout(Duration::from_secs(120))
+        .run()
+        .assert_ok();
+    chown_postgres(&data);
+    replica.start_server();
+    wait_streaming(&replica);
+    wait_replayed(&primary, &replica);
+    assert_eq!(rows(&replica), rows(&primary), "{}", replica.log_tail());
+}
