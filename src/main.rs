@@ -3,6 +3,7 @@
 //! the rest of the command line to the command.
 
 mod backup;
+mod catchup;
 mod cleanup;
 mod codec;
 mod commands;

@@ -313,7 +313,7 @@ fn restore(
 /// Everything written so far, files and directory entries, reaches the
 /// disk before `pg_control` does: one `syncfs` per file system instead of
 /// an fsync per file.
-fn sync_filesystem(dest: &Path) -> Result<()> {
+pub(crate) fn sync_filesystem(dest: &Path) -> Result<()> {
     use std::os::fd::AsRawFd;
     let dir =
         fs::File::open(dest).map_err(|e| Error::io(format!("opening '{}'", dest.display()), e))?;
@@ -341,7 +341,7 @@ fn tar_keys(storage: &Arc<dyn Storage>, name: &str) -> Result<Vec<(TarKind, Stri
 }
 
 /// Every tar of backup `name`, in restore order.
-pub(super) fn list_tars(storage: &Arc<dyn Storage>, name: &str) -> Result<Vec<(TarKind, String)>> {
+pub(crate) fn list_tars(storage: &Arc<dyn Storage>, name: &str) -> Result<Vec<(TarKind, String)>> {
     let prefix = layout::partitions_prefix(name);
     let mut tars = Vec::new();
     storage.list(&prefix, false, &mut |e| {

@@ -53,6 +53,16 @@ impl Options {
 pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     let opts = Options::parse(args, USAGE)?;
     let storage = open_storage(settings)?;
+    print_list(&storage, opts)
+}
+
+/// The listing of the backups `storage` holds under `basebackups_005/`
+/// (`catchup-list` passes its folder's view).
+pub(crate) fn print_list(
+    storage: &std::sync::Arc<dyn crate::storage::Storage>,
+    opts: Options,
+) -> Result<()> {
+    let storage = storage.clone();
     log::info!("List backups from storages: [{STORAGE_NAME}]");
     let backups = catalog::list(&storage)?;
     if backups.is_empty() && !opts.json {

@@ -68,6 +68,8 @@ struct Options {
     delta: DeltaOptions,
     /// Which tar each file goes to (`composer/`).
     composer: Composer,
+    /// `catchup-push --from-lsn`: a catch-up from this LSN (`crate::catchup`).
+    catchup: Option<u64>,
 }
 
 /// WAL-G's default `WALG_ALIVE_CHECK_INTERVAL` (PostgreSQL).
@@ -192,6 +194,7 @@ fn options(settings: &Settings, args: Vec<OsString>) -> Result<Options> {
         store_all_corrupt,
         delta,
         composer,
+        catchup: None,
     })
 }
 
@@ -204,6 +207,46 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     let start_time = sentinel::round_up_micros(SystemTime::now());
     let opts = options(settings, args)?;
     let storage = open_storage(settings)?;
+    push(settings, opts, storage, start_time)
+}
+
+/// `catchup-push PGDATA --from-lsn LSN` (spec §11.1): this pipeline into
+/// `storage` (the catch-up folder's view), with WAL-G's catch-up settings:
+/// regular composer, no verify, not permanent, files metadata kept, and a
+/// base that is only an LSN, so that every relation file is stored as an
+/// increment of its pages at or after it.
+pub(crate) fn catchup(
+    settings: &Settings,
+    pgdata: PathBuf,
+    from_lsn: u64,
+    storage: Arc<dyn crate::storage::Storage>,
+) -> Result<()> {
+    let start_time = sentinel::round_up_micros(SystemTime::now());
+    let mut opts = options(settings, vec![pgdata.into_os_string()])?;
+    opts.catchup = Some(from_lsn);
+    opts.permanent = false;
+    opts.verify = false;
+    opts.composer = Composer::Regular;
+    opts.files_metadata = true;
+    push(settings, opts, storage, start_time)
+}
+
+/// The names catch-up leaves out besides the usual ones (WAL-G adds them
+/// to its exclusions): the replica keeps its own server configuration.
+fn catchup_excluded(rel: &[u8]) -> bool {
+    let base = rel.rsplit(|&b| b == b'/').next().unwrap_or(rel);
+    matches!(
+        base,
+        b"pg_hba.conf" | b"postgresql.conf" | b"postgresql.auto.conf"
+    )
+}
+
+fn push(
+    settings: &Settings,
+    opts: Options,
+    storage: Arc<dyn crate::storage::Storage>,
+    start_time: SystemTime,
+) -> Result<()> {
     let codecs = codecs(settings)?;
     let pgdata = canonical(&opts.pgdata)?;
     for needed in ["global/pg_control", "PG_VERSION"] {
@@ -228,18 +271,32 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     let mut sorter = ratings.as_ref().map(|_| rating::Sorter::default());
     // Before the backup starts: the base's file list is streamed from
     // storage, which must not hold the backup open.
-    let base = delta_base::choose(
-        &delta_base::InStorage(&storage),
-        &opts.delta,
-        opts.permanent,
-    )?;
-    let plan = match base {
-        Some(b) => {
+    let base = match opts.catchup {
+        Some(_) => None,
+        None => delta_base::choose(
+            &delta_base::InStorage(&storage),
+            &opts.delta,
+            opts.permanent,
+        )?,
+    };
+    let plan = match (opts.catchup, base) {
+        (Some(from_lsn), _) => Some(Plan::catchup(delta_base::Base {
+            // WAL-G's fake base: no name, so no `_D_` suffix, and the
+            // sentinel's DeltaFrom/DeltaFullName are "" with DeltaCount 1.
+            name: String::new(),
+            lsn: from_lsn,
+            finish_lsn: None,
+            full_name: String::new(),
+            count: 1,
+            system_identifier: None,
+            start_time: None,
+        })?),
+        (None, Some(b)) => {
             let index = BaseIndex::load(&storage, &b.name)?;
             log::debug!("the delta base {} lists {} files", b.name, index.entries);
             Some(Plan::new(b, index))
         }
-        None => None,
+        (None, None) => None,
     };
 
     let label = crate::time::rfc3339_nano(start_time);
@@ -272,6 +329,18 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     };
     let mut name = layout::backup_name(timeline, start_lsn, opts.wal_size_mb);
     let plan = match plan {
+        Some(p) if p.is_catchup() => {
+            if p.base.lsn > start_lsn {
+                return Err(Error::Usage(format!(
+                    "--from-lsn {} ({}) is after this server's backup start {start_text}: the replica is ahead \
+                     of this server, so it is not a lagging copy of it; give the replica's checkpoint REDO \
+                     location from pg_controldata as a decimal number",
+                    p.base.lsn,
+                    super::catalog::lsn_text(p.base.lsn)
+                )));
+            }
+            Some(p)
+        }
         Some(p) => {
             let usable = delta_base::check_started(
                 &p.base,
@@ -284,7 +353,13 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
         }
         None => None,
     };
-    if let Some(p) = &plan {
+    if let Some(p) = plan.as_ref().filter(|p| p.is_catchup()) {
+        log::info!(
+            "Catch-up backup: relation pages at or after LSN {} are stored as increments",
+            super::catalog::lsn_text(p.base.lsn)
+        );
+    }
+    if let Some(p) = plan.as_ref().filter(|p| !p.is_catchup()) {
         log::info!("Delta backup enabled");
         // WAL-G's `_D_` + the base's own start segment.
         let base_segment = super::retention::hex_run(&p.base.name).unwrap_or_default();
@@ -340,6 +415,9 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
         let rel = e.rel.as_os_str().as_bytes();
         if rel == b"global/pg_control" {
             // Uploaded on its own, last (spec §1.4).
+            return Ok(());
+        }
+        if opts.catchup.is_some() && !matches!(e.kind, Kind::Dir) && catchup_excluded(rel) {
             return Ok(());
         }
         if matches!(e.kind, Kind::File) {

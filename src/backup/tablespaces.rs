@@ -178,6 +178,17 @@ impl Plan {
         Ok(())
     }
 
+    /// Catch-up onto an existing data directory: each tablespace's members
+    /// go where the directory's own link points, and the backup's
+    /// `tablespace_map` (the source's locations) is not written, so that
+    /// PostgreSQL keeps the links it has.
+    pub fn existing(links: Vec<Tablespace>) -> Plan {
+        Plan {
+            links,
+            skip_map: true,
+        }
+    }
+
     /// Makes `DEST/pg_tblspc`, each location (0700, as PostgreSQL makes
     /// them) and the link to it. DEST exists and is empty.
     pub fn create(&self, dest: &Path) -> Result<()> {

@@ -24,7 +24,14 @@ pub fn run(command: &str, settings: Settings, args: Vec<OsString>) -> Result<()>
     // behind; set up before any thread starts.
     if matches!(
         command,
-        "st" | "copy" | "wal-push" | "wal-fetch" | "wal-prefetch" | "backup-push" | "backup-fetch"
+        "st" | "copy"
+            | "wal-push"
+            | "wal-fetch"
+            | "wal-prefetch"
+            | "backup-push"
+            | "backup-fetch"
+            | "catchup-push"
+            | "catchup-fetch"
     ) {
         crate::cleanup::install();
     }
@@ -44,6 +51,9 @@ pub fn run(command: &str, settings: Settings, args: Vec<OsString>) -> Result<()>
         "wal-prefetch" => wal_fetch::run_prefetch(&settings, args),
         "wal-show" => wal_show::run(&settings, args),
         "wal-verify" => wal_verify::run(&settings, args),
+        "catchup-push" => crate::catchup::run_push(&settings, args),
+        "catchup-fetch" => crate::catchup::run_fetch(&settings, args),
+        "catchup-list" => crate::catchup::run_list(&settings, args),
         "flags" => flags::run(),
         "pg-info" => pg_info::run(&settings, args),
         "pgbackrest" => crate::pgbackrest::run(&settings, args),

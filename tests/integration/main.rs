@@ -9,6 +9,7 @@ mod backup;
 mod backup_catalog;
 mod backup_push;
 mod backup_verify;
+mod catchup;
 mod composers;
 mod config;
 mod copy;

@@ -64,6 +64,10 @@ pub struct Plan {
     /// Changed blocks from the server's WAL summaries (PostgreSQL 17+),
     /// set once the backup has started; unset: pages are scanned.
     summaries: OnceLock<summaries::Changes>,
+    /// A catch-up (`catchup-push --from-lsn`): there is no base file list,
+    /// every relation file is an increment of its pages at or after the
+    /// LSN (WAL-G's "force incremental"), nothing is skipped.
+    catchup: bool,
 }
 
 impl Plan {
@@ -73,7 +77,23 @@ impl Plan {
             index,
             stats: Stats::default(),
             summaries: OnceLock::new(),
+            catchup: false,
         })
+    }
+
+    /// The plan of a catch-up from `base.lsn` (see [`Plan::catchup`]'s field).
+    pub fn catchup(base: Base) -> Result<Arc<Plan>> {
+        Ok(Arc::new(Plan {
+            base,
+            index: BaseIndex::from_reader(&b"{}"[..], "catch-up")?,
+            stats: Stats::default(),
+            summaries: OnceLock::new(),
+            catchup: true,
+        }))
+    }
+
+    pub fn is_catchup(&self) -> bool {
+        self.catchup
     }
 
     /// Take changed blocks from WAL summaries instead of scanning pages.
@@ -91,20 +111,22 @@ impl Plan {
         scan_buf: &mut Vec<u8>,
         disk_limit: Option<Arc<RateLimit>>,
     ) -> Result<Packed> {
-        let Some(in_base) = self.index.get(name)? else {
-            return Ok(Packed::Whole);
-        };
-        let mtime = meta.modified().ok();
-        let settled = match (mtime, self.base.start_time) {
-            (Some(m), Some(start)) => m + MTIME_MARGIN < start,
-            _ => true,
-        };
-        if mtime.is_some() && in_base.mtime == mtime && settled {
-            self.stats.skipped.fetch_add(1, Ordering::Relaxed);
-            self.stats
-                .skipped_bytes
-                .fetch_add(meta.len(), Ordering::Relaxed);
-            return Ok(Packed::Skip);
+        if !self.catchup {
+            let Some(in_base) = self.index.get(name)? else {
+                return Ok(Packed::Whole);
+            };
+            let mtime = meta.modified().ok();
+            let settled = match (mtime, self.base.start_time) {
+                (Some(m), Some(start)) => m + MTIME_MARGIN < start,
+                _ => true,
+            };
+            if mtime.is_some() && in_base.mtime == mtime && settled {
+                self.stats.skipped.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .skipped_bytes
+                    .fetch_add(meta.len(), Ordering::Relaxed);
+                return Ok(Packed::Skip);
+            }
         }
         let size = meta.len();
         if !scan::is_paged(name, size) {
@@ -197,10 +219,14 @@ impl Plan {
     pub fn summary(&self, stored: u64, compressed: u64) -> String {
         let s = &self.stats;
         format!(
-            "Delta backup from {}: read {} bytes, stored {stored} bytes ({compressed} compressed); \
+            "{}: read {} bytes, stored {stored} bytes ({compressed} compressed); \
              {} files whole ({} bytes), {} files as increments ({} changed pages of {} bytes scanned), \
              {} unchanged files skipped ({} bytes); changed blocks from {}",
-            self.base.name,
+            if self.catchup {
+                format!("Catch-up backup from LSN {}", crate::backup::catalog::lsn_text(self.base.lsn))
+            } else {
+                format!("Delta backup from {}", self.base.name)
+            },
             self.bytes_read(),
             s.whole_files.load(Ordering::Relaxed),
             s.whole_bytes.load(Ordering::Relaxed),
