@@ -8,6 +8,7 @@ mod codec;
 mod commands;
 mod config;
 mod copy;
+mod daemon;
 mod encoding;
 mod error;
 #[cfg(test)]
