@@ -97,8 +97,7 @@ pub fn fetch_on(
     let cache = PrefetchCache::at(options.prefetch_dir.as_deref(), dest);
     let open = || Ok((storage.clone(), codecs.clone()));
     let result = fetch(&open, &cache, name, dest, wal_size);
-    if count > 1 && worth_prefetching(name, &result) && !prefetching.swap(true, Ordering::SeqCst)
-    {
+    if count > 1 && worth_prefetching(name, &result) && !prefetching.swap(true, Ordering::SeqCst) {
         let (storage, codecs, busy) = (storage.clone(), codecs.clone(), prefetching.clone());
         let first = Segment::parse(name, wal_size);
         let spawned = std::thread::Builder::new()
@@ -118,13 +117,7 @@ pub fn fetch_on(
     result
 }
 
-fn fetch(
-    open: &Open,
-    cache: &PrefetchCache,
-    name: &str,
-    dest: &Path,
-    wal_size: u64,
-) -> Result<()> {
+fn fetch(open: &Open, cache: &PrefetchCache, name: &str, dest: &Path, wal_size: u64) -> Result<()> {
     if Segment::parse(name, wal_size).is_some() && cache.take(name, dest, wal_size) {
         log::debug!("{name} came from the prefetch cache");
         return Ok(());

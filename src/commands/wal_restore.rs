@@ -74,13 +74,21 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     let mut plan = Vec::new();
     for (cluster, history) in [(&source, &source_history), (&target, &target_history)] {
         let local = cluster.local_segments(wal_mb)?;
-        let newest = local
-            .iter()
-            .filter(|s| s.timeline == cluster.control.timeline)
-            .map(|s| s.number)
-            .max()
-            .unwrap_or(0)
-            .max(cluster.control.checkpoint / seg_bytes);
+        let end = cluster.control.checkpoint / seg_bytes;
+        // A cluster shut down cleanly (pg_rewind wants both so) ends with
+        // its shutdown checkpoint: segments named past it are recycled
+        // files, not WAL. Otherwise, as WAL-G: the newest segment there.
+        let newest = if cluster.control.shut_down {
+            end
+        } else {
+            local
+                .iter()
+                .filter(|s| s.timeline == cluster.control.timeline)
+                .map(|s| s.number)
+                .max()
+                .unwrap_or(0)
+                .max(end)
+        };
         let spans = timeline_spans(history, cluster.control.timeline, seg_bytes);
         for seg in missing(&spans, newest, common_seg, common_tl, &local) {
             plan.push((cluster.wal_dir.clone(), seg.name(wal_mb)));
@@ -128,17 +136,23 @@ struct Control {
     timeline: u32,
     /// The latest checkpoint's location.
     checkpoint: u64,
+    /// State "shut down" or "shut down in recovery".
+    shut_down: bool,
 }
 
 /// The fields by position: system identifier at 0, pg_control_version at
-/// 8, the checkpoint location at 32, then the checkpoint copy whose
+/// 8, the state at 16 (1 and 2: shut down), the checkpoint location at 32, then the checkpoint copy whose
 /// ThisTimeLineID is at 48 (56 before version 1100, which kept the
 /// previous checkpoint's location in between).
 fn parse_control(bytes: &[u8]) -> Option<Control> {
     let u32_at = |at: usize| Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?));
     let u64_at = |at: usize| Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?));
     let version = u32_at(8)?;
-    let timeline = if version >= 1100 { u32_at(48)? } else { u32_at(56)? };
+    let timeline = if version >= 1100 {
+        u32_at(48)?
+    } else {
+        u32_at(56)?
+    };
     if timeline == 0 {
         return None;
     }
@@ -146,6 +160,7 @@ fn parse_control(bytes: &[u8]) -> Option<Control> {
         system_id: u64_at(0)?,
         timeline,
         checkpoint: u64_at(32)?,
+        shut_down: matches!(u32_at(16)?, 1 | 2),
     })
 }
 
@@ -316,13 +331,15 @@ mod tests {
         b[8..12].copy_from_slice(&1300u32.to_le_bytes());
         b[32..40].copy_from_slice(&0x0500_0028u64.to_le_bytes());
         b[48..52].copy_from_slice(&3u32.to_le_bytes());
+        b[16..20].copy_from_slice(&1u32.to_le_bytes());
         let c = parse_control(&b).unwrap();
         assert_eq!(
             c,
             Control {
                 system_id: 7_000_000_000_000_000_001,
                 timeline: 3,
-                checkpoint: 0x0500_0028
+                checkpoint: 0x0500_0028,
+                shut_down: true
             }
         );
         // Before 1100 the timeline sat 8 bytes further.
@@ -352,8 +369,14 @@ mod tests {
         let spans = timeline_spans(&history, 2, SEG);
         assert_eq!(spans, [(1, 1), (2, 5)]);
         let local: BTreeSet<Segment> = [
-            Segment { timeline: 2, number: 8 },
-            Segment { timeline: 2, number: 6 },
+            Segment {
+                timeline: 2,
+                number: 8,
+            },
+            Segment {
+                timeline: 2,
+                number: 6,
+            },
         ]
         .into();
         // From 2/8 down to the split's segment on timeline 2.
@@ -383,7 +406,9 @@ mod tests {
         // into the parent timeline.
         let got = missing(&spans, 6, 3, 1, &local);
         assert_eq!(
-            got.iter().map(|s| (s.timeline, s.number)).collect::<Vec<_>>(),
+            got.iter()
+                .map(|s| (s.timeline, s.number))
+                .collect::<Vec<_>>(),
             [(2, 5), (1, 4), (1, 3)]
         );
     }

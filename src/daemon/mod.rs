@@ -53,8 +53,7 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     let slots = upload_concurrency(settings)?;
     let pusher = Pusher::new(settings)?;
 
-    let (stop_tx, stop_rx) = mpsc::channel::<()>();
-    install_signals(socket.clone(), stop_tx);
+    install_signals(socket.clone());
     let listener = bind(&socket)?;
     let _socket_file = RemoveOnDrop(socket.clone());
     log::info!(
@@ -92,7 +91,6 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
             }
         }
     }
-    drop(stop_rx);
     // Requests in progress end by themselves (each is bounded by the
     // timeout); their clients get their answers.
     let deadline = Instant::now() + timeout + Duration::from_secs(5);
@@ -126,7 +124,10 @@ fn bind(path: &Path) -> Result<UnixListener> {
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
             std::fs::remove_file(path).map_err(|e| {
-                Error::io(format!("cannot remove the old socket {}", path.display()), e)
+                Error::io(
+                    format!("cannot remove the old socket {}", path.display()),
+                    e,
+                )
             })?;
         }
         Ok(_) => {
@@ -414,7 +415,7 @@ fn notify(target: &str, state: &[u8]) -> io::Result<()> {
 /// connects to the socket once, which wakes the accept loop. SIGHUP and
 /// SIGUSR1 (WAL-G reopens its log then; walden's log needs no reopening:
 /// it appends) are logged and ignored rather than killing the daemon.
-fn install_signals(socket: PathBuf, stopped: mpsc::Sender<()>) {
+fn install_signals(socket: PathBuf) {
     let set = {
         // SAFETY: sigemptyset/sigaddset only write into the set we own.
         unsafe {
@@ -448,7 +449,6 @@ fn install_signals(socket: PathBuf, stopped: mpsc::Sender<()>) {
             log::info!("walden daemon: stop signal received; finishing requests in progress");
             // Wake accept(); the loop sees STOP and ends.
             let _ = UnixStream::connect(&socket);
-            let _ = stopped.send(());
         });
     if started.is_err() {
         // SAFETY: as above; without the thread the signals must kill.

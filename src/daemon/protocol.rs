@@ -232,11 +232,7 @@ mod tests {
             "000000010000000000000003"
         );
         assert_eq!(
-            push_name(
-                b"/var/lib/pg/data/pg_wal/000000010000000000000003",
-                pgdata
-            )
-            .unwrap(),
+            push_name(b"/var/lib/pg/data/pg_wal/000000010000000000000003", pgdata).unwrap(),
             "000000010000000000000003"
         );
         for bad in [&b""[..], b"..", b"../../etc/passwd", b"/etc/passwd", b"a/b"] {

@@ -249,13 +249,18 @@ fn wal_receive_follows_a_promotion_and_a_restart() {
     );
     standby.pgbench(&["-n", "-t", "800", "-c", "2"]);
     standby.psql("CREATE TABLE marker AS SELECT 'after promotion'::text AS note");
-    let expected = standby.psql("SELECT sum(abalance)::text || '/' || count(*) FROM pgbench_accounts");
+    let expected =
+        standby.psql("SELECT sum(abalance)::text || '/' || count(*) FROM pgbench_accounts");
     let last = standby.switch_wal();
     wait_stored(&store, &last, ext);
     receiver.signal(libc::SIGTERM);
     let out = receiver.wait(Duration::from_secs(60));
     assert_eq!(out.code, 0, "wal-receive: {}", out.stderr);
-    assert!(out.stderr.contains("following timeline 2"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("following timeline 2"),
+        "{}",
+        out.stderr
+    );
     assert!(out.stderr.contains("connection lost"), "{}", out.stderr);
 
     // The old timeline's last segment as .partial; every complete
@@ -266,7 +271,9 @@ fn wal_receive_follows_a_promotion_and_a_restart() {
         .filter_map(|e| e.file_name().into_string().ok())
         .collect();
     assert!(
-        objects.iter().any(|n| n.starts_with("00000001") && n.contains(".partial")),
+        objects
+            .iter()
+            .any(|n| n.starts_with("00000001") && n.contains(".partial")),
         "{objects:?}"
     );
     let names = stored_names(&store, ext);

@@ -34,7 +34,11 @@ fn segments(data: &Path, tl: &str) -> BTreeMap<String, Vec<u8>> {
 }
 
 /// Remove from pg_wal the segments in `names`, keeping their bytes.
-fn lose(data: &Path, all: &BTreeMap<String, Vec<u8>>, names: &[String]) -> BTreeMap<String, Vec<u8>> {
+fn lose(
+    data: &Path,
+    all: &BTreeMap<String, Vec<u8>>,
+    names: &[String],
+) -> BTreeMap<String, Vec<u8>> {
     let mut lost = BTreeMap::new();
     for n in names {
         fs::remove_file(data.join("pg_wal").join(n)).unwrap();
@@ -121,7 +125,8 @@ fn wal_restore_lets_pg_rewind_run_without_restore_command() {
     let split = fs::read_to_string(beta_data.join("pg_wal/00000002.history")).unwrap();
     let split_lsn = split.split('\t').nth(1).unwrap().to_string();
     let (hi, lo) = split_lsn.split_once('/').unwrap();
-    let split_seg = (u64::from_str_radix(hi, 16).unwrap() << 32 | u64::from_str_radix(lo, 16).unwrap()) >> 24;
+    let split_seg =
+        (u64::from_str_radix(hi, 16).unwrap() << 32 | u64::from_str_radix(lo, 16).unwrap()) >> 24;
     let first_after = |tl: &str| format!("{tl}{:08X}{:08X}", split_seg >> 8, split_seg & 0xFF);
     // Only archived segments (the ones after `*_last` were still being
     // written), and each cluster keeps its newest.
@@ -138,7 +143,10 @@ fn wal_restore_lets_pg_rewind_run_without_restore_command() {
         .filter(|n| **n >= first_after("00000001") && **n <= alpha_last)
         .cloned()
         .collect();
-    assert!(beta_gone.len() >= 2 && alpha_after.len() >= 2, "{beta_gone:?} {alpha_after:?}");
+    assert!(
+        beta_gone.len() >= 2 && alpha_after.len() >= 2,
+        "{beta_gone:?} {alpha_after:?}"
+    );
     let mut lost = lose(&beta_data, &beta_segs, &beta_gone);
     lost.extend(lose(&alpha_data, &alpha_segs, &alpha_after));
 
@@ -169,7 +177,11 @@ fn wal_restore_lets_pg_rewind_run_without_restore_command() {
         .run();
     out.assert_ok();
     for (name, bytes) in &lost {
-        let dir = if name.starts_with("00000002") { &beta_data } else { &alpha_data };
+        let dir = if name.starts_with("00000002") {
+            &beta_data
+        } else {
+            &alpha_data
+        };
         let got = fs::read(dir.join("pg_wal").join(name))
             .unwrap_or_else(|e| panic!("{name} not restored: {e}\n{}", out.stderr));
         assert!(got == *bytes, "{name} differs from the archived segment");
@@ -177,9 +189,18 @@ fn wal_restore_lets_pg_rewind_run_without_restore_command() {
     crate::harness::tmp::chown_postgres(&alpha_data);
     crate::harness::tmp::chown_postgres(&beta_data);
     // Run again: nothing is missing now.
-    let again = store.walden().arg("wal-restore").arg(&alpha_data).arg(&beta_data).run();
+    let again = store
+        .walden()
+        .arg("wal-restore")
+        .arg(&alpha_data)
+        .arg(&beta_data)
+        .run();
     again.assert_ok();
-    assert!(again.stderr.contains("No WAL files to restore"), "{}", again.stderr);
+    assert!(
+        again.stderr.contains("No WAL files to restore"),
+        "{}",
+        again.stderr
+    );
 
     let out = rewind();
     assert!(
