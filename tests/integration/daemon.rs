@@ -5,7 +5,9 @@
 //! PostgreSQL 15, against the S3 server; every pushed segment fetched back
 //! by `walden wal-fetch` equals the server's; bad messages get `E` and the
 //! daemon goes on; SIGTERM stops it and removes the socket. Also measures
-//! a push through the daemon against a `walden wal-push` process.
+//! a push through the daemon against a `walden wal-push` process. With
+//! WALDEN_WALG_ARCHIVE (WAL-G's walg_archive.so, built with PGXS),
+//! PostgreSQL archives through the daemon with that archive library.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -334,6 +336,70 @@ fn postgres_archives_through_walg_daemon_client() {
     let restored = PgCluster::builder()
         .conf("restore_command", &restore)
         .conf("archive_mode", "off")
+        .start_restored(data.clone());
+    restored.wait_for_promotion(Duration::from_secs(120));
+    let got = restored.psql("SELECT sum(abalance)::text || '/' || count(*) FROM pgbench_accounts");
+    assert_eq!(got, expected, "{}", restored.log_tail());
+
+    daemon.signal(libc::SIGTERM);
+    let out = daemon.wait(Duration::from_secs(60));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+}
+
+/// PostgreSQL 15's archiver loads WAL-G's `walg_archive` archive library
+/// (WALDEN_WALG_ARCHIVE names the built walg_archive.so; skipped without)
+/// and archives a pgbench run through the daemon; a base backup taken
+/// before recovers through `walden wal-fetch` from what was archived.
+#[test]
+fn postgres_archives_through_walg_archive_library() {
+    let Some(library) = std::env::var_os("WALDEN_WALG_ARCHIVE").filter(|c| !c.is_empty()) else {
+        eprintln!("WALDEN_WALG_ARCHIVE unset: skipped");
+        return;
+    };
+    let store = Store::fs();
+    let codec = codec_env("lz4", true);
+    let sock_dir = TempDir::new("daemon-sock");
+    sock_dir.chown_postgres();
+    let socket = sock_dir.join("walden.sock");
+    let mut pg = PgCluster::builder()
+        .conf("archive_mode", "off")
+        .conf("wal_keep_size", "'1GB'")
+        .start();
+    let daemon = start_daemon(&store, &codec, &pg, &socket);
+    // walg_archive checks at load time that the socket exists.
+    pg.stop();
+    let mut conf = fs::read_to_string(pg.data_dir().join("postgresql.conf")).unwrap();
+    conf.push_str(&format!(
+        "\narchive_mode = on\narchive_library = '{}'\nwalg_archive.walg_socket = '{}'\n",
+        PathBuf::from(library).display(),
+        socket.display()
+    ));
+    fs::write(pg.data_dir().join("postgresql.conf"), conf).unwrap();
+    pg.start_server();
+
+    pg.pgbench_init(1);
+    let restored_dir = TempDir::new("walg-archive-restored");
+    let data = restored_dir.join("data");
+    pg.base_backup(&data);
+    pg.pgbench(&["-n", "-t", "1000", "-c", "2"]);
+    let expected = pg.psql("SELECT sum(abalance)::text || '/' || count(*) FROM pgbench_accounts");
+    let last = pg.switch_wal();
+    pg.wait_for_archive(&last, Duration::from_secs(120));
+    assert_eq!(
+        pg.psql("SELECT failed_count FROM pg_stat_archiver"),
+        "0",
+        "{}",
+        pg.log_tail()
+    );
+    assert_stored(&store, &codec, &pg, std::slice::from_ref(&last));
+    pg.stop();
+
+    fs::write(data.join("recovery.signal"), "").unwrap();
+    let restored = PgCluster::builder()
+        .conf("restore_command", "'{walden} wal-fetch %f %p'")
+        .conf("archive_mode", "off")
+        .env(store.env())
+        .env(codec.clone())
         .start_restored(data.clone());
     restored.wait_for_promotion(Duration::from_secs(120));
     let got = restored.psql("SELECT sum(abalance)::text || '/' || count(*) FROM pgbench_accounts");
