@@ -9,6 +9,7 @@ mod codec;
 mod commands;
 mod config;
 mod copy;
+mod daemon;
 mod encoding;
 mod error;
 #[cfg(test)]

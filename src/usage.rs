@@ -174,8 +174,18 @@ pub const COMMANDS: &[Command] = &[
         "walden wal-receive\n\n  Stream WAL from PostgreSQL (PGHOST...; the user needs REPLICATION) through\n  the physical slot WALG_SLOTNAME (default walg, [0-9A-Za-z_]), created when\n  missing, and store each completed segment in wal_005/ like wal-push. The\n  server hears as flushed only what storage holds. Follows timeline switches\n  (storing .history files), reconnects after a server restart, and on SIGTERM\n  or SIGINT stores the current segment as <name>.partial and exits 0.",
         true,
     ),
-    cmd("wal-restore", "restore missing WAL for pg_rewind", "walden wal-restore TARGET SOURCE", false),
-    cmd("daemon", "serve wal-push/wal-fetch over a socket", "walden daemon SOCKET", false),
+    cmd(
+        "wal-restore",
+        "restore missing WAL for pg_rewind",
+        "walden wal-restore TARGET-PGDATA SOURCE-PGDATA\n\n  Before pg_rewind -D TARGET-PGDATA --source-pgdata=SOURCE-PGDATA (both local,\n  stopped): from the last point the two clusters' timeline histories share\n  (pg_control and pg_wal/*.history, or storage's), fetch every WAL segment\n  missing from SOURCE's pg_wal up to its newest one, and from TARGET's up to\n  its newest one, so that pg_rewind and the rewound server need no\n  restore_command. Refuses clusters of different systems or on the same\n  timeline; a segment storage lacks is logged. See walden-wal-restore(1).",
+        true,
+    ),
+    cmd(
+        "daemon",
+        "serve wal-push/wal-fetch over a socket",
+        "walden daemon SOCKET\n\n  WAL-G's daemon: listen on the UNIX socket SOCKET (an old socket there is\n  replaced) and serve wal-push and wal-fetch to WAL-G's walg-daemon-client and\n  the walg_archive archive library, in WAL-G's protocol. Storage is opened\n  once and its connections stay warm between segments. PGDATA is required:\n  pushed names are files of $PGDATA/pg_wal, fetch destinations are relative\n  to PGDATA. At most WALG_UPLOAD_CONCURRENCY requests run at once; each\n  must end within WALG_DAEMON_WAL_UPLOAD_TIMEOUT (default 60s) or is\n  answered E. NOTIFY_SOCKET gets WATCHDOG=1 every 30 s. SIGTERM or SIGINT\n  finish the requests in progress, remove SOCKET and exit 0.\n\n  archive_command = 'walg-daemon-client SOCKET wal-push %f'\n  restore_command = 'walg-daemon-client SOCKET wal-fetch %f %p'",
+        true,
+    ),
     cmd(
         "catchup-push",
         "incremental catch-up backup",

@@ -5,9 +5,10 @@ mod copy;
 mod flags;
 mod pg_info;
 mod st;
-mod wal_fetch;
-mod wal_push;
+pub mod wal_fetch;
+pub mod wal_push;
 mod wal_receive;
+mod wal_restore;
 mod wal_show;
 mod wal_verify;
 
@@ -47,6 +48,8 @@ pub fn run(command: &str, settings: Settings, args: Vec<OsString>) -> Result<()>
         "copy" => copy::run(&settings, args),
         "wal-push" => wal_push::run(&settings, args),
         "wal-receive" => wal_receive::run(&settings, args),
+        "daemon" => crate::daemon::run(&settings, args),
+        "wal-restore" => wal_restore::run(&settings, args),
         "wal-fetch" => wal_fetch::run(&settings, args),
         "wal-prefetch" => wal_fetch::run_prefetch(&settings, args),
         "wal-show" => wal_show::run(&settings, args),

@@ -12,6 +12,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,13 +40,13 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     let concurrency = settings.positive("WALG_DOWNLOAD_CONCURRENCY")?;
     let cache = PrefetchCache::new(settings, &dest);
 
-    let result = fetch(settings, &cache, &name, &dest, wal_size);
+    let open = || Ok((open_storage(settings)?, codecs(settings)?));
+    let result = fetch(&open, &cache, &name, &dest, wal_size);
     // Recovery asks for the next segment right after this one, so prefetch
     // it. Not after a miss (WAL-G does): what follows a segment that is not
     // archived yet is not archived either, and a standby polling for it
     // would pay for those probes on every poll.
-    let missed = matches!(result, Err(Error::WalNotFound(_)));
-    if concurrency > 1 && !missed && !name.contains("history") && !name.contains("partial") {
+    if concurrency > 1 && worth_prefetching(&name, &result) {
         if let Err(e) = spawn_prefetch(settings, &name, &dest) {
             log::warn!("could not start prefetching after {name}: {e}");
         }
@@ -53,19 +54,75 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     result
 }
 
-fn fetch(
-    settings: &Settings,
-    cache: &PrefetchCache,
+/// Whether the segments after `name` should be prefetched after this
+/// fetch ended with `result`.
+fn worth_prefetching(name: &str, result: &Result<()>) -> bool {
+    let missed = matches!(result, Err(Error::WalNotFound(_)));
+    !missed && !name.contains("history") && !name.contains("partial")
+}
+
+/// The storage and codecs of a fetch, opened only when a download needs
+/// them (a prefetched segment does not).
+type Open<'a> = dyn Fn() -> Result<(Arc<dyn Storage>, Codecs)> + 'a;
+
+/// The settings of wal-fetch, read once by `walden daemon`.
+pub struct FetchOptions {
+    wal_size: u64,
+    count: usize,
+    prefetch_dir: Option<String>,
+}
+
+impl FetchOptions {
+    pub fn new(settings: &Settings) -> Result<FetchOptions> {
+        Ok(FetchOptions {
+            wal_size: crate::wal::segment_size_mb(settings)?,
+            count: settings.positive("WALG_DOWNLOAD_CONCURRENCY")?,
+            prefetch_dir: settings.get_explicit("WALG_PREFETCH_DIR"),
+        })
+    }
+}
+
+/// wal-fetch on storage opened once by `walden daemon`: the same algorithm
+/// as the command, with the next segments prefetched by a thread of the
+/// daemon instead of a process (at most one such thread at a time).
+pub fn fetch_on(
+    options: &FetchOptions,
+    storage: &Arc<dyn Storage>,
+    codecs: &Codecs,
     name: &str,
     dest: &Path,
-    wal_size: u64,
+    prefetching: &Arc<AtomicBool>,
 ) -> Result<()> {
+    let (wal_size, count) = (options.wal_size, options.count);
+    let cache = PrefetchCache::at(options.prefetch_dir.as_deref(), dest);
+    let open = || Ok((storage.clone(), codecs.clone()));
+    let result = fetch(&open, &cache, name, dest, wal_size);
+    if count > 1 && worth_prefetching(name, &result) && !prefetching.swap(true, Ordering::SeqCst) {
+        let (storage, codecs, busy) = (storage.clone(), codecs.clone(), prefetching.clone());
+        let first = Segment::parse(name, wal_size);
+        let spawned = std::thread::Builder::new()
+            .name("prefetch".into())
+            .spawn(move || {
+                if let Some(first) = first {
+                    if let Err(e) = prefetch(&storage, &codecs, &cache, first, count, wal_size) {
+                        log::debug!("prefetch after {} failed: {e}", first.name(wal_size));
+                    }
+                }
+                busy.store(false, Ordering::SeqCst);
+            });
+        if spawned.is_err() {
+            prefetching.store(false, Ordering::SeqCst);
+        }
+    }
+    result
+}
+
+fn fetch(open: &Open, cache: &PrefetchCache, name: &str, dest: &Path, wal_size: u64) -> Result<()> {
     if Segment::parse(name, wal_size).is_some() && cache.take(name, dest, wal_size) {
         log::debug!("{name} came from the prefetch cache");
         return Ok(());
     }
-    let storage = open_storage(settings)?;
-    let codecs = codecs(settings)?;
+    let (storage, codecs) = open()?;
     // On a filesystem every extension is tried anyway (object::open): no
     // note to read or write there.
     let remote = !storage.lookups_are_local();
@@ -88,6 +145,18 @@ fn fetch(
             Err(Error::WalNotFound(name.to_string()))
         }
     }
+}
+
+/// `walden wal-restore`'s download: `name` into `dest`, false when storage
+/// does not have it.
+pub fn download_to(
+    storage: &Arc<dyn Storage>,
+    codecs: &Codecs,
+    name: &str,
+    dest: &Path,
+    wal_size: u64,
+) -> Result<bool> {
+    Ok(download(storage, codecs, name, dest, wal_size, Probe::GetFirst)?.is_some())
 }
 
 /// Download `name` into `dest` (temp name, fsync, rename). `Ok(None)` when
@@ -146,7 +215,12 @@ struct PrefetchCache {
 
 impl PrefetchCache {
     fn new(settings: &Settings, dest: &Path) -> PrefetchCache {
-        let base = match settings.get_explicit("WALG_PREFETCH_DIR") {
+        PrefetchCache::at(settings.get_explicit("WALG_PREFETCH_DIR").as_deref(), dest)
+    }
+
+    /// `prefetch_dir` is `WALG_PREFETCH_DIR`; else beside `dest`.
+    fn at(prefetch_dir: Option<&str>, dest: &Path) -> PrefetchCache {
+        let base = match prefetch_dir {
             Some(dir) => PathBuf::from(dir),
             None => match dest.parent() {
                 Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -283,11 +357,23 @@ pub fn run_prefetch(settings: &Settings, args: Vec<OsString>) -> Result<()> {
         return Ok(());
     };
     let cache = PrefetchCache::new(settings, &location);
-    clean(&cache, first, wal_size);
-    fs::create_dir_all(&cache.running)
-        .map_err(|e| Error::io(format!("cannot create {}", cache.running.display()), e))?;
     let storage = open_storage(settings)?;
     let codecs = codecs(settings)?;
+    prefetch(&storage, &codecs, &cache, first, count, wal_size)
+}
+
+/// Download the `count` segments after `first` into the prefetch cache.
+fn prefetch(
+    storage: &Arc<dyn Storage>,
+    codecs: &Codecs,
+    cache: &PrefetchCache,
+    first: Segment,
+    count: usize,
+    wal_size: u64,
+) -> Result<()> {
+    clean(cache, first, wal_size);
+    fs::create_dir_all(&cache.running)
+        .map_err(|e| Error::io(format!("cannot create {}", cache.running.display()), e))?;
 
     let mut queue = Vec::new();
     let mut seg = first;
@@ -306,7 +392,7 @@ pub fn run_prefetch(settings: &Settings, args: Vec<OsString>) -> Result<()> {
             scope.spawn(|| loop {
                 let next = queue.lock().ok().and_then(|mut q| q.pop());
                 let Some(file) = next else { return };
-                match prefetch_one(&storage, &codecs, &cache, &file, wal_size) {
+                match prefetch_one(storage, codecs, cache, &file, wal_size) {
                     Ok(true) => log::debug!("prefetched {file}"),
                     Ok(false) => {
                         // The standby will ask for it next: one LIST then.

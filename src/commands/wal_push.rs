@@ -26,94 +26,126 @@ const USAGE: &str = "walden wal-push PATH";
 
 pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     let path = PathBuf::from(positionals(args, USAGE, 1)?.remove(0));
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| {
-            Error::Usage(format!(
-                "'{}' has no file name; usage: {USAGE}",
-                path.display()
-            ))
-        })?
-        .to_string();
-    let wal_dir = wal_dir(settings, &path);
-    let markers = Markers::new(&wal_dir);
-    let meta_level = metadata::level(settings)?;
+    Pusher::new(settings)?.push(&path)
+}
 
-    if markers.is_marked(&name) {
-        // A background upload of an earlier call already stored it.
-        markers.unmark(&name);
+/// Everything a wal-push needs, built once from the settings: a command
+/// builds it for its one file, `walden daemon` once for all its requests,
+/// so that storage connections stay warm between segments.
+pub struct Pusher {
+    storage: Arc<dyn Storage>,
+    job: Arc<Job>,
+    meta_level: metadata::Level,
+    concurrency: usize,
+    bg_limit: usize,
+    wal_size: u64,
+    pgdata: Option<String>,
+}
+
+impl Pusher {
+    pub fn new(settings: &Settings) -> Result<Pusher> {
+        let meta_level = metadata::level(settings)?;
+        let concurrency = upload_concurrency(settings)?;
+        let bg_limit = settings.positive("TOTAL_BG_UPLOADED_LIMIT")?;
+        let prevent_overwrite = settings.bool("WALG_PREVENT_WAL_OVERWRITE")?;
+        let wal_size = crate::wal::segment_size_mb(settings)?;
         let storage = open_storage(settings)?;
-        metadata::upload(&storage, meta_level, &name, &path, markers.dir())?;
-        log::info!("WAL file '{name}' was already uploaded in the background");
-        return Ok(());
+        // One thread per zstd stream, the lone foreground one included:
+        // measured on a 16 MiB segment at level 3 (2 cores), two workers
+        // saved 2-4 % of the wall time but cost 30-40 % more CPU and twice
+        // the memory (38 MiB peak RSS on random data, 19 MiB with one), CPU
+        // that a busy primary needs more (see scripts/bench/wal.sh).
+        let mut codecs = codecs(settings)?;
+        codecs.zstd_workers = 1;
+        Ok(Pusher {
+            job: Arc::new(Job {
+                storage: storage.clone(),
+                codecs,
+                prevent_overwrite,
+            }),
+            storage,
+            meta_level,
+            concurrency,
+            bg_limit,
+            wal_size,
+            pgdata: settings.get_explicit("PGDATA"),
+        })
     }
 
-    let concurrency = upload_concurrency(settings)?;
-    let bg_limit = settings.positive("TOTAL_BG_UPLOADED_LIMIT")?;
-    let prevent_overwrite = settings.bool("WALG_PREVENT_WAL_OVERWRITE")?;
-    let wal_size = crate::wal::segment_size_mb(settings)?;
-    let storage = open_storage(settings)?;
-    let codecs = codecs(settings)?;
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
 
-    // One thread per zstd stream, the lone foreground one included:
-    // measured on a 16 MiB segment at level 3 (2 cores), two workers saved
-    // 2-4 % of the wall time but cost 30-40 % more CPU and twice the
-    // memory (38 MiB peak RSS on random data, 19 MiB with one), CPU that
-    // a busy primary needs more (see scripts/bench/wal.sh).
-    let mut codecs = codecs;
-    codecs.zstd_workers = 1;
-    let bg_codecs = codecs.clone();
-    let bg_job = Arc::new(Job {
-        storage: storage.clone(),
-        codecs: bg_codecs,
-        prevent_overwrite,
-    });
-    // Segments uploaded in the background are handed back to PostgreSQL
-    // at once (`.ready` renamed `.done`, which its archiver expects: it
-    // re-checks each `.ready` before calling us), so that pg_wal keeps only
-    // WAL not yet stored. With WAL metadata the later call for each must
-    // still run, so they are marked instead, as WAL-G marks them.
-    let release = if meta_level == metadata::Level::None {
-        Release::Done
-    } else {
-        Release::Marker
-    };
-    let background = Background::start(
-        bg_job,
-        &path,
-        &name,
-        Lanes {
-            threads: concurrency.saturating_sub(1),
-            files: bg_limit.saturating_sub(1),
-        },
-        wal_size,
-        &markers,
-        release,
-    );
+    pub fn codecs(&self) -> &Codecs {
+        &self.job.codecs
+    }
 
-    let job = Job {
-        storage: storage.clone(),
-        codecs,
-        prevent_overwrite,
-    };
-    let mut buf = crate::stream::buffer();
-    let result = job.push(&path, &name, &mut buf);
-    // Background uploads finish the segment each is on and take no new
-    // one: PostgreSQL learns of this one now, and its next call starts the
-    // next round. Their errors are only logged, as PostgreSQL will call us
-    // again for those files.
-    background.wait(&markers);
-    result?;
-    metadata::upload(&storage, meta_level, &name, &path, markers.dir())?;
-    Ok(())
+    /// Store the WAL file at `path`; Ok only when it is durable in storage.
+    pub fn push(&self, path: &Path) -> Result<()> {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| {
+                Error::Usage(format!(
+                    "'{}' has no file name; usage: {USAGE}",
+                    path.display()
+                ))
+            })?
+            .to_string();
+        let wal_dir = wal_dir(self.pgdata.as_deref(), path);
+        let markers = Markers::new(&wal_dir);
+        let meta_level = self.meta_level;
+        let storage = &self.storage;
+
+        if markers.is_marked(&name) {
+            // A background upload of an earlier call already stored it.
+            markers.unmark(&name);
+            metadata::upload(storage, meta_level, &name, path, markers.dir())?;
+            log::info!("WAL file '{name}' was already uploaded in the background");
+            return Ok(());
+        }
+
+        // Segments uploaded in the background are handed back to PostgreSQL
+        // at once (`.ready` renamed `.done`, which its archiver expects: it
+        // re-checks each `.ready` before calling us), so that pg_wal keeps
+        // only WAL not yet stored. With WAL metadata the later call for each
+        // must still run, so they are marked instead, as WAL-G marks them.
+        let release = if meta_level == metadata::Level::None {
+            Release::Done
+        } else {
+            Release::Marker
+        };
+        let background = Background::start(
+            self.job.clone(),
+            path,
+            &name,
+            Lanes {
+                threads: self.concurrency.saturating_sub(1),
+                files: self.bg_limit.saturating_sub(1),
+            },
+            self.wal_size,
+            &markers,
+            release,
+        );
+
+        let mut buf = crate::stream::buffer();
+        let result = self.job.push(path, &name, &mut buf);
+        // Background uploads finish the segment each is on and take no new
+        // one: PostgreSQL learns of this one now, and its next call starts
+        // the next round. Their errors are only logged, as PostgreSQL will
+        // call us again for those files.
+        background.wait(&markers);
+        result?;
+        metadata::upload(storage, meta_level, &name, path, markers.dir())?;
+        Ok(())
+    }
 }
 
 /// pg_wal: `$PGDATA/pg_wal` if PGDATA is set, else the directory of the
 /// file being pushed (which is pg_wal when PostgreSQL calls us).
-fn wal_dir(settings: &Settings, path: &Path) -> PathBuf {
-    if let Some(pgdata) = settings.get_explicit("PGDATA") {
-        let p = Path::new(&pgdata).join("pg_wal");
+fn wal_dir(pgdata: Option<&str>, path: &Path) -> PathBuf {
+    if let Some(pgdata) = pgdata {
+        let p = Path::new(pgdata).join("pg_wal");
         if p.is_dir() {
             return p;
         }

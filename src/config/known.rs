@@ -100,7 +100,7 @@ pub const STORAGE_PREFIXES: &[(&str, &str, bool)] = &[
 /// S3_RANGE_MAX_RETRIES, WALG_USE_WAL_DELTA (WAL-G then also writes delta
 /// maps at wal-push; without them a later delta backup reads whole
 /// files), WALG_DELTA_*, WALG_TAR_*, WALG_*_COMPOSER, WALG_DIRECT_IO*,
-/// WALG_SERIALIZER_TYPE, WALG_DAEMON_WAL_UPLOAD_TIMEOUT,
+/// WALG_SERIALIZER_TYPE,
 /// PG_READY_RENAME, WALG_CSE_KMS_REGION (only with WALG_CSE_KMS_ID).
 /// The storage backends walden lacks (GS, Azure, Swift, SSH, OSS) are
 /// refused through [`STORAGE_PREFIXES`], and their credentials matter

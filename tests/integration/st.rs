@@ -544,7 +544,7 @@ fn help_version_and_unknown_commands_need_no_configuration() {
         "{}",
         out.stderr
     );
-    let out = Walden::new().arg("wal-restore").run();
+    let out = Walden::new().arg("catchup-send").run();
     assert_eq!(out.code, 1);
     assert!(
         out.stderr.contains("does not implement yet"),

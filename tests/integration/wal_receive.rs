@@ -166,3 +166,144 @@ fn wal_receive_refuses_a_bad_slot_name() {
     assert_ne!(out.code, 0);
     assert!(out.stderr.contains("[0-9A-Za-z_]"), "{}", out.stderr);
 }
+
+/// wal-receive streaming from a standby that is then promoted follows the
+/// new timeline (the old one's last segment stored as `.partial`, the
+/// `.history` stored), reconnects after that server restarts, and a base
+/// backup of the old primary recovers through the stored WAL onto the new
+/// timeline with the new primary's rows.
+#[test]
+fn wal_receive_follows_a_promotion_and_a_restart() {
+    let store = Store::fs();
+    let codec = codec_env("zstd", false);
+    let ext = ".zst";
+    let primary = PgCluster::builder()
+        .conf("archive_mode", "off")
+        .conf("wal_keep_size", "'2GB'")
+        .start();
+    primary.pgbench_init(1);
+    let standby_dir = TempDir::new("walrecv-standby");
+    let standby_data = standby_dir.join("data");
+    primary.base_backup(&standby_data);
+    fs::write(standby_data.join("standby.signal"), "").unwrap();
+    let conninfo = format!(
+        "'host={} port={} user=postgres'",
+        primary.socket_dir().display(),
+        primary.port()
+    );
+    let mut standby = PgCluster::builder()
+        .conf("primary_conninfo", &conninfo)
+        .conf("archive_mode", "off")
+        .conf("wal_keep_size", "'2GB'")
+        .start_restored(standby_data.clone());
+    standby.wait_for_sql(
+        "SELECT status FROM pg_stat_wal_receiver",
+        "streaming",
+        Duration::from_secs(60),
+    );
+
+    let receiver = store
+        .walden()
+        .envs(standby.env())
+        .envs(codec.clone())
+        .env("WALG_SLOTNAME", "cascade")
+        .arg("wal-receive")
+        .spawn();
+    standby.wait_for_sql(
+        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'cascade' AND active",
+        "1",
+        Duration::from_secs(60),
+    );
+    // The old primary's base backup, to recover through the stored WAL.
+    let restored_dir = TempDir::new("walrecv-tl-restored");
+    let data = restored_dir.join("data");
+    primary.base_backup(&data);
+    primary.pgbench(&["-n", "-t", "800", "-c", "2"]);
+    let on_tl1 = primary.switch_wal();
+    wait_stored(&store, &on_tl1, ext);
+
+    // Some WAL into the next segment first, replayed by the standby: the
+    // old timeline ends inside a segment, stored as .partial.
+    primary.psql("CREATE TABLE before_promotion AS SELECT 1 AS x");
+    let lsn = primary.psql("SELECT pg_current_wal_lsn()");
+    standby.wait_for_sql(
+        &format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'"),
+        "t",
+        Duration::from_secs(60),
+    );
+    // Promotion: timeline 2.
+    standby.psql("SELECT pg_promote()");
+    standby.wait_for_promotion(Duration::from_secs(60));
+    wait_stored(&store, "00000002", ".history.zst");
+    standby.pgbench(&["-n", "-t", "800", "-c", "2"]);
+    let on_tl2 = standby.switch_wal();
+    assert!(on_tl2.starts_with("00000002"), "{on_tl2}");
+    wait_stored(&store, &on_tl2, ext);
+
+    // The new primary restarts: wal-receive reconnects on timeline 2.
+    standby.restart();
+    standby.wait_for_sql(
+        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'cascade' AND active",
+        "1",
+        Duration::from_secs(60),
+    );
+    standby.pgbench(&["-n", "-t", "800", "-c", "2"]);
+    standby.psql("CREATE TABLE marker AS SELECT 'after promotion'::text AS note");
+    let expected =
+        standby.psql("SELECT sum(abalance)::text || '/' || count(*) FROM pgbench_accounts");
+    let last = standby.switch_wal();
+    wait_stored(&store, &last, ext);
+    receiver.signal(libc::SIGTERM);
+    let out = receiver.wait(Duration::from_secs(60));
+    assert_eq!(out.code, 0, "wal-receive: {}", out.stderr);
+    assert!(
+        out.stderr.contains("following timeline 2"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("connection lost"), "{}", out.stderr);
+
+    // The old timeline's last segment as .partial; every complete
+    // segment of both timelines equals the new primary's copy.
+    let objects: Vec<String> = fs::read_dir(store.object_file("wal_005"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    assert!(
+        objects
+            .iter()
+            .any(|n| n.starts_with("00000001") && n.contains(".partial")),
+        "{objects:?}"
+    );
+    let names = stored_names(&store, ext);
+    assert!(names.iter().any(|n| n.starts_with("00000002")), "{names:?}");
+    let fetched = TempDir::new("walrecv-tl-fetched");
+    for name in &names {
+        let dest = fetched.join(name);
+        store
+            .walden()
+            .envs(codec.clone())
+            .args(["wal-fetch", name.as_str()])
+            .arg(&dest)
+            .run()
+            .assert_ok();
+        let server = fs::read(standby_data.join("pg_wal").join(name)).unwrap();
+        assert!(fs::read(&dest).unwrap() == server, "{name} differs");
+    }
+    standby.stop();
+
+    fs::write(data.join("recovery.signal"), "").unwrap();
+    let restored = PgCluster::builder()
+        .conf("restore_command", "'{walden} wal-fetch %f %p'")
+        .conf("recovery_target_timeline", "'latest'")
+        .conf("archive_mode", "off")
+        .env(store.env())
+        .env(codec.clone())
+        .start_restored(data.clone());
+    restored.wait_for_promotion(Duration::from_secs(120));
+    let got = restored.psql("SELECT sum(abalance)::text || '/' || count(*) FROM pgbench_accounts");
+    assert_eq!(got, expected, "{}", restored.log_tail());
+    assert_eq!(restored.psql("SELECT note FROM marker"), "after promotion");
+    assert_eq!(restored.psql("SELECT x FROM before_promotion"), "1");
+}

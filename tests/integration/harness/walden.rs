@@ -68,6 +68,8 @@ pub struct Walden {
     envs: Vec<(OsString, OsString)>,
     stdin: Option<Vec<u8>>,
     dir: Option<PathBuf>,
+    /// Run as this uid/gid (tests running as root start a daemon as postgres).
+    user: Option<(u32, u32)>,
     timeout: Duration,
 }
 
@@ -100,6 +102,7 @@ impl Walden {
             envs: Vec::new(),
             stdin: None,
             dir: None,
+            user: None,
             // Generous: a hung command must fail the test, not hang CI forever.
             timeout: Duration::from_secs(600),
         }
@@ -146,6 +149,12 @@ impl Walden {
         self
     }
 
+    /// Run as `uid`/`gid` (only [`Walden::spawn`] honours it).
+    pub fn user(mut self, uid: u32, gid: u32) -> Self {
+        self.user = Some((uid, gid));
+        self
+    }
+
     pub fn timeout(mut self, t: Duration) -> Self {
         self.timeout = t;
         self
@@ -185,6 +194,10 @@ impl Walden {
         }
         if let Some(d) = &self.dir {
             cmd.current_dir(d);
+        }
+        if let Some((uid, gid)) = self.user {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(uid).gid(gid);
         }
         let program = self.bin.file_name().unwrap_or(self.bin.as_os_str());
         let cmdline = format!(
