@@ -42,6 +42,10 @@ fn walg_bin() -> Option<std::path::PathBuf> {
     }
 }
 
+/// What a delete form should remove: the backups (indexes) that go, and
+/// the target (index) WAL is cut at.
+type Outcome = (Vec<usize>, usize);
+
 /// One backup of the storage, as the test made it.
 struct Made {
     name: String,
@@ -347,7 +351,7 @@ fn delete_over_delta_chains_and_two_timelines() {
 
     // Each form: walden's dry run against the model; then WAL-G's.
     // (args, backups that go, target) or an expected refusal.
-    let forms: Vec<(Vec<&str>, Option<(Vec<usize>, usize)>)> = vec![
+    let forms: Vec<(Vec<&str>, Option<Outcome>)> = vec![
         // Target B5: B1, B2, B4 go, the permanent B3 stays with its WAL.
         (vec!["retain", "2"], Some((vec![0, 1, 3], 4))),
         (vec!["retain", "FIND_FULL", "1"], Some((vec![0, 1, 3], 4))),
