@@ -12,6 +12,7 @@ mod backup_verify;
 mod composers;
 mod config;
 mod copy;
+mod copy_part;
 mod delete;
 mod delete_chains;
 mod delta;
