@@ -141,6 +141,27 @@ fn delete_and_wal_show_requests_on_5000_wal_objects() {
     assert_eq!(c.deletes, 0, "{c:?}");
     assert!(c.total <= pages + 4, "{c:?}");
 
+    // WAL-G 3.0.9's dry run on the same storage, for comparison: the
+    // same decision; its requests are printed.
+    match std::env::var_os("WALDEN_WALG_BIN") {
+        Some(bin) if !bin.is_empty() => {
+            let before = s3.requests().len();
+            let out = Walden::program(bin)
+                .envs(s3.env(PREFIX))
+                .args(["delete", "retain", "1"])
+                .run();
+            out.assert_ok();
+            assert!(out.stderr.contains("count=4000"), "{}", out.dump());
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            let c = count(&s3.requests()[before..]);
+            eprintln!(
+                "REQUESTS wal-g delete retain 1: {} in all: {} LIST of wal_005/, {} other LIST, {} GET, {} HEAD",
+                c.total, c.lists_wal, c.lists_other, c.gets, c.heads
+            );
+        }
+        _ => eprintln!("WALDEN_WALG_BIN not set: skipping WAL-G's delete request count"),
+    }
+
     // delete: 4,000 WAL objects in 4 requests.
     let (c, out) = run_counted(&s3, &["delete", "retain", "1", "--confirm"]);
     assert!(
