@@ -85,7 +85,7 @@ pub const COMMANDS: &[Command] = &[
     cmd(
         "backup-verify",
         "check that a backup can be restored, without restoring it",
-        "walden backup-verify NAME|LATEST|--all [--json]\n\n  Download every object of the backup (LATEST: the newest; --all: every one),\n  decrypt, decompress and parse every tar with nothing written to disk, and\n  check: sentinel and metadata.json agree; every tar partition and every file\n  of files_metadata.json is there, read whole; pg_control (CRC) and\n  backup_label (start LSN) are there; every page's checksum where pg_control\n  says the cluster has them; the WAL from the start to the finish segment is\n  in wal_005/; a delta's chain of bases exists. Prints OK or each problem\n  with the object it concerns (--json: a JSON array); exit 0 only when all\n  holds. WALG_DOWNLOAD_CONCURRENCY tars at a time; see walden-backup-verify(1).",
+        "walden backup-verify NAME|LATEST|--all [--json]\n\n  Download every object of the backup (LATEST: the newest; --all: every one),\n  decrypt, decompress and parse every tar with nothing written to disk, and\n  check: sentinel and metadata.json agree; every tar partition and every file\n  of files_metadata.json is there, read whole; pg_control (CRC) and\n  backup_label (start LSN) are there; every page's checksum where pg_control\n  says the cluster has them; the WAL from the start to the finish segment is\n  in wal_005/; a delta's bases verify too and its increments decode, their\n  pages checked at their block numbers. Prints OK or each problem\n  with the object it concerns (--json: a JSON array); exit 0 only when all\n  holds. WALG_DOWNLOAD_CONCURRENCY tars at a time; see walden-backup-verify(1).",
         true,
     ),
     cmd(
@@ -107,9 +107,10 @@ pub const COMMANDS: &[Command] = &[
             "  garbage: the oldest non-permanent one), except permanent backups, the WAL\n",
             "  from their start to their end, and the delta bases of kept backups.\n",
             "  retain --window D (or WALDEN_RETENTION_WINDOW; 7d, 36h, 1w) keeps what a\n",
-            "  restore to any moment of the last D needs. Without --confirm nothing is\n",
-            "  deleted: the objects that would go are listed. Sentinels go first, so an\n",
-            "  interrupted delete leaves no backup that looks whole; rerun to finish."
+            "  restore to any moment of the last D needs. everything: every object under\n",
+            "  the storage root, as WAL-G's. Without --confirm nothing is deleted: the\n",
+            "  objects that would go are listed. Sentinels go first, so an interrupted\n",
+            "  delete leaves no backup that looks whole; rerun to finish."
         ),
         true,
     ),

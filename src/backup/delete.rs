@@ -454,11 +454,15 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
                 d.push(layout::sentinel_key(name))?;
             }
             d.flush()?;
-            d.prefix(layout::BASEBACKUPS, &|k| {
-                k.ends_with(layout::SENTINEL_SUFFIX)
-                    && !k[layout::BASEBACKUPS.len()..].contains('/')
+            // WAL-G's everything is every object under the storage root,
+            // not only the two prefixes (bulk WAL metadata, its storage
+            // check object, whatever else a tool left there): one
+            // recursive listing of the root.
+            d.prefix("", &|k| {
+                k.strip_prefix(layout::BASEBACKUPS).is_some_and(|rest| {
+                    rest.ends_with(layout::SENTINEL_SUFFIX) && !rest.contains('/')
+                })
             })?;
-            d.prefix(WAL, &|_| false)?;
         }
         Command::Target { find_full, wanted } => {
             let target = match wanted {

@@ -150,6 +150,23 @@ fn s3_storage(
             value: part_size_text.clone(),
             problem: "expected a part size in bytes (S3 needs at least 5 MiB)".into(),
         })?;
+    // Not a WAL-G setting: lets tests send objects of a few MiB through
+    // the multipart server-side copy (UploadPartCopy) used above 5 GiB.
+    let copy_part = match settings.get_explicit("WALDEN_S3_COPY_PART_SIZE") {
+        None => None,
+        Some(text) => Some(
+            text.trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|n| (5 << 20..=5 << 30).contains(n))
+                .ok_or_else(|| ConfigError::Invalid {
+                    name: "WALDEN_S3_COPY_PART_SIZE".into(),
+                    value: text.clone(),
+                    problem: "expected a size in bytes from 5 MiB to 5 GiB (S3's part limits)"
+                        .into(),
+                })?,
+        ),
+    };
     let sse = get("S3_SSE");
     let sse_kms_id = get("S3_SSE_KMS_ID");
     if sse.as_deref() == Some("aws:kms") && sse_kms_id.is_none() {
@@ -178,6 +195,7 @@ fn s3_storage(
         ca_cert_file: get("S3_CA_CERT_FILE").map(PathBuf::from),
         part_size,
         parts_in_flight: settings.positive("WALG_UPLOAD_CONCURRENCY")?,
+        copy_part,
     };
     S3Storage::new(config).map_err(|problem| {
         // The s3 module reports in text; an endpoint problem (including

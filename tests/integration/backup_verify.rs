@@ -181,3 +181,113 @@ fn backup_verify_passes_good_backups_and_names_damaged_objects() {
         ]
     );
 }
+
+/// A backup-push into `store`, a delta when a base exists; its name.
+fn push_delta(store: &Store, pg: &PgCluster) -> String {
+    pg.pgbench(&["-n", "-t", "300"]);
+    // Files changed this close to the base's start are read whole.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let out = store
+        .walden()
+        .envs(pg.env())
+        .env("WALG_DELTA_MAX_STEPS", "3")
+        .arg("backup-push")
+        .run();
+    out.assert_ok();
+    out.stderr
+        .lines()
+        .find_map(|l| l.split("Wrote backup with name ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("backup name in {}", out.dump()))
+        .to_string()
+}
+
+/// On S3: a full backup and two deltas verify, the deltas' increments
+/// decoded and their pages checked; one byte flipped inside a compressed
+/// tar object of a delta fails naming that object, for that delta and
+/// for the delta built on it (which cannot restore without it), not for
+/// its base.
+#[test]
+fn backup_verify_decodes_delta_increments_on_s3_and_names_a_flipped_byte() {
+    let mut store = Store::s3();
+    let pg = cluster(&store);
+    pg.pgbench_init(2);
+    let full = push_delta(&store, &pg);
+    let d1 = push_delta(&store, &pg);
+    let d2 = push_delta(&store, &pg);
+    assert!(!full.contains("_D_") && d1.contains("_D_") && d2.contains("_D_"));
+
+    let out = verify(&store, &["--all", "--json"]);
+    out.assert_ok();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let by_name = |n: &str| {
+        report
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["backup_name"] == n)
+            .unwrap_or_else(|| panic!("{n} in {report}"))
+            .clone()
+    };
+    assert_eq!(by_name(&full)["increments"], 0);
+    for (d, chain) in [
+        (&d1, vec![full.clone()]),
+        (&d2, vec![d1.clone(), full.clone()]),
+    ] {
+        let r = by_name(d);
+        assert_eq!(r["ok"], true, "{r}");
+        assert!(r["increments"].as_u64().unwrap() > 0, "{r}");
+        assert!(r["pages_checked"].as_u64().unwrap() > 0, "{r}");
+        assert_eq!(r["delta_chain"], serde_json::json!(chain), "{r}");
+    }
+    let out = verify(&store, &[&d2]);
+    out.assert_ok();
+    assert!(
+        out.stdout_str().contains("increment(s) decoded"),
+        "{}",
+        out.dump()
+    );
+
+    // The largest data tar of the first delta, one byte flipped (same
+    // size: only its content is wrong).
+    let parts = format!("basebackups_005/{d1}/tar_partitions/");
+    let server = store.server().unwrap();
+    let prefix = format!("{}/{parts}", crate::store::S3_PREFIX_PATH);
+    let part = server
+        .list_objects(&prefix)
+        .into_iter()
+        .filter(|k| k.rsplit('/').next().unwrap().starts_with("part_"))
+        .max_by_key(|k| fs::metadata(server.object_path(k)).unwrap().len())
+        .unwrap();
+    server.corrupt_object(&part);
+    let key = part
+        .strip_prefix(&format!("{}/", crate::store::S3_PREFIX_PATH))
+        .unwrap();
+    fails_naming(&verify(&store, &[&d1]), key, "");
+    fails_naming(
+        &verify(&store, &[&d2]),
+        key,
+        &format!("(delta base {d1} of this backup)"),
+    );
+    verify(&store, &[&full]).assert_ok();
+    // --all reads each backup once and names the object under both
+    // deltas: each of d1's problems once more for d2.
+    let all = verify(&store, &["--all"]);
+    all.assert_code(1);
+    let text = all.stdout_str();
+    let naming = |base: bool| {
+        text.lines()
+            .filter(|l| l.contains(key) && l.contains("(delta base ") == base)
+            .count()
+    };
+    assert!(naming(false) > 0, "{}", all.dump());
+    assert_eq!(naming(false), naming(true), "{}", all.dump());
+    assert_eq!(
+        all.stderr
+            .matches(&format!("Verifying backup {d1}"))
+            .count(),
+        1,
+        "{}",
+        all.dump()
+    );
+}

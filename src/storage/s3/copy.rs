@@ -23,9 +23,10 @@ fn copy_source_header(source: &CopySource) -> (String, String) {
     )
 }
 
-/// The byte ranges (inclusive) of a multipart copy of `size` bytes.
-fn part_ranges(size: u64) -> Vec<(u64, u64)> {
-    let part = COPY_PART.max(size.div_ceil(MAX_PARTS));
+/// The byte ranges (inclusive) of a multipart copy of `size` bytes in
+/// ranges of `part` bytes (more when S3's part count demands it).
+fn part_ranges(size: u64, part: u64) -> Vec<(u64, u64)> {
+    let part = part.max(size.div_ceil(MAX_PARTS)).max(1);
     (0..size.div_ceil(part))
         .map(|i| (i * part, ((i + 1) * part).min(size) - 1))
         .collect()
@@ -33,7 +34,9 @@ fn part_ranges(size: u64) -> Vec<(u64, u64)> {
 
 impl S3Storage {
     pub(super) fn copy_object(&self, source: &CopySource, key: &str) -> Result<()> {
-        if source.size > SINGLE_COPY_MAX {
+        // A smaller threshold (tests) sends objects of a few MiB through
+        // the multipart path real sizes take above 5 GiB.
+        if source.size > self.copy_part.unwrap_or(SINGLE_COPY_MAX) {
             return self.copy_multipart(source, key);
         }
         let object = self.object_key(key);
@@ -63,7 +66,8 @@ impl S3Storage {
         let upload_id = self.create_upload(key)?;
         let result = (|| {
             let mut parts = Vec::new();
-            for (i, (first, last)) in part_ranges(source.size).into_iter().enumerate() {
+            let part = self.copy_part.unwrap_or(COPY_PART);
+            for (i, (first, last)) in part_ranges(source.size, part).into_iter().enumerate() {
                 let number = i as u32 + 1;
                 parts.push((
                     number,
@@ -137,7 +141,7 @@ mod tests {
     #[test]
     fn ranges_cover_the_object_once() {
         let size = (5u64 << 30) + 3;
-        let ranges = part_ranges(size);
+        let ranges = part_ranges(size, COPY_PART);
         assert_eq!(ranges[0], (0, COPY_PART - 1));
         assert_eq!(ranges.last().map(|r| r.1), Some(size - 1));
         for w in ranges.windows(2) {
@@ -145,8 +149,20 @@ mod tests {
         }
         // Huge objects keep within S3's part count.
         let huge = 10u64 << 40;
-        assert!(part_ranges(huge).len() as u64 <= MAX_PARTS);
-        assert_eq!(part_ranges(huge).last().map(|r| r.1), Some(huge - 1));
+        assert!(part_ranges(huge, COPY_PART).len() as u64 <= MAX_PARTS);
+        assert_eq!(
+            part_ranges(huge, COPY_PART).last().map(|r| r.1),
+            Some(huge - 1)
+        );
+        let small = part_ranges((12 << 20) + 5, 5 << 20);
+        assert_eq!(
+            small,
+            vec![
+                (0, (5 << 20) - 1),
+                (5 << 20, (10 << 20) - 1),
+                (10 << 20, (12 << 20) + 4)
+            ]
+        );
     }
 
     #[test]

@@ -46,6 +46,10 @@ pub struct S3Config {
     pub ca_cert_file: Option<PathBuf>,
     pub part_size: usize,
     pub parts_in_flight: usize,
+    /// Server-side copies of objects larger than this go in
+    /// UploadPartCopy ranges of this size (`None`: S3's limits, 5 GiB
+    /// and 512 MiB ranges); `WALDEN_S3_COPY_PART_SIZE`, for tests.
+    pub copy_part: Option<u64>,
 }
 
 const HIDDEN: &str = "--HIDDEN--";
@@ -70,6 +74,7 @@ impl fmt::Debug for S3Config {
             .field("ca_cert_file", &self.ca_cert_file)
             .field("part_size", &self.part_size)
             .field("parts_in_flight", &self.parts_in_flight)
+            .field("copy_part", &self.copy_part)
             .finish()
     }
 }
@@ -86,6 +91,7 @@ pub struct S3Storage {
     service: String,
     part_size: usize,
     parts_in_flight: usize,
+    copy_part: Option<u64>,
 }
 
 fn non_empty(v: &Option<String>) -> Option<&str> {
@@ -170,6 +176,7 @@ impl S3Storage {
             service,
             part_size: cfg.part_size,
             parts_in_flight: cfg.parts_in_flight,
+            copy_part: cfg.copy_part,
         })
     }
 
@@ -301,6 +308,7 @@ mod tests {
             ca_cert_file: None,
             part_size: 5 << 20,
             parts_in_flight: 4,
+            copy_part: None,
         }
     }
 

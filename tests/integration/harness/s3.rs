@@ -19,6 +19,8 @@ pub struct S3Server {
     child: Option<Child>,
     port: u16,
     nanio: PathBuf,
+    /// nanio logs every request (see [`S3Server::start_counting`]).
+    access_log: bool,
     // Declared last so the directory outlives the process during Drop.
     tmp: TempDir,
 }
@@ -42,6 +44,16 @@ fn nanio_path() -> PathBuf {
 
 impl S3Server {
     pub fn start() -> S3Server {
+        S3Server::launch(false)
+    }
+
+    /// A server that logs every request it answers, so that a test can
+    /// count them ([`S3Server::requests`]).
+    pub fn start_counting() -> S3Server {
+        S3Server::launch(true)
+    }
+
+    fn launch(access_log: bool) -> S3Server {
         let tmp = TempDir::new("s3");
         let bucket = tmp.join("data").join(BUCKET);
         std::fs::create_dir_all(&bucket).expect("create bucket directory for nanio");
@@ -49,6 +61,7 @@ impl S3Server {
             child: None,
             port: free_port(),
             nanio: nanio_path(),
+            access_log,
             tmp,
         };
         s.spawn();
@@ -63,17 +76,20 @@ impl S3Server {
             .open(self.log_path())
             .expect("open nanio log file");
         let log2 = log.try_clone().expect("clone nanio log handle");
-        let child = Command::new(&self.nanio)
-            .args([
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &self.port.to_string(),
-            ])
-            .arg("--data-dir")
-            .arg(self.tmp.join("data"))
-            .arg("--no-access-log")
+        let mut cmd = Command::new(&self.nanio);
+        cmd.args([
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &self.port.to_string(),
+        ])
+        .arg("--data-dir")
+        .arg(self.tmp.join("data"));
+        if !self.access_log {
+            cmd.arg("--no-access-log");
+        }
+        let child = cmd
             .env("NANIO_ACCESS_KEY", ACCESS_KEY)
             .env("NANIO_SECRET_KEY", SECRET_KEY)
             .env("NANIO_REGION", REGION)
@@ -165,6 +181,20 @@ impl S3Server {
                 .join(".nanio-meta")
                 .join(format!("{key}.json")),
         );
+    }
+
+    /// Requests answered so far, as `METHOD /path?query` (needs
+    /// [`S3Server::start_counting`]), from nanio's access log.
+    pub fn requests(&self) -> Vec<String> {
+        assert!(
+            self.access_log,
+            "requests() needs S3Server::start_counting()"
+        );
+        self.log()
+            .lines()
+            .filter_map(|l| l.split(" - \"").nth(1))
+            .filter_map(|r| r.rsplit_once(" HTTP/").map(|(req, _)| req.to_string()))
+            .collect()
     }
 
     pub fn log_path(&self) -> PathBuf {
