@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::Value;
 
 use super::alive::AliveCheck;
-use super::composer::{self, database, rating, Composer};
+use super::composer::{self, copy, database, rating, Composer};
 use super::delta::base::{self as delta_base, DeltaOptions};
 use super::delta::index::BaseIndex;
 use super::delta::Plan;
@@ -164,14 +164,15 @@ fn options(settings: &Settings, args: Vec<OsString>) -> Result<Options> {
             .into())
         }
     };
+    let composer = Composer::choose(settings, composers, without_files_metadata)?;
+    // The copy composer makes full backups (WAL-G: it sets --full).
     let delta = DeltaOptions::from_settings(
         settings,
-        full,
+        full || composer == Composer::Copy,
         delta_from_name,
         delta_from_user_data,
         without_files_metadata,
     )?;
-    let composer = Composer::choose(settings, composers, without_files_metadata)?;
     let disk = settings.positive("WALG_UPLOAD_DISK_CONCURRENCY")?;
     let uploads = crate::commands::upload_concurrency(settings)?;
     Ok(Options {
@@ -226,6 +227,10 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
         _ => None,
     };
     let mut sorter = ratings.as_ref().map(|_| rating::Sorter::default());
+    let mut copier = match opts.composer {
+        Composer::Copy => copy::Copier::find(&storage, server.system_identifier)?,
+        _ => None,
+    };
     // Before the backup starts: the base's file list is streamed from
     // storage, which must not hold the backup open.
     let base = delta_base::choose(
@@ -342,6 +347,11 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
             // Uploaded on its own, last (spec §1.4).
             return Ok(());
         }
+        if let Some(c) = copier.as_mut() {
+            if c.hold(rel, matches!(e.kind, Kind::File), &e.meta)? {
+                return Ok(());
+            }
+        }
         if matches!(e.kind, Kind::File) {
             // Counted when handed to a builder: with one builder (the
             // default) that is when it is read.
@@ -371,7 +381,16 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     if let Some(sorter) = sorter {
         rating::pack(sorter, &pgdata, &mut |m| pool.add(m))?;
     }
-    let spills = pool.finish()?;
+    let copied = match copier {
+        Some(c) => Some(c.finish(&storage, &pgdata, &name, &mut |m| pool.add(m))?),
+        None => None,
+    };
+    let mut spills = pool.finish()?;
+    if let Some(c) = copied {
+        shared.content_total.fetch_add(c.content, Ordering::Relaxed);
+        shared.stored.fetch_add(c.stored, Ordering::Relaxed);
+        spills.push(c.spill);
+    }
     let mut pg = alive.finish()?;
     if shared.abort.is_set() {
         return Err(shared.abort.error());
