@@ -363,7 +363,11 @@ fn copy_composer_copies_the_unchanged_tars_of_the_previous_backup() {
             .keys()
             .filter(|t| t.starts_with("copy_"))
             .collect();
-        assert!(!copies.is_empty(), "{kind}: {second_tars:?}\n{}", out.dump());
+        assert!(
+            !copies.is_empty(),
+            "{kind}: {second_tars:?}\n{}",
+            out.dump()
+        );
         // Each copy is a tar of the first backup, byte for byte, listing
         // the same members; the updated table is in no copy, the other
         // database's table is.
@@ -372,13 +376,18 @@ fn copy_composer_copies_the_unchanged_tars_of_the_previous_backup() {
             let (orig, _) = first_tars
                 .iter()
                 .find(|(_, m)| *m == members)
-                .unwrap_or_else(|| panic!("{kind}: {copy} lists {members:?}, no tar of {first} does"));
+                .unwrap_or_else(|| {
+                    panic!("{kind}: {copy} lists {members:?}, no tar of {first} does")
+                });
             assert_eq!(
                 object(&store, &second, copy),
                 object(&store, &first, orig),
                 "{kind}: {copy} is not a copy of {orig}"
             );
-            assert!(!members.contains(&hot_file), "{kind}: {copy} holds {hot_file}");
+            assert!(
+                !members.contains(&hot_file),
+                "{kind}: {copy} holds {hot_file}"
+            );
         }
         assert!(
             copies.iter().any(|c| second_tars[*c].contains(&other_file)),
@@ -413,7 +422,8 @@ fn copy_composer_copies_the_unchanged_tars_of_the_previous_backup() {
             );
         }
         assert!(
-            out.stderr.contains(&format!("Copy composer: copied {} of the", copies.len())),
+            out.stderr
+                .contains(&format!("Copy composer: copied {} of the", copies.len())),
             "{}",
             out.dump()
         );
@@ -425,7 +435,8 @@ fn copy_composer_copies_the_unchanged_tars_of_the_previous_backup() {
         let again = third_tars.iter().find(|(t, m)| {
             t.starts_with("copy_")
                 && copies.iter().any(|c| {
-                    &second_tars[*c] == *m && object(&store, &second, c) == object(&store, &third, t)
+                    &second_tars[*c] == *m
+                        && object(&store, &second, c) == object(&store, &third, t)
                 })
         });
         assert!(again.is_some(), "{kind}: {third_tars:?}\n{}", out.dump());

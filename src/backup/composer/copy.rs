@@ -152,8 +152,7 @@ impl Copier {
                 ));
             }
         }
-        let start_time =
-            text(&sentinel, "StartTime").and_then(|t| crate::time::parse_iso8601(&t));
+        let start_time = text(&sentinel, "StartTime").and_then(|t| crate::time::parse_iso8601(&t));
         let mut numbers: HashMap<String, u32> = HashMap::new();
         let mut tars: Vec<RefTar> = Vec::new();
         let mut sets = BufWriter::with_capacity(
@@ -351,7 +350,9 @@ fn copy_object(storage: &Arc<dyn Storage>, from: &str, to: &str) -> Result<u64> 
             match storage.copy_from(&source, to) {
                 Ok(()) => return Ok(size),
                 Err(e) if e.kind == ErrorKind::Permanent => {
-                    log::warn!("server-side copy of '{from}' refused ({e}); copying it through walden");
+                    log::warn!(
+                        "server-side copy of '{from}' refused ({e}); copying it through walden"
+                    );
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -359,8 +360,8 @@ fn copy_object(storage: &Arc<dyn Storage>, from: &str, to: &str) -> Result<u64> 
     }
     let mut reader = storage.get(from, 0)?;
     let mut writer = Box::new(ObjectWriter::new(storage.clone(), to));
-    let copied =
-        io::copy(&mut reader, &mut writer).map_err(|e| Error::io(format!("copying '{from}'"), e))?;
+    let copied = io::copy(&mut reader, &mut writer)
+        .map_err(|e| Error::io(format!("copying '{from}'"), e))?;
     if copied != size {
         // Dropping the writer unfinished leaves nothing behind.
         return Err(Error::Other(format!(

@@ -434,6 +434,37 @@ mod tests {
     }
 
     #[test]
+    fn tar_numbers_with_their_files_in_either_order() {
+        // WAL-G's keys come in any order: TarFileSets before Files here.
+        let json = r#"{"TarFileSets":{"part_001.tar.lz4":["/base","/base/5/1259"],"part_002.tar.lz4":["/gone"]},
+          "Files":{"/base":{"MTime":"2026-08-21T19:55:01.5+02:00"},
+          "/base/5/1259":{"MTime":"2026-08-21T20:01:12.871532011+02:00"},"/alone":{"MTime":"2026-08-21T20:01:12Z"}}}"#;
+        let mut seen: Vec<(String, String)> = Vec::new();
+        let idx = BaseIndex::build(
+            json.as_bytes(),
+            "k",
+            Some(&mut |tar: &str, member: &str| {
+                seen.push((tar.into(), member.into()));
+                Ok(if tar == "part_001.tar.lz4" { 0 } else { 1 })
+            }),
+        )
+        .unwrap();
+        assert_eq!(seen.len(), 3);
+        let f = idx.get(b"/base/5/1259").unwrap().unwrap();
+        assert_eq!(f.tar, Some(0));
+        assert!(f.mtime.is_some());
+        let gone = idx.get(b"/gone").unwrap().unwrap();
+        assert_eq!((gone.tar, gone.mtime), (Some(1), None));
+        let alone = idx.get(b"/alone").unwrap().unwrap();
+        assert_eq!(alone.tar, None);
+        assert!(alone.mtime.is_some());
+        // Without a sink TarFileSets is not looked into.
+        let plain = BaseIndex::from_reader(json.as_bytes(), "k").unwrap();
+        assert_eq!(plain.get(b"/gone").unwrap(), None);
+        assert_eq!(plain.get(b"/base").unwrap().unwrap().tar, None);
+    }
+
+    #[test]
     fn many_entries_and_no_files() {
         let mut json = String::from("{\"Files\":{");
         for i in 0..5000 {
