@@ -204,6 +204,7 @@ fn canonical(p: &Path) -> Result<PathBuf> {
 pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     let start_time = sentinel::round_up_micros(SystemTime::now());
     let opts = options(settings, args)?;
+    super::delta::wal_delta::note(settings)?;
     let storage = open_storage(settings)?;
     let codecs = codecs(settings)?;
     let pgdata = canonical(&opts.pgdata)?;
