@@ -262,15 +262,15 @@ impl BlockCheck {
         member: &[u8],
         rules: Option<Rules>,
         path: &std::path::Path,
-    ) -> Option<BlockCheck> {
+    ) -> Option<Box<BlockCheck>> {
         let rules = rules?;
         let segment = segment_of(member)?;
-        Some(PageCheck::new(
+        Some(Box::new(PageCheck::new(
             io::empty(),
             segment,
             rules,
             Some(path.into()),
-        ))
+        )))
     }
 }
 

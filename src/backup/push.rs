@@ -349,7 +349,7 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
             return Ok(());
         }
         if let Some(c) = copier.as_mut() {
-            if c.hold(rel, matches!(e.kind, Kind::File), &e.meta)? {
+            if c.hold(rel, matches!(e.kind, Kind::File), e.meta)? {
                 return Ok(());
             }
         }

@@ -249,7 +249,25 @@ impl Copier {
         new_name: &str,
         add: &mut dyn FnMut(Member) -> Result<()>,
     ) -> Result<Copied> {
-        let reusable: Vec<bool> = self.tars.iter().map(RefTar::reusable).collect();
+        let from_prefix = layout::partitions_prefix(&self.reference);
+        // A reusable tar must still be there: one that is not (a damaged
+        // reference) has its files packed instead.
+        let mut sizes: Vec<Option<u64>> = vec![None; self.tars.len()];
+        for (i, tar) in self.tars.iter().enumerate() {
+            if !tar.reusable() {
+                continue;
+            }
+            let key = format!("{from_prefix}{}", tar.name);
+            match storage.stat(&key)? {
+                Some(o) => sizes[i] = Some(o.size),
+                None => log::warn!(
+                    "'{key}' is listed in {}'s files_metadata.json but is not in {}: its files are packed anew",
+                    self.reference,
+                    storage.location()
+                ),
+            }
+        }
+        let reusable: Vec<bool> = sizes.iter().map(Option::is_some).collect();
         let mut held = rewound(self.held)?;
         let mut rel = Vec::new();
         while let Some(n) = read_record(&mut held, &mut rel)? {
@@ -281,19 +299,20 @@ impl Copier {
 
         let mut copies: Vec<Option<String>> = vec![None; self.tars.len()];
         let (mut stored, mut content, mut count) = (0u64, 0u64, 0usize);
-        let from_prefix = layout::partitions_prefix(&self.reference);
         let to_prefix = layout::partitions_prefix(new_name);
         for (i, tar) in self.tars.iter().enumerate() {
-            if !reusable[i] {
+            let Some(size) = sizes[i] else {
                 continue;
-            }
+            };
             let new = copy_name(count, &tar.name);
             log::info!("Copying {} ...", tar.name);
-            stored += copy_object(
+            copy_object(
                 storage,
                 &format!("{from_prefix}{}", tar.name),
+                size,
                 &format!("{to_prefix}{new}"),
             )?;
+            stored += size;
             content += tar.bytes;
             count += 1;
             copies[i] = Some(new);
@@ -333,22 +352,12 @@ fn copy_name(k: usize, old: &str) -> String {
 }
 
 /// Copy object `from` to `to` in the same storage: by the service where
-/// it can (S3 CopyObject), else through walden. Returns its size.
-fn copy_object(storage: &Arc<dyn Storage>, from: &str, to: &str) -> Result<u64> {
-    let size = storage
-        .stat(from)?
-        .ok_or_else(|| {
-            Error::Other(format!(
-                "'{from}' is listed in its backup's files_metadata.json but is not in {}; \
-                 the previous backup is damaged: take a backup without --copy-composer",
-                storage.location()
-            ))
-        })?
-        .size;
+/// it can (S3 CopyObject), else through walden; `size`: its size.
+fn copy_object(storage: &Arc<dyn Storage>, from: &str, size: u64, to: &str) -> Result<()> {
     if let Some(source) = storage.copy_source(from, size) {
         if storage.can_copy_from(&source.service) {
             match storage.copy_from(&source, to) {
-                Ok(()) => return Ok(size),
+                Ok(()) => return Ok(()),
                 Err(e) if e.kind == ErrorKind::Permanent => {
                     log::warn!(
                         "server-side copy of '{from}' refused ({e}); copying it through walden"
@@ -370,8 +379,7 @@ fn copy_object(storage: &Arc<dyn Storage>, from: &str, to: &str) -> Result<u64> 
     }
     writer
         .finish()
-        .map_err(|e| Error::io(format!("storing '{to}'"), e))?;
-    Ok(size)
+        .map_err(|e| Error::io(format!("storing '{to}'"), e))
 }
 
 /// u32 tar number, u32 length, bytes.

@@ -53,7 +53,7 @@ pub struct IncrementReader {
     /// Bytes read from the file (for the per-backup read/stored line).
     pub read_bytes: u64,
     /// `--verify`: each page checked as it is read.
-    pub check: Option<crate::backup::pagecheck::BlockCheck>,
+    pub check: Option<Box<crate::backup::pagecheck::BlockCheck>>,
 }
 
 impl IncrementReader {
