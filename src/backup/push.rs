@@ -228,6 +228,7 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
         _ => None,
     };
     let mut sorter = ratings.as_ref().map(|_| rating::Sorter::default());
+    let mut copy_groups = copy::Groups::new(opts.threshold);
     let mut copier = match opts.composer {
         Composer::Copy => copy::Copier::find(&storage, server.system_identifier)?,
         _ => None,
@@ -364,6 +365,7 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
         }
         let group = match (opts.composer, &e.kind) {
             (Composer::Database, Kind::File) => Some(database::group(rel)),
+            (Composer::Copy, Kind::File) => Some(copy_groups.of(true, e.meta.len())),
             _ => None,
         };
         pool.add(Member {
@@ -383,7 +385,11 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
         rating::pack(sorter, &pgdata, &mut |m| pool.add(m))?;
     }
     let copied = match copier {
-        Some(c) => Some(c.finish(&storage, &pgdata, &name, &mut |m| pool.add(m))?),
+        Some(c) => Some(
+            c.finish(&storage, &pgdata, &name, &mut copy_groups, &mut |m| {
+                pool.add(m)
+            })?,
+        ),
         None => None,
     };
     let mut spills = pool.finish()?;

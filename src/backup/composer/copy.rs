@@ -25,6 +25,12 @@
 //!   `SystemIdentifier`) and have a `files_metadata.json`; otherwise the
 //!   regular composer runs, with an INFO line saying why (WAL-G fails
 //!   on the second and does not look at the first).
+//! - Files that changed since the reference (or are new) and unchanged
+//!   files of tars that could not be reused go to different tars, and a
+//!   file of at least the tar size threshold gets a tar of its own
+//!   ([`Groups`]), so a tar of files at rest can be copied next time
+//!   (WAL-G keeps packing them with the changed ones, so a tar mixing
+//!   a busy catalog with a cold table is never reused).
 //! - An uncompressed tar is copied as `copy_<k>.tar` (WAL-G:
 //!   `copy_<k>.tar.tar`, W9; both read as uncompressed), and the copied
 //!   bytes are counted in the backup's sizes (WAL-G leaves them out).
@@ -56,6 +62,41 @@ use crate::storage::{ErrorKind, Storage};
 /// See the module comment: files this close to the reference's start
 /// are not trusted to be unchanged.
 const MTIME_MARGIN: Duration = Duration::from_secs(1);
+
+/// The composer groups of the copy composer: files packed during the walk
+/// (new or changed since the reference) and unchanged files packed after
+/// it never share a tar, and a file of at least the tar size threshold
+/// starts a tar of its own (it fills it anyway), so that a large file at
+/// rest is reused whatever happens to the small files walked before it.
+pub struct Groups {
+    threshold: u64,
+    next_alone: u64,
+}
+
+const CHANGED: u64 = 1;
+const UNCHANGED: u64 = 2;
+
+impl Groups {
+    pub fn new(threshold: u64) -> Groups {
+        Groups {
+            threshold,
+            next_alone: 16,
+        }
+    }
+
+    /// The group of a file of `size` bytes.
+    pub fn of(&mut self, changed: bool, size: u64) -> u64 {
+        if size >= self.threshold {
+            self.next_alone += 1;
+            return self.next_alone;
+        }
+        if changed {
+            CHANGED
+        } else {
+            UNCHANGED
+        }
+    }
+}
 
 /// One tar of the reference.
 struct RefTar {
@@ -247,6 +288,7 @@ impl Copier {
         storage: &Arc<dyn Storage>,
         pgdata: &Path,
         new_name: &str,
+        groups: &mut Groups,
         add: &mut dyn FnMut(Member) -> Result<()>,
     ) -> Result<Copied> {
         let from_prefix = layout::partitions_prefix(&self.reference);
@@ -287,12 +329,13 @@ impl Copier {
                 }
                 Err(e) => return Err(Error::io(format!("reading '{}'", path.display()), e)),
             };
+            let group = groups.of(false, meta.len());
             add(Member {
                 name: [b"/", rel.as_slice()].concat(),
                 path,
                 meta,
                 what: What::File,
-                group: None,
+                group: Some(group),
                 updates: 0,
             })?;
         }
@@ -412,6 +455,17 @@ fn rewound(w: BufWriter<File>) -> Result<BufReader<File>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn changed_unchanged_and_large_files_never_share_a_group() {
+        let mut g = Groups::new(100);
+        assert_eq!(g.of(true, 10), g.of(true, 99));
+        assert_eq!(g.of(false, 10), g.of(false, 0));
+        assert_ne!(g.of(true, 10), g.of(false, 10));
+        let (a, b) = (g.of(false, 100), g.of(false, 500));
+        assert_ne!(a, b);
+        assert!(![g.of(true, 1), g.of(false, 1)].contains(&a));
+    }
 
     #[test]
     fn copy_names_keep_the_old_extension() {
