@@ -194,6 +194,20 @@ impl<R: Read> PageCheck<R> {
     fn page(&mut self, page: &[u8]) {
         let index = self.index;
         self.index += 1;
+        self.judge_at(page, index);
+    }
+
+    /// A page of a delta's increment: block `block` of the file (not the
+    /// next one in a stream), read back by its number.
+    pub fn check_block(&mut self, page: &[u8], block: u32) {
+        if self.active && page.len() == BLCKSZ {
+            self.index += 1;
+            self.judge_at(page, block);
+        }
+    }
+
+    /// Judge the page at block `index` of the file (re-read from there).
+    fn judge_at(&mut self, page: &[u8], index: u32) {
         let blkno = self.first_block.wrapping_add(index);
         let verdict = self.judge(page, blkno);
         if verdict.is_ok() {
@@ -231,6 +245,32 @@ impl<R: Read> PageCheck<R> {
             }
         }
         checksum::verify_page(page, blkno)
+    }
+}
+
+/// The checker of an increment's pages (they are read by block number,
+/// so nothing streams through it).
+pub type BlockCheck = PageCheck<io::Empty>;
+
+impl BlockCheck {
+    /// For backup-push `--verify` of a delta: the pages an increment of
+    /// member `member` (read from `path`) stores are checked as full
+    /// files' pages are, `None` when `rules` are not given or the file
+    /// carries no checksums. WAL-G checks them too (`CorruptBlocks` of an
+    /// incremented file).
+    pub fn for_blocks(
+        member: &[u8],
+        rules: Option<Rules>,
+        path: &std::path::Path,
+    ) -> Option<Box<BlockCheck>> {
+        let rules = rules?;
+        let segment = segment_of(member)?;
+        Some(Box::new(PageCheck::new(
+            io::empty(),
+            segment,
+            rules,
+            Some(path.into()),
+        )))
     }
 }
 
@@ -390,6 +430,31 @@ mod tests {
         };
         let (_, corrupt) = run(&bytes, 3000, rules);
         assert!(corrupt.count <= 1 && !corrupt.blocks.contains(&1));
+    }
+
+    #[test]
+    fn increment_pages_are_checked_by_their_block_numbers() {
+        use crate::backup::delta::increment_writer::IncrementReader;
+        let mut bytes = PAGES.to_vec();
+        bytes[2 * BLCKSZ + 100] ^= 1;
+        let path = std::env::temp_dir().join(format!("walden-pagecheck-{}", std::process::id()));
+        std::fs::write(&path, &bytes).unwrap();
+        let member = b"/base/5/1259";
+        assert!(BlockCheck::for_blocks(member, None, &path).is_none());
+        assert!(BlockCheck::for_blocks(b"/base/5/PG_VERSION", Some(RULES), &path).is_none());
+        let mut incr = IncrementReader::new(
+            File::open(&path).unwrap(),
+            path.clone(),
+            bytes.len() as u64,
+            vec![0, 2],
+        );
+        incr.check = BlockCheck::for_blocks(member, Some(RULES), &path);
+        io::copy(&mut incr, &mut io::sink()).unwrap();
+        let (pages, corrupt) = incr.check.take().unwrap().finish();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(pages, 2);
+        assert_eq!(corrupt.count, 1);
+        assert_eq!(corrupt.blocks, vec![2]);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::Value;
 
 use super::alive::AliveCheck;
-use super::composer::{self, database, rating, Composer};
+use super::composer::{self, copy, database, rating, Composer};
 use super::delta::base::{self as delta_base, DeltaOptions};
 use super::delta::index::BaseIndex;
 use super::delta::Plan;
@@ -166,14 +166,15 @@ fn options(settings: &Settings, args: Vec<OsString>) -> Result<Options> {
             .into())
         }
     };
+    let composer = Composer::choose(settings, composers, without_files_metadata)?;
+    // The copy composer makes full backups (WAL-G: it sets --full).
     let delta = DeltaOptions::from_settings(
         settings,
-        full,
+        full || composer == Composer::Copy,
         delta_from_name,
         delta_from_user_data,
         without_files_metadata,
     )?;
-    let composer = Composer::choose(settings, composers, without_files_metadata)?;
     let disk = settings.positive("WALG_UPLOAD_DISK_CONCURRENCY")?;
     let uploads = crate::commands::upload_concurrency(settings)?;
     Ok(Options {
@@ -206,6 +207,7 @@ fn canonical(p: &Path) -> Result<PathBuf> {
 pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     let start_time = sentinel::round_up_micros(SystemTime::now());
     let opts = options(settings, args)?;
+    super::delta::wal_delta::note(settings)?;
     let storage = open_storage(settings)?;
     push(settings, opts, storage, start_time)
 }
@@ -269,6 +271,11 @@ fn push(
         _ => None,
     };
     let mut sorter = ratings.as_ref().map(|_| rating::Sorter::default());
+    let mut copy_groups = copy::Groups::new(opts.threshold);
+    let mut copier = match opts.composer {
+        Composer::Copy => copy::Copier::find(&storage, server.system_identifier)?,
+        _ => None,
+    };
     // Before the backup starts: the base's file list is streamed from
     // storage, which must not hold the backup open.
     let base = match opts.catchup {
@@ -420,6 +427,11 @@ fn push(
         if opts.catchup.is_some() && !matches!(e.kind, Kind::Dir) && catchup_excluded(rel) {
             return Ok(());
         }
+        if let Some(c) = copier.as_mut() {
+            if c.hold(rel, matches!(e.kind, Kind::File), e.meta)? {
+                return Ok(());
+            }
+        }
         if matches!(e.kind, Kind::File) {
             // Counted when handed to a builder: with one builder (the
             // default) that is when it is read.
@@ -431,6 +443,7 @@ fn push(
         }
         let group = match (opts.composer, &e.kind) {
             (Composer::Database, Kind::File) => Some(database::group(rel)),
+            (Composer::Copy, Kind::File) => Some(copy_groups.of(true, e.meta.len())),
             _ => None,
         };
         pool.add(Member {
@@ -449,7 +462,20 @@ fn push(
     if let Some(sorter) = sorter {
         rating::pack(sorter, &pgdata, &mut |m| pool.add(m))?;
     }
-    let spills = pool.finish()?;
+    let copied = match copier {
+        Some(c) => Some(
+            c.finish(&storage, &pgdata, &name, &mut copy_groups, &mut |m| {
+                pool.add(m)
+            })?,
+        ),
+        None => None,
+    };
+    let mut spills = pool.finish()?;
+    if let Some(c) = copied {
+        shared.content_total.fetch_add(c.content, Ordering::Relaxed);
+        shared.stored.fetch_add(c.stored, Ordering::Relaxed);
+        spills.push(c.spill);
+    }
     let mut pg = alive.finish()?;
     if shared.abort.is_set() {
         return Err(shared.abort.error());

@@ -309,6 +309,7 @@ impl Builder {
         mut incr: delta::increment_writer::IncrementReader,
     ) -> Result<()> {
         let size = incr.len();
+        incr.check = pagecheck::BlockCheck::for_blocks(&m.name, self.shared.verify, &m.path);
         let mut header = header_from(&m.meta, tar::EntryType::Regular, size);
         if self.buf.is_empty() {
             self.buf = vec![0; COPY_BUFFER];
@@ -336,7 +337,16 @@ impl Builder {
             open.content > shared.threshold
         });
         shared.content_total.fetch_add(size, Ordering::Relaxed);
-        self.record_as(&m.name, Some(&m.meta), Flag::Incremented, None)?;
+        let corrupt = incr
+            .check
+            .take()
+            .and_then(|c| c.done(&m.path, &shared.verified));
+        self.record_as(
+            &m.name,
+            Some(&m.meta),
+            Flag::Incremented,
+            corrupt.as_deref(),
+        )?;
         if full {
             self.close()?;
         }

@@ -97,9 +97,10 @@ pub const STORAGE_PREFIXES: &[(&str, &str, bool)] = &[
 /// logging, or belong to commands walden does not have yet (which refuse
 /// to run): --turbo, WALG_UPLOAD_QUEUE, S3_USE_LIST_OBJECTS_V1,
 /// S3_LOG_LEVEL, S3_SKIP_VALIDATION, S3_RANGE_BATCH_ENABLED,
-/// S3_RANGE_MAX_RETRIES, WALG_USE_WAL_DELTA (WAL-G then also writes delta
-/// maps at wal-push; without them a later delta backup reads whole
-/// files), WALG_DELTA_*, WALG_TAR_*, WALG_*_COMPOSER, WALG_DIRECT_IO*,
+/// S3_RANGE_MAX_RETRIES, WALG_USE_WAL_DELTA and WALG_FORCE_WAL_DELTA (WAL-G
+/// then also writes delta maps at wal-push; walden writes none and its
+/// deltas use WAL summaries or a page scan: `backup/delta/wal_delta.rs`),
+/// WALG_DELTA_*, WALG_TAR_*, WALG_*_COMPOSER, WALG_DIRECT_IO*,
 /// WALG_SERIALIZER_TYPE,
 /// PG_READY_RENAME, WALG_CSE_KMS_REGION (only with WALG_CSE_KMS_ID).
 /// The storage backends walden lacks (GS, Azure, Swift, SSH, OSS) are

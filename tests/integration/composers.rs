@@ -6,8 +6,10 @@
 //! builders put into each tar, and checked against the stored tars), then
 //! it is restored by walden and, when `WALDEN_WALG_BIN` names it, by WAL-G
 //! 3.0.9; PostgreSQL is started on every copy and every table compared.
-//! `--copy-composer` (not built) and composers with
-//! `--without-files-metadata` are refused before anything is uploaded.
+//! `--copy-composer` copies the previous full backup's unchanged tars
+//! (server-side on S3, through walden on the filesystem) and packs the
+//! rest. Composers with `--without-files-metadata` are refused before
+//! anything is uploaded.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -139,7 +141,10 @@ fn restore_and_compare(store: &Store, name: &str, expected: &str, walg: Option<&
 }
 
 fn source() -> (Store, PgCluster) {
-    let store = Store::fs();
+    source_in(Store::fs())
+}
+
+fn source_in(store: Store) -> (Store, PgCluster) {
     let pg = PgCluster::builder()
         .conf("archive_mode", "on")
         .conf("archive_command", "'{walden} wal-push %p'")
@@ -278,8 +283,183 @@ fn rating_composer_groups_files_by_update_count() {
     restore_and_compare(&store, &name, &expected, walg.as_deref());
 }
 
+/// Bytes of a stored object.
+fn object(store: &Store, name: &str, tar: &str) -> Vec<u8> {
+    let key = format!("basebackups_005/{name}/tar_partitions/{tar}");
+    std::fs::read(store.object_file(&key)).unwrap_or_else(|e| panic!("{key}: {e}"))
+}
+
+/// Backups with `--copy-composer` on both storages: the first has no
+/// previous backup (regular packing, one INFO line); after an UPDATE of
+/// one table the second copies every tar of the first whose files did
+/// not change — byte-identical objects, made by S3 CopyObject without a
+/// download on S3 — and packs the changed table anew; a third copies the
+/// second's copies again. Every backup restored by walden (and WAL-G) to
+/// the rows of its moment.
 #[test]
-fn copy_composer_and_composers_without_metadata_are_refused() {
+fn copy_composer_copies_the_unchanged_tars_of_the_previous_backup() {
+    let walg = walg_bin();
+    for store in Store::both() {
+        let kind = store.name();
+        let (store, mut pg) = source_in(store);
+        let hot_file = relation_file(&pg, "postgres", "hot");
+        let other_file = relation_file(&pg, "other", "t");
+        // Small tars, so that one changed table leaves others whole.
+        let small = [("WALG_TAR_SIZE_THRESHOLD", "200000")];
+        // The first read of the new rows sets their hint bits: the pages
+        // are written at the next checkpoint, and files written within a
+        // second of a backup's start are not trusted as unchanged by the
+        // next one.
+        state(&pg);
+        pg.psql("CHECKPOINT");
+        std::thread::sleep(Duration::from_millis(1500));
+        let first_state = state(&pg);
+        let out = store
+            .walden()
+            .envs(pg.env())
+            .envs(small.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+            .args(["backup-push", "--copy-composer"])
+            .timeout(Duration::from_secs(300))
+            .run();
+        out.assert_ok();
+        assert!(
+            out.stderr.contains("will use the RegularComposer instead"),
+            "{kind}: {}",
+            out.dump()
+        );
+        let first = push_name(&out.stderr);
+        let first_tars = data_tars(&store, &first);
+        assert!(first_tars.len() >= 4, "{kind}: {first_tars:?}");
+
+        pg.psql("UPDATE hot SET v = v + 1 WHERE id <= 10");
+        pg.psql("CHECKPOINT");
+        std::thread::sleep(Duration::from_millis(1500));
+        let second_state = state(&pg);
+        let mut env: Vec<(String, String)> = small
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        env.push(("WALG_USE_COPY_COMPOSER".into(), "true".into()));
+        env.push(("WALG_LOG_LEVEL".into(), "DEVEL".into()));
+        let push_copying = |env: &[(String, String)]| {
+            let out = store
+                .walden()
+                .envs(pg.env())
+                .envs(env.iter().cloned())
+                .arg("backup-push")
+                .timeout(Duration::from_secs(300))
+                .run();
+            out.assert_ok();
+            out
+        };
+        let out = push_copying(&env);
+        let second = push_name(&out.stderr);
+        assert!(
+            !second.contains("_D_"),
+            "{kind}: the copy composer takes full backups: {second}"
+        );
+        let second_tars = data_tars(&store, &second);
+        let copies: Vec<&String> = second_tars
+            .keys()
+            .filter(|t| t.starts_with("copy_"))
+            .collect();
+        assert!(
+            !copies.is_empty(),
+            "{kind}: {second_tars:?}\n{}",
+            out.dump()
+        );
+        // Each copy is a tar of the first backup, byte for byte, listing
+        // the same members; the updated table is in no copy, the other
+        // database's table is.
+        for copy in &copies {
+            let members = &second_tars[*copy];
+            let (orig, _) = first_tars
+                .iter()
+                .find(|(_, m)| *m == members)
+                .unwrap_or_else(|| {
+                    panic!("{kind}: {copy} lists {members:?}, no tar of {first} does")
+                });
+            assert_eq!(
+                object(&store, &second, copy),
+                object(&store, &first, orig),
+                "{kind}: {copy} is not a copy of {orig}"
+            );
+            assert!(
+                !members.contains(&hot_file),
+                "{kind}: {copy} holds {hot_file}"
+            );
+        }
+        assert!(
+            copies.iter().any(|c| second_tars[*c].contains(&other_file)),
+            "{kind}: {other_file} not copied: {second_tars:?}"
+        );
+        assert!(
+            second_tars
+                .iter()
+                .any(|(t, m)| t.starts_with("part_") && m.contains(&hot_file)),
+            "{kind}: {hot_file} not packed anew: {second_tars:?}"
+        );
+        let requests = |out: &crate::harness::Output, op: &str, of: &str| {
+            out.stderr
+                .lines()
+                .filter(|l| l.contains(op) && l.contains(of))
+                .count()
+        };
+        if kind == "s3" {
+            // Made by the server: one CopyObject per copy, the first
+            // backup's tars never downloaded.
+            assert_eq!(
+                requests(&out, "s3 copy PUT", "/tar_partitions/copy_"),
+                copies.len(),
+                "{}",
+                out.dump()
+            );
+            assert_eq!(
+                requests(&out, "s3 get GET", &format!("{first}/tar_partitions")),
+                0,
+                "{}",
+                out.dump()
+            );
+        }
+        assert!(
+            out.stderr
+                .contains(&format!("Copy composer: copied {} of the", copies.len())),
+            "{}",
+            out.dump()
+        );
+
+        // Copies of copies: the second's copied tars come again.
+        let out = push_copying(&env);
+        let third = push_name(&out.stderr);
+        let third_tars = data_tars(&store, &third);
+        let again = third_tars.iter().find(|(t, m)| {
+            t.starts_with("copy_")
+                && copies.iter().any(|c| {
+                    &second_tars[*c] == *m
+                        && object(&store, &second, c) == object(&store, &third, t)
+                })
+        });
+        assert!(again.is_some(), "{kind}: {third_tars:?}\n{}", out.dump());
+        let third_state = state(&pg);
+        finish(&mut pg);
+
+        restore_and_compare(&store, &first, &first_state, walg.as_deref());
+        restore_and_compare(&store, &second, &second_state, walg.as_deref());
+        restore_and_compare(&store, &third, &third_state, walg.as_deref());
+    }
+}
+
+fn push_name(stderr: &str) -> String {
+    stderr
+        .lines()
+        .find_map(|l| l.split("Wrote backup with name ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("backup name in {stderr}"))
+        .to_string()
+}
+
+#[test]
+fn composers_without_metadata_are_refused() {
     let store = Store::fs();
     let dir = TempDir::new("composer-refused");
     let refused = |env: &[(&str, &str)], args: &[&str], says: &str| {
@@ -293,16 +473,6 @@ fn copy_composer_and_composers_without_metadata_are_refused() {
         out.assert_failed();
         assert!(out.stderr.contains(says), "{}", out.dump());
     };
-    refused(
-        &[],
-        &["--copy-composer"],
-        "--copy-composer (WALG_USE_COPY_COMPOSER) is not built yet",
-    );
-    refused(
-        &[("WALG_USE_COPY_COMPOSER", "true")],
-        &[],
-        "is not built yet",
-    );
     refused(
         &[],
         &["--rating-composer", "--without-files-metadata"],

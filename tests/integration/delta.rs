@@ -3,7 +3,8 @@
 //! TABLE, a TRUNCATE, a relation that shrinks, a new table and a new
 //! database, for both `WALG_DELTA_ORIGIN`s. Every link is restored (by
 //! [`restore_chain`]) to its consistent point and every table of every
-//! database compared with what the source had when that backup was taken.
+//! database compared with what the source had when that backup was taken;
+//! `pg_amcheck` then checks the heap and B-tree pages of every database.
 //!
 //! Each link is restored by walden, forward and with reverse unpack and
 //! skip-redundant-tars, and by WAL-G 3.0.9 when `WALDEN_WALG_BIN` names
@@ -290,6 +291,10 @@ fn chain(origin: &str) {
             "{origin}: {name} restored by tool {t}\n{}",
             restored.log_tail()
         );
+        // Heap pages and B-tree indexes of every database as PostgreSQL
+        // checks them: a page of the wrong link, or half an increment,
+        // shows here even where the rows compared equal.
+        crate::pitr::amcheck(&restored);
         restored.stop();
     }
 }
@@ -458,4 +463,108 @@ fn delta_increment_holds_exactly_the_changed_pages() {
     // The page stored is the page with the update.
     let page = &body[20..];
     assert!(page.windows(7).any(|w| w == b"changed"));
+}
+
+/// `WALG_USE_WAL_DELTA` / `WALG_FORCE_WAL_DELTA` are accepted: walden's
+/// backup-push says once that it writes and reads no WAL delta files and
+/// takes its delta from a page scan; walden's wal-push stores no
+/// `_delta` object. WAL-G 3.0.9 (when `WALDEN_WALG_BIN` names it) with
+/// `WALG_USE_WAL_DELTA=true` on the WAL walden archived finds no delta
+/// file, falls back to its page scan as its source says, and the delta it
+/// takes on walden's backup restores with walden to the rows of its
+/// moment, pg_amcheck clean.
+#[test]
+fn wal_delta_setting_is_said_once_and_walg_falls_back_to_a_page_scan() {
+    let walg = walg_bin();
+    let store = Store::fs();
+    let mut pg = PgCluster::builder()
+        .conf("archive_mode", "on")
+        .conf("archive_command", "'{walden} wal-push %p'")
+        .conf("archive_timeout", "0")
+        .conf("autovacuum", "off")
+        .env(store.env())
+        .env([("WALG_USE_WAL_DELTA", "true")])
+        .start();
+    pg.pgbench_init(1);
+    pg.psql("CHECKPOINT");
+    let full = push(&store, &pg, "LATEST");
+    assert!(!full.contains("_D_"), "{full}");
+
+    pg.pgbench(&["-n", "-t", "200", "-c", "2"]);
+    std::thread::sleep(Duration::from_millis(1100));
+    let out = store
+        .walden()
+        .envs(pg.env())
+        .env("WALG_DELTA_MAX_STEPS", "5")
+        .env("WALG_USE_WAL_DELTA", "true")
+        .env("WALG_FORCE_WAL_DELTA", "true")
+        .arg("backup-push")
+        .timeout(Duration::from_secs(300))
+        .run();
+    out.assert_ok();
+    let said = "walden neither writes nor reads WAL-G's WAL delta files";
+    assert_eq!(out.stderr.matches(said).count(), 1, "{}", out.dump());
+    assert!(out.stderr.contains("WALG_FORCE_WAL_DELTA has no effect"));
+    assert!(
+        out.stderr.contains("Wrote backup with name base_") && out.stderr.contains("_D_"),
+        "{}",
+        out.dump()
+    );
+
+    let Some(bin) = walg else {
+        pg.stop();
+        return;
+    };
+    pg.pgbench(&["-n", "-t", "200", "-c", "2"]);
+    let expected = state(&pg);
+    let out = Walden::program(&bin)
+        .envs(store.env())
+        .envs(pg.env())
+        .env("WALG_DELTA_MAX_STEPS", "5")
+        .env("WALG_USE_WAL_DELTA", "true")
+        .arg("backup-push")
+        .arg(pg.data_dir())
+        .timeout(Duration::from_secs(300))
+        .run();
+    out.assert_ok();
+    assert!(
+        out.stderr.contains("Fallback to full scan delta backup"),
+        "{}",
+        out.dump()
+    );
+    let name = out
+        .stderr
+        .lines()
+        .find_map(|l| l.split("Wrote backup with name ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("backup name in {}", out.dump()))
+        .to_string();
+    assert!(name.contains("_D_"), "{name}");
+    let last = pg.switch_wal();
+    pg.wait_for_archive(&last, Duration::from_secs(120));
+    pg.stop();
+    let wal: Vec<String> = std::fs::read_dir(store.object_file("wal_005"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        wal.iter().all(|n| !n.contains("_delta")),
+        "walden's wal-push wrote a WAL delta file: {wal:?}"
+    );
+
+    let dirs = TempDir::new("wal-delta-restore");
+    let dest = dirs.join("walden");
+    restore_chain(&Tool::Walden(&[]), &store, &name, &dest);
+    std::fs::write(dest.join("recovery.signal"), "").unwrap();
+    let mut restored = PgCluster::builder()
+        .conf("restore_command", "'{walden} wal-fetch %f %p'")
+        .conf("archive_mode", "off")
+        .conf("recovery_target", "'immediate'")
+        .conf("recovery_target_action", "'promote'")
+        .env(store.env())
+        .start_restored(dest.clone());
+    restored.wait_for_promotion(Duration::from_secs(120));
+    assert_eq!(state(&restored), expected, "{}", restored.log_tail());
+    crate::pitr::amcheck(&restored);
+    restored.stop();
 }

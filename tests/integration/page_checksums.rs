@@ -297,3 +297,76 @@ fn verify_without_data_checksums_says_so() {
         .get("walden_corrupt_pages")
         .is_none());
 }
+
+/// `--verify` on delta backups: the pages an increment stores are checked
+/// as a full file's are. A table changed after the base is stored as an
+/// increment; clean, it reports nothing; with a byte flipped in one of
+/// its changed pages the delta names that block under the increment's
+/// `CorruptBlocks`, in the WARNING and in the summary.
+#[test]
+fn verify_checks_the_pages_of_increments() {
+    let store = Store::fs();
+    let pg = cluster(&store);
+    let (t_member, t_file) = quiet_table(&pg, "t", 8);
+    let delta = [("WALG_DELTA_MAX_STEPS", "5")];
+    push(&store, &pg, &["--verify"], &delta);
+    let base = latest(&store);
+    assert!(!base.contains("_D_"), "{base}");
+    // Rows of block 0 and block 5 updated: their pages (and the new
+    // versions' page) get LSNs after the base's start.
+    let change = |row: u32| {
+        pg.psql(&format!(
+            "UPDATE t SET id = id WHERE ctid IN ('(0,{row})', '(5,{row})')"
+        ));
+        pg.psql("CHECKPOINT");
+    };
+    change(1);
+    let entry = |name: &str| -> Value {
+        object_json(&store, name, "files_metadata.json")["Files"][&t_member].clone()
+    };
+
+    let out = push(&store, &pg, &["--verify"], &delta);
+    let clean = latest(&store);
+    assert!(clean.contains("_D_"), "{clean}");
+    assert_eq!(
+        entry(&clean)["IsIncremented"],
+        json!(true),
+        "{}",
+        out.dump()
+    );
+    assert!(entry(&clean).get("CorruptBlocks").is_none());
+    assert!(out.stderr.contains("no corrupt page"), "{}", out.dump());
+
+    change(2);
+    flip(&t_file, 5);
+    let out = push(
+        &store,
+        &pg,
+        &[],
+        &[delta[0], ("WALG_VERIFY_PAGE_CHECKSUMS", "true")],
+    );
+    let bad = latest(&store);
+    assert!(bad.contains("_D_") && bad != clean, "{bad}");
+    let e = entry(&bad);
+    assert_eq!(e["IsIncremented"], json!(true), "{}", out.dump());
+    assert_eq!(
+        e["CorruptBlocks"],
+        json!({"CorruptBlocksCount": 1, "SomeCorruptBlocks": [5]}),
+        "{}",
+        out.dump()
+    );
+    assert!(
+        out.stderr
+            .lines()
+            .any(|l| l.contains("WARNING") && l.contains("1 corrupt page(s), blocks [5]")),
+        "{}",
+        out.dump()
+    );
+    assert!(
+        out.stderr.contains("1 corrupt page(s) in 1 file(s)"),
+        "{}",
+        out.dump()
+    );
+    // The other tables' increments and whole files are clean.
+    assert_eq!(corrupt_entries(&store, &bad).len(), 1);
+}

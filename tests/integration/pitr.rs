@@ -55,7 +55,7 @@ fn backup_names(walden: Walden) -> Vec<String> {
 
 /// pg_amcheck over every database of a restored server: heap and B-tree
 /// pages as PostgreSQL itself checks them.
-fn amcheck(pg: &PgCluster) {
+pub(crate) fn amcheck(pg: &PgCluster) {
     let out = std::process::Command::new(format!("{}/pg_amcheck", crate::harness::pg::PG_BIN))
         .arg("-h")
         .arg(pg.socket_dir())

@@ -8,9 +8,10 @@
 //! - database (`database.rs`): one group per database directory;
 //! - rating (`rating.rs`): files ordered and grouped by how often their
 //!   relation is written, from `pg_stat_all_tables`;
-//! - copy: reusing the previous full backup's unchanged tars is not built
-//!   yet; asking for it is an error rather than a silently different backup.
+//! - copy (`copy.rs`): a full backup that copies the previous full
+//!   backup's tars whose files did not change.
 
+pub mod copy;
 pub mod database;
 pub mod rating;
 
@@ -22,6 +23,7 @@ pub enum Composer {
     Regular,
     Rating,
     Database,
+    Copy,
 }
 
 /// The composer flags of the command line (OR-ed with the settings).
@@ -45,15 +47,15 @@ impl Composer {
         let copy = flags.copy || settings.bool("WALG_USE_COPY_COMPOSER")?;
         let database = flags.database || settings.bool("WALG_USE_DATABASE_COMPOSER")?;
         let (chosen, name) = if copy {
-            (None, "--copy-composer (WALG_USE_COPY_COMPOSER)")
+            (Composer::Copy, "--copy-composer (WALG_USE_COPY_COMPOSER)")
         } else if database {
             (
-                Some(Composer::Database),
+                Composer::Database,
                 "--database-composer (WALG_USE_DATABASE_COMPOSER)",
             )
         } else if rating {
             (
-                Some(Composer::Rating),
+                Composer::Rating,
                 "--rating-composer (WALG_USE_RATING_COMPOSER)",
             )
         } else {
@@ -65,12 +67,7 @@ impl Composer {
                  its tars are described by files_metadata.json; drop one of the two"
             )));
         }
-        chosen.ok_or_else(|| {
-            Error::Usage(format!(
-                "{name} is not built yet in walden; unset it to take a regular full backup \
-                 (or use --database-composer / --rating-composer)"
-            ))
-        })
+        Ok(chosen)
     }
 
     /// Directory and symlink headers in a tar of their own.

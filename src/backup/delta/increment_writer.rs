@@ -52,6 +52,8 @@ pub struct IncrementReader {
     page_pos: usize,
     /// Bytes read from the file (for the per-backup read/stored line).
     pub read_bytes: u64,
+    /// `--verify`: each page checked as it is read.
+    pub check: Option<Box<crate::backup::pagecheck::BlockCheck>>,
 }
 
 impl IncrementReader {
@@ -66,6 +68,7 @@ impl IncrementReader {
             page: vec![0u8; PAGE as usize].into_boxed_slice(),
             page_pos: PAGE as usize,
             read_bytes: 0,
+            check: None,
         }
     }
 
@@ -95,6 +98,9 @@ impl IncrementReader {
         self.read_bytes += filled as u64;
         self.page[filled..].fill(0);
         self.page_pos = 0;
+        if let Some(check) = self.check.as_mut() {
+            check.check_block(&self.page, block);
+        }
         Ok(())
     }
 }

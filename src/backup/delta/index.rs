@@ -10,6 +10,11 @@
 //! 128 bits of the member name's SHA-256, so two names colliding is not a
 //! practical concern (a collision could only make a changed file look
 //! like the base's one: 2^-128 per pair).
+//!
+//! The copy composer (`composer/copy.rs`) also needs which tar of the
+//! previous backup holds each file: [`BaseIndex::load_with_tars`] reads
+//! `TarFileSets` too, numbers its tars in the order they come and keeps
+//! each file's tar number in its slot.
 
 use std::fmt;
 use std::fs::File;
@@ -29,12 +34,20 @@ const SLOT: u64 = 32;
 /// Slot flag: occupied. Mtime known: second flag.
 const USED: u32 = 1;
 const HAS_TIME: u32 = 2;
+const HAS_TAR: u32 = 4;
+/// The tar number sits in the flags word above this bit.
+const TAR_SHIFT: u32 = 8;
+/// Tar numbers must fit in the bits above [`TAR_SHIFT`].
+pub const MAX_TARS: u32 = 1 << (32 - TAR_SHIFT);
 
 /// One base entry as the decision needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BaseFile {
     /// `MTime` as an instant, if the entry had one walden could read.
     pub mtime: Option<SystemTime>,
+    /// The number of the tar `TarFileSets` lists it in (only with
+    /// [`BaseIndex::load_with_tars`]).
+    pub tar: Option<u32>,
 }
 
 pub struct BaseIndex {
@@ -50,11 +63,15 @@ fn key_of(name: &[u8]) -> [u8; 16] {
     k
 }
 
-/// 16 bytes key, i64 seconds, u32 nanoseconds, u32 flags.
-fn encode(key: &[u8; 16], mtime: Option<SystemTime>) -> [u8; SLOT as usize] {
+/// 16 bytes key, i64 seconds, u32 nanoseconds, u32 flags (tar number in
+/// the high bits).
+fn encode(key: &[u8; 16], mtime: Option<SystemTime>, tar: Option<u32>) -> [u8; SLOT as usize] {
     let mut s = [0u8; SLOT as usize];
     s[..16].copy_from_slice(key);
     let mut flags = USED;
+    if let Some(t) = tar {
+        flags |= HAS_TAR | (t << TAR_SHIFT);
+    }
     if let Some(d) = mtime.and_then(|t| t.duration_since(UNIX_EPOCH).ok()) {
         s[16..24].copy_from_slice(&(d.as_secs() as i64).to_le_bytes());
         s[24..28].copy_from_slice(&d.subsec_nanos().to_le_bytes());
@@ -71,8 +88,24 @@ fn decode(s: &[u8; SLOT as usize]) -> (u32, BaseFile) {
         let nanos = u32::from_le_bytes(s[24..28].try_into().unwrap_or_default());
         UNIX_EPOCH + Duration::new(secs.max(0) as u64, nanos)
     });
-    (flags, BaseFile { mtime })
+    let tar = (flags & HAS_TAR != 0).then_some(flags >> TAR_SHIFT);
+    (flags, BaseFile { mtime, tar })
 }
+
+/// One slot from two records of the same name: a `Files` entry and a
+/// `TarFileSets` one (each field from the record that has it, the later
+/// one when both do, as a Go map keeps a duplicate's last value).
+fn merge(old: &[u8; SLOT as usize], new: &[u8; SLOT as usize]) -> [u8; SLOT as usize] {
+    let (_, a) = decode(old);
+    let (_, b) = decode(new);
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&new[..16]);
+    encode(&key, b.mtime.or(a.mtime), b.tar.or(a.tar))
+}
+
+/// Called with each `TarFileSets` (tar, member) pair; returns the tar's
+/// number.
+pub type SetSink<'a> = dyn FnMut(&str, &str) -> std::io::Result<u32> + 'a;
 
 impl BaseIndex {
     /// Stream `files_metadata.json` of backup `name` into an index.
@@ -92,23 +125,56 @@ impl BaseIndex {
     }
 
     pub fn from_reader(reader: impl Read, key: &str) -> Result<BaseIndex> {
+        Self::build(reader, key, None)
+    }
+
+    /// [`BaseIndex::load`] that also reads `TarFileSets`: `sets` gets every
+    /// (tar, member) pair and numbers the tars; the index keeps each
+    /// member's number. A missing `files_metadata.json` is an error here
+    /// (the caller decides what to do without one).
+    pub fn load_with_tars(
+        storage: &Arc<dyn Storage>,
+        name: &str,
+        sets: &mut SetSink,
+    ) -> Result<BaseIndex> {
+        let key = layout::files_metadata_key(name);
+        let reader = storage.get(&key, 0)?;
+        Self::build(reader, &key, Some(sets))
+    }
+
+    fn build(reader: impl Read, key: &str, mut sets: Option<&mut SetSink>) -> Result<BaseIndex> {
         let spill = crate::localfile::anonymous_file("the delta base's file list")?;
         let mut out = BufWriter::with_capacity(64 * 1024, spill);
         let mut count = 0u64;
         let mut write_err: Option<std::io::Error> = None;
+        let want_sets = sets.is_some();
         {
-            let mut sink = |name: &str, mtime: Option<SystemTime>| {
+            let mut sink = |name: &str, mtime: Option<SystemTime>, tar: Option<(&str, &str)>| {
                 if write_err.is_some() {
                     return;
                 }
                 count += 1;
-                if let Err(e) = out.write_all(&encode(&key_of(name.as_bytes()), mtime)) {
+                let result = match tar {
+                    Some((tar, member)) => match sets.as_mut().map(|f| f(tar, member)) {
+                        Some(Ok(n)) if n < MAX_TARS => {
+                            out.write_all(&encode(&key_of(member.as_bytes()), None, Some(n)))
+                        }
+                        Some(Ok(_)) => Err(std::io::Error::other("more tars than walden numbers")),
+                        Some(Err(e)) => Err(e),
+                        None => Ok(()),
+                    },
+                    None => out.write_all(&encode(&key_of(name.as_bytes()), mtime, None)),
+                };
+                if let Err(e) = result {
                     write_err = Some(e);
                 }
             };
             let mut de =
                 serde_json::Deserializer::from_reader(BufReader::with_capacity(64 * 1024, reader));
-            de.deserialize_map(TopVisitor { sink: &mut sink })
+            de.deserialize_map(TopVisitor {
+                sink: &mut sink,
+                sets: want_sets,
+            })
                 .map_err(|e| {
                     Error::Other(format!(
                         "reading the delta base's '{key}': {e}; its files_metadata.json is damaged, take a full backup (--full)"
@@ -148,9 +214,11 @@ impl BaseIndex {
         loop {
             self.table.read_exact_at(&mut slot, i * SLOT)?;
             let (flags, _) = decode(&slot);
-            // A duplicate name keeps its last entry, as a Go map does.
-            if flags & USED == 0 || slot[..16] == rec[..16] {
+            if flags & USED == 0 {
                 return self.table.write_all_at(rec, i * SLOT);
+            }
+            if slot[..16] == rec[..16] {
+                return self.table.write_all_at(&merge(&slot, rec), i * SLOT);
             }
             i = (i + 1) & self.mask;
         }
@@ -177,12 +245,16 @@ impl BaseIndex {
     }
 }
 
-type Sink<'a> = dyn FnMut(&str, Option<SystemTime>) + 'a;
+/// (name, MTime) of a `Files` entry, or (tar, member) of a `TarFileSets`
+/// one as the third argument.
+type Sink<'a> = dyn FnMut(&str, Option<SystemTime>, Option<(&str, &str)>) + 'a;
 
-/// `{"Files":{...},"TarFileSets":...}`: only `Files` is looked into (keys
-/// matched ignoring case, as WAL-G's decoder does).
+/// `{"Files":{...},"TarFileSets":...}`: `Files` is looked into, and
+/// `TarFileSets` when `sets` (keys matched ignoring case, as WAL-G's
+/// decoder does).
 struct TopVisitor<'a, 'b> {
     sink: &'a mut Sink<'b>,
+    sets: bool,
 }
 
 impl<'de> Visitor<'de> for TopVisitor<'_, '_> {
@@ -194,6 +266,8 @@ impl<'de> Visitor<'de> for TopVisitor<'_, '_> {
         while let Some(k) = map.next_key::<String>()? {
             if k.eq_ignore_ascii_case("Files") {
                 map.next_value_seed(FilesSeed { sink: self.sink })?;
+            } else if self.sets && k.eq_ignore_ascii_case("TarFileSets") {
+                map.next_value_seed(SetsSeed { sink: self.sink })?;
             } else {
                 map.next_value::<IgnoredAny>()?;
             }
@@ -224,7 +298,67 @@ impl<'de> Visitor<'de> for FilesSeed<'_, '_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<(), A::Error> {
         while let Some(name) = map.next_key::<String>()? {
             let mtime = map.next_value_seed(DescSeed)?;
-            (self.sink)(&name, mtime);
+            (self.sink)(&name, mtime, None);
+        }
+        Ok(())
+    }
+}
+
+/// `TarFileSets`: `{"part_001.tar.lz4":["/base",...],...}`, streamed.
+struct SetsSeed<'a, 'b> {
+    sink: &'a mut Sink<'b>,
+}
+
+impl<'de> DeserializeSeed<'de> for SetsSeed<'_, '_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for SetsSeed<'_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("the TarFileSets object")
+    }
+    fn visit_unit<E: de::Error>(self) -> std::result::Result<(), E> {
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<(), A::Error> {
+        while let Some(tar) = map.next_key::<String>()? {
+            map.next_value_seed(SetSeed {
+                tar: &tar,
+                sink: &mut *self.sink,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// One tar's member list.
+struct SetSeed<'a, 'b, 'c> {
+    tar: &'c str,
+    sink: &'a mut Sink<'b>,
+}
+
+impl<'de> DeserializeSeed<'de> for SetSeed<'_, '_, '_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for SetSeed<'_, '_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a list of tar members")
+    }
+    fn visit_unit<E: de::Error>(self) -> std::result::Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
+        while let Some(member) = seq.next_element::<String>()? {
+            (self.sink)("", None, Some((self.tar, &member)));
         }
         Ok(())
     }
@@ -288,9 +422,46 @@ mod tests {
             "2026-08-21T18:01:12.871532011Z"
         );
         assert!(idx.get(b"/base/5/2619").unwrap().unwrap().mtime.is_some());
-        assert_eq!(idx.get(b"/odd").unwrap(), Some(BaseFile { mtime: None }));
+        assert_eq!(
+            idx.get(b"/odd").unwrap(),
+            Some(BaseFile {
+                mtime: None,
+                tar: None
+            })
+        );
         assert_eq!(idx.get(b"/base/5/9999").unwrap(), None);
         assert_eq!(idx.get(b"part_001.tar.lz4").unwrap(), None);
+    }
+
+    #[test]
+    fn tar_numbers_with_their_files_in_either_order() {
+        // WAL-G's keys come in any order: TarFileSets before Files here.
+        let json = r#"{"TarFileSets":{"part_001.tar.lz4":["/base","/base/5/1259"],"part_002.tar.lz4":["/gone"]},
+          "Files":{"/base":{"MTime":"2026-08-21T19:55:01.5+02:00"},
+          "/base/5/1259":{"MTime":"2026-08-21T20:01:12.871532011+02:00"},"/alone":{"MTime":"2026-08-21T20:01:12Z"}}}"#;
+        let mut seen: Vec<(String, String)> = Vec::new();
+        let idx = BaseIndex::build(
+            json.as_bytes(),
+            "k",
+            Some(&mut |tar: &str, member: &str| {
+                seen.push((tar.into(), member.into()));
+                Ok(if tar == "part_001.tar.lz4" { 0 } else { 1 })
+            }),
+        )
+        .unwrap();
+        assert_eq!(seen.len(), 3);
+        let f = idx.get(b"/base/5/1259").unwrap().unwrap();
+        assert_eq!(f.tar, Some(0));
+        assert!(f.mtime.is_some());
+        let gone = idx.get(b"/gone").unwrap().unwrap();
+        assert_eq!((gone.tar, gone.mtime), (Some(1), None));
+        let alone = idx.get(b"/alone").unwrap().unwrap();
+        assert_eq!(alone.tar, None);
+        assert!(alone.mtime.is_some());
+        // Without a sink TarFileSets is not looked into.
+        let plain = BaseIndex::from_reader(json.as_bytes(), "k").unwrap();
+        assert_eq!(plain.get(b"/gone").unwrap(), None);
+        assert_eq!(plain.get(b"/base").unwrap().unwrap().tar, None);
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod increment_writer;
 pub mod index;
 pub mod scan;
 pub mod summaries;
+pub mod wal_delta;
 
 use std::fs::{Metadata, OpenOptions};
 use std::io;
