@@ -16,10 +16,10 @@ use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
-use ring::digest::{Context, SHA1_FOR_LEGACY_USE_ONLY};
 use serde_json::Value;
 
 use super::codec::{self, Compress};
+use super::sha1::Sha1;
 use super::repo::{BackupEntry, Repo};
 use super::tablespaces::{Layout, TablespaceMap};
 use super::PgbrError;
@@ -394,9 +394,12 @@ fn restore_with(
     if let Some(lines) = &recovery_lines {
         recovery::write(&opts.dest, &opts.recovery, lines)?;
     }
-    // Everything else durable before pg_control makes DEST a cluster.
-    // SAFETY: sync() takes no arguments and cannot fail.
-    unsafe { libc::sync() };
+    // Everything else durable before pg_control makes DEST a cluster: one
+    // syncfs per file system (writeback was started while writing).
+    sync_filesystem(&opts.dest)?;
+    for ts in &layout.tablespaces {
+        sync_filesystem(&ts.location)?;
+    }
     restore_file(&ctx, &control)?;
     for (path, mode) in dirs.iter().rev() {
         fs::set_permissions(path, fs::Permissions::from_mode(*mode))
@@ -576,9 +579,10 @@ fn copy_from_repo(ctx: &Ctx, job: &FileJob, out: &mut File, path: &Path) -> Resu
         .into()
     };
     let mut reader = codec::open(source, ctx.pass.as_deref(), ctx.compress).map_err(read_err)?;
-    let mut hash = Context::new(&SHA1_FOR_LEGACY_USE_ONLY);
-    let mut buf = vec![0u8; 1 << 16];
+    let mut hash = Sha1::new();
+    let mut buf = vec![0u8; COPY_BUFFER];
     let mut total = 0u64;
+    let mut started = 0u64;
     loop {
         let n = match reader.read(&mut buf) {
             Ok(0) => break,
@@ -593,14 +597,54 @@ fn copy_from_repo(ctx: &Ctx, job: &FileJob, out: &mut File, path: &Path) -> Resu
         hash.update(&buf[..n]);
         out.write_all(&buf[..n])
             .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+        if total - started >= WRITEBACK_EVERY {
+            start_writeback(out, started, total);
+            started = total;
+        }
     }
-    let hex = hash
-        .finish()
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    Ok((total, hex))
+    if total > started {
+        start_writeback(out, started, total);
+    }
+    Ok((total, hash.hex()))
+}
+
+/// Reads from the decoder and writes of this size: fewer calls on the
+/// large files that make most of a cluster.
+const COPY_BUFFER: usize = 256 << 10;
+
+/// Writeback of a file is started every this many bytes.
+const WRITEBACK_EVERY: u64 = 8 << 20;
+
+/// Ask the kernel to start writing `[from, to)` of `out` to disk now
+/// (`sync_file_range`, which does not wait): disk writes overlap decoding,
+/// and the syncfs before pg_control finds little left, where one sync of
+/// everything at the end measured seconds on a 2 GiB restore.
+fn start_writeback(out: &File, from: u64, to: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor stays open for the call; the flag only starts
+    // writeback. A failure is harmless: the syncfs at the end covers it.
+    unsafe {
+        libc::sync_file_range(
+            out.as_raw_fd(),
+            from as libc::off64_t,
+            (to - from) as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        )
+    };
+}
+
+/// Everything written so far on the file system of `dir` reaches the disk.
+fn sync_filesystem(dir: &Path) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let d = File::open(dir).map_err(|e| Error::io(format!("opening {}", dir.display()), e))?;
+    // SAFETY: syncfs only reads the descriptor, which `d` keeps open.
+    if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
+        return Err(Error::io(
+            format!("syncing the file system of {}", dir.display()),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
 }
 
 fn finish(out: &File, path: &Path, mode: u32, timestamp: Option<i64>) -> Result<()> {

@@ -9,6 +9,7 @@ mod fetch;
 mod ini;
 mod list;
 mod repo;
+mod sha1;
 mod tablespaces;
 mod wal;
 mod walshow;
