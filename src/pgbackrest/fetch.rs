@@ -19,8 +19,8 @@ use std::time::{Duration, UNIX_EPOCH};
 use serde_json::Value;
 
 use super::codec::{self, Compress};
-use super::sha1::Sha1;
 use super::repo::{BackupEntry, Repo};
+use super::sha1::Sha1;
 use super::tablespaces::{Layout, TablespaceMap};
 use super::PgbrError;
 use crate::backup::recovery::{self, Recovery, Target};
@@ -556,7 +556,15 @@ fn copy_from_repo(ctx: &Ctx, job: &FileJob, out: &mut File, path: &Path) -> Resu
         Some(_) => format!("{key} (member {} at offset {offset})", job.name),
         None => key.clone(),
     };
-    let source = ctx.repo_storage.storage.get(&key, offset).map_err(|e| {
+    let storage = &ctx.repo_storage.storage;
+    let fetched = match job.bundle {
+        // A member is the bytes [bno, bno + repo-size) of its bundle: one
+        // ranged read of exactly those (repo-size is left out when equal
+        // to size, spec §6.4).
+        Some(_) => storage.get_range(&key, offset, job.repo_size.unwrap_or(job.size)),
+        None => storage.get(&key, 0),
+    };
+    let source = fetched.map_err(|e| {
         if e.is_not_found() {
             Error::Other(format!(
                 "{key} is missing: file {} of backup {} is stored by {owner}, which is not in the repository (expired or damaged?)",
@@ -566,11 +574,6 @@ fn copy_from_repo(ctx: &Ctx, job: &FileJob, out: &mut File, path: &Path) -> Resu
             e.into()
         }
     })?;
-    let source: Box<dyn Read + Send> = match job.bundle {
-        // A member is the bytes [bno, bno + repo-size) of its bundle.
-        Some(_) => Box::new(source.take(job.repo_size.unwrap_or(job.size))),
-        None => source,
-    };
     let read_err = |e: std::io::Error| -> Error {
         PgbrError::Read {
             what: what.clone(),

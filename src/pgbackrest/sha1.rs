@@ -80,7 +80,13 @@ mod ni {
     impl State {
         pub fn new() -> State {
             State {
-                h: [0x6745_2301, 0xEFCD_AB89, 0x98BA_DCFE, 0x1032_5476, 0xC3D2_E1F0],
+                h: [
+                    0x6745_2301,
+                    0xEFCD_AB89,
+                    0x98BA_DCFE,
+                    0x1032_5476,
+                    0xC3D2_E1F0,
+                ],
                 block: [0; 64],
                 filled: 0,
                 total: 0,

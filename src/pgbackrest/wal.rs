@@ -8,7 +8,6 @@ use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::path::Path;
 
-
 use super::codec::{self, Compress};
 use super::repo::Repo;
 use super::sha1::Sha1;
