@@ -19,6 +19,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use serde_json::Value;
 
 use super::codec::{self, Compress};
+use super::rck;
 use super::repo::{BackupEntry, Repo};
 use super::sha1::Sha1;
 use super::tablespaces::{Layout, TablespaceMap};
@@ -170,6 +171,8 @@ struct FileJob {
     name: String,
     size: u64,
     checksum: Option<String>,
+    /// SHA-1 of the stored bytes (`rck`), where the manifest has one.
+    rck: Option<String>,
     repo_size: Option<u64>,
     reference: Option<String>,
     /// Bundle id and offset (spec §7.2).
@@ -444,6 +447,7 @@ fn job(name: &str, v: &Value) -> Result<FileJob> {
             .get("checksum")
             .and_then(Value::as_str)
             .map(str::to_string),
+        rck: v.get("rck").and_then(Value::as_str).map(str::to_string),
         repo_size: v.get("repo-size").and_then(Value::as_u64),
         reference: v
             .get("reference")
@@ -581,6 +585,13 @@ fn copy_from_repo(ctx: &Ctx, job: &FileJob, out: &mut File, path: &Path) -> Resu
         }
         .into()
     };
+    let (source, stored) = match job.rck {
+        Some(_) => {
+            let (reader, stored) = rck::hashing(source);
+            (reader, Some(stored))
+        }
+        None => (source, None),
+    };
     let mut reader = codec::open(source, ctx.pass.as_deref(), ctx.compress).map_err(read_err)?;
     let mut hash = Sha1::new();
     let mut buf = vec![0u8; COPY_BUFFER];
@@ -607,6 +618,21 @@ fn copy_from_repo(ctx: &Ctx, job: &FileJob, out: &mut File, path: &Path) -> Resu
     }
     if total > started {
         start_writeback(out, started, total);
+    }
+    if let (Some(stored), Some(want)) = (stored, &job.rck) {
+        drop(reader);
+        let (size, got) = stored.finish().map_err(read_err)?;
+        let want_size = job.repo_size.unwrap_or(job.size);
+        if size != want_size || !got.eq_ignore_ascii_case(want) {
+            return Err(PgbrError::Format {
+                what: what.clone(),
+                problem: format!(
+                    "the stored bytes of file {} are {size} bytes with SHA-1 {got}, the manifest says {want_size} bytes with rck {want}: the repository file is damaged",
+                    job.name
+                ),
+            }
+            .into());
+        }
     }
     Ok((total, hash.hex()))
 }
