@@ -19,6 +19,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use serde_json::Value;
 
 use super::codec::{self, Compress};
+use super::owner::{self, Owners};
 use super::rck;
 use super::repo::{BackupEntry, Repo};
 use super::sha1::Sha1;
@@ -179,6 +180,8 @@ struct FileJob {
     bundle: Option<(u64, u64)>,
     mode: Option<u32>,
     timestamp: Option<i64>,
+    /// uid and gid to give it, when restoring as root.
+    owner: Option<(u32, u32)>,
 }
 
 fn unsupported(label: &str, problem: impl Into<String>) -> Error {
@@ -314,18 +317,21 @@ fn restore_with(
     let layout = Layout::new(&man, &opts.dest, &opts.tablespaces)?;
     prepare_dest(&opts.dest)?;
     layout.prepare()?;
+    let file_owners = Owners::new(&man, "target:file:default", &opts.dest)?;
+    let path_owners = Owners::new(&man, "target:path:default", &opts.dest)?;
     let file_mode = mode_of(man.get("target:file:default", "mode")).unwrap_or(0o600);
     let dir_mode = mode_of(man.get("target:path:default", "mode")).unwrap_or(0o700);
 
     // Directories first, owner-writable until the end.
-    let mut dirs: Vec<(PathBuf, u32)> = Vec::new();
+    let mut dirs: Vec<(PathBuf, u32, Option<(u32, u32)>)> = Vec::new();
     for (name, v) in man.section("target:path").into_iter().flatten() {
         let Some(path) = layout.path(name)? else {
             continue;
         };
         fs::create_dir_all(&path)
             .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
-        dirs.push((path, mode_of(v.get("mode")).unwrap_or(dir_mode)));
+        let owner = path_owners.as_ref().map(|o| o.ids(v));
+        dirs.push((path, mode_of(v.get("mode")).unwrap_or(dir_mode), owner));
     }
     layout.links()?;
 
@@ -359,7 +365,8 @@ fn restore_with(
                 if section != "target:file" {
                     return Ok(());
                 }
-                let job = job(name, &v)?;
+                let mut job = job(name, &v)?;
+                job.owner = file_owners.as_ref().map(|o| o.ids(&v));
                 // spec §12.5: with tablespace_map, recovery would re-point the
                 // links at the machine that made the backup.
                 if name == "pg_data/tablespace_map" {
@@ -404,7 +411,10 @@ fn restore_with(
         sync_filesystem(&ts.location)?;
     }
     restore_file(&ctx, &control)?;
-    for (path, mode) in dirs.iter().rev() {
+    for (path, mode, owner) in dirs.iter().rev() {
+        if let Some(ids) = owner {
+            owner::chown(path, *ids)?;
+        }
         fs::set_permissions(path, fs::Permissions::from_mode(*mode))
             .map_err(|e| Error::io(format!("setting the mode of {}", path.display()), e))?;
     }
@@ -468,6 +478,7 @@ fn job(name: &str, v: &Value) -> Result<FileJob> {
         },
         mode: mode_of(v.get("mode")),
         timestamp: v.get("timestamp").and_then(Value::as_i64),
+        owner: None,
     })
 }
 
@@ -527,6 +538,10 @@ fn restore_file(ctx: &Ctx, job: &FileJob) -> Result<()> {
             ),
         }
         .into());
+    }
+    if let Some((uid, gid)) = job.owner {
+        std::os::unix::fs::fchown(&out, Some(uid), Some(gid))
+            .map_err(|e| Error::io(format!("changing the owner of {}", path.display()), e))?;
     }
     finish(
         &out,

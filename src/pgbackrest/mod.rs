@@ -8,6 +8,7 @@ mod codec;
 mod fetch;
 mod ini;
 mod list;
+mod owner;
 mod rck;
 mod repo;
 mod sha1;

@@ -630,6 +630,9 @@ fn backup_fetch_checks_the_repository_checksum() {
     let err = super::fetch::restore(&repo(&x), &fetch_opts(&dest, "20261124-053849F"))
         .unwrap_err()
         .to_string();
-    assert!(err.contains("rck") && err.contains("pg_data/base/5/1259"), "{err}");
+    assert!(
+        err.contains("rck") && err.contains("pg_data/base/5/1259"),
+        "{err}"
+    );
     assert!(!dest.join("global/pg_control").exists());
 }

@@ -98,12 +98,14 @@ fn write_some(pg: &PgCluster, note: &str) {
 }
 
 /// Every regular file under `a` equals the one under `b` (and the other
-/// way round) in bytes, mode and modification time, except the recovery
+/// way round) in bytes, mode, owner and modification time (pgBackRest
+/// runs as postgres here, walden as the test: as root it gives files the
+/// manifest's owner, postgres, as pgBackRest does), except the recovery
 /// settings each tool writes; links are followed only for tablespaces,
 /// whose targets differ.
 fn same_tree(a: &Path, b: &Path) -> usize {
     use std::os::unix::fs::MetadataExt;
-    type Seen = BTreeMap<PathBuf, (u32, i64, Vec<u8>)>;
+    type Seen = BTreeMap<PathBuf, ((u32, u32, u32), i64, Vec<u8>)>;
     fn walk(root: &Path, dir: &Path, out: &mut Seen) {
         for e in fs::read_dir(dir).unwrap() {
             let p = e.unwrap().path();
@@ -114,7 +116,8 @@ fn same_tree(a: &Path, b: &Path) -> usize {
             } else {
                 let name = rel.to_string_lossy();
                 if name != "postgresql.auto.conf" && name != "recovery.signal" {
-                    let seen = (meta.mode() & 0o7777, meta.mtime(), fs::read(&p).unwrap());
+                    let owner = (meta.mode() & 0o7777, meta.uid(), meta.gid());
+                    let seen = (owner, meta.mtime(), fs::read(&p).unwrap());
                     out.insert(rel, seen);
                 }
             }
@@ -132,7 +135,7 @@ fn same_tree(a: &Path, b: &Path) -> usize {
         assert_eq!(
             (mode, mtime),
             (their_mode, their_mtime),
-            "{}: mode and time",
+            "{}: (mode, uid, gid) and time",
             name.display()
         );
     }
