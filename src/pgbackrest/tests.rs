@@ -560,6 +560,14 @@ fn wal_show_ranges_and_gaps() {
         assert_eq!(t["start_segment"], want["wal_archive"]["min"], "{set}");
         assert_eq!(t["end_segment"], want["wal_archive"]["max"], "{set}");
         assert_eq!(t["missing_segments"], 0, "{set}");
+        assert_eq!(t["segment_size_mb"], 16, "{set}");
+        let labels: Vec<Value> = want["backups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["label"].clone())
+            .collect();
+        assert_eq!(t["backups"], Value::Array(labels), "{set}");
         let table = super::walshow::report(&r, false).unwrap();
         assert!(table.contains("| 15-1 "), "{table}");
     }
