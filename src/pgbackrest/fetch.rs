@@ -19,7 +19,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use serde_json::Value;
 
 use super::codec::{self, Compress};
-use super::owner::{self, Owners};
+use super::owner::{self, Ids, Owners};
 use super::rck;
 use super::repo::{BackupEntry, Repo};
 use super::sha1::Sha1;
@@ -323,7 +323,8 @@ fn restore_with(
     let dir_mode = mode_of(man.get("target:path:default", "mode")).unwrap_or(0o700);
 
     // Directories first, owner-writable until the end.
-    let mut dirs: Vec<(PathBuf, u32, Option<(u32, u32)>)> = Vec::new();
+    // (path, mode, owner): modes and owners set at the end.
+    let mut dirs: Vec<(PathBuf, u32, Option<Ids>)> = Vec::new();
     for (name, v) in man.section("target:path").into_iter().flatten() {
         let Some(path) = layout.path(name)? else {
             continue;

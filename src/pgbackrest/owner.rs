@@ -16,6 +16,9 @@ use serde_json::Value;
 use super::ini::Ini;
 use crate::error::{Error, Result};
 
+/// uid and gid.
+pub type Ids = (u32, u32);
+
 pub struct Owners {
     /// The owner of DEST: where unknown names go.
     fallback: (u32, u32),
