@@ -6,7 +6,6 @@
 //! everything stays the restoring user's, as with pgBackRest.
 
 use std::collections::HashMap;
-use std::ffi::CString;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Mutex;
@@ -38,37 +37,19 @@ fn name(v: Option<&Value>) -> Option<String> {
     v.and_then(Value::as_str).map(str::to_string)
 }
 
-/// The id of user (`group` false) or group `name`, `None` when unknown.
+/// The id of user (`group` false) or group `name` in /etc/passwd or
+/// /etc/group, `None` when unknown. The files are read rather than asked
+/// through NSS: the release binary is static, and glibc's NSS in a static
+/// binary needs the shared libraries of the glibc it was linked with.
 fn lookup(name: &str, group: bool) -> Option<u32> {
-    let c = CString::new(name).ok()?;
-    let mut buf = vec![0u8; 16 << 10];
-    // SAFETY: the result structs and buffer outlive the calls, whose
-    // lengths are passed; the answer is read only when `found` is set.
-    unsafe {
-        if group {
-            let mut grp: libc::group = std::mem::zeroed();
-            let mut found: *mut libc::group = std::ptr::null_mut();
-            let rc = libc::getgrnam_r(
-                c.as_ptr(),
-                &mut grp,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                &mut found,
-            );
-            (rc == 0 && !found.is_null()).then_some(grp.gr_gid)
-        } else {
-            let mut pwd: libc::passwd = std::mem::zeroed();
-            let mut found: *mut libc::passwd = std::ptr::null_mut();
-            let rc = libc::getpwnam_r(
-                c.as_ptr(),
-                &mut pwd,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                &mut found,
-            );
-            (rc == 0 && !found.is_null()).then_some(pwd.pw_uid)
-        }
-    }
+    let file = if group { "/etc/group" } else { "/etc/passwd" };
+    let text = std::fs::read_to_string(file).ok()?;
+    text.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        (fields.next() == Some(name))
+            .then(|| fields.nth(1).and_then(|id| id.parse().ok()))
+            .flatten()
+    })
 }
 
 impl Owners {
@@ -90,10 +71,10 @@ impl Owners {
     }
 
     fn id(&self, wanted: Option<String>, group: bool) -> u32 {
-        let (cache, fallback, kind) = if group {
-            (&self.groups, self.fallback.1, "group")
+        let (cache, fallback, kind, file) = if group {
+            (&self.groups, self.fallback.1, "group", "group")
         } else {
-            (&self.users, self.fallback.0, "user")
+            (&self.users, self.fallback.0, "user", "passwd")
         };
         let Some(wanted) = wanted else {
             return fallback;
@@ -104,7 +85,7 @@ impl Owners {
         *cache.entry(wanted.clone()).or_insert_with(|| {
             lookup(&wanted, group).unwrap_or_else(|| {
                 log::warn!(
-                    "the backup's {kind} '{wanted}' does not exist on this machine: its files are given to the owner of the restore directory ({kind} id {fallback}); create the {kind} and chown them if PostgreSQL runs as '{wanted}'"
+                    "the backup's {kind} '{wanted}' is not in /etc/{file} on this machine: its files are given to the owner of the restore directory ({kind} id {fallback}); create the {kind} and chown them if PostgreSQL runs as '{wanted}'"
                 );
                 fallback
             })
@@ -130,4 +111,37 @@ impl Owners {
 pub fn chown(path: &Path, ids: (u32, u32)) -> Result<()> {
     std::os::unix::fs::lchown(path, Some(ids.0), Some(ids.1))
         .map_err(|e| Error::io(format!("changing the owner of {}", path.display()), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn owners(user: &str, group: &str) -> Owners {
+        Owners {
+            fallback: (4242, 4343),
+            default_user: Some(user.into()),
+            default_group: Some(group.into()),
+            users: Mutex::new(HashMap::new()),
+            groups: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Known names resolve on this machine; an unknown one and `false`
+    /// go to the fallback (DEST's owner); an entry's own names win over
+    /// the defaults.
+    #[test]
+    fn names_resolve_or_fall_back() {
+        let o = owners("root", "root");
+        assert_eq!(o.ids(&json!({})), (0, 0));
+        assert_eq!(o.ids(&json!({"user": false, "group": false})), (4242, 4343));
+        assert_eq!(
+            o.ids(&json!({"user": "no-such-user-walden", "group": "no-such-group-walden"})),
+            (4242, 4343)
+        );
+        let o = owners("no-such-user-walden", "root");
+        assert_eq!(o.ids(&json!({})), (4242, 0));
+        assert_eq!(o.ids(&json!({"user": "root"})), (0, 0));
+    }
 }
