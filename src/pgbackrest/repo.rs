@@ -44,6 +44,9 @@ pub struct BackupEntry {
     pub block_incremental: bool,
     pub error: bool,
     pub version: String,
+    /// The `[db:history]` id the backup was taken under (its archive id
+    /// is `<db-version>-<db-id>`).
+    pub db_id: Option<u64>,
 }
 
 pub struct BackupInfo {
@@ -330,6 +333,7 @@ fn entry(key: &str, label: &str, v: &Value) -> std::result::Result<BackupEntry, 
         block_incremental: v.get("backup-info-repo-size-map").is_some(),
         error: v.get("backup-error").and_then(Value::as_bool) == Some(true),
         version: text(v.get("backrest-version")).unwrap_or_default(),
+        db_id: v.get("db-id").and_then(Value::as_u64),
     })
 }
 

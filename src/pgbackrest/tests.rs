@@ -560,6 +560,14 @@ fn wal_show_ranges_and_gaps() {
         assert_eq!(t["start_segment"], want["wal_archive"]["min"], "{set}");
         assert_eq!(t["end_segment"], want["wal_archive"]["max"], "{set}");
         assert_eq!(t["missing_segments"], 0, "{set}");
+        assert_eq!(t["segment_size_mb"], 16, "{set}");
+        let labels: Vec<Value> = want["backups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["label"].clone())
+            .collect();
+        assert_eq!(t["backups"], Value::Array(labels), "{set}");
         let table = super::walshow::report(&r, false).unwrap();
         assert!(table.contains("| 15-1 "), "{table}");
     }
@@ -600,5 +608,39 @@ fn backup_fetch_flipped_byte_in_bundle_is_named() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("pg_data/"), "{err}");
+    assert!(!dest.join("global/pg_control").exists());
+}
+
+/// A damaged repository file the decoder still accepts (a flipped byte
+/// in a literal of an lz4 block): the restore fails on the manifest's
+/// repository checksum `rck`, naming the file, and writes no pg_control.
+#[test]
+fn backup_fetch_checks_the_repository_checksum() {
+    use crate::codec::compression::{decoder, Method};
+    use std::io::Read;
+    let x = extract("lz4-plain");
+    let victim = x
+        .root
+        .join("repo/backup/demo/20261124-053849F/pg_data/base/5/1259.lz4");
+    let original = fs::read(&victim).unwrap();
+    let accepted = (original.len() / 2..original.len() - 16).find_map(|at| {
+        let mut bytes = original.clone();
+        bytes[at] ^= 0x01;
+        let mut out = Vec::new();
+        let ok = decoder(Method::Lz4, Box::new(std::io::Cursor::new(bytes.clone())))
+            .read_to_end(&mut out)
+            .is_ok();
+        ok.then_some(bytes)
+    });
+    let bytes = accepted.expect("a byte of 1259.lz4 whose flip the lz4 decoder accepts");
+    fs::write(&victim, bytes).unwrap();
+    let dest = x.root.join("d");
+    let err = super::fetch::restore(&repo(&x), &fetch_opts(&dest, "20261124-053849F"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("rck") && err.contains("pg_data/base/5/1259"),
+        "{err}"
+    );
     assert!(!dest.join("global/pg_control").exists());
 }

@@ -8,10 +8,9 @@ use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::path::Path;
 
-use ring::digest::{Context, SHA1_FOR_LEGACY_USE_ONLY};
-
 use super::codec::{self, Compress};
 use super::repo::Repo;
+use super::sha1::Sha1;
 use super::PgbrError;
 use crate::commands::positionals;
 use crate::config::Settings;
@@ -158,7 +157,7 @@ fn download(repo: &Repo, found: &Found, pass: Option<&str>, name: &str, dest: &P
     let mut reader = codec::open(source, pass, compress).map_err(read_err)?;
     let mut out = AtomicFile::create(dest)
         .map_err(|e| Error::io(format!("creating {}", dest.display()), e))?;
-    let mut hash = Context::new(&SHA1_FOR_LEGACY_USE_ONLY);
+    let mut hash = Sha1::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
         let n = match reader.read(&mut buf) {
@@ -178,12 +177,7 @@ fn download(repo: &Repo, found: &Found, pass: Option<&str>, name: &str, dest: &P
             .map_err(|e| Error::io(format!("writing {}", dest.display()), e))?;
     }
     if let Some(want) = &found.sha1 {
-        let got: String = hash
-            .finish()
-            .as_ref()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let got = hash.hex();
         if &got != want {
             // `out` is dropped unpublished: DEST is not created.
             return Err(PgbrError::Format {

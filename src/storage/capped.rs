@@ -35,6 +35,10 @@ impl Storage for Capped {
         self.inner.get(key, offset)
     }
 
+    fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Box<dyn Read + Send>> {
+        self.inner.get_range(key, offset, len)
+    }
+
     fn stat(&self, key: &str) -> Result<Option<ObjectInfo>> {
         self.inner.stat(key)
     }

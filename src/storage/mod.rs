@@ -122,6 +122,13 @@ pub trait Storage: Send + Sync {
     /// `ErrorKind::NotFound`.
     fn get(&self, key: &str, offset: u64) -> Result<Box<dyn Read + Send>>;
 
+    /// Read the `len` bytes of `key` from `offset` (fewer if it ends
+    /// first): one ranged request on object stores, for a member of a
+    /// larger object (a pgBackRest bundle) instead of reading to its end.
+    fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Box<dyn Read + Send>> {
+        Ok(Box::new(self.get(key, offset)?.take(len)))
+    }
+
     /// Size and modification time of `key`, `None` when it does not exist.
     fn stat(&self, key: &str) -> Result<Option<ObjectInfo>>;
 

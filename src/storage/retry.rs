@@ -68,6 +68,19 @@ impl Storage for Retrying {
             storage: self.inner.clone(),
             key: key.to_string(),
             offset,
+            end: None,
+            reader,
+            retries_left: self.max_retries,
+        }))
+    }
+
+    fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Box<dyn Read + Send>> {
+        let reader = self.run("get", || self.inner.get_range(key, offset, len))?;
+        Ok(Box::new(ResumingReader {
+            storage: self.inner.clone(),
+            key: key.to_string(),
+            offset,
+            end: Some(offset.saturating_add(len)),
             reader,
             retries_left: self.max_retries,
         }))
@@ -184,6 +197,8 @@ struct ResumingReader {
     storage: Arc<dyn Storage>,
     key: String,
     offset: u64,
+    /// Where a ranged read stops (exclusive).
+    end: Option<u64>,
     reader: Box<dyn Read + Send>,
     retries_left: u32,
 }
@@ -205,10 +220,15 @@ impl Read for ResumingReader {
                         self.offset
                     );
                     sleep(backoff(1));
-                    self.reader = self
-                        .storage
-                        .get(&self.key, self.offset)
-                        .map_err(|se| io::Error::other(se.to_string()))?;
+                    let again = match self.end {
+                        Some(end) => self.storage.get_range(
+                            &self.key,
+                            self.offset,
+                            end.saturating_sub(self.offset),
+                        ),
+                        None => self.storage.get(&self.key, self.offset),
+                    };
+                    self.reader = again.map_err(|se| io::Error::other(se.to_string()))?;
                 }
                 Err(e) => return Err(e),
             }

@@ -19,7 +19,9 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::harness::tmp::chown_postgres;
-use crate::harness::{walden_bin_for_postgres, PgCluster, S3Server, TempDir, Walden};
+use crate::harness::{
+    walden_bin_for_postgres, FakeResponse, FakeS3, PgCluster, S3Server, TempDir, Walden,
+};
 
 const PASS: &str = "walden-test-passphrase";
 const STANZA: &str = "demo";
@@ -96,10 +98,15 @@ fn write_some(pg: &PgCluster, note: &str) {
 }
 
 /// Every regular file under `a` equals the one under `b` (and the other
-/// way round), except the recovery settings each tool writes; links are
-/// followed only for tablespaces, whose targets differ.
+/// way round) in bytes, mode, owner and modification time (pgBackRest
+/// runs as postgres here, walden as the test: as root it gives files the
+/// manifest's owner, postgres, as pgBackRest does), except the recovery
+/// settings each tool writes; links are followed only for tablespaces,
+/// whose targets differ.
 fn same_tree(a: &Path, b: &Path) -> usize {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
+    use std::os::unix::fs::MetadataExt;
+    type Seen = BTreeMap<PathBuf, ((u32, u32, u32), i64, Vec<u8>)>;
+    fn walk(root: &Path, dir: &Path, out: &mut Seen) {
         for e in fs::read_dir(dir).unwrap() {
             let p = e.unwrap().path();
             let meta = fs::metadata(&p).unwrap();
@@ -109,7 +116,9 @@ fn same_tree(a: &Path, b: &Path) -> usize {
             } else {
                 let name = rel.to_string_lossy();
                 if name != "postgresql.auto.conf" && name != "recovery.signal" {
-                    out.insert(rel, fs::read(&p).unwrap());
+                    let owner = (meta.mode() & 0o7777, meta.uid(), meta.gid());
+                    let seen = (owner, meta.mtime(), fs::read(&p).unwrap());
+                    out.insert(rel, seen);
                 }
             }
         }
@@ -120,8 +129,15 @@ fn same_tree(a: &Path, b: &Path) -> usize {
     let names_x: Vec<_> = x.keys().collect();
     let names_y: Vec<_> = y.keys().collect();
     assert_eq!(names_x, names_y, "file lists differ");
-    for (name, bytes) in &x {
-        assert!(bytes == &y[name], "{} differs", name.display());
+    for (name, (mode, mtime, bytes)) in &x {
+        let (their_mode, their_mtime, theirs) = &y[name];
+        assert!(bytes == theirs, "{} differs", name.display());
+        assert_eq!(
+            (mode, mtime),
+            (their_mode, their_mtime),
+            "{}: (mode, uid, gid) and time",
+            name.display()
+        );
     }
     x.len()
 }
@@ -365,4 +381,274 @@ fn copy_tree(from: &Path, to: &Path) {
             fs::copy(e.path(), to.join(e.file_name())).unwrap();
         }
     }
+}
+
+// The three sample repositories pgBackRest 2.45 made
+// (../shared/fixtures/pgbackrest, EXPECTED.md): every backup restored by
+// walden equals `pgbackrest restore`'s tree and recovers to the rows
+// EXPECTED.json recorded for it.
+
+fn fixtures_dir() -> PathBuf {
+    std::env::var_os("WALDEN_PGBR_FIXTURES").map_or_else(
+        || {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../shared/fixtures/pgbackrest"
+            ))
+        },
+        PathBuf::from,
+    )
+}
+
+fn expected_set(set: &str) -> Value {
+    let path = fixtures_dir().join("EXPECTED.json");
+    let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let all: Value = serde_json::from_str(&text).unwrap();
+    all["sets"][set].clone()
+}
+
+/// The tarball of `set` extracted into `root`, owned by postgres, its
+/// pgbackrest.conf pointing there (as EXPECTED.md says to use it).
+fn extract_sample(set: &str, root: &Path) -> PathBuf {
+    let tarball = fixtures_dir().join(format!("{set}.tar.zst"));
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("zstd -dc \"$1\" | tar -C \"$2\" -xf -")
+        .arg("sh")
+        .arg(&tarball)
+        .arg(root)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "extracting {}: {out:?}",
+        tarball.display()
+    );
+    let conf = root.join("pgbackrest.conf");
+    let text = fs::read_to_string(&conf)
+        .unwrap()
+        .replace("@FIXTURE_ROOT@", &root.display().to_string());
+    fs::write(&conf, text).unwrap();
+    for d in ["log", "lock", "spool"] {
+        fs::create_dir_all(root.join(d)).unwrap();
+    }
+    chown_postgres(root);
+    conf
+}
+
+/// `count:sum(hashtext(row))` per table of EXPECTED.json's figures
+/// (`NULL` for the sum of an empty table), as recorded and as `pg` shows.
+fn sample_figures(pg: &PgCluster, expected: &Value) -> (Vec<String>, Vec<String>) {
+    let (mut want, mut got) = (Vec::new(), Vec::new());
+    for (db, tables) in expected.as_object().unwrap() {
+        for (table, f) in tables.as_object().unwrap() {
+            let sum = match &f["sum_hashtext"] {
+                Value::Null => "NULL".to_string(),
+                v => v.to_string(),
+            };
+            want.push(format!("{db}.{table}={}:{sum}", f["count"]));
+            let row = pg.psql_in(
+                db,
+                &format!(
+                    "SELECT count(*) || ':' || coalesce(sum(hashtext(t::text))::text, 'NULL') FROM {table} t"
+                ),
+            );
+            got.push(format!("{db}.{table}={row}"));
+        }
+    }
+    (want, got)
+}
+
+#[test]
+fn pgbackrest_sample_repositories_restore_like_pgbackrest() {
+    let bin_dir = TempDir::new("pgbr-samples-bin");
+    let bin = walden_bin_for_postgres(bin_dir.path());
+    for set in ["lz4-plain", "zst-aes"] {
+        let exp = expected_set(set);
+        let work = TempDir::new(&format!("pgbr-{set}"));
+        let conf = extract_sample(set, work.path());
+        let mut env = vec![
+            (
+                "WALG_FILE_PREFIX".to_string(),
+                work.join("repo").display().to_string(),
+            ),
+            ("PGBACKREST_STANZA".into(), STANZA.into()),
+        ];
+        if let Some(pass) = exp["repo_cipher_pass"].as_str() {
+            env.push(("PGBACKREST_REPO1_CIPHER_PASS".into(), pass.into()));
+        }
+        let walden = || {
+            Walden::program(&bin)
+                .envs(env.clone())
+                .timeout(Duration::from_secs(300))
+        };
+        let system_id = exp["system_identifier"].as_str().unwrap();
+        let backups = exp["backups"].as_array().unwrap();
+        assert_eq!(backups.len(), 3, "{set}");
+        for b in backups {
+            let label = b["label"].as_str().unwrap();
+            let ours = work.join(format!("ours-{label}"));
+            let out = walden()
+                .args(["pgbackrest", "backup-fetch"])
+                .arg(&ours)
+                .arg(label)
+                .args(["--recovery-target", "immediate"])
+                .run();
+            out.assert_ok();
+
+            let theirs = work.join(format!("theirs-{label}"));
+            fs::create_dir(&theirs).unwrap();
+            fs::set_permissions(&theirs, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+                .unwrap();
+            chown_postgres(&theirs);
+            pgbackrest(
+                &conf,
+                &[
+                    "restore",
+                    &format!("--set={label}"),
+                    &format!("--pg1-path={}", theirs.display()),
+                    "--type=immediate",
+                ],
+            );
+            let files = same_tree(&ours, &theirs);
+            let listed = b["manifest"]["files_in_manifest"].as_u64().unwrap() as usize;
+            // Every file of the manifest but the recovery settings.
+            assert!(
+                files + 1 >= listed,
+                "{set} {label}: {files} files of {listed}"
+            );
+
+            // The samples' server ran with the default max_wal_senders.
+            let restored = PgCluster::builder()
+                .conf("archive_mode", "off")
+                .conf("max_wal_senders", "10")
+                .env(env.clone())
+                .start_restored(ours.clone());
+            restored.wait_for_promotion(Duration::from_secs(120));
+            let (want, got) = sample_figures(&restored, &b["expected"]);
+            assert_eq!(got, want, "{set} {label} recovered to its end");
+            assert_eq!(
+                restored.psql("SELECT system_identifier FROM pg_control_system()"),
+                system_id
+            );
+            drop(restored);
+        }
+
+        // The full backup replayed to the end of the archive.
+        let label = backups[0]["label"].as_str().unwrap();
+        let dest = work.join("to-the-end");
+        walden()
+            .args(["pgbackrest", "backup-fetch"])
+            .arg(&dest)
+            .arg(label)
+            .run()
+            .assert_ok();
+        fs::write(dest.join("recovery.signal"), b"").unwrap();
+        let restored = PgCluster::builder()
+            .conf("archive_mode", "off")
+            .conf("max_wal_senders", "10")
+            .conf("restore_command", "'{walden} pgbackrest wal-fetch %f %p'")
+            .env(env.clone())
+            .start_restored(dest.clone());
+        restored.wait_for_promotion(Duration::from_secs(180));
+        let (want, got) = sample_figures(&restored, &exp["expected_end_of_archive"]);
+        assert_eq!(
+            got, want,
+            "{set} {label} replayed to the end of the archive"
+        );
+        drop(restored);
+    }
+
+    // The 2.45 beta block-incremental sample: refused, nothing startable.
+    let work = TempDir::new("pgbr-blockincr");
+    extract_sample("lz4-blockincr-beta", work.path());
+    let dest = work.join("dest");
+    let out = Walden::program(&bin)
+        .env("WALG_FILE_PREFIX", work.join("repo"))
+        .env("PGBACKREST_STANZA", STANZA)
+        .args(["pgbackrest", "backup-fetch"])
+        .arg(&dest)
+        .arg("LATEST")
+        .run();
+    out.assert_code(1);
+    assert!(out.stderr.contains("block incremental"), "{}", out.dump());
+    assert!(!dest.join("global/pg_control").exists());
+}
+
+/// The bundled, encrypted sample served by the scripted S3 server: each
+/// bundle member is one ranged GET of exactly its bytes, so every stored
+/// byte of a bundle crosses the network once.
+#[test]
+fn pgbackrest_bundle_members_are_ranged_gets_of_their_bytes() {
+    let exp = expected_set("zst-aes");
+    let work = TempDir::new("pgbr-ranges");
+    extract_sample("zst-aes", work.path());
+    let repo = work.join("repo");
+    let served = repo.clone();
+    let s3 = FakeS3::start(move |req| {
+        let Some(key) = req.key().and_then(|k| k.strip_prefix("pgbr/")) else {
+            return FakeResponse::listing(&[]);
+        };
+        let Ok(bytes) = fs::read(served.join(key)) else {
+            return FakeResponse::no_such_key();
+        };
+        let total = bytes.len() as u64;
+        match req.header("range").and_then(|r| r.strip_prefix("bytes=")) {
+            None => FakeResponse::ok(bytes),
+            Some(range) => {
+                let (a, b) = range.split_once('-').unwrap();
+                let a: u64 = a.parse().unwrap();
+                let b: u64 = if b.is_empty() {
+                    total - 1
+                } else {
+                    b.parse::<u64>().unwrap().min(total - 1)
+                };
+                FakeResponse::new(206, bytes[a as usize..=b as usize].to_vec())
+                    .header("content-range", &format!("bytes {a}-{b}/{total}"))
+            }
+        }
+    });
+    let full = &exp["backups"][0];
+    let label = full["label"].as_str().unwrap();
+    let dest = work.join("dest");
+    Walden::new()
+        .envs(s3.env("pgbr"))
+        .env("PGBACKREST_STANZA", STANZA)
+        .env(
+            "PGBACKREST_REPO1_CIPHER_PASS",
+            exp["repo_cipher_pass"].as_str().unwrap(),
+        )
+        .env("WALG_DOWNLOAD_CONCURRENCY", "4")
+        .args(["pgbackrest", "backup-fetch"])
+        .arg(&dest)
+        .arg(label)
+        .timeout(Duration::from_secs(300))
+        .run()
+        .assert_ok();
+    let bundle_gets: Vec<_> = s3
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.path.contains("/bundle/"))
+        .collect();
+    let members = full["manifest"]["bundled_files"].as_u64().unwrap() as usize;
+    assert_eq!(bundle_gets.len(), members, "one GET per bundled file");
+    let mut read = 0u64;
+    for r in &bundle_gets {
+        let range = r
+            .header("range")
+            .unwrap_or_else(|| panic!("{r:?} has no range"));
+        let (a, b) = range
+            .strip_prefix("bytes=")
+            .unwrap()
+            .split_once('-')
+            .unwrap();
+        assert!(!b.is_empty(), "{r:?} reads to the end of the bundle");
+        read += b.parse::<u64>().unwrap() - a.parse::<u64>().unwrap() + 1;
+    }
+    let mut stored = 0u64;
+    for e in fs::read_dir(repo.join(format!("backup/{STANZA}/{label}/bundle"))).unwrap() {
+        stored += e.unwrap().metadata().unwrap().len();
+    }
+    assert_eq!(read, stored, "bytes read from bundles against their sizes");
+    assert!(dest.join("global/pg_control").exists());
 }

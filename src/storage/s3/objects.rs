@@ -30,11 +30,19 @@ impl S3Storage {
         Ok(())
     }
 
-    pub(super) fn get_object(&self, key: &str, offset: u64) -> Result<Box<dyn Read + Send>> {
+    /// `key` from `offset` to `end` (exclusive) or to its end.
+    pub(super) fn get_object(
+        &self,
+        key: &str,
+        offset: u64,
+        end: Option<u64>,
+    ) -> Result<Box<dyn Read + Send>> {
         let object = self.object_key(key);
         let mut headers = Vec::new();
-        if offset > 0 {
-            headers.push(("range".to_string(), format!("bytes={offset}-")));
+        match end {
+            Some(end) => headers.push(("range".to_string(), format!("bytes={offset}-{}", end - 1))),
+            None if offset > 0 => headers.push(("range".to_string(), format!("bytes={offset}-"))),
+            None => {}
         }
         let call = Call {
             op: "get",
