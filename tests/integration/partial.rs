@@ -114,9 +114,13 @@ fn partial_restore_of_one_database() {
     let other_oid = pg.psql("SELECT oid FROM pg_database WHERE datname = 'other db'");
     let app_oid = pg.psql("SELECT oid FROM pg_database WHERE datname = 'app'");
     let other_t = sql(&pg, "other db", "SELECT pg_relation_filepath('t')");
+    // A tar per file (each is closed once it holds more than one byte):
+    // the tars holding only relations of 'other db' are then known, and
+    // the partial restore must not download them.
     store
         .walden()
         .envs(pg.env())
+        .env("WALG_TAR_SIZE_THRESHOLD", "1")
         .arg("backup-push")
         .timeout(Duration::from_secs(300))
         .run()
@@ -216,14 +220,41 @@ fn partial_restore_of_one_database() {
     assert!(!refused.exists());
 
     let data = dir.join("data");
-    store
+    let out = store
         .walden()
         .arg("backup-fetch")
         .arg(&data)
         .arg(with_names)
         .args(["--restore-only", "app"])
-        .run()
-        .assert_ok();
+        .run();
+    out.assert_ok();
+    // Exactly the data tars holding nothing but relations of 'other db'
+    // were left out (counted from TarFileSets).
+    let other_prefix = format!("/base/{other_oid}/");
+    let sets = meta["TarFileSets"].as_object().expect("TarFileSets");
+    let data_tars = sets.keys().filter(|t| t.starts_with("part_")).count();
+    let only_other = sets
+        .iter()
+        .filter(|(t, members)| {
+            t.starts_with("part_")
+                && members.as_array().unwrap().iter().all(|m| {
+                    m.as_str()
+                        .unwrap()
+                        .strip_prefix(&other_prefix)
+                        .and_then(|f| f.split(['.', '_']).next()?.parse::<u64>().ok())
+                        .is_some_and(|n| n >= 16384)
+                })
+        })
+        .count();
+    assert!(
+        only_other >= 2,
+        "t and its index of 'other db' in tars of their own: {sets:?}"
+    );
+    let line = format!(
+        "{} of the {data_tars} data tars of {with_names} hold files to restore; {only_other} not downloaded",
+        data_tars - only_other
+    );
+    assert!(out.stderr.contains(&line), "{line}\n{}", out.dump());
     // The other database keeps its directory and system catalogs (as
     // WAL-G: every database's catalogs are restored) but none of its own
     // relations; app and the system databases are whole.

@@ -38,6 +38,7 @@ use self::increment::IncrementError;
 use super::catalog;
 use super::extract::{safe_relative, Decision, Member, MemberPolicy};
 use super::layout::{self, TarKind};
+use super::partial::Filter;
 use super::metadata_read::{self, FileSet, TarSet, INCREMENTED, SKIPPED};
 use super::tablespaces::Route;
 use super::unpack::{Job, Unpacker};
@@ -272,7 +273,7 @@ impl Chain {
         order: &[usize],
         reverse: bool,
     ) -> Result<()> {
-        let keys: Vec<Vec<String>> = order.iter().map(|&i| self.tars_to_fetch(i, None)).collect();
+        let keys: Vec<Vec<String>> = order.iter().map(|&i| self.tars_to_fetch(i, None, unpacker.keep)).collect();
         let stop = Arc::new(AtomicBool::new(false));
         let tracker = Tracker::new(
             order.iter().map(|&i| &self.links[i].files).collect(),
@@ -324,13 +325,15 @@ impl Chain {
 
     /// The data tars of link `i` to download (logged), given what is
     /// still open (skip-redundant).
-    fn tars_to_fetch(&self, i: usize, open: Option<&[bool]>) -> Vec<String> {
+    /// With a partial restore (`keep`) the newest backup's tars holding
+    /// nothing kept are left out too.
+    fn tars_to_fetch(&self, i: usize, open: Option<&[bool]>, keep: Option<&Filter>) -> Vec<String> {
         let link = &self.links[i];
         let newest = i == 0;
         let mut keys = Vec::new();
         let mut skipped = 0;
         for key in &link.data_tars {
-            if newest || tar_needed(link, key, open) {
+            if (newest && keep.is_none()) || tar_needed(link, key, open, keep) {
                 keys.push(key.clone());
             } else {
                 skipped += 1;
@@ -364,7 +367,7 @@ impl Chain {
         open: Option<&[bool]>,
     ) -> Result<()> {
         let link = &self.links[i];
-        let keys = self.tars_to_fetch(i, open);
+        let keys = self.tars_to_fetch(i, open, unpacker.keep);
         if keys.is_empty() {
             return Ok(());
         }
@@ -390,15 +393,18 @@ impl Chain {
 
 /// Whether a tar of an older backup must be downloaded: it has no
 /// `TarFileSets` entry (nothing known), or lists a file this backup gives
-/// (and, with skip-redundant, that is not complete yet).
-fn tar_needed(link: &Link, key: &str, open: Option<&[bool]>) -> bool {
+/// (and, with skip-redundant, that is not complete yet; with a partial
+/// restore, that is restored).
+fn tar_needed(link: &Link, key: &str, open: Option<&[bool]>, keep: Option<&Filter>) -> bool {
     let base = key.rsplit('/').next().unwrap_or(key);
     let Some(set) = link.tar_set(base) else {
         return true;
     };
     set.members.iter().any(|&m| {
         let m = m as usize;
-        link.files.flags_at(m) & SKIPPED == 0 && open.is_none_or(|o| o[m])
+        link.files.flags_at(m) & SKIPPED == 0
+            && open.is_none_or(|o| o[m])
+            && keep.is_none_or(|k| k.keeps(&String::from_utf8_lossy(link.files.name(m))))
     })
 }
 
