@@ -38,13 +38,13 @@ use self::increment::IncrementError;
 use super::catalog;
 use super::extract::{safe_relative, Decision, Member, MemberPolicy};
 use super::layout::{self, TarKind};
-use super::partial::Filter;
 use super::metadata_read::{self, FileSet, TarSet, INCREMENTED, SKIPPED};
+use super::partial::Filter;
 use super::tablespaces::Route;
 use super::unpack::{Job, Unpacker};
-use overlap::Tracker;
 use crate::error::{Error, Result};
 use crate::storage::Storage;
+use overlap::Tracker;
 
 /// How the chain is composed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -273,7 +273,10 @@ impl Chain {
         order: &[usize],
         reverse: bool,
     ) -> Result<()> {
-        let keys: Vec<Vec<String>> = order.iter().map(|&i| self.tars_to_fetch(i, None, unpacker.keep)).collect();
+        let keys: Vec<Vec<String>> = order
+            .iter()
+            .map(|&i| self.tars_to_fetch(i, None, unpacker.keep))
+            .collect();
         let stop = Arc::new(AtomicBool::new(false));
         let tracker = Tracker::new(
             order.iter().map(|&i| &self.links[i].files).collect(),
@@ -303,7 +306,9 @@ impl Chain {
             }
         }
         unpacker
-            .jobs(&jobs, concurrency, &stop, &|j| tracker.tar_done(position[j]))
+            .jobs(&jobs, concurrency, &stop, &|j| {
+                tracker.tar_done(position[j])
+            })
             // The object named in the error tells which backup it was.
             .map_err(|e| Error::Other(format!("restoring the delta chain: {e}")))
     }

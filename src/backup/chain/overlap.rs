@@ -47,7 +47,11 @@ impl<'c> Tracker<'c> {
     pub fn new(files: Vec<&'c FileSet>, tars: &[usize], stop: Arc<AtomicBool>) -> Tracker<'c> {
         let written = files
             .iter()
-            .map(|f| (0..f.len().div_ceil(64)).map(|_| AtomicU64::new(0)).collect())
+            .map(|f| {
+                (0..f.len().div_ceil(64))
+                    .map(|_| AtomicU64::new(0))
+                    .collect()
+            })
             .collect();
         Tracker {
             written,
@@ -126,5 +130,65 @@ impl<'c> Tracker<'c> {
         // missed.
         let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         self.changed.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backup::metadata_read::INCREMENTED;
+
+    #[test]
+    fn a_file_waits_for_the_nearest_earlier_writer() {
+        // Forward order: the full backup, then two deltas.
+        let full = FileSet::from_pairs([(&b"/a"[..], 0), (b"/b", 0)]);
+        let d1 = FileSet::from_pairs([(&b"/a"[..], INCREMENTED), (b"/b", SKIPPED), (b"/c", 0)]);
+        let d2 = FileSet::from_pairs([
+            (&b"/a"[..], INCREMENTED),
+            (b"/b", INCREMENTED),
+            (b"/c", INCREMENTED),
+            (b"/d", 0),
+        ]);
+        let stop = Arc::new(AtomicBool::new(false));
+        let t = Tracker::new(vec![&full, &d1, &d2], &[2, 1, 1], stop.clone());
+        // Nothing before the full backup; a file no earlier backup has.
+        assert!(t.ready(0, b"/a"));
+        assert!(t.ready(2, b"/d"));
+        assert!(!t.ready(1, b"/a"));
+        t.written(0, b"/a");
+        assert!(t.ready(1, b"/a"));
+        // d1 writes /a too: d2 waits for d1, not for the full backup.
+        assert!(!t.ready(2, b"/a"));
+        t.written(1, b"/a");
+        assert!(t.ready(2, b"/a"));
+        // d1 skipped /b: d2 waits for the full backup's copy, or for the
+        // full backup to have finished all its tars without it.
+        assert!(!t.ready(2, b"/b"));
+        t.tar_done(0);
+        assert!(!t.ready(2, b"/b"));
+        t.tar_done(0);
+        assert!(t.ready(2, b"/b"));
+        assert!(!t.ready(2, b"/c"));
+        t.written(1, b"/c");
+        assert!(t.ready(2, b"/c"));
+        t.wait(2, b"/c").unwrap();
+    }
+
+    #[test]
+    fn a_waiting_file_is_released_by_its_writer_or_by_a_failure() {
+        let full = FileSet::from_pairs([(&b"/a"[..], 0), (b"/b", 0)]);
+        let delta = FileSet::from_pairs([(&b"/a"[..], INCREMENTED), (b"/b", INCREMENTED)]);
+        let stop = Arc::new(AtomicBool::new(false));
+        let t = Tracker::new(vec![&full, &delta], &[1, 1], stop.clone());
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| t.wait(1, b"/a"));
+            std::thread::sleep(Duration::from_millis(50));
+            t.written(0, b"/a");
+            waiter.join().unwrap().unwrap();
+            let waiter = s.spawn(|| t.wait(1, b"/b"));
+            stop.store(true, Ordering::Relaxed);
+            let e = waiter.join().unwrap().unwrap_err();
+            assert!(e.to_string().contains("another tar"), "{e}");
+        });
     }
 }
