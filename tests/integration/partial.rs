@@ -508,3 +508,90 @@ fn check_big(pg: &PgCluster, expected: &str) {
         &format!("SELECT bt_index_check('{toast_index}', true)"),
     );
 }
+
+/// The `Unpacking <kind> backup <name>: N of its M data tars` line of a
+/// chain restore: (N, M).
+fn unpacked(stderr: &str, name: &str) -> (usize, usize) {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("Unpacking") && l.contains(&format!(" {name}: ")))
+        .unwrap_or_else(|| panic!("no Unpacking line for {name}:\n{stderr}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let at = words.iter().position(|w| *w == "of").unwrap();
+    (
+        words[at - 1].parse().unwrap(),
+        words[at + 2].parse().unwrap(),
+    )
+}
+
+#[test]
+fn partial_restore_of_a_delta_chain_leaves_out_tars_of_every_link() {
+    let store = Store::fs();
+    let mut pg = archiving_cluster(&store);
+    for db in ["app", "other db"] {
+        pg.psql(&format!("CREATE DATABASE \"{db}\""));
+        sql(
+            &pg,
+            db,
+            "CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 20000) g; \
+             CREATE INDEX t_v ON t (v)",
+        );
+    }
+    let other_t = sql(&pg, "other db", "SELECT pg_relation_filepath('t')");
+    // A tar per file, so that some hold only relations of 'other db'.
+    let push = |pg: &PgCluster| {
+        store
+            .walden()
+            .envs(pg.env())
+            .env("WALG_TAR_SIZE_THRESHOLD", "1")
+            .env("WALG_DELTA_MAX_STEPS", "3")
+            .arg("backup-push")
+            .timeout(Duration::from_secs(300))
+            .run()
+            .assert_ok();
+    };
+    push(&pg);
+    for db in ["app", "other db"] {
+        sql(&pg, db, "UPDATE t SET v = md5(v) WHERE id % 10 = 0");
+    }
+    push(&pg);
+    sql(
+        &pg,
+        "app",
+        "INSERT INTO t SELECT g, md5(g::text) FROM generate_series(20001, 21000) g",
+    );
+    let expected = sql(&pg, "app", T_SUM);
+    let last = pg.switch_wal();
+    pg.wait_for_archive(&last, Duration::from_secs(120));
+    pg.stop();
+    let names = backups(&store);
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names[1].contains("_D_"), "{names:?}");
+
+    let dir = TempDir::new("partial-chain");
+    let data = dir.join("data");
+    let out = store
+        .walden()
+        .arg("backup-fetch")
+        .arg(&data)
+        .arg(&names[1])
+        .args(["--restore-only", "app"])
+        .run();
+    out.assert_ok();
+    for name in &names {
+        let (fetched, all) = unpacked(&out.stderr, name);
+        assert!(
+            fetched < all,
+            "{name}: {fetched} of {all} tars fetched\n{}",
+            out.dump()
+        );
+    }
+    assert!(!data.join(&other_t).exists(), "{other_t}");
+    let restored = start_restored(&store, data);
+    assert_eq!(
+        sql(&restored, "app", T_SUM),
+        expected,
+        "{}",
+        restored.log_tail()
+    );
+}
