@@ -17,6 +17,9 @@
 //!   backup's tar is not downloaded when every file its `TarFileSets`
 //!   lists is already complete.
 //!
+//! Forward and reverse without skip-redundant run every backup's tars in
+//! one queue, each file's writes still in that order ([`overlap`]).
+//!
 //! In every mode a tar of an older backup that holds none of the files it
 //! must give is not downloaded (nothing in it would be written), and
 //! directories, links and the label/control files come from the newest
