@@ -163,6 +163,9 @@ pub trait MemberPolicy: Sync {
     /// Write a member `decide` returned [`Decision::Custom`] for; `data`
     /// is its content, exactly `member.size` bytes.
     fn write(&self, member: &Member, data: &mut dyn Read, buf: &mut [u8]) -> Result<()>;
+    /// A regular member `decide` returned [`Decision::Extract`] for has
+    /// been written whole.
+    fn written(&self, _name: &[u8]) {}
 }
 
 /// Files are not synced one by one: the caller syncs each file system
@@ -329,7 +332,11 @@ impl Extractor<'_> {
                     )));
                 }
                 file.set_permissions(fs::Permissions::from_mode(mode))
-                    .map_err(|e| self.local(&path, e))
+                    .map_err(|e| self.local(&path, e))?;
+                if let Some(policy) = self.policy {
+                    policy.written(&name);
+                }
+                Ok(())
             }
             tar::EntryType::Symlink => {
                 let target = entry

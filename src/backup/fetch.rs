@@ -215,7 +215,10 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
         None => None,
     };
     let lines = recovery_lines(settings, &opts, &name, &sentinel)?;
-    let tars = tar_keys(&storage, &name)?;
+    let mut tars = tar_keys(&storage, &name)?;
+    if let (Some(filter), None) = (&keep, &chain) {
+        tars = super::partial_tars::needed(&storage, &name, filter, tars)?;
+    }
     let dest = prepare_dest(&opts.dest)?;
     tablespaces.create(&dest)?;
     log::info!("Restoring backup {name} into '{}'", dest.display());

@@ -19,6 +19,7 @@ pub mod metadata_read;
 mod names;
 mod pagecheck;
 pub mod partial;
+mod partial_tars;
 pub mod push;
 pub mod recovery;
 pub mod retention;

@@ -91,9 +91,31 @@ impl Unpacker<'_> {
     /// Extract `keys` with up to `concurrency` threads. The first error
     /// is returned once every thread has stopped; the others are logged.
     pub fn parallel(&self, keys: &[String], concurrency: usize) -> Result<()> {
-        let threads = concurrency.clamp(1, keys.len().max(1));
-        let next = AtomicUsize::new(0);
+        let jobs: Vec<Job> = keys
+            .iter()
+            .map(|k| Job {
+                key: k,
+                policy: self.policy,
+            })
+            .collect();
         let stop = Arc::new(AtomicBool::new(false));
+        self.jobs(&jobs, concurrency, &stop, &|_| {})
+    }
+
+    /// Extract `jobs`, taken in order by up to `concurrency` threads, each
+    /// with its own member policy; `done(i)` runs when job `i` has been
+    /// extracted. `stop` is set at the first failure (policies that wait
+    /// for other jobs watch it). The first error is returned once every
+    /// thread has stopped; the others are logged.
+    pub fn jobs(
+        &self,
+        jobs: &[Job<'_>],
+        concurrency: usize,
+        stop: &Arc<AtomicBool>,
+        done: &(dyn Fn(usize) + Sync),
+    ) -> Result<()> {
+        let threads = concurrency.clamp(1, jobs.len().max(1));
+        let next = AtomicUsize::new(0);
         let first: Mutex<Option<Error>> = Mutex::new(None);
         std::thread::scope(|s| {
             for _ in 0..threads {
@@ -101,18 +123,26 @@ impl Unpacker<'_> {
                     if stop.load(Ordering::Relaxed) {
                         return;
                     }
-                    let Some(key) = keys.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(job) = jobs.get(i) else {
                         return;
                     };
-                    if let Err(e) = self.extract(key, false, Some(&stop)) {
-                        let already = stop.swap(true, Ordering::Relaxed);
-                        let mut slot = first.lock().unwrap_or_else(|p| p.into_inner());
-                        if already && slot.is_some() {
-                            log::debug!("after the first failure: {e}");
-                        } else {
-                            *slot = Some(e);
+                    let unpacker = Unpacker {
+                        policy: job.policy,
+                        ..*self
+                    };
+                    match unpacker.extract(job.key, false, Some(stop)) {
+                        Ok(()) => done(i),
+                        Err(e) => {
+                            let already = stop.swap(true, Ordering::Relaxed);
+                            let mut slot = first.lock().unwrap_or_else(|p| p.into_inner());
+                            if already && slot.is_some() {
+                                log::debug!("after the first failure: {e}");
+                            } else {
+                                *slot = Some(e);
+                            }
+                            return;
                         }
-                        return;
                     }
                 });
             }
@@ -122,6 +152,12 @@ impl Unpacker<'_> {
             None => Ok(()),
         }
     }
+}
+
+/// One tar to extract and the rules for its members.
+pub struct Job<'a> {
+    pub key: &'a str,
+    pub policy: Option<&'a dyn MemberPolicy>,
 }
 
 fn base_name(key: &str) -> &str {

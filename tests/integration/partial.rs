@@ -114,9 +114,13 @@ fn partial_restore_of_one_database() {
     let other_oid = pg.psql("SELECT oid FROM pg_database WHERE datname = 'other db'");
     let app_oid = pg.psql("SELECT oid FROM pg_database WHERE datname = 'app'");
     let other_t = sql(&pg, "other db", "SELECT pg_relation_filepath('t')");
+    // A tar per file (each is closed once it holds more than one byte):
+    // the tars holding only relations of 'other db' are then known, and
+    // the partial restore must not download them.
     store
         .walden()
         .envs(pg.env())
+        .env("WALG_TAR_SIZE_THRESHOLD", "1")
         .arg("backup-push")
         .timeout(Duration::from_secs(300))
         .run()
@@ -216,14 +220,41 @@ fn partial_restore_of_one_database() {
     assert!(!refused.exists());
 
     let data = dir.join("data");
-    store
+    let out = store
         .walden()
         .arg("backup-fetch")
         .arg(&data)
         .arg(with_names)
         .args(["--restore-only", "app"])
-        .run()
-        .assert_ok();
+        .run();
+    out.assert_ok();
+    // Exactly the data tars holding nothing but relations of 'other db'
+    // were left out (counted from TarFileSets).
+    let other_prefix = format!("/base/{other_oid}/");
+    let sets = meta["TarFileSets"].as_object().expect("TarFileSets");
+    let data_tars = sets.keys().filter(|t| t.starts_with("part_")).count();
+    let only_other = sets
+        .iter()
+        .filter(|(t, members)| {
+            t.starts_with("part_")
+                && members.as_array().unwrap().iter().all(|m| {
+                    m.as_str()
+                        .unwrap()
+                        .strip_prefix(&other_prefix)
+                        .and_then(|f| f.split(['.', '_']).next()?.parse::<u64>().ok())
+                        .is_some_and(|n| n >= 16384)
+                })
+        })
+        .count();
+    assert!(
+        only_other >= 2,
+        "t and its index of 'other db' in tars of their own: {sets:?}"
+    );
+    let line = format!(
+        "{} of the {data_tars} data tars of {with_names} hold files to restore; {only_other} not downloaded",
+        data_tars - only_other
+    );
+    assert!(out.stderr.contains(&line), "{line}\n{}", out.dump());
     // The other database keeps its directory and system catalogs (as
     // WAL-G: every database's catalogs are restored) but none of its own
     // relations; app and the system databases are whole.
@@ -475,5 +506,92 @@ fn check_big(pg: &PgCluster, expected: &str) {
         pg,
         "app",
         &format!("SELECT bt_index_check('{toast_index}', true)"),
+    );
+}
+
+/// The `Unpacking <kind> backup <name>: N of its M data tars` line of a
+/// chain restore: (N, M).
+fn unpacked(stderr: &str, name: &str) -> (usize, usize) {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("Unpacking") && l.contains(&format!(" {name}: ")))
+        .unwrap_or_else(|| panic!("no Unpacking line for {name}:\n{stderr}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let at = words.iter().position(|w| *w == "of").unwrap();
+    (
+        words[at - 1].parse().unwrap(),
+        words[at + 2].parse().unwrap(),
+    )
+}
+
+#[test]
+fn partial_restore_of_a_delta_chain_leaves_out_tars_of_every_link() {
+    let store = Store::fs();
+    let mut pg = archiving_cluster(&store);
+    for db in ["app", "other db"] {
+        pg.psql(&format!("CREATE DATABASE \"{db}\""));
+        sql(
+            &pg,
+            db,
+            "CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 20000) g; \
+             CREATE INDEX t_v ON t (v)",
+        );
+    }
+    let other_t = sql(&pg, "other db", "SELECT pg_relation_filepath('t')");
+    // A tar per file, so that some hold only relations of 'other db'.
+    let push = |pg: &PgCluster| {
+        store
+            .walden()
+            .envs(pg.env())
+            .env("WALG_TAR_SIZE_THRESHOLD", "1")
+            .env("WALG_DELTA_MAX_STEPS", "3")
+            .arg("backup-push")
+            .timeout(Duration::from_secs(300))
+            .run()
+            .assert_ok();
+    };
+    push(&pg);
+    for db in ["app", "other db"] {
+        sql(&pg, db, "UPDATE t SET v = md5(v) WHERE id % 10 = 0");
+    }
+    push(&pg);
+    sql(
+        &pg,
+        "app",
+        "INSERT INTO t SELECT g, md5(g::text) FROM generate_series(20001, 21000) g",
+    );
+    let expected = sql(&pg, "app", T_SUM);
+    let last = pg.switch_wal();
+    pg.wait_for_archive(&last, Duration::from_secs(120));
+    pg.stop();
+    let names = backups(&store);
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names[1].contains("_D_"), "{names:?}");
+
+    let dir = TempDir::new("partial-chain");
+    let data = dir.join("data");
+    let out = store
+        .walden()
+        .arg("backup-fetch")
+        .arg(&data)
+        .arg(&names[1])
+        .args(["--restore-only", "app"])
+        .run();
+    out.assert_ok();
+    for name in &names {
+        let (fetched, all) = unpacked(&out.stderr, name);
+        assert!(
+            fetched < all,
+            "{name}: {fetched} of {all} tars fetched\n{}",
+            out.dump()
+        );
+    }
+    assert!(!data.join(&other_t).exists(), "{other_t}");
+    let restored = start_restored(&store, data);
+    assert_eq!(
+        sql(&restored, "app", T_SUM),
+        expected,
+        "{}",
+        restored.log_tail()
     );
 }

@@ -17,17 +17,22 @@
 //!   backup's tar is not downloaded when every file its `TarFileSets`
 //!   lists is already complete.
 //!
+//! Forward and reverse without skip-redundant run every backup's tars in
+//! one queue, each file's writes still in that order ([`overlap`]).
+//!
 //! In every mode a tar of an older backup that holds none of the files it
 //! must give is not downloaded (nothing in it would be written), and
 //! directories, links and the label/control files come from the newest
 //! backup only, so a dropped database leaves no empty directory behind.
 
 pub mod increment;
+mod overlap;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
@@ -37,10 +42,12 @@ use super::catalog;
 use super::extract::{safe_relative, Decision, Member, MemberPolicy};
 use super::layout::{self, TarKind};
 use super::metadata_read::{self, FileSet, TarSet, INCREMENTED, SKIPPED};
+use super::partial::Filter;
 use super::tablespaces::Route;
-use super::unpack::Unpacker;
+use super::unpack::{Job, Unpacker};
 use crate::error::{Error, Result};
 use crate::storage::Storage;
+use overlap::Tracker;
 
 /// How the chain is composed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -234,23 +241,79 @@ impl Chain {
         };
         match mode {
             Mode::Forward => {
-                for i in (0..self.links.len()).rev() {
-                    self.unpack_link(unpacker, concurrency, i, false, None)?;
-                }
+                let order: Vec<usize> = (0..self.links.len()).rev().collect();
+                self.overlapped(unpacker, concurrency, &order, false)?;
             }
-            Mode::Reverse { skip_redundant } => {
+            Mode::Reverse {
+                skip_redundant: false,
+            } => {
+                let order: Vec<usize> = (0..self.links.len()).collect();
+                self.overlapped(unpacker, concurrency, &order, true)?;
+            }
+            // Which tars of an older backup are needed is known only once
+            // the newer ones are on disk: one backup after the other.
+            Mode::Reverse {
+                skip_redundant: true,
+            } => {
                 let mut open: Option<Vec<bool>> = None;
                 for i in 0..self.links.len() {
-                    self.unpack_link(unpacker, concurrency, i, true, open.as_deref())?;
-                    if skip_redundant {
-                        if let Some(older) = self.links.get(i + 1) {
-                            open = Some(still_open(unpacker, &older.files)?);
-                        }
+                    self.unpack_link(unpacker, concurrency, i, open.as_deref())?;
+                    if let Some(older) = self.links.get(i + 1) {
+                        open = Some(still_open(unpacker, &older.files)?);
                     }
                 }
             }
         }
         Ok(())
+    }
+
+    /// Every backup's tars in one queue, in `order` of the links
+    /// ([`overlap`]).
+    fn overlapped(
+        &self,
+        unpacker: &Unpacker,
+        concurrency: usize,
+        order: &[usize],
+        reverse: bool,
+    ) -> Result<()> {
+        let keys: Vec<Vec<String>> = order
+            .iter()
+            .map(|&i| self.tars_to_fetch(i, None, unpacker.keep))
+            .collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let tracker = Tracker::new(
+            order.iter().map(|&i| &self.links[i].files).collect(),
+            &keys.iter().map(Vec::len).collect::<Vec<_>>(),
+            stop.clone(),
+        );
+        let policies: Vec<LinkPolicy> = order
+            .iter()
+            .enumerate()
+            .map(|(pos, &i)| LinkPolicy {
+                link: &self.links[i],
+                newest: i == 0,
+                reverse,
+                writeback: unpacker.writeback,
+                tracker: Some((&tracker, pos)),
+            })
+            .collect();
+        let mut jobs = Vec::new();
+        let mut position = Vec::new();
+        for (pos, keys) in keys.iter().enumerate() {
+            for key in keys {
+                jobs.push(Job {
+                    key,
+                    policy: Some(&policies[pos]),
+                });
+                position.push(pos);
+            }
+        }
+        unpacker
+            .jobs(&jobs, concurrency, &stop, &|j| {
+                tracker.tar_done(position[j])
+            })
+            // The object named in the error tells which backup it was.
+            .map_err(|e| Error::Other(format!("restoring the delta chain: {e}")))
     }
 
     fn holes_work(&self, unpacker: &Unpacker) -> Result<bool> {
@@ -268,20 +331,17 @@ impl Chain {
         Ok(true)
     }
 
-    fn unpack_link(
-        &self,
-        unpacker: &Unpacker,
-        concurrency: usize,
-        i: usize,
-        reverse: bool,
-        open: Option<&[bool]>,
-    ) -> Result<()> {
+    /// The data tars of link `i` to download (logged), given what is
+    /// still open (skip-redundant).
+    /// With a partial restore (`keep`) the newest backup's tars holding
+    /// nothing kept are left out too.
+    fn tars_to_fetch(&self, i: usize, open: Option<&[bool]>, keep: Option<&Filter>) -> Vec<String> {
         let link = &self.links[i];
         let newest = i == 0;
         let mut keys = Vec::new();
         let mut skipped = 0;
         for key in &link.data_tars {
-            if newest || tar_needed(link, key, open) {
+            if (newest && keep.is_none()) || tar_needed(link, key, open, keep) {
                 keys.push(key.clone());
             } else {
                 skipped += 1;
@@ -303,13 +363,28 @@ impl Chain {
                 String::new()
             }
         );
+        keys
+    }
+
+    /// Reverse unpack of link `i` alone, newer links already on disk.
+    fn unpack_link(
+        &self,
+        unpacker: &Unpacker,
+        concurrency: usize,
+        i: usize,
+        open: Option<&[bool]>,
+    ) -> Result<()> {
+        let link = &self.links[i];
+        let keys = self.tars_to_fetch(i, open, unpacker.keep);
         if keys.is_empty() {
             return Ok(());
         }
         let policy = LinkPolicy {
             link,
-            newest,
-            reverse,
+            newest: i == 0,
+            reverse: true,
+            writeback: unpacker.writeback,
+            tracker: None,
         };
         let unpacker = Unpacker {
             policy: Some(&policy),
@@ -326,15 +401,18 @@ impl Chain {
 
 /// Whether a tar of an older backup must be downloaded: it has no
 /// `TarFileSets` entry (nothing known), or lists a file this backup gives
-/// (and, with skip-redundant, that is not complete yet).
-fn tar_needed(link: &Link, key: &str, open: Option<&[bool]>) -> bool {
+/// (and, with skip-redundant, that is not complete yet; with a partial
+/// restore, that is restored).
+fn tar_needed(link: &Link, key: &str, open: Option<&[bool]>, keep: Option<&Filter>) -> bool {
     let base = key.rsplit('/').next().unwrap_or(key);
     let Some(set) = link.tar_set(base) else {
         return true;
     };
     set.members.iter().any(|&m| {
         let m = m as usize;
-        link.files.flags_at(m) & SKIPPED == 0 && open.is_none_or(|o| o[m])
+        link.files.flags_at(m) & SKIPPED == 0
+            && open.is_none_or(|o| o[m])
+            && keep.is_none_or(|k| k.keeps(&String::from_utf8_lossy(link.files.name(m))))
     })
 }
 
@@ -378,6 +456,10 @@ struct LinkPolicy<'a> {
     link: &'a Link,
     newest: bool,
     reverse: bool,
+    /// A sync follows the restore ([`Unpacker::writeback`]).
+    writeback: bool,
+    /// Backups restored at the same time: this one's position among them.
+    tracker: Option<(&'a Tracker<'a>, usize)>,
 }
 
 impl LinkPolicy<'_> {
@@ -441,6 +523,19 @@ impl LinkPolicy<'_> {
             .map_err(|e| self.local(m, e))
     }
 
+    /// Start writing the member's pages to disk (as the extractor does
+    /// for whole files): the sync before `pg_control` then finds little
+    /// left, and disk writes overlap the next members' decompression.
+    fn start_writeback(&self, file: &File) {
+        if self.writeback {
+            use std::os::fd::AsRawFd;
+            // SAFETY: the descriptor stays open for the call; the flag
+            // only starts writeback. Failure is harmless: the sync that
+            // follows covers it.
+            unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+        }
+    }
+
     fn finish(&self, m: &Member, file: &File) -> Result<()> {
         file.set_permissions(fs::Permissions::from_mode(m.mode))
             .map_err(|e| self.local(m, e))
@@ -479,6 +574,9 @@ impl MemberPolicy for LinkPolicy<'_> {
                 Decision::Skip
             });
         }
+        if let Some((tracker, pos)) = self.tracker {
+            tracker.wait(pos, name)?;
+        }
         Ok(
             if flags & INCREMENTED != 0 || (self.reverse && !self.newest) {
                 Decision::Custom
@@ -488,7 +586,21 @@ impl MemberPolicy for LinkPolicy<'_> {
         )
     }
 
+    fn written(&self, name: &[u8]) {
+        if let Some((tracker, pos)) = self.tracker {
+            tracker.written(pos, name);
+        }
+    }
+
     fn write(&self, m: &Member, data: &mut dyn Read, buf: &mut [u8]) -> Result<()> {
+        self.write_member(m, data, buf)?;
+        self.written(m.name);
+        Ok(())
+    }
+}
+
+impl LinkPolicy<'_> {
+    fn write_member(&self, m: &Member, data: &mut dyn Read, buf: &mut [u8]) -> Result<()> {
         let incremented = self.link.files.flags(m.name).unwrap_or(0) & INCREMENTED != 0;
         let header = if incremented {
             let mut data = &mut *data;
@@ -503,6 +615,7 @@ impl MemberPolicy for LinkPolicy<'_> {
                     let mut data = &mut *data;
                     increment::fill_holes(&file, size, header.as_ref(), &mut data, m.size, buf)
                         .map_err(|e| self.damaged(m, e))?;
+                    self.start_writeback(&file);
                     // The mode is the newest copy's, set when it was written.
                     Ok(())
                 }
@@ -510,10 +623,16 @@ impl MemberPolicy for LinkPolicy<'_> {
                     let file = self.create(m)?;
                     let mut data = &mut *data;
                     match &header {
+                        // Scattered pages: left to the kernel, which
+                        // writes them with the older copies' pages that
+                        // fill the holes between them.
                         Some(h) => increment::create_sparse(&file, h, &mut data)
                             .map_err(|e| self.damaged(m, e))?,
-                        None => copy_whole(&file, &mut data, m.size, buf)
-                            .map_err(|e| self.damaged(m, e))?,
+                        None => {
+                            copy_whole(&file, &mut data, m.size, buf)
+                                .map_err(|e| self.damaged(m, e))?;
+                            self.start_writeback(&file);
+                        }
                     }
                     self.finish(m, &file)
                 }
@@ -537,6 +656,7 @@ impl MemberPolicy for LinkPolicy<'_> {
             };
             let mut data = &mut *data;
             increment::apply_forward(&file, &h, &mut data).map_err(|e| self.damaged(m, e))?;
+            self.start_writeback(&file);
             self.finish(m, &file)
         }
     }

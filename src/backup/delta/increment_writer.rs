@@ -20,6 +20,12 @@ pub const HEADER_LEN: u64 = 16;
 /// for PostgreSQL files.
 pub const PAGE: u64 = 8192;
 
+/// Pages fewer than one in this many of a file are read without
+/// readahead: they are then on average more than 128 KiB apart, more
+/// than the kernel's default readahead window, which would mostly read
+/// pages not needed (README, "Delta from WAL summaries").
+const SPARSE: u64 = 16;
+
 /// Size of the member for `n` pages.
 pub fn member_len(n: usize) -> u64 {
     HEADER_LEN + 4 * n as u64 + PAGE * n as u64
@@ -58,6 +64,14 @@ pub struct IncrementReader {
 
 impl IncrementReader {
     pub fn new(file: File, path: PathBuf, file_size: u64, blocks: Vec<u32>) -> IncrementReader {
+        if (blocks.len() as u64) * PAGE * SPARSE < file_size {
+            use std::os::fd::AsRawFd;
+            // Few pages far apart (blocks from WAL summaries): readahead
+            // would read the file between them, as much as a page scan.
+            // SAFETY: fadvise only reads the descriptor, which `file`
+            // keeps open; failure only loses the hint.
+            unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
+        }
         IncrementReader {
             head: header(file_size, &blocks),
             file,
