@@ -143,9 +143,19 @@ pub fn write_json(
                 .map_err(failed)?;
             }
         }
-        out.write_all(b"},").map_err(failed)?;
+        out.write_all(b"}").map_err(failed)?;
     }
-    out.write_all(b"\"TarFileSets\":{").map_err(failed)?;
+    // Omitted when empty (Go's omitempty): a remote backup lists no tar
+    // sets, as WAL-G's.
+    let mut sets_open = false;
+    let mut open_sets = |out: &mut dyn Write| -> Result<()> {
+        if !sets_open {
+            let comma = if count > 0 { "," } else { "" };
+            write!(out, "{comma}\"TarFileSets\":{{").map_err(failed)?;
+            sets_open = true;
+        }
+        Ok(())
+    };
     let mut first_set = true;
     for f in &mut files {
         f.rewind().map_err(failed)?;
@@ -157,6 +167,7 @@ pub fn write_json(
                 continue;
             }
             if current.as_deref() != Some(tar) {
+                open_sets(out)?;
                 if current.is_some() {
                     out.write_all(b"]").map_err(failed)?;
                 }
@@ -175,6 +186,7 @@ pub fn write_json(
         }
     }
     for (tar, members) in extra_sets {
+        open_sets(out)?;
         if !first_set {
             out.write_all(b",").map_err(failed)?;
         }
@@ -182,9 +194,13 @@ pub fn write_json(
         let list: Vec<String> = members.iter().map(|m| go_string(m)).collect();
         write!(out, "{}:[{}]", go_string(tar), list.join(",")).map_err(failed)?;
     }
-    out.write_all(b"}").map_err(failed)?;
+    let any = count > 0 || !first_set;
+    if !first_set {
+        out.write_all(b"}").map_err(failed)?;
+    }
     if let Some(names) = names {
-        out.write_all(b",\"DatabasesByNames\":").map_err(failed)?;
+        let comma = if any { "," } else { "" };
+        write!(out, "{comma}\"DatabasesByNames\":").map_err(failed)?;
         io::copy(names, out).map_err(failed)?;
     }
     out.write_all(b"}").map_err(failed)?;

@@ -21,6 +21,7 @@ mod pagecheck;
 pub mod partial;
 pub mod push;
 pub mod recovery;
+mod remote;
 pub mod retention;
 pub mod select;
 pub mod sentinel;

@@ -41,33 +41,38 @@ use crate::storage::upload::ObjectWriter;
 
 const USAGE: &str = "walden backup-push [PGDATA] [--permanent] [--full] [--delta-from-name NAME] \
 [--delta-from-user-data JSON] [--add-user-data JSON] [--without-files-metadata] [--verify] [--store-all-corrupt] \
-[--rating-composer] [--database-composer] [--copy-composer]";
+[--rating-composer] [--database-composer] [--copy-composer] [--pghost HOST[,HOST...]]";
 
-struct Options {
-    pgdata: PathBuf,
-    permanent: bool,
-    user_data: Option<Value>,
-    threshold: u64,
-    wal_size_mb: u64,
+/// The options of one backup-push; a remote backup (`remote/`) reads the
+/// ones that apply to it.
+pub(super) struct Options {
+    /// None: a remote backup over the replication protocol.
+    pub(super) pgdata: Option<PathBuf>,
+    /// `--pghost`: overrides PGHOST (a list: the first that answers).
+    pub(super) pghost: Option<String>,
+    pub(super) permanent: bool,
+    pub(super) user_data: Option<Value>,
+    pub(super) threshold: u64,
+    pub(super) wal_size_mb: u64,
     /// Tar builders reading, packing and compressing at once (one
     /// upload stream each): `WALG_UPLOAD_DISK_CONCURRENCY`, at most
     /// `WALG_UPLOAD_CONCURRENCY`.
     builders: usize,
-    disk_limit: Option<u64>,
-    network_limit: Option<u64>,
-    files_metadata: bool,
+    pub(super) disk_limit: Option<u64>,
+    pub(super) network_limit: Option<u64>,
+    pub(super) files_metadata: bool,
     /// `DatabasesByNames` for partial restore, unless
     /// `WALG_DISABLE_PARTIAL_RESTORE` (and only with files metadata).
     database_names: bool,
     alive_every: Option<Duration>,
     stop_timeout: Option<Duration>,
     /// `--verify` / `WALG_VERIFY_PAGE_CHECKSUMS` (pagecheck.rs).
-    verify: bool,
+    pub(super) verify: bool,
     /// `--store-all-corrupt` / `WALG_STORE_ALL_CORRUPT_BLOCKS`.
     store_all_corrupt: bool,
-    delta: DeltaOptions,
+    pub(super) delta: DeltaOptions,
     /// Which tar each file goes to (`composer/`).
-    composer: Composer,
+    pub(super) composer: Composer,
 }
 
 /// WAL-G's default `WALG_ALIVE_CHECK_INTERVAL` (PostgreSQL).
@@ -89,6 +94,7 @@ fn options(settings: &Settings, args: Vec<OsString>) -> Result<Options> {
     let mut delta_from_name: Option<String> = None;
     let mut delta_from_user_data: Option<String> = None;
     let mut composers = composer::Flags::default();
+    let mut pghost = None;
     while let Some(arg) = parser.next()? {
         match arg {
             Short('p') | Long("permanent") => permanent = true,
@@ -103,6 +109,7 @@ fn options(settings: &Settings, args: Vec<OsString>) -> Result<Options> {
             Short('r') | Long("rating-composer") => composers.rating = true,
             Short('c') | Long("copy-composer") => composers.copy = true,
             Short('b') | Long("database-composer") => composers.database = true,
+            Long("pghost") => pghost = Some(parser.value()?.string()?),
             Long("add-user-data") => {
                 user_data_arg = Some(parser.value()?.string()?);
             }
@@ -142,15 +149,11 @@ fn options(settings: &Settings, args: Vec<OsString>) -> Result<Options> {
                     s.display()
                 )));
             }
-            d
+            Some(d)
         }
-        (Some(d), None) | (None, Some(d)) => d,
-        (None, None) => {
-            return Err(Error::Usage(format!(
-                "no data directory: give it as the argument or the PGDATA setting \
-                 (remote backups over the replication protocol are not built yet); usage: {USAGE}"
-            )))
-        }
+        (Some(d), None) | (None, Some(d)) => Some(d),
+        // No data directory: a remote backup (remote/).
+        (None, None) => None,
     };
     let threshold_text = settings.get("WALG_TAR_SIZE_THRESHOLD").unwrap_or_default();
     let threshold = match threshold_text.trim().parse::<u64>() {
@@ -176,6 +179,7 @@ fn options(settings: &Settings, args: Vec<OsString>) -> Result<Options> {
     let uploads = crate::commands::upload_concurrency(settings)?;
     Ok(Options {
         pgdata,
+        pghost,
         permanent,
         user_data,
         threshold,
@@ -203,9 +207,13 @@ fn canonical(p: &Path) -> Result<PathBuf> {
 pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     let start_time = sentinel::round_up_micros(SystemTime::now());
     let opts = options(settings, args)?;
+    let params = ConnParams::with_host(settings, opts.pghost.as_deref())?;
+    let Some(given) = opts.pgdata.clone() else {
+        return super::remote::run(settings, &opts, &params, start_time);
+    };
     let storage = open_storage(settings)?;
     let codecs = codecs(settings)?;
-    let pgdata = canonical(&opts.pgdata)?;
+    let pgdata = canonical(&given)?;
     for needed in ["global/pg_control", "PG_VERSION"] {
         if !pgdata.join(needed).is_file() {
             return Err(Error::Other(format!(
@@ -215,7 +223,6 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
         }
     }
 
-    let params = ConnParams::from_settings(settings)?;
     let mut pg = Client::connect(&params)?;
     let server = Server::query(&mut pg)?;
     server.check(&pgdata, opts.wal_size_mb)?;
@@ -409,7 +416,7 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     // is usable; on a standby PostgreSQL does not wait either.
     let wait_archive = (!server.in_recovery
         && matches!(server.archive_mode.as_str(), "on" | "always"))
-    .then(|| opts.pgdata.join("pg_wal").join("archive_status"));
+    .then(|| given.join("pg_wal").join("archive_status"));
     let stopped = stop::stop_backup(
         &mut pg,
         server.version,
@@ -520,7 +527,7 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
 }
 
 /// This process's peak resident set size (Linux reports KiB).
-fn peak_rss_kib() -> i64 {
+pub(super) fn peak_rss_kib() -> i64 {
     // SAFETY: getrusage only writes into the struct it is given.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
@@ -562,7 +569,7 @@ pub(super) fn lsn(text: &str) -> Result<u64> {
         .ok_or_else(|| Error::Other(format!("the server returned '{text}', which is not an LSN")))
 }
 
-fn hostname() -> String {
+pub(super) fn hostname() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: the buffer is valid for its length; gethostname writes at
     // most that many bytes.
