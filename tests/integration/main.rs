@@ -25,6 +25,7 @@ mod partial;
 mod pg_client;
 mod pgbackrest;
 mod pitr;
+mod remote_backup;
 mod st;
 mod standby;
 mod store;
