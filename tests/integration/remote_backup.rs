@@ -2,10 +2,11 @@
 //! connection) against real PostgreSQL: over the unix socket with a
 //! tablespace, user data and --permanent; over TCP with SCRAM, and with
 //! PGSSLMODE=verify-full against a CA and server certificate made here,
-//! through a host list whose first host is down; PostgreSQL 14's older
-//! BASE_BACKUP protocol. Every backup is restored with backup-fetch and a
-//! recovery target, PostgreSQL started on the copy and its rows compared;
-//! WAL-G 3.0.9 restores one too when `WALDEN_WALG_BIN` names it.
+//! through a host list whose first host is down; PostgreSQL 13–18 (the
+//! older BASE_BACKUP protocol before 15). Every backup is restored with
+//! backup-fetch and a recovery target, PostgreSQL started on the copy and
+//! its rows compared; WAL-G 3.0.9 restores one too when `WALDEN_WALG_BIN`
+//! names it.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -550,18 +551,25 @@ fn remote_backup_push_over_tcp_with_scram_and_verify_full() {
     );
 }
 
-/// PostgreSQL 14: the older BASE_BACKUP syntax and one CopyOut per
-/// archive, with a tablespace; restored and compared.
+/// Every other major: the older BASE_BACKUP syntax and one CopyOut per
+/// archive on 13 and 14, the option list and one tagged CopyOut on 16,
+/// 17 and 18; with a tablespace, restored at a time target and compared.
 #[test]
-fn remote_backup_push_from_postgresql_14() {
+fn remote_backup_push_on_every_major() {
+    for major in [13, 14, 16, 17, 18] {
+        remote_round_trip(major);
+    }
+}
+
+fn remote_round_trip(major: u32) {
     let store = Store::fs();
     let mut pg = PgCluster::builder()
-        .major(14)
+        .major(major)
         .conf("archive_mode", "on")
         .conf("archive_command", "'{walden} wal-push %p'")
         .env(store.env())
         .start();
-    let ts_dir = TempDir::new("remote-ts14");
+    let ts_dir = TempDir::new("remote-tsv");
     let loc = ts_dir.join("loc");
     fs::create_dir(&loc).unwrap();
     chown_postgres(ts_dir.path());
@@ -577,15 +585,15 @@ fn remote_backup_push_from_postgresql_14() {
         .collect();
     let out = push(&store, &env, &[]);
     out.assert_ok();
-    assert!(
-        out.stderr
-            .contains("BASE_BACKUP LABEL 'wal-g' FAST TABLESPACE_MAP NOVERIFY_CHECKSUMS"),
-        "{}",
-        out.dump()
-    );
+    let command = if major < 15 {
+        "BASE_BACKUP LABEL 'wal-g' FAST TABLESPACE_MAP NOVERIFY_CHECKSUMS"
+    } else {
+        "BASE_BACKUP (LABEL 'wal-g', CHECKPOINT 'fast', TABLESPACE_MAP, VERIFY_CHECKSUMS false)"
+    };
+    assert!(out.stderr.contains(command), "{major}: {}", out.dump());
     let (expected, target) = writes_and_target(&pg);
     pg.stop();
-    let dirs = TempDir::new("remote-restore14");
+    let dirs = TempDir::new("remote-restorev");
     let data = dirs.join("data");
     let new_loc = dirs.join("ts-new");
     let spec_file = dirs.join("spec.json");
@@ -599,7 +607,7 @@ fn remote_backup_push_from_postgresql_14() {
     )
     .unwrap();
     dirs.chown_postgres();
-    let bin_dir = TempDir::new("remote-bin14");
+    let bin_dir = TempDir::new("remote-binv");
     bin_dir.chown_postgres();
     let bin = walden_bin_for_postgres(bin_dir.path());
     Walden::program(&bin)
@@ -615,12 +623,17 @@ fn remote_backup_push_from_postgresql_14() {
         .assert_ok();
     chown_postgres(dirs.path());
     let restored = PgCluster::builder()
-        .major(14)
+        .major(major)
         .conf("archive_mode", "off")
         .env(store.env())
         .start_restored(data);
     restored.wait_for_promotion(Duration::from_secs(120));
-    assert_eq!(restored.psql(ROWS), expected, "{}", restored.log_tail());
+    assert_eq!(
+        restored.psql(ROWS),
+        expected,
+        "PostgreSQL {major}\n{}",
+        restored.log_tail()
+    );
 }
 
 /// An explicit delta base cannot be honoured remotely: refused before
