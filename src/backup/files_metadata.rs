@@ -229,6 +229,26 @@ mod tests {
     use super::*;
     use std::time::{Duration, UNIX_EPOCH};
 
+    /// A remote backup's members are in no tar set: `Files` only, as
+    /// WAL-G's `omitempty` leaves out an empty `TarFileSets`.
+    #[test]
+    fn files_only_without_tar_sets() {
+        let t = UNIX_EPOCH + Duration::new(1_700_000_000, 0);
+        let mut a = Spill::new().unwrap();
+        a.record("", b"base/1/2", Some(t)).unwrap();
+        a.record("", b"global/pg_control", Some(t)).unwrap();
+        let mut out = Vec::new();
+        write_json(vec![a], &[], None, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["Files"].as_object().unwrap().len(), 2, "{text}");
+        assert!(v.get("TarFileSets").is_none(), "{text}");
+        // Nothing at all is still an object.
+        let mut out = Vec::new();
+        write_json(vec![Spill::new().unwrap()], &[], None, &mut out).unwrap();
+        assert_eq!(out, b"{}");
+    }
+
     #[test]
     fn streams_wal_g_json() {
         let t = UNIX_EPOCH + Duration::new(1_700_000_000, 500_000_000);

@@ -654,6 +654,188 @@ mod tests {
         assert_eq!(parse_size("16 parsecs"), None);
     }
 
+    use crate::pg::params::{targets, ConnParams, Secret, SslMode};
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+
+    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![tag];
+        m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+
+    fn columns(names: &[&str]) -> Vec<u8> {
+        let mut b = (names.len() as i16).to_be_bytes().to_vec();
+        for n in names {
+            b.extend_from_slice(n.as_bytes());
+            b.push(0);
+            b.extend_from_slice(&[0; 18]);
+        }
+        msg(b'T', &b)
+    }
+
+    fn row(values: &[Option<&str>]) -> Vec<u8> {
+        let mut b = (values.len() as i16).to_be_bytes().to_vec();
+        for v in values {
+            match v {
+                Some(v) => {
+                    b.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                    b.extend_from_slice(v.as_bytes());
+                }
+                None => b.extend_from_slice(&(-1i32).to_be_bytes()),
+            }
+        }
+        msg(b'D', &b)
+    }
+
+    /// A server that logs anyone in, then answers the first command with
+    /// `script` (the start rows, then the copy) and the end rows.
+    fn scripted(copy: Vec<u8>) -> Client {
+        let mut script = msg(b'R', &0i32.to_be_bytes());
+        script.extend(msg(b'Z', b"I"));
+        script.extend(columns(&["recptr", "tli"]));
+        script.extend(row(&[Some("0/5000028"), Some("1")]));
+        script.extend(msg(b'C', b"SELECT\0"));
+        script.extend(columns(&["spcoid", "spclocation", "size"]));
+        script.extend(row(&[Some("16384"), Some("/ts"), None]));
+        script.extend(row(&[None, None, None]));
+        script.extend(msg(b'C', b"SELECT\0"));
+        script.extend(copy);
+        script.extend(columns(&["recptr", "tli"]));
+        script.extend(row(&[Some("0/6000100"), Some("1")]));
+        script.extend(msg(b'C', b"SELECT\0"));
+        script.extend(msg(b'Z', b"I"));
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            if let Ok((mut s, _)) = l.accept() {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                let _ = s.write_all(&script);
+                // Keep the socket open until the client hangs up.
+                let _ = s.read(&mut buf);
+                let _ = s.read(&mut buf);
+            }
+        });
+        let params = ConnParams {
+            targets: targets(Some("127.0.0.1"), Some(&port.to_string())).unwrap(),
+            user: "u".into(),
+            database: "d".into(),
+            password: Some(Secret("pw".into())),
+            passfile: None,
+            ssl_mode: SslMode::Disable,
+            ssl_root_cert: None,
+            ssl_cert: None,
+            ssl_key: None,
+            connect_timeout: Some(std::time::Duration::from_secs(5)),
+            application_name: "t".into(),
+            extra: Vec::new(),
+        };
+        Client::connect(&params).unwrap()
+    }
+
+    fn options() -> BaseBackupOptions {
+        BaseBackupOptions {
+            label: "wal-g".into(),
+            fast: true,
+            max_rate_kb: None,
+            verify_checksums: false,
+        }
+    }
+
+    fn data(bytes: &[u8]) -> BackupEvent {
+        BackupEvent::Data {
+            buf: bytes.to_vec(),
+            start: 0,
+        }
+    }
+
+    /// Every event, with Data made comparable (start 0).
+    fn events(b: &mut BaseBackup) -> Result<Vec<BackupEvent>, PgError> {
+        let mut out = Vec::new();
+        loop {
+            let e = b.next()?;
+            let end = matches!(e, BackupEvent::End { .. });
+            out.push(match e {
+                BackupEvent::Data { buf, start } => data(&buf[start..]),
+                other => other,
+            });
+            if end {
+                return Ok(out);
+            }
+        }
+    }
+
+    fn expected() -> Vec<BackupEvent> {
+        vec![
+            BackupEvent::Archive {
+                name: "16384.tar".into(),
+                tablespace: Some(16384),
+            },
+            data(b"abc"),
+            BackupEvent::Archive {
+                name: "base.tar".into(),
+                tablespace: None,
+            },
+            data(b"xyz"),
+            BackupEvent::End {
+                lsn: 0x600_0100,
+                timeline: 1,
+            },
+        ]
+    }
+
+    #[test]
+    fn pg_base_backup_tagged_stream_of_15() {
+        let mut copy = msg(b'H', &[0, 0, 0]);
+        copy.extend(msg(b'd', b"n16384.tar\0/ts\0"));
+        copy.extend(msg(b'd', b"dabc"));
+        copy.extend(msg(b'd', b"p\0\0\0\0\0\0\0\x03"));
+        copy.extend(msg(b'd', b"nbase.tar\0\0"));
+        copy.extend(msg(b'd', b"dxyz"));
+        copy.extend(msg(b'c', b""));
+        let mut client = scripted(copy);
+        let mut b = client.base_backup(150000, &options()).unwrap();
+        assert_eq!((b.start_lsn, b.timeline), (0x500_0028, 1));
+        assert_eq!(
+            b.tablespaces,
+            [BackupTablespace {
+                oid: 16384,
+                location: "/ts".into()
+            }]
+        );
+        assert_eq!(events(&mut b).unwrap(), expected());
+        // The session is usable again: nothing is left unread.
+        drop(b);
+    }
+
+    #[test]
+    fn pg_base_backup_one_copy_per_archive_before_15() {
+        let mut copy = msg(b'H', &[0, 0, 0]);
+        copy.extend(msg(b'd', b"abc"));
+        copy.extend(msg(b'c', b""));
+        copy.extend(msg(b'H', &[0, 0, 0]));
+        copy.extend(msg(b'd', b"xyz"));
+        copy.extend(msg(b'c', b""));
+        let mut client = scripted(copy);
+        let mut b = client.base_backup(140000, &options()).unwrap();
+        assert_eq!(events(&mut b).unwrap(), expected());
+    }
+
+    #[test]
+    fn pg_base_backup_refuses_unknown_archives() {
+        let mut copy = msg(b'H', &[0, 0, 0]);
+        copy.extend(msg(b'd', b"n../evil.tar\0/x\0"));
+        let mut client = scripted(copy);
+        let mut b = client.base_backup(160000, &options()).unwrap();
+        let e = events(&mut b).unwrap_err().to_string();
+        assert!(
+            e.contains("'../evil.tar'") && e.contains("neither base.tar"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn pg_base_backup_syntax_by_version() {
         let mut o = BaseBackupOptions {
