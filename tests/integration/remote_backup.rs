@@ -114,7 +114,7 @@ fn writes_and_target(pg: &PgCluster) -> (String, String) {
 fn restore_at(
     store: &Store,
     name: &str,
-    target: &str,
+    target: &[&str],
     extra: &[&str],
     dest: &Path,
     expected: &str,
@@ -127,7 +127,7 @@ fn restore_at(
         .arg("backup-fetch")
         .arg(dest)
         .arg(name)
-        .args(["--recovery-target-time", target])
+        .args(target)
         .args(extra)
         .timeout(Duration::from_secs(300))
         .run()
@@ -312,7 +312,7 @@ fn remote_backup_push_over_the_socket_with_a_tablespace() {
     let restored = restore_at(
         &store,
         "LATEST",
-        &target,
+        &["--recovery-target-time", &target],
         &["--restore-spec", &spec_arg],
         &data,
         &expected,
@@ -467,7 +467,8 @@ fn remote_backup_push_over_tcp_with_scram_and_verify_full() {
         .collect()
     };
 
-    // SCRAM over plain TCP.
+    // SCRAM over plain TCP, nothing written meanwhile.
+    let first_rows = pg.psql(ROWS);
     let out = push(
         &store,
         &tcp(&[("PGHOST", "127.0.0.1"), ("PGSSLMODE", "disable")]),
@@ -544,10 +545,24 @@ fn remote_backup_push_over_tcp_with_scram_and_verify_full() {
     restore_at(
         &store,
         &names[1],
-        &target,
+        &["--recovery-target-time", &target],
         &[],
         &dirs.join("data"),
         &expected,
+    );
+    // The backup whose sentinel records no data directory restores too.
+    let first = json(
+        &store,
+        &format!("basebackups_005/{}_backup_stop_sentinel.json", names[0]),
+    );
+    assert_eq!(first["DataDir"], "", "{first}");
+    restore_at(
+        &store,
+        &names[0],
+        &["--recovery-target", "immediate"],
+        &[],
+        &dirs.join("data0"),
+        &first_rows,
     );
 }
 
