@@ -2,7 +2,8 @@
 //! connection) against real PostgreSQL: over the unix socket with a
 //! tablespace, user data and --permanent; over TCP with SCRAM, and with
 //! PGSSLMODE=verify-full against a CA and server certificate made here,
-//! through a host list whose first host is down; PostgreSQL 13–18 (the
+//! through a host list whose first host is down, and with a client
+//! certificate; PostgreSQL 13–18 (the
 //! older BASE_BACKUP protocol before 15). Every backup is restored with
 //! backup-fetch and a recovery target, PostgreSQL started on the copy and
 //! its rows compared; WAL-G 3.0.9 restores one too when `WALDEN_WALG_BIN`
@@ -423,11 +424,45 @@ fn test_ca(dir: &Path) -> (String, String, String) {
         &p("server.crt"),
     ]);
     fs::set_permissions(dir.join("server.key"), fs::Permissions::from_mode(0o600)).unwrap();
+    // A client certificate for the role carol, signed by the same CA (a
+    // v3 certificate: rustls refuses v1 ones).
+    fs::write(dir.join("client.cnf"), "extendedKeyUsage=clientAuth\n").unwrap();
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=carol",
+        "-keyout",
+        &p("carol.key"),
+        "-out",
+        &p("carol.csr"),
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &p("carol.csr"),
+        "-CA",
+        &p("ca.crt"),
+        "-CAkey",
+        &p("ca.key"),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        &p("client.cnf"),
+        "-out",
+        &p("carol.crt"),
+    ]);
+    fs::set_permissions(dir.join("carol.key"), fs::Permissions::from_mode(0o600)).unwrap();
     (p("ca.crt"), p("server.crt"), p("server.key"))
 }
 
 /// Over TCP: SCRAM without TLS, then PGSSLMODE=verify-full against a test
-/// CA through `--pghost` whose first host is down; a replication role
+/// CA through `--pghost` whose first host is down, then a client
+/// certificate (pg_hba `cert`) instead of a password; a replication role
 /// without pg_read_all_settings gets a warning, not a failure. The TLS
 /// backup is restored at a time target; the password appears nowhere.
 #[test]
@@ -442,16 +477,19 @@ fn remote_backup_push_over_tcp_with_scram_and_verify_full() {
     let store = Store::fs();
     let mut pg = PgCluster::builder()
         .hba("host replication bob 127.0.0.1/32 scram-sha-256")
+        .hba("hostssl replication carol 127.0.0.1/32 cert")
         .conf("ssl", "on")
         .conf("ssl_cert_file", &format!("'{crt}'"))
         .conf("ssl_key_file", &format!("'{key}'"))
+        .conf("ssl_ca_file", &format!("'{ca}'"))
         .conf("password_encryption", "'scram-sha-256'")
         .conf("archive_mode", "on")
         .conf("archive_command", "'{walden} wal-push %p'")
         .env(store.env())
         .start();
     pg.psql(&format!(
-        "CREATE ROLE bob LOGIN REPLICATION PASSWORD '{BOB_PW}'"
+        "CREATE ROLE bob LOGIN REPLICATION PASSWORD '{BOB_PW}'; \
+         CREATE ROLE carol LOGIN REPLICATION"
     ));
     notes_and_bench(&pg, None);
     let port = pg.port().to_string();
@@ -523,6 +561,28 @@ fn remote_backup_push_over_tcp_with_scram_and_verify_full() {
         sentinel["DataDir"],
         pg.data_dir().canonicalize().unwrap().display().to_string()
     );
+    // A client certificate instead of a password (pg_hba "cert").
+    let certs_dir = certs.path();
+    let carol = |f: &str| certs_dir.join(f).display().to_string();
+    let out = push(
+        &store,
+        &[
+            ("PGHOST", "localhost"),
+            ("PGPORT", port.as_str()),
+            ("PGUSER", "carol"),
+            ("PGSSLMODE", "verify-full"),
+            ("PGSSLROOTCERT", ca.as_str()),
+            ("PGSSLCERT", carol("carol.crt").as_str()),
+            ("PGSSLKEY", carol("carol.key").as_str()),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect::<Vec<_>>(),
+        &[],
+    );
+    out.assert_ok();
+    assert_eq!(backup_names(&store).len(), 3);
+
     // The certificate is for "localhost": 127.0.0.1 alone fails to verify.
     let mut env = tcp(&[
         ("PGHOST", "127.0.0.1"),
