@@ -3,11 +3,10 @@
 //! tablespace, user data and --permanent; over TCP with SCRAM, and with
 //! PGSSLMODE=verify-full against a CA and server certificate made here,
 //! through a host list whose first host is down, and with a client
-//! certificate; PostgreSQL 13–18 (the
-//! older BASE_BACKUP protocol before 15). Every backup is restored with
-//! backup-fetch and a recovery target, PostgreSQL started on the copy and
-//! its rows compared; WAL-G 3.0.9 restores one too when `WALDEN_WALG_BIN`
-//! names it.
+//! certificate; PostgreSQL 13–18 (the older BASE_BACKUP protocol before
+//! 15). Every backup is restored with backup-fetch and a recovery target,
+//! PostgreSQL started on the copy and its rows compared; WAL-G 3.0.9
+//! restores one too when `WALDEN_WALG_BIN` names it.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
