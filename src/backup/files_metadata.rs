@@ -143,9 +143,19 @@ pub fn write_json(
                 .map_err(failed)?;
             }
         }
-        out.write_all(b"},").map_err(failed)?;
+        out.write_all(b"}").map_err(failed)?;
     }
-    out.write_all(b"\"TarFileSets\":{").map_err(failed)?;
+    // Omitted when empty (Go's omitempty): a remote backup lists no tar
+    // sets, as WAL-G's.
+    let mut sets_open = false;
+    let mut open_sets = |out: &mut dyn Write| -> Result<()> {
+        if !sets_open {
+            let comma = if count > 0 { "," } else { "" };
+            write!(out, "{comma}\"TarFileSets\":{{").map_err(failed)?;
+            sets_open = true;
+        }
+        Ok(())
+    };
     let mut first_set = true;
     for f in &mut files {
         f.rewind().map_err(failed)?;
@@ -157,6 +167,7 @@ pub fn write_json(
                 continue;
             }
             if current.as_deref() != Some(tar) {
+                open_sets(out)?;
                 if current.is_some() {
                     out.write_all(b"]").map_err(failed)?;
                 }
@@ -175,6 +186,7 @@ pub fn write_json(
         }
     }
     for (tar, members) in extra_sets {
+        open_sets(out)?;
         if !first_set {
             out.write_all(b",").map_err(failed)?;
         }
@@ -182,9 +194,13 @@ pub fn write_json(
         let list: Vec<String> = members.iter().map(|m| go_string(m)).collect();
         write!(out, "{}:[{}]", go_string(tar), list.join(",")).map_err(failed)?;
     }
-    out.write_all(b"}").map_err(failed)?;
+    let any = count > 0 || !first_set;
+    if !first_set {
+        out.write_all(b"}").map_err(failed)?;
+    }
     if let Some(names) = names {
-        out.write_all(b",\"DatabasesByNames\":").map_err(failed)?;
+        let comma = if any { "," } else { "" };
+        write!(out, "{comma}\"DatabasesByNames\":").map_err(failed)?;
         io::copy(names, out).map_err(failed)?;
     }
     out.write_all(b"}").map_err(failed)?;
@@ -212,6 +228,26 @@ fn split(line: &str) -> Result<SpillLine<'_>> {
 mod tests {
     use super::*;
     use std::time::{Duration, UNIX_EPOCH};
+
+    /// A remote backup's members are in no tar set: `Files` only, as
+    /// WAL-G's `omitempty` leaves out an empty `TarFileSets`.
+    #[test]
+    fn files_only_without_tar_sets() {
+        let t = UNIX_EPOCH + Duration::new(1_700_000_000, 0);
+        let mut a = Spill::new().unwrap();
+        a.record("", b"base/1/2", Some(t)).unwrap();
+        a.record("", b"global/pg_control", Some(t)).unwrap();
+        let mut out = Vec::new();
+        write_json(vec![a], &[], None, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["Files"].as_object().unwrap().len(), 2, "{text}");
+        assert!(v.get("TarFileSets").is_none(), "{text}");
+        // Nothing at all is still an object.
+        let mut out = Vec::new();
+        write_json(vec![Spill::new().unwrap()], &[], None, &mut out).unwrap();
+        assert_eq!(out, b"{}");
+    }
 
     #[test]
     fn streams_wal_g_json() {

@@ -22,6 +22,7 @@ pub mod partial;
 mod partial_tars;
 pub mod push;
 pub mod recovery;
+mod remote;
 pub mod retention;
 pub mod select;
 pub mod sentinel;

@@ -41,33 +41,38 @@ use crate::storage::upload::ObjectWriter;
 
 const USAGE: &str = "walden backup-push [PGDATA] [--permanent] [--full] [--delta-from-name NAME] \
 [--delta-from-user-data JSON] [--add-user-data JSON] [--without-files-metadata] [--verify] [--store-all-corrupt] \
-[--rating-composer] [--database-composer] [--copy-composer]";
+[--rating-composer] [--database-composer] [--copy-composer] [--pghost HOST[,HOST...]]";
 
-struct Options {
-    pgdata: PathBuf,
-    permanent: bool,
-    user_data: Option<Value>,
-    threshold: u64,
-    wal_size_mb: u64,
+/// The options of one backup-push; a remote backup (`remote/`) reads the
+/// ones that apply to it.
+pub(super) struct Options {
+    /// None: a remote backup over the replication protocol.
+    pub(super) pgdata: Option<PathBuf>,
+    /// `--pghost`: overrides PGHOST (a list: the first that answers).
+    pub(super) pghost: Option<String>,
+    pub(super) permanent: bool,
+    pub(super) user_data: Option<Value>,
+    pub(super) threshold: u64,
+    pub(super) wal_size_mb: u64,
     /// Tar builders reading, packing and compressing at once (one
     /// upload stream each): `WALG_UPLOAD_DISK_CONCURRENCY`, at most
     /// `WALG_UPLOAD_CONCURRENCY`.
     builders: usize,
-    disk_limit: Option<u64>,
-    network_limit: Option<u64>,
-    files_metadata: bool,
+    pub(super) disk_limit: Option<u64>,
+    pub(super) network_limit: Option<u64>,
+    pub(super) files_metadata: bool,
     /// `DatabasesByNames` for partial restore, unless
     /// `WALG_DISABLE_PARTIAL_RESTORE` (and only with files metadata).
     database_names: bool,
     alive_every: Option<Duration>,
     stop_timeout: Option<Duration>,
     /// `--verify` / `WALG_VERIFY_PAGE_CHECKSUMS` (pagecheck.rs).
-    verify: bool,
+    pub(super) verify: bool,
     /// `--store-all-corrupt` / `WALG_STORE_ALL_CORRUPT_BLOCKS`.
     store_all_corrupt: bool,
-    delta: DeltaOptions,
+    pub(super) delta: DeltaOptions,
     /// Which tar each file goes to (`composer/`).
-    composer: Composer,
+    pub(super) composer: Composer,
     /// `catchup-push --from-lsn`: a catch-up from this LSN (`crate::catchup`).
     catchup: Option<u64>,
 }
@@ -91,6 +96,7 @@ fn options(settings: &Settings, args: Vec<OsString>) -> Result<Options> {
     let mut delta_from_name: Option<String> = None;
     let mut delta_from_user_data: Option<String> = None;
     let mut composers = composer::Flags::default();
+    let mut pghost = None;
     while let Some(arg) = parser.next()? {
         match arg {
             Short('p') | Long("permanent") => permanent = true,
@@ -105,6 +111,7 @@ fn options(settings: &Settings, args: Vec<OsString>) -> Result<Options> {
             Short('r') | Long("rating-composer") => composers.rating = true,
             Short('c') | Long("copy-composer") => composers.copy = true,
             Short('b') | Long("database-composer") => composers.database = true,
+            Long("pghost") => pghost = Some(parser.value()?.string()?),
             Long("add-user-data") => {
                 user_data_arg = Some(parser.value()?.string()?);
             }
@@ -144,15 +151,11 @@ fn options(settings: &Settings, args: Vec<OsString>) -> Result<Options> {
                     s.display()
                 )));
             }
-            d
+            Some(d)
         }
-        (Some(d), None) | (None, Some(d)) => d,
-        (None, None) => {
-            return Err(Error::Usage(format!(
-                "no data directory: give it as the argument or the PGDATA setting \
-                 (remote backups over the replication protocol are not built yet); usage: {USAGE}"
-            )))
-        }
+        (Some(d), None) | (None, Some(d)) => Some(d),
+        // No data directory: a remote backup (remote/).
+        (None, None) => None,
     };
     let threshold_text = settings.get("WALG_TAR_SIZE_THRESHOLD").unwrap_or_default();
     let threshold = match threshold_text.trim().parse::<u64>() {
@@ -179,6 +182,7 @@ fn options(settings: &Settings, args: Vec<OsString>) -> Result<Options> {
     let uploads = crate::commands::upload_concurrency(settings)?;
     Ok(Options {
         pgdata,
+        pghost,
         permanent,
         user_data,
         threshold,
@@ -208,8 +212,12 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     let start_time = sentinel::round_up_micros(SystemTime::now());
     let opts = options(settings, args)?;
     super::delta::wal_delta::note(settings)?;
+    let params = ConnParams::with_host(settings, opts.pghost.as_deref())?;
+    let Some(given) = opts.pgdata.clone() else {
+        return super::remote::run(settings, &opts, &params, start_time);
+    };
     let storage = open_storage(settings)?;
-    push(settings, opts, storage, start_time)
+    push(settings, opts, &given, &params, storage, start_time)
 }
 
 /// `catchup-push PGDATA --from-lsn LSN` (spec §11.1): this pipeline into
@@ -224,13 +232,14 @@ pub(crate) fn catchup(
     storage: Arc<dyn crate::storage::Storage>,
 ) -> Result<()> {
     let start_time = sentinel::round_up_micros(SystemTime::now());
-    let mut opts = options(settings, vec![pgdata.into_os_string()])?;
+    let mut opts = options(settings, vec![pgdata.clone().into_os_string()])?;
     opts.catchup = Some(from_lsn);
     opts.permanent = false;
     opts.verify = false;
     opts.composer = Composer::Regular;
     opts.files_metadata = true;
-    push(settings, opts, storage, start_time)
+    let params = ConnParams::with_host(settings, None)?;
+    push(settings, opts, &pgdata, &params, storage, start_time)
 }
 
 /// The names catch-up leaves out besides the usual ones (WAL-G adds them
@@ -246,11 +255,13 @@ fn catchup_excluded(rel: &[u8]) -> bool {
 fn push(
     settings: &Settings,
     opts: Options,
+    given: &Path,
+    params: &ConnParams,
     storage: Arc<dyn crate::storage::Storage>,
     start_time: SystemTime,
 ) -> Result<()> {
     let codecs = codecs(settings)?;
-    let pgdata = canonical(&opts.pgdata)?;
+    let pgdata = canonical(given)?;
     for needed in ["global/pg_control", "PG_VERSION"] {
         if !pgdata.join(needed).is_file() {
             return Err(Error::Other(format!(
@@ -260,14 +271,13 @@ fn push(
         }
     }
 
-    let params = ConnParams::from_settings(settings)?;
-    let mut pg = Client::connect(&params)?;
+    let mut pg = Client::connect(params)?;
     let server = Server::query(&mut pg)?;
     server.check(&pgdata, opts.wal_size_mb)?;
     // Read before the backup starts, as WAL-G: the counts describe the
     // files as the walk will find them closely enough to group them.
     let ratings = match opts.composer {
-        Composer::Rating => Some(rating::Ratings::load(&params)?),
+        Composer::Rating => Some(rating::Ratings::load(params)?),
         _ => None,
     };
     let mut sorter = ratings.as_ref().map(|_| rating::Sorter::default());
@@ -484,7 +494,7 @@ fn push(
     // describe the catalog as the tars hold it as closely as can be).
     let names = opts
         .database_names
-        .then(|| super::names::collect(&params))
+        .then(|| super::names::collect(params))
         .and_then(|r| {
             r.map_err(|e| {
                 log::warn!("partial restore will not be possible with this backup: listing the databases' relations failed: {e}")
@@ -513,7 +523,7 @@ fn push(
     // is usable; on a standby PostgreSQL does not wait either.
     let wait_archive = (!server.in_recovery
         && matches!(server.archive_mode.as_str(), "on" | "always"))
-    .then(|| opts.pgdata.join("pg_wal").join("archive_status"));
+    .then(|| given.join("pg_wal").join("archive_status"));
     let stopped = stop::stop_backup(
         &mut pg,
         server.version,
@@ -624,7 +634,7 @@ fn push(
 }
 
 /// This process's peak resident set size (Linux reports KiB).
-fn peak_rss_kib() -> i64 {
+pub(super) fn peak_rss_kib() -> i64 {
     // SAFETY: getrusage only writes into the struct it is given.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
@@ -666,7 +676,7 @@ pub(super) fn lsn(text: &str) -> Result<u64> {
         .ok_or_else(|| Error::Other(format!("the server returned '{text}', which is not an LSN")))
 }
 
-fn hostname() -> String {
+pub(super) fn hostname() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: the buffer is valid for its length; gethostname writes at
     // most that many bytes.

@@ -430,6 +430,72 @@ impl Builder {
         Ok(())
     }
 
+    /// A member re-packed from another tar stream (a remote backup's
+    /// BASE_BACKUP archives, `remote/`): `header` as received, renamed to
+    /// `name`, `size` content bytes from `data`. As in WAL-G's remote
+    /// backup a part is closed *before* a member that would take it past
+    /// the threshold. `mtime`: listed in files_metadata.json's `Files`
+    /// (and in no tar set, as WAL-G's remote backups list none).
+    pub fn add_streamed(
+        &mut self,
+        header: &tar::Header,
+        name: &[u8],
+        data: &mut dyn Read,
+        mtime: Option<std::time::SystemTime>,
+    ) -> Result<()> {
+        let size = header.entry_size().unwrap_or(0);
+        let threshold = self.shared.threshold;
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|open| open.content > 0 && open.content + size > threshold)
+        {
+            self.close()?;
+        }
+        let mut out = tar::Header::new_ustar();
+        out.set_entry_type(header.entry_type());
+        out.set_mode(header.mode().unwrap_or(0o600));
+        out.set_uid(header.uid().unwrap_or(0));
+        out.set_gid(header.gid().unwrap_or(0));
+        out.set_mtime(header.mtime().unwrap_or(0));
+        out.set_size(size);
+        // Owner names as PostgreSQL wrote them (Go's writer keeps them).
+        let (user, group) = (header.username_bytes(), header.groupname_bytes());
+        if let Some(ustar) = out.as_ustar_mut() {
+            if let Some(u) = user {
+                let n = u.len().min(31);
+                ustar.uname[..n].copy_from_slice(&u[..n]);
+            }
+            if let Some(g) = group {
+                let n = g.len().min(31);
+                ustar.gname[..n].copy_from_slice(&g[..n]);
+            }
+        }
+        let link = header.link_name_bytes().map(|l| l.into_owned());
+        if self.buf.is_empty() && size > 0 {
+            self.buf = vec![0; COPY_BUFFER];
+        }
+        let mut buf = std::mem::take(&mut self.buf);
+        let shared = self.shared.clone();
+        let result = self.open().and_then(|open| {
+            if size > 0 {
+                append_copy(open, &mut out, name, data, size, &mut buf, &shared.abort)
+            } else {
+                append(open, &mut out, name, link.as_deref(), io::empty())
+            }
+        });
+        self.buf = buf;
+        result?;
+        if let Some(open) = self.current.as_mut() {
+            open.content += size;
+        }
+        shared.content_total.fetch_add(size, Ordering::Relaxed);
+        if let (Some(spill), Some(t)) = (self.spill.as_mut(), mtime) {
+            spill.record_as("", name, Some(t), Flag::Whole, None, 0)?;
+        }
+        Ok(())
+    }
+
     /// A synthetic member (`backup_label`, `tablespace_map`): mode 0600,
     /// time 0, no owner (spec §1.3).
     pub fn add_text(&mut self, member: &[u8], text: &[u8]) -> Result<()> {

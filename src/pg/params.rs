@@ -130,6 +130,20 @@ impl ConnParams {
         )
     }
 
+    /// [`ConnParams::from_settings`] with `host` (a command's `--pghost`,
+    /// as WAL-G's) in place of PGHOST when given.
+    pub fn with_host(settings: &Settings, host: Option<&str>) -> Result<ConnParams, ConfigError> {
+        let os = crate::pg::transport::os_user();
+        ConnParams::from_lookup(
+            |name| match (name, host) {
+                ("PGHOST", Some(h)) => Some(h.to_string()),
+                _ => settings.get(name),
+            },
+            os.as_ref().map(|(name, _)| name.clone()),
+            os.map(|(_, home)| home),
+        )
+    }
+
     /// `get` gives a setting's value; `os_user` and `home` are who runs us.
     pub fn from_lookup(
         get: impl Fn(&str) -> Option<String>,

@@ -29,6 +29,7 @@ mod partial;
 mod pg_client;
 mod pgbackrest;
 mod pitr;
+mod remote_backup;
 mod s3_requests;
 mod st;
 mod standby;
