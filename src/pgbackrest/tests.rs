@@ -644,3 +644,38 @@ fn backup_fetch_checks_the_repository_checksum() {
     );
     assert!(!dest.join("global/pg_control").exists());
 }
+
+/// A repository file cut short: the restore fails naming it, and DEST has
+/// no pg_control that could start a half-restored cluster.
+#[test]
+fn backup_fetch_truncated_file_is_named() {
+    let x = extract("lz4-plain");
+    let victim = x
+        .root
+        .join("repo/backup/demo/20261124-053849F/pg_data/base/5/1259.lz4");
+    let bytes = fs::read(&victim).unwrap();
+    fs::write(&victim, &bytes[..bytes.len() / 2]).unwrap();
+    let dest = x.root.join("d");
+    let err = super::fetch::restore(&repo(&x), &fetch_opts(&dest, "20261124-053849F"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("pg_data/base/5/1259"), "{err}");
+    assert!(!dest.join("global/pg_control").exists());
+}
+
+/// A diff backup whose manifest references a full backup that is gone:
+/// a clear error naming the missing file, and no pg_control in DEST.
+#[test]
+fn backup_fetch_of_a_reference_to_a_missing_backup_fails_clearly() {
+    let x = extract("lz4-plain");
+    fs::remove_dir_all(x.root.join("repo/backup/demo/20261124-053849F")).unwrap();
+    let dest = x.root.join("d");
+    let err = super::fetch::restore(
+        &repo(&x),
+        &fetch_opts(&dest, "20261124-053849F_20261124-053852D"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("20261124-053849F"), "{err}");
+    assert!(!dest.join("global/pg_control").exists());
+}
