@@ -320,6 +320,85 @@ fn pitr_s3_time() {
     amcheck(&restored);
 }
 
+/// The retention window as a promise: after `delete retain --window`, a
+/// moment just inside the window still restores. Three backups; the window
+/// ends between the second backup's finish and a noted moment after it, so
+/// the first backup (and its WAL) goes, and the noted moment restores from
+/// the second with the WAL kept after it.
+#[test]
+fn pitr_to_a_moment_just_inside_the_retention_window() {
+    let store = Store::fs();
+    let mut pg = PgCluster::builder()
+        .conf("archive_mode", "on")
+        .conf("archive_command", "'{walden} wal-push %p'")
+        .env(store.env())
+        .start();
+    pg.pgbench_init(2);
+    backup_push(&pg, store.walden());
+    pg.pgbench(&["-n", "-t", "200", "-c", "2"]);
+    backup_push(&pg, store.walden());
+    // The window's edge falls in this pause: after the second backup
+    // finished, before the noted moment.
+    std::thread::sleep(Duration::from_secs(3));
+    pg.pgbench(&["-n", "-t", "300", "-c", "2"]);
+    let noted = pg.psql(ROWS);
+    let target = pg.psql("SELECT clock_timestamp()::text");
+    let noted_at = std::time::Instant::now();
+    std::thread::sleep(Duration::from_millis(1100));
+    pg.pgbench(&["-n", "-t", "300", "-c", "2"]);
+    backup_push(&pg, store.walden());
+    pg.pgbench(&["-n", "-t", "100", "-c", "2"]);
+    let last = pg.switch_wal();
+    pg.wait_for_archive(&last, Duration::from_secs(120));
+    pg.stop();
+    let names = backup_names(store.walden());
+    assert_eq!(names.len(), 3, "{names:?}");
+
+    // now - window lies 2-3 s before the noted moment.
+    let window = format!("{}s", noted_at.elapsed().as_secs() + 3);
+    let out = store
+        .walden()
+        .args(["delete", "retain", "--window", &window, "--confirm"])
+        .run();
+    out.assert_ok();
+    assert_eq!(
+        backup_names(store.walden()),
+        names[1..].to_vec(),
+        "{}",
+        out.dump()
+    );
+    let wal = store.walden().args(["st", "ls", "wal_005/"]).run();
+    wal.assert_ok();
+    assert!(
+        !wal.stdout_str().contains("000000010000000000000001"),
+        "WAL older than the kept backups goes: {}",
+        wal.stdout_str()
+    );
+
+    let scratch = TempDir::new("pitr-window");
+    scratch.chown_postgres();
+    let bin = walden_bin_for_postgres(scratch.path());
+    let dest = scratch.join("inside");
+    let out = fetch(
+        &bin,
+        &store.env(),
+        &["LATEST", "--recovery-target-time", &target],
+        &dest,
+    );
+    out.assert_ok();
+    assert!(
+        out.stderr.contains(&names[1]),
+        "the kept backup before the moment is used: {}",
+        out.dump()
+    );
+    let restored = PgCluster::builder()
+        .conf("archive_mode", "off")
+        .env(store.env())
+        .start_restored(dest);
+    restored.wait_for_promotion(Duration::from_secs(120));
+    assert_eq!(restored.psql(ROWS), noted, "{}", restored.log_tail());
+}
+
 /// A tar holding `entries` (name, contents), as plain bytes.
 fn tar_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
