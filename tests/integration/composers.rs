@@ -15,18 +15,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
+use crate::harness::walg_bin;
 use crate::harness::{PgCluster, TempDir, Walden};
 use crate::store::Store;
-
-fn walg_bin() -> Option<std::path::PathBuf> {
-    match std::env::var_os("WALDEN_WALG_BIN") {
-        Some(p) if !p.is_empty() => Some(p.into()),
-        _ => {
-            eprintln!("WALDEN_WALG_BIN not set: skipping the WAL-G restores of composed backups");
-            None
-        }
-    }
-}
 
 /// Every table of the two databases: name and a checksum of its rows.
 fn state(pg: &PgCluster) -> String {
@@ -208,7 +199,7 @@ fn check_database_layout(store: &Store, name: &str, other_file: &str, hot_file: 
 
 #[test]
 fn database_composer_keeps_each_database_in_its_own_tars() {
-    let walg = walg_bin();
+    let walg = walg_bin("the WAL-G restores of composed backups");
     let (store, mut pg) = source();
     let expected = state(&pg);
     let other_file = relation_file(&pg, "other", "t");
@@ -234,7 +225,7 @@ fn database_composer_keeps_each_database_in_its_own_tars() {
 
 #[test]
 fn rating_composer_groups_files_by_update_count() {
-    let walg = walg_bin();
+    let walg = walg_bin("the WAL-G restores of composed backups");
     let (store, mut pg) = source();
     let expected = state(&pg);
     // Statistics reach the shared counters within a second of a session's end.
@@ -298,7 +289,7 @@ fn object(store: &Store, name: &str, tar: &str) -> Vec<u8> {
 /// the rows of its moment.
 #[test]
 fn copy_composer_copies_the_unchanged_tars_of_the_previous_backup() {
-    let walg = walg_bin();
+    let walg = walg_bin("the WAL-G restores of composed backups");
     for store in Store::both() {
         let kind = store.name();
         let (store, mut pg) = source_in(store);

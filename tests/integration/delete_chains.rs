@@ -23,24 +23,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::time::Duration;
 
+use crate::harness::walg_bin;
 use crate::harness::{PgCluster, TempDir, Walden};
 use crate::store::Store;
 
 const ROWS: &str = "SELECT md5(string_agg(aid::text || ':' || abalance::text, ',' ORDER BY aid)) \
                     || '/' || (SELECT count(*) FROM pgbench_history) FROM pgbench_accounts";
 const SEG: u64 = 16 << 20;
-
-fn walg_bin() -> Option<std::path::PathBuf> {
-    match std::env::var_os("WALDEN_WALG_BIN") {
-        Some(p) if !p.is_empty() => Some(p.into()),
-        _ => {
-            eprintln!(
-                "WALDEN_WALG_BIN not set: skipping the comparison with WAL-G's delete dry runs"
-            );
-            None
-        }
-    }
-}
 
 /// What a delete form should remove: the backups (indexes) that go, and
 /// the target (index) WAL is cut at.
@@ -228,7 +217,7 @@ fn restore_and_compare(store: &Store, b: &Made) {
 
 #[test]
 fn delete_over_delta_chains_and_two_timelines() {
-    let walg = walg_bin();
+    let walg = walg_bin("the comparison with WAL-G's delete dry runs");
     let store = Store::fs();
     let archive = [
         ("archive_mode", "on"),

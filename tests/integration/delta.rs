@@ -15,20 +15,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::harness::pg::PG_BIN;
+use crate::harness::walg_bin;
 use crate::harness::{PgCluster, TempDir, Walden};
 use crate::store::Store;
-
-fn walg_bin() -> Option<std::path::PathBuf> {
-    match std::env::var_os("WALDEN_WALG_BIN") {
-        Some(p) if !p.is_empty() => Some(p.into()),
-        _ => {
-            eprintln!(
-                "WALDEN_WALG_BIN not set: skipping the WAL-G restores of walden's delta chains"
-            );
-            None
-        }
-    }
-}
 
 /// Which program restores a delta chain.
 enum Tool<'a> {
@@ -160,7 +149,7 @@ fn delta_chain_latest_full() {
 }
 
 fn chain(origin: &str) {
-    let walg = walg_bin();
+    let walg = walg_bin("the WAL-G restores of walden's delta chains");
     // The archiver (user postgres) creates the store's root.
     let store = Store::fs();
     let mut pg = PgCluster::builder()
@@ -475,7 +464,7 @@ fn delta_increment_holds_exactly_the_changed_pages() {
 /// moment, pg_amcheck clean.
 #[test]
 fn wal_delta_setting_is_said_once_and_walg_falls_back_to_a_page_scan() {
-    let walg = walg_bin();
+    let walg = walg_bin("the WAL-G restores of walden's delta chains");
     let store = Store::fs();
     let mut pg = PgCluster::builder()
         .conf("archive_mode", "on")

@@ -18,20 +18,11 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::harness::walg_bin;
 use crate::harness::{PgCluster, TempDir, Walden};
 use crate::store::Store;
 
 const METHOD: &str = "lz4";
-
-fn walg_bin() -> Option<PathBuf> {
-    match std::env::var_os("WALDEN_WALG_BIN") {
-        Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
-        _ => {
-            eprintln!("WALDEN_WALG_BIN not set: skipping the WAL-G delta chain test");
-            None
-        }
-    }
-}
 
 fn walg(bin: &Path, store: &Store, origin: &str) -> Walden {
     if let Store::Fs { dir } = store {
@@ -135,7 +126,9 @@ const MODES: [(&str, &[&str]); 3] = [
 
 #[test]
 fn walg_delta_chain_restores_every_link() {
-    let Some(bin) = walg_bin() else { return };
+    let Some(bin) = walg_bin("the WAL-G delta chain test") else {
+        return;
+    };
     // LATEST: each delta against the one before (a chain of four);
     // LATEST_FULL: each against the full backup (chains of two).
     for origin in ["LATEST", "LATEST_FULL"] {

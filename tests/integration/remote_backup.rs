@@ -10,7 +10,7 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -18,6 +18,7 @@ use serde_json::Value;
 
 use crate::harness::tmp::{chown_postgres, free_port};
 use crate::harness::walden::walden_bin_for_postgres;
+use crate::harness::walg_bin;
 use crate::harness::{Output, PgCluster, TempDir, Walden};
 use crate::store::Store;
 
@@ -25,16 +26,6 @@ const ROWS: &str = "SELECT sum(abalance)::text || '/' || count(*) || '/' || \
     (SELECT count(*) || '/' || sum(length(note)) FROM notes) FROM pgbench_accounts";
 
 const BOB_PW: &str = "remote-bob-pw";
-
-fn walg_bin() -> Option<PathBuf> {
-    match std::env::var_os("WALDEN_WALG_BIN") {
-        Some(p) if !p.is_empty() => Some(p.into()),
-        _ => {
-            eprintln!("WALDEN_WALG_BIN not set: skipping WAL-G's restore of a remote backup");
-            None
-        }
-    }
-}
 
 /// The cluster's connection settings without PGDATA: a remote backup.
 fn remote_env(pg: &PgCluster) -> Vec<(String, String)> {
@@ -173,7 +164,7 @@ fn notes_and_bench(pg: &PgCluster, tablespace: Option<&str>) {
 /// by walden, and by WAL-G when it is there.
 #[test]
 fn remote_backup_push_over_the_socket_with_a_tablespace() {
-    let walg = walg_bin();
+    let walg = walg_bin("WAL-G's restore of a remote backup");
     let store = Store::fs();
     let mut pg = PgCluster::builder()
         .conf("archive_mode", "on")

@@ -10,23 +10,14 @@
 //! PostgreSQL wal-g; without it these tests skip.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
+use crate::harness::walg_bin;
 use crate::harness::{PgCluster, TempDir, Walden};
 use crate::store::Store;
 
 const ROWS: &str = "SELECT sum(abalance)::text || '/' || count(*) FROM pgbench_accounts";
-
-fn walg_bin() -> Option<PathBuf> {
-    match std::env::var_os("WALDEN_WALG_BIN") {
-        Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
-        _ => {
-            eprintln!("WALDEN_WALG_BIN not set: skipping WAL-G backup interoperability test");
-            None
-        }
-    }
-}
 
 fn walg(bin: &Path, store: &Store, method: &str) -> Walden {
     // WAL-G's file storage refuses a root that does not exist yet.
@@ -48,7 +39,9 @@ fn walden(store: &Store, method: &str) -> Walden {
 
 #[test]
 fn backups_cross_between_walden_and_walg() {
-    let Some(bin) = walg_bin() else { return };
+    let Some(bin) = walg_bin("WAL-G backup interoperability test") else {
+        return;
+    };
     for (store, method) in [(Store::fs(), "lz4"), (Store::s3(), "zstd")] {
         cross(&bin, store, method);
     }

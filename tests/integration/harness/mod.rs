@@ -21,4 +21,4 @@ pub use fake_s3::{FakeRequest, FakeResponse, FakeS3};
 pub use pg::{PgBuilder, PgCluster};
 pub use s3::S3Server;
 pub use tmp::TempDir;
-pub use walden::{walden_bin, walden_bin_for_postgres, Output, Running, Walden};
+pub use walden::{walden_bin, walden_bin_for_postgres, walg_bin, Output, Running, Walden};

@@ -354,3 +354,15 @@ impl Output {
         format!("--- stdout ---\n{out}\n--- stderr ---\n{}", self.stderr)
     }
 }
+
+/// The WAL-G binary built by hand for the interop parts of tests
+/// (`WALDEN_WALG_BIN`); without it, one line says which part is skipped.
+pub fn walg_bin(skipped: &str) -> Option<PathBuf> {
+    match std::env::var_os("WALDEN_WALG_BIN") {
+        Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
+        _ => {
+            eprintln!("WALDEN_WALG_BIN not set: skipping {skipped}");
+            None
+        }
+    }
+}
