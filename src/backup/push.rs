@@ -615,14 +615,24 @@ fn push(
             super::mark::set_permanent(&storage, &b, true)?;
         }
     }
+    finalise(storage.as_ref(), &name, &info, progress)
+}
+
+/// The end of every backup-push, local or remote: `metadata.json`, then
+/// the sentinel, last, for that is what makes the backup exist.
+pub(super) fn finalise(
+    storage: &dyn crate::storage::Storage,
+    name: &str,
+    info: &BackupInfo,
+    progress: Progress,
+) -> Result<()> {
     storage.put(
-        &layout::metadata_key(&name),
-        sentinel::metadata_json(&info).as_bytes(),
+        &layout::metadata_key(name),
+        sentinel::metadata_json(info).as_bytes(),
     )?;
-    // Last: this is what makes the backup exist.
     storage.put(
-        &layout::sentinel_key(&name),
-        sentinel::sentinel_json(&info).as_bytes(),
+        &layout::sentinel_key(name),
+        sentinel::sentinel_json(info).as_bytes(),
     )?;
     progress.finish();
     log::info!(

@@ -23,7 +23,7 @@ use std::time::SystemTime;
 
 use super::composer::Composer;
 use super::delta::base::From as DeltaFrom;
-use super::push::{hostname, peak_rss_kib, Options};
+use super::push::{hostname, Options};
 use super::sentinel::{self, BackupInfo};
 use super::tars::{self, Builder};
 use super::throttle::RateLimit;
@@ -199,22 +199,7 @@ pub(super) fn run(
         files_metadata_disabled: !opts.files_metadata,
         corrupt_pages: None,
     };
-    storage.put(
-        &layout::metadata_key(&name),
-        sentinel::metadata_json(&info).as_bytes(),
-    )?;
-    // Last: this is what makes the backup exist.
-    storage.put(
-        &layout::sentinel_key(&name),
-        sentinel::sentinel_json(&info).as_bytes(),
-    )?;
-    progress.finish();
-    log::info!(
-        "Wrote backup with name {name} to storage {}",
-        storage.location()
-    );
-    log::debug!("peak memory (RSS) of backup-push: {} KiB", peak_rss_kib());
-    Ok(())
+    super::push::finalise(storage.as_ref(), &name, &info, progress)
 }
 
 /// An explicit delta base cannot be honoured over BASE_BACKUP here;
