@@ -12,6 +12,8 @@
 
 mod control;
 mod fetch;
+mod gob;
+mod wire;
 pub mod folder;
 
 use std::ffi::OsString;
