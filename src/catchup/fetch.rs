@@ -221,7 +221,7 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
 }
 
 /// A running server would overwrite what catch-up writes.
-fn check_stopped(pgdata: &Path) -> Result<()> {
+pub(super) fn check_stopped(pgdata: &Path) -> Result<()> {
     let pidfile = pgdata.join("postmaster.pid");
     let text = match fs::read_to_string(&pidfile) {
         Ok(t) => t,

@@ -80,7 +80,10 @@ struct Buf<'a> {
 
 impl<'a> Buf<'a> {
     fn byte(&mut self) -> io::Result<u8> {
-        let (&first, rest) = self.b.split_first().ok_or_else(|| bad("message too short"))?;
+        let (&first, rest) = self
+            .b
+            .split_first()
+            .ok_or_else(|| bad("message too short"))?;
         self.b = rest;
         Ok(first)
     }
@@ -215,8 +218,9 @@ impl Decoder {
                 Some(WireType::Struct(fields)) => {
                     let mut v = Vec::new();
                     b.fields(|b, i| {
-                        let (name, t) =
-                            fields.get(i as usize).ok_or_else(|| bad("field number out of range"))?;
+                        let (name, t) = fields
+                            .get(i as usize)
+                            .ok_or_else(|| bad("field number out of range"))?;
                         v.push((name.clone(), self.value(b, *t, depth + 1)?));
                         Ok(())
                     })?;
@@ -231,7 +235,7 @@ impl Decoder {
 fn wire_type(b: &mut Buf) -> io::Result<WireType> {
     let mut out = None;
     b.fields(|b, i| {
-        let mut t = None;
+        let t;
         match i {
             0 => {
                 let (mut elem, mut _len) = (0, 0);
@@ -353,7 +357,11 @@ impl Out {
         self
     }
     pub fn int(&mut self, v: i64) -> &mut Self {
-        let u = if v < 0 { ((!v as u64) << 1) | 1 } else { (v as u64) << 1 };
+        let u = if v < 0 {
+            ((!v as u64) << 1) | 1
+        } else {
+            (v as u64) << 1
+        };
         self.uint(u)
     }
     pub fn bytes(&mut self, v: &[u8]) -> &mut Self {
@@ -404,13 +412,23 @@ fn common(o: &mut Out, name: &str, id: i64) {
 }
 
 /// Sends the definition of struct type `id`.
-pub fn define_struct(w: &mut impl Write, id: i64, name: &str, fields: &[(&str, i64)]) -> io::Result<()> {
+pub fn define_struct(
+    w: &mut impl Write,
+    id: i64,
+    name: &str,
+    fields: &[(&str, i64)],
+) -> io::Result<()> {
     let mut o = Out::default();
     o.int(-id).begin().field(2).begin();
     common(&mut o, name, id);
     o.field(1).uint(fields.len() as u64);
     for (n, t) in fields {
-        o.begin().field(0).bytes(n.as_bytes()).field(1).int(*t).end();
+        o.begin()
+            .field(0)
+            .bytes(n.as_bytes())
+            .field(1)
+            .int(*t)
+            .end();
     }
     o.end().end();
     o.send(w)
@@ -469,7 +487,10 @@ mod tests {
     use super::*;
 
     fn hex(s: &str) -> Vec<u8> {
-        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
     }
 
     // Vectors printed by Go 1.26 encoding/gob for WAL-G's types (one
@@ -492,10 +513,15 @@ mod tests {
         assert_eq!(c.uint("SystemIdentifier"), 7301234567890123456);
         assert_eq!(c.uint("CurrentTimeline"), 1);
         assert_eq!(c.uint("Checkpoint"), 0x5000028);
-        let Value::Map(list) = d.decode(&mut r).unwrap() else { panic!() };
+        let Value::Map(list) = d.decode(&mut r).unwrap() else {
+            panic!()
+        };
         assert_eq!(list.len(), 2);
         assert_eq!(list[0].0, Value::Bytes(b"base/1/1259".to_vec()));
-        assert_eq!(decode_time(list[0].1.bytes("MTime")), Some((1700000000, 123456789)));
+        assert_eq!(
+            decode_time(list[0].1.bytes("MTime")),
+            Some((1700000000, 123456789))
+        );
         assert_eq!(decode_time(list[1].1.bytes("MTime")), Some((1700000001, 5)));
         let full = d.decode(&mut r).unwrap();
         assert!(full.flag("IsFull") && !full.flag("IsDone"));
@@ -506,7 +532,10 @@ mod tests {
         assert!(del.flag("IsDelete"));
         assert_eq!(
             del.field("FilesToDelete"),
-            Some(&Value::List(vec![Value::Bytes(b"a".to_vec()), Value::Bytes(b"bc".to_vec())]))
+            Some(&Value::List(vec![
+                Value::Bytes(b"a".to_vec()),
+                Value::Bytes(b"bc".to_vec())
+            ]))
         );
         let bin = d.decode(&mut r).unwrap();
         assert!(bin.flag("IsBinContents"));
@@ -518,7 +547,10 @@ mod tests {
 
     #[test]
     fn time_payloads_are_go_s() {
-        assert_eq!(decode_time(&hex("010000000edce5e800075bcd150000")), Some((1700000000, 123456789)));
+        assert_eq!(
+            decode_time(&hex("010000000edce5e800075bcd150000")),
+            Some((1700000000, 123456789))
+        );
         let t = encode_time(1700000000, 123456789);
         assert_eq!(decode_time(&t), Some((1700000000, 123456789)));
         assert_eq!(&t[..13], &hex("010000000edce5e800075bcd15")[..]);

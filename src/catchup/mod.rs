@@ -12,9 +12,11 @@
 
 mod control;
 mod fetch;
-mod gob;
-mod wire;
 pub mod folder;
+mod gob;
+mod receive;
+mod send;
+mod wire;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -27,6 +29,8 @@ const PUSH_USAGE: &str = "walden catchup-push PGDATA --from-lsn LSN";
 const LIST_USAGE: &str = "walden catchup-list [--pretty] [--json] [--detail]";
 
 pub use fetch::run as run_fetch;
+pub use receive::run as run_receive;
+pub use send::run as run_send;
 
 /// `--from-lsn`: WAL-G takes a decimal number; `X/Y` as PostgreSQL and
 /// pg_controldata print LSNs is accepted too.

@@ -4,7 +4,7 @@
 //! `CatchupCommandDto`, `[]byte` chunks) with its type ids, so the bytes
 //! equal what Go's encoder writes.
 
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufReader, Write};
 use std::net::TcpStream;
 
 use super::gob::{self, Decoder, Out, Value, BOOL, BYTES, INT, STRING, UINT};
@@ -36,7 +36,11 @@ pub struct Lz4Out<W: Write> {
 
 impl<W: Write> Lz4Out<W> {
     pub fn new(w: W) -> Self {
-        Lz4Out { w, src: Vec::with_capacity(BLOCK), started: false }
+        Lz4Out {
+            w,
+            src: Vec::with_capacity(BLOCK),
+            started: false,
+        }
     }
     fn block(&mut self) -> io::Result<()> {
         if !self.started {
@@ -53,7 +57,8 @@ impl<W: Write> Lz4Out<W> {
             self.w.write_all(&(packed.len() as u32).to_le_bytes())?;
             self.w.write_all(&packed)?;
         } else {
-            self.w.write_all(&(self.src.len() as u32 | 0x8000_0000).to_le_bytes())?;
+            self.w
+                .write_all(&(self.src.len() as u32 | 0x8000_0000).to_le_bytes())?;
             self.w.write_all(&self.src)?;
         }
         self.src.clear();
@@ -128,16 +133,28 @@ pub fn chunk(w: &mut impl Write, data: &[u8]) -> io::Result<()> {
     o.send(w)
 }
 
-pub fn control(w: &mut impl Write, system_identifier: u64, timeline: u32, checkpoint: u64) -> io::Result<()> {
+pub fn control(
+    w: &mut impl Write,
+    system_identifier: u64,
+    timeline: u32,
+    checkpoint: u64,
+) -> io::Result<()> {
     gob::define_struct(
         w,
         CONTROL,
         "PgControlData",
-        &[("SystemIdentifier", UINT), ("CurrentTimeline", UINT), ("Checkpoint", UINT)],
+        &[
+            ("SystemIdentifier", UINT),
+            ("CurrentTimeline", UINT),
+            ("Checkpoint", UINT),
+        ],
     )?;
     let mut o = Out::default();
     o.int(CONTROL).begin();
-    for (i, v) in [system_identifier, timeline as u64, checkpoint].into_iter().enumerate() {
+    for (i, v) in [system_identifier, timeline as u64, checkpoint]
+        .into_iter()
+        .enumerate()
+    {
         if v != 0 {
             o.field(i as i64).uint(v);
         }
@@ -171,7 +188,11 @@ pub fn file_list(w: &mut impl Write, files: &[(String, i64, u32)]) -> io::Result
     let mut o = Out::default();
     o.int(FILE_LIST).uint(0).uint(files.len() as u64);
     for (name, secs, nanos) in files {
-        o.bytes(name.as_bytes()).begin().field(2).bytes(&gob::encode_time(*secs, *nanos)).end();
+        o.bytes(name.as_bytes())
+            .begin()
+            .field(2)
+            .bytes(&gob::encode_time(*secs, *nanos))
+            .end();
     }
     o.send(w)
 }
@@ -246,7 +267,13 @@ fn define_command(w: &mut impl Write) -> io::Result<()> {
 fn command(w: &mut impl Write, c: &Command) -> io::Result<()> {
     let mut o = Out::default();
     o.int(COMMAND).begin();
-    let flags = [c.is_done, c.is_incremental, c.is_full, c.is_delete, c.is_bin_contents];
+    let flags = [
+        c.is_done,
+        c.is_incremental,
+        c.is_full,
+        c.is_delete,
+        c.is_bin_contents,
+    ];
     for (i, f) in flags.into_iter().enumerate() {
         if f {
             o.field(i as i64).uint(1);
@@ -286,11 +313,44 @@ mod tests {
         assert_eq!(hex(&w), "527f0301010d5067436f6e74726f6c4461746101ff80000103011053797374656d4964656e746966696572010600010f43757272656e7454696d656c696e65010600010a436865636b706f696e74010600000015ff8001f865533227e8e4bac0010101fc0500002800");
         let mut w = Vec::new();
         define_command(&mut w).unwrap();
-        command(&mut w, &Command { file_name: "base/1/2".into(), is_full: true, file_size: 3, ..Default::default() }).unwrap();
+        command(
+            &mut w,
+            &Command {
+                file_name: "base/1/2".into(),
+                is_full: true,
+                file_size: 3,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         chunk(&mut w, &[1, 2, 3]).unwrap();
-        command(&mut w, &Command { is_delete: true, files_to_delete: vec!["a".into(), "bc".into()], ..Default::default() }).unwrap();
-        command(&mut w, &Command { binary_contents: b"x".to_vec(), file_name: "backup_label".into(), is_bin_contents: true, ..Default::default() }).unwrap();
-        command(&mut w, &Command { is_done: true, ..Default::default() }).unwrap();
+        command(
+            &mut w,
+            &Command {
+                is_delete: true,
+                files_to_delete: vec!["a".into(), "bc".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        command(
+            &mut w,
+            &Command {
+                binary_contents: b"x".to_vec(),
+                file_name: "backup_label".into(),
+                is_bin_contents: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        command(
+            &mut w,
+            &Command {
+                is_done: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert_eq!(hex(&w), concat!(
             "ffa6ff8b0301011143617463687570436f6d6d616e6444746f01ff8c00010901064973446f6e65010200010d4973496e6372656d656e74616c0102000106497346756c6c0102000108497344656c657465010200010d497342696e436f6e74656e7473010200010846696c6553697a65010600010846696c654e616d65010c00010e42696e617279436f6e74656e7473010a00010d46696c6573546f44656c65746501ff8e00000016ff8d020101085b5d737472696e6701ff8e00010c000011ff8c030103030108626173652f312f3200",
             "060a0003010203",
@@ -306,7 +366,12 @@ mod tests {
         // Go's vector for this one-entry list, the time in UTC (zone ffff).
         assert_eq!(hex(&w), "1fff890401010e4261636b757046696c654c69737401ff8a00010c01ff8200005bff81030102ff82000105010d4973496e6372656d656e74656401020001094973536b697070656401020001054d54696d6501ff8400010d436f7272757074426c6f636b7301ff8600010c55706461746573436f756e74010600000010ff830501010454696d6501ff840000004dff8503010111436f7272757074426c6f636b73496e666f01ff860001020112436f7272757074426c6f636b73436f756e740104000111536f6d65436f7272757074426c6f636b7301ff8800000016ff87020101085b5d75696e74333201ff88000106000022ff8a00010b626173652f312f31323539030f010000000edce5e800075bcd15ffff00");
         let mut d = Decoder::default();
-        let Value::Map(m) = d.decode(&mut &w[..]).unwrap() else { panic!() };
-        assert_eq!(gob::decode_time(m[0].1.bytes("MTime")), Some((1700000000, 123456789)));
+        let Value::Map(m) = d.decode(&mut &w[..]).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            gob::decode_time(m[0].1.bytes("MTime")),
+            Some((1700000000, 123456789))
+        );
     }
 }
