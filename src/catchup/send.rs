@@ -244,7 +244,7 @@ impl Sender<'_> {
             Err(e) => return Err(local(e)),
         };
         let mut blocks = None;
-        if theirs && scan::is_paged(name.as_bytes(), size) {
+        if theirs && scan::is_paged(format!("/{name}").as_bytes(), size) {
             match scan::select(&mut file, size, self.checkpoint, &mut self.buf).map_err(local)? {
                 Ok(sel) => blocks = Some(sel.blocks),
                 Err(bad) => log::warn!("'{name}' has an invalid page {}: sent whole", bad.block),

@@ -120,7 +120,7 @@ pub(crate) fn wait_replayed(primary: &PgCluster, standby: &PgCluster) {
 }
 
 /// `Latest checkpoint's REDO location` of a stopped cluster, decimal.
-fn redo_lsn(data: &Path) -> u64 {
+pub(crate) fn redo_lsn(data: &Path) -> u64 {
     let out = Command::new(format!("{PG_BIN}/pg_controldata"))
         .arg(data)
         .output()
@@ -135,7 +135,7 @@ fn redo_lsn(data: &Path) -> u64 {
     (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
 }
 
-fn segment_of(lsn: u64) -> String {
+pub(crate) fn segment_of(lsn: u64) -> String {
     let seg = lsn / (16 << 20);
     format!("{:08X}{:08X}{:08X}", 1, seg >> 8, seg & 0xFF)
 }

@@ -9,7 +9,9 @@ use std::fs;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::catchup::{psql_in, replica_of, rows, wait_replayed, wait_streaming};
+use crate::catchup::{
+    psql_in, redo_lsn, replica_of, rows, segment_of, wait_replayed, wait_streaming,
+};
 use crate::harness::tmp::{chown_postgres, free_port};
 use crate::harness::{PgCluster, TempDir, Walden};
 use crate::store::Store;
@@ -41,7 +43,10 @@ fn scenario(walg_sends: bool, walg_receives: bool) {
     };
     let store = Store::fs();
     fs::create_dir_all(store.object_file("")).unwrap();
-    let primary = PgCluster::builder().start();
+    let primary = PgCluster::builder()
+        .conf("wal_keep_size", "0")
+        .conf("min_wal_size", "'32MB'")
+        .start();
     primary.pgbench_init(1);
     primary.psql(
         "CREATE TABLE keep_t (id int primary key, v text); \
@@ -65,7 +70,17 @@ fn scenario(walg_sends: bool, walg_receives: bool) {
     );
     psql_in(&primary, "db2", "INSERT INTO t2 SELECT 7");
     primary.pgbench(&["-n", "-t", "100"]);
-    primary.psql("CHECKPOINT");
+    // Checkpoints until the WAL from the replica's position is gone:
+    // streaming alone could not bring it back.
+    let needed = segment_of(redo_lsn(&data));
+    for _ in 0..3 {
+        primary.psql("SELECT pg_switch_wal()");
+        primary.psql("CHECKPOINT");
+    }
+    assert!(
+        !primary.data_dir().join("pg_wal").join(&needed).exists(),
+        "the primary still has {needed}"
+    );
 
     let port = free_port();
     let rx = receiver
@@ -93,6 +108,13 @@ fn scenario(walg_sends: bool, walg_receives: bool) {
     let received = rx.wait(Duration::from_secs(60));
     sent.assert_ok();
     received.assert_ok();
+    // Changed relation files went as increments (both implementations log
+    // "Incremental file NAME" on the receiving side).
+    assert!(
+        received.stderr.contains("Incremental file base/"),
+        "{}",
+        received.dump()
+    );
     assert!(
         !data.join(&drop_path).exists(),
         "the dropped table's file is left"
