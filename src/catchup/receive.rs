@@ -18,7 +18,8 @@ use crate::error::{Error, Result};
 
 const USAGE: &str = "walden catchup-receive PGDATA PORT";
 
-pub fn run(args: Vec<OsString>) -> Result<()> {
+pub fn run(settings: &crate::config::Settings, args: Vec<OsString>) -> Result<()> {
+    super::refuse_encryption(settings, "catchup-receive")?;
     let usage = |what: &str| Error::Usage(format!("{what}; usage: {USAGE}"));
     let mut it = args.into_iter();
     let pgdata = PathBuf::from(it.next().ok_or_else(|| usage("PGDATA is missing"))?);

@@ -26,6 +26,7 @@ use crate::pg::{Client, ConnParams};
 const USAGE: &str = "walden catchup-send PGDATA HOST:PORT";
 
 pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
+    super::refuse_encryption(settings, "catchup-send")?;
     let usage = |what: &str| Error::Usage(format!("{what}; usage: {USAGE}"));
     let mut it = args.into_iter();
     let pgdata = PathBuf::from(it.next().ok_or_else(|| usage("PGDATA is missing"))?);
