@@ -31,7 +31,17 @@ pub fn run(settings: &crate::config::Settings, args: Vec<OsString>) -> Result<()
         return Err(usage("too many arguments"));
     }
     super::fetch::check_stopped(&pgdata)?;
-    let control_path = pgdata.join("global/pg_control");
+    // A previous run that was interrupted set pg_control aside.
+    let parked = pgdata.join(super::fetch::PARKED);
+    let control_path = if parked.is_file() {
+        log::info!(
+            "'{}' is from an interrupted catch-up: receiving again",
+            parked.display()
+        );
+        parked.clone()
+    } else {
+        pgdata.join("global/pg_control")
+    };
     let raw = fs::read(&control_path)
         .map_err(|e| Error::io(format!("reading '{}'", control_path.display()), e))?;
     let control = Control::read(&control_path)?;
@@ -63,6 +73,9 @@ pub fn run(settings: &crate::config::Settings, args: Vec<OsString>) -> Result<()
     wire::file_list(&mut conn.out, &files).map_err(net)?;
     conn.out.flush().map_err(net)?;
     drop(files);
+    // Until the primary's pg_control arrives last, the replica must not
+    // start half caught up: its own is set aside.
+    super::fetch::park_control(&pgdata)?;
     loop {
         let value = conn.recv().map_err(net)?;
         let cmd = Command::from_value(&value).map_err(net)?;
@@ -71,6 +84,16 @@ pub fn run(settings: &crate::config::Settings, args: Vec<OsString>) -> Result<()
         }
         apply(&pgdata, &mut conn, cmd)?;
     }
+    if !pgdata.join("global/pg_control").is_file() {
+        return Err(Error::Other(format!(
+            "the catch-up sender ended without sending pg_control: '{}' is half caught up and will \
+             not start; run catchup-receive and catchup-send again",
+            pgdata.display()
+        )));
+    }
+    sync_all(&pgdata)?;
+    fs::remove_file(&parked)
+        .map_err(|e| Error::io(format!("removing '{}'", parked.display()), e))?;
     sync_all(&pgdata)?;
     log::info!("Receive done");
     Ok(())
@@ -88,7 +111,10 @@ fn list(pgdata: &Path) -> Result<Vec<(String, i64, u32)>> {
         for entry in entries {
             let entry = entry.map_err(|e| Error::io(format!("listing '{}'", dir.display()), e))?;
             let name = entry.file_name();
-            if name == "pg_control" || crate::backup::walk::is_excluded(name.as_encoded_bytes()) {
+            if name == "pg_control"
+                || name == "pg_control.walden-catchup"
+                || crate::backup::walk::is_excluded(name.as_encoded_bytes())
+            {
                 continue;
             }
             let path = entry.path();

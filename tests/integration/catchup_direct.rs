@@ -120,6 +120,7 @@ fn scenario(walg_sends: bool, walg_receives: bool) {
         "the dropped table's file is left"
     );
     assert!(data.join("backup_label").exists());
+    assert!(!data.join("global/pg_control.walden-catchup").exists());
     chown_postgres(&data);
     replica.start_server();
     wait_streaming(&replica);
