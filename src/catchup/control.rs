@@ -68,6 +68,15 @@ impl Control {
     }
 }
 
+/// The timeline of the latest checkpoint (spec §11.3: after the REDO
+/// location since PostgreSQL 11, pg_control_version 1100; 8 bytes later
+/// before, behind the removed previous-checkpoint field).
+pub fn timeline(bytes: &[u8]) -> Option<u32> {
+    let version = u32::from_le_bytes(bytes.get(8..12)?.try_into().ok()?);
+    let at = if version < 1100 { 56 } else { 48 };
+    Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,5 +89,6 @@ mod tests {
         assert!(c.redo <= c.checkpoint, "{c:?}");
         assert!(c.checkpoint > 0);
         assert!(Control::parse(&bytes[..40]).is_none());
+        assert_eq!(timeline(bytes), Some(1));
     }
 }

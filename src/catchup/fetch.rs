@@ -47,7 +47,7 @@ const USAGE: &str = "walden catchup-fetch PGDATA NAME|LATEST [--use-new-unwrap]"
 
 /// Where the replica's own `pg_control` waits while the catch-up is
 /// applied: PostgreSQL does not start without `global/pg_control`.
-const PARKED: &str = "global/pg_control.walden-catchup";
+pub(super) const PARKED: &str = "global/pg_control.walden-catchup";
 
 struct Options {
     pgdata: PathBuf,
@@ -221,7 +221,7 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
 }
 
 /// A running server would overwrite what catch-up writes.
-fn check_stopped(pgdata: &Path) -> Result<()> {
+pub(super) fn check_stopped(pgdata: &Path) -> Result<()> {
     let pidfile = pgdata.join("postmaster.pid");
     let text = match fs::read_to_string(&pidfile) {
         Ok(t) => t,
@@ -399,7 +399,7 @@ fn tablespace_plan(
 
 /// Set the replica's `pg_control` aside (durably) before anything else
 /// changes: a half-applied catch-up must not start.
-fn park_control(pgdata: &Path) -> Result<()> {
+pub(super) fn park_control(pgdata: &Path) -> Result<()> {
     let live = pgdata.join("global/pg_control");
     let parked = pgdata.join(PARKED);
     if parked.exists() {

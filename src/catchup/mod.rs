@@ -13,6 +13,10 @@
 mod control;
 mod fetch;
 pub mod folder;
+mod gob;
+mod receive;
+mod send;
+mod wire;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -25,6 +29,8 @@ const PUSH_USAGE: &str = "walden catchup-push PGDATA --from-lsn LSN";
 const LIST_USAGE: &str = "walden catchup-list [--pretty] [--json] [--detail]";
 
 pub use fetch::run as run_fetch;
+pub use receive::run as run_receive;
+pub use send::run as run_send;
 
 /// `--from-lsn`: WAL-G takes a decimal number; `X/Y` as PostgreSQL and
 /// pg_controldata print LSNs is accepted too.
@@ -75,6 +81,20 @@ pub fn run_list(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     let opts = crate::backup::list::Options::parse(args, LIST_USAGE)?;
     let storage = folder::catchup_view(open_storage(settings)?);
     crate::backup::list::print_list(&storage, opts)
+}
+
+/// WAL-G encrypts the catch-up connection with its configured crypter;
+/// walden does not yet, so a configured key would make the two sides
+/// disagree: refused rather than sent in the clear.
+fn refuse_encryption(settings: &Settings, command: &str) -> Result<()> {
+    if crate::commands::codecs(settings)?.key.is_some() {
+        return Err(Error::Usage(format!(
+            "{command} does not encrypt its connection yet, and an encryption key \
+             (WALG_LIBSODIUM_KEY/_PATH) is configured, with which WAL-G would: unset it for \
+             {command} (on both sides), and use a trusted network or a tunnel"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -57,6 +57,8 @@ pub fn run(command: &str, settings: Settings, args: Vec<OsString>) -> Result<()>
         "catchup-push" => crate::catchup::run_push(&settings, args),
         "catchup-fetch" => crate::catchup::run_fetch(&settings, args),
         "catchup-list" => crate::catchup::run_list(&settings, args),
+        "catchup-receive" => crate::catchup::run_receive(&settings, args),
+        "catchup-send" => crate::catchup::run_send(&settings, args),
         "flags" => flags::run(),
         "pg-info" => pg_info::run(&settings, args),
         "pgbackrest" => crate::pgbackrest::run(&settings, args),

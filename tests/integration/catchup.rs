@@ -37,7 +37,7 @@ const CHECKS: &[(&str, &str)] = &[
     ("db2", "SELECT sum(n)::text FROM t2"),
 ];
 
-fn psql_in(pg: &PgCluster, db: &str, sql: &str) -> String {
+pub(crate) fn psql_in(pg: &PgCluster, db: &str, sql: &str) -> String {
     let out = Command::new(format!("{PG_BIN}/psql"))
         .envs(pg.env())
         .args([
@@ -61,7 +61,7 @@ fn psql_in(pg: &PgCluster, db: &str, sql: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-fn rows(pg: &PgCluster) -> Vec<String> {
+pub(crate) fn rows(pg: &PgCluster) -> Vec<String> {
     CHECKS
         .iter()
         .map(|(db, sql)| psql_in(pg, db, sql))
@@ -69,7 +69,7 @@ fn rows(pg: &PgCluster) -> Vec<String> {
 }
 
 /// A streaming standby of `primary` in `dir/data`, made by pg_basebackup.
-fn replica_of(primary: &PgCluster, dir: &TempDir) -> PgCluster {
+pub(crate) fn replica_of(primary: &PgCluster, dir: &TempDir) -> PgCluster {
     let data = dir.join("data");
     let out = Command::new(format!("{PG_BIN}/pg_basebackup"))
         .args(["-h", &primary.socket_dir().display().to_string()])
@@ -101,7 +101,7 @@ fn start_standby(primary: &PgCluster, data: PathBuf) -> PgCluster {
     pg
 }
 
-fn wait_streaming(pg: &PgCluster) {
+pub(crate) fn wait_streaming(pg: &PgCluster) {
     pg.wait_for_sql(
         "SELECT status FROM pg_stat_wal_receiver",
         "streaming",
@@ -110,7 +110,7 @@ fn wait_streaming(pg: &PgCluster) {
 }
 
 /// Until `standby` has replayed everything `primary` has written so far.
-fn wait_replayed(primary: &PgCluster, standby: &PgCluster) {
+pub(crate) fn wait_replayed(primary: &PgCluster, standby: &PgCluster) {
     let lsn = primary.psql("SELECT pg_current_wal_lsn()");
     standby.wait_for_sql(
         &format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'"),
@@ -120,7 +120,7 @@ fn wait_replayed(primary: &PgCluster, standby: &PgCluster) {
 }
 
 /// `Latest checkpoint's REDO location` of a stopped cluster, decimal.
-fn redo_lsn(data: &Path) -> u64 {
+pub(crate) fn redo_lsn(data: &Path) -> u64 {
     let out = Command::new(format!("{PG_BIN}/pg_controldata"))
         .arg(data)
         .output()
@@ -135,7 +135,7 @@ fn redo_lsn(data: &Path) -> u64 {
     (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
 }
 
-fn segment_of(lsn: u64) -> String {
+pub(crate) fn segment_of(lsn: u64) -> String {
     let seg = lsn / (16 << 20);
     format!("{:08X}{:08X}{:08X}", 1, seg >> 8, seg & 0xFF)
 }

@@ -10,6 +10,7 @@ mod backup_catalog;
 mod backup_push;
 mod backup_verify;
 mod catchup;
+mod catchup_direct;
 mod composers;
 mod config;
 mod copy;

@@ -544,13 +544,6 @@ fn help_version_and_unknown_commands_need_no_configuration() {
         "{}",
         out.stderr
     );
-    let out = Walden::new().arg("catchup-send").run();
-    assert_eq!(out.code, 1);
-    assert!(
-        out.stderr.contains("does not implement yet"),
-        "{}",
-        out.stderr
-    );
     let out = Walden::new().args(["st", "check", "write"]).run();
     assert_eq!(out.code, 1, "no storage configured");
 }
