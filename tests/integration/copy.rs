@@ -66,7 +66,11 @@ fn tree(root: &Path) -> BTreeMap<String, u64> {
                 continue;
             }
             let key = format!("{rel}{name}");
-            let meta = e.metadata().unwrap();
+            // Polled while a copy runs: a temporary file can be renamed
+            // away between the listing and this look.
+            let Ok(meta) = e.metadata() else {
+                continue;
+            };
             if meta.is_dir() {
                 walk(&e.path(), &format!("{key}/"), out);
             } else {
