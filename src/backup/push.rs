@@ -643,16 +643,20 @@ pub(super) fn finalise(
     Ok(())
 }
 
-/// This process's peak resident set size (Linux reports KiB).
+/// This process's peak resident set size in KiB: `VmHWM` of this
+/// program's own memory. getrusage's `ru_maxrss` is not used: Linux
+/// carries it across exec, so it also counts what the parent held when it
+/// forked us (a test harness or a script can hold far more than we do).
 pub(super) fn peak_rss_kib() -> i64 {
-    // SAFETY: getrusage only writes into the struct it is given.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    if rc == 0 {
-        usage.ru_maxrss
-    } else {
-        0
-    }
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// The session holding the backup during the copy: pinged by the alive
