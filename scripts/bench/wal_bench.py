@@ -223,7 +223,10 @@ def isolated(cname, ctools, shape, paths):
     for path in paths:
         n = os.path.basename(path)
         for t, (_, env, fetcher) in ctools.items():
-            dest = f"{out}/{t}"
+            # The name PostgreSQL gives restore_command's %p.
+            os.makedirs(f"{out}/{t}", exist_ok=True)
+            shutil.chown(f"{out}/{t}", "postgres")
+            dest = f"{out}/{t}/RECOVERYXLOG"
             secs, kib, _ = run(fetcher(n, dest), {**env, "WALG_DOWNLOAD_CONCURRENCY": "1"})
             fetch[t].append(secs)
             rss[t][1] = max(rss[t][1], kib)

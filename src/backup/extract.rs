@@ -97,16 +97,7 @@ fn copy_with_writeback(from: &mut impl Read, file: &mut File, buf: &mut [u8]) ->
     let mut started = 0u64;
     let mut kick = |written: u64, last: bool| {
         if written - started >= WRITEBACK_EVERY || (last && written > started) {
-            // SAFETY: fd stays open for the call; the flag only starts
-            // writeback. Failure is harmless: the later sync covers it.
-            unsafe {
-                libc::sync_file_range(
-                    fd,
-                    started as libc::off64_t,
-                    (written - started) as libc::off64_t,
-                    libc::SYNC_FILE_RANGE_WRITE,
-                )
-            };
+            crate::localfile::start_writeback(fd, started, written - started);
             started = written;
         }
     };

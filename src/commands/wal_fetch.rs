@@ -20,7 +20,7 @@ use super::{codecs, open_storage, positionals};
 use crate::codec::Codecs;
 use crate::config::Settings;
 use crate::error::{Error, Result};
-use crate::localfile::AtomicFile;
+use crate::localfile::{self, AtomicFile};
 use crate::storage::Storage;
 use crate::stream::copy_object_limited;
 use crate::wal::object::{self, Probe};
@@ -159,8 +159,9 @@ pub fn download_to(
     Ok(download(storage, codecs, name, dest, wal_size, Probe::GetFirst)?.is_some())
 }
 
-/// Download `name` into `dest` (temp name, fsync, rename). `Ok(None)` when
-/// storage has no such WAL file; on any error nothing is left at `dest`.
+/// Download `name` into `dest` (temp name, fsync unless PostgreSQL does
+/// it, rename). `Ok(None)` when storage has no such WAL file; on any error
+/// nothing is left at `dest`.
 fn download(
     storage: &Arc<dyn Storage>,
     codecs: &Codecs,
@@ -176,8 +177,12 @@ fn download(
         .map_err(|e| Error::io(format!("cannot create '{}'", dest.display()), e))?;
     let size = copy_wal(&mut reader, &mut file, &key, name, wal_size)?;
     log::debug!("{key}: {size} bytes");
-    file.commit()
-        .map_err(|e| Error::io(format!("cannot write '{}'", dest.display()), e))?;
+    if localfile::postgres_syncs(dest) {
+        file.commit_unsynced()
+    } else {
+        file.commit()
+    }
+    .map_err(|e| Error::io(format!("cannot write '{}'", dest.display()), e))?;
     Ok(Some(()))
 }
 
@@ -308,6 +313,7 @@ fn has_page_magic(path: &Path) -> bool {
 /// Rename within one filesystem; copy through a temp file across two.
 fn move_into_place(from: &Path, dest: &Path) -> io::Result<()> {
     match fs::rename(from, dest) {
+        Ok(()) if localfile::postgres_syncs(dest) => Ok(()),
         Ok(()) => {
             let dir = dest
                 .parent()

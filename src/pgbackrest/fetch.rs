@@ -660,22 +660,12 @@ const COPY_BUFFER: usize = 256 << 10;
 /// Writeback of a file is started every this many bytes.
 const WRITEBACK_EVERY: u64 = 8 << 20;
 
-/// Ask the kernel to start writing `[from, to)` of `out` to disk now
-/// (`sync_file_range`, which does not wait): disk writes overlap decoding,
-/// and the syncfs before pg_control finds little left, where one sync of
+/// Writeback of `[from, to)` of `out` (see `localfile::start_writeback`):
+/// the syncfs before pg_control finds little left, where one sync of
 /// everything at the end measured seconds on a 2 GiB restore.
 fn start_writeback(out: &File, from: u64, to: u64) {
     use std::os::fd::AsRawFd;
-    // SAFETY: the descriptor stays open for the call; the flag only starts
-    // writeback. A failure is harmless: the syncfs at the end covers it.
-    unsafe {
-        libc::sync_file_range(
-            out.as_raw_fd(),
-            from as libc::off64_t,
-            (to - from) as libc::off64_t,
-            libc::SYNC_FILE_RANGE_WRITE,
-        )
-    };
+    crate::localfile::start_writeback(out.as_raw_fd(), from, to - from);
 }
 
 /// Everything written so far on the file system of `dir` reaches the disk.

@@ -5,6 +5,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Component, Path, PathBuf};
 use std::time::SystemTime;
@@ -27,7 +28,7 @@ impl FsStorage {
         FsStorage {
             root,
             // Local disks gain nothing from big buffers or many of them.
-            part_size: 8 << 20,
+            part_size: 2 << 20,
             parts_in_flight: 2,
         }
     }
@@ -341,6 +342,9 @@ impl Storage for FsStorage {
             .map_err(|e| io_error("put", key, temp, e))?;
         file.write_all_at(data, offset)
             .map_err(|e| io_error("put", key, temp, e))?;
+        // The disk writes this part while the next is produced; the fsync
+        // of `complete_multipart` then waits for the last part only.
+        crate::localfile::start_writeback(file.as_raw_fd(), offset, data.len() as u64);
         Ok(number.to_string())
     }
 

@@ -529,10 +529,7 @@ impl LinkPolicy<'_> {
     fn start_writeback(&self, file: &File) {
         if self.writeback {
             use std::os::fd::AsRawFd;
-            // SAFETY: the descriptor stays open for the call; the flag
-            // only starts writeback. Failure is harmless: the sync that
-            // follows covers it.
-            unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+            crate::localfile::start_writeback(file.as_raw_fd(), 0, 0);
         }
     }
 
