@@ -28,4 +28,4 @@ bench_on_exit() { pkill -f "$work/nanio-data" 2>/dev/null || true; }
 bench_stage BENCH_WALG BENCH_WALRUS
 venv="${WALDEN_TEST_VENV:-target/test-venv}"
 [ -x "$venv/bin/nanio" ] || bash scripts/setup-test-env.sh >/dev/null
-exec python3 scripts/bench/wal_burst.py "$work" "$(realpath "$venv/bin/nanio")"
+python3 scripts/bench/wal_burst.py "$work" "$(realpath "$venv/bin/nanio")"

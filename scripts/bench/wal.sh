@@ -25,4 +25,4 @@ set -euo pipefail
 bench_build
 bench_workdir walbench "pg restore-*"
 bench_stage BENCH_WALG BENCH_WALRUS
-exec python3 scripts/bench/wal_bench.py "$work"
+python3 scripts/bench/wal_bench.py "$work"
