@@ -18,20 +18,9 @@
 # streams of every tool, default 2), BENCH_SMALL_FILES (extra 0-2 KiB
 # orphan files under base/ for a memory-at-scale run, default 0).
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-bash scripts/install-deps.sh
-bin=$(bash scripts/build-release.sh | tail -1)
-work=$(mktemp -d /tmp/walden-backupbench.XXXXXX)
-chmod 755 "$work"
-keep="${BENCH_KEEP:-}"
-cleanup() {
-    [ -f "$work/pg/postmaster.pid" ] && runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D "$work/pg" -m immediate stop >/dev/null 2>&1
-    [ -n "$keep" ] || rm -rf "$work"
-}
-trap cleanup EXIT
-cp "$bin" "$work/walden"
-for peer in BENCH_WALG BENCH_WALRUS; do
-    if [ -n "${!peer:-}" ]; then cp "${!peer}" "$work/$peer"; else echo "$peer not set: skipping that tool"; fi
-done
-chown -R postgres: "$work"
+# shellcheck source=scripts/bench/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+bench_build
+bench_workdir backupbench
+bench_stage BENCH_WALG BENCH_WALRUS
 python3 scripts/bench/backup_bench.py "$work"

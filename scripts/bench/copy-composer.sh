@@ -7,20 +7,10 @@
 # BENCH_TAR_SIZE: WALG_TAR_SIZE_THRESHOLD (default 64 MiB; with WAL-G's
 # 1 GiB a small cluster is one tar, which any change makes new).
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+# shellcheck source=scripts/bench/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 bin="${BENCH_WALDEN:-}"
-if [ -z "$bin" ]; then
-    bash scripts/install-deps.sh
-    bin=$(bash scripts/build-release.sh | tail -1)
-fi
-work=$(mktemp -d /tmp/walden-copybench.XXXXXX)
-chmod 755 "$work"
-keep="${BENCH_KEEP:-}"
-cleanup() {
-    [ -f "$work/pg/postmaster.pid" ] && runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D "$work/pg" -m immediate stop >/dev/null 2>&1
-    [ -n "$keep" ] || rm -rf "$work"
-}
-trap cleanup EXIT
-cp "$bin" "$work/walden"
-chown -R postgres: "$work"
+[ -n "$bin" ] || bench_build
+bench_workdir copybench
+bench_stage
 python3 scripts/bench/copy_bench.py "$work"

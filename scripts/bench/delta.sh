@@ -13,20 +13,9 @@
 # binaries built by hand from their sources (nothing here builds them).
 # BENCH_SCALE, BENCH_TEXT_MB, BENCH_CONCURRENCY as in backup.sh.
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-bash scripts/install-deps.sh
-bin=$(bash scripts/build-release.sh | tail -1)
-work=$(mktemp -d /tmp/walden-deltabench.XXXXXX)
-chmod 755 "$work"
-keep="${BENCH_KEEP:-}"
-cleanup() {
-    [ -f "$work/pg/postmaster.pid" ] && runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D "$work/pg" -m immediate stop >/dev/null 2>&1
-    [ -n "$keep" ] || rm -rf "$work"
-}
-trap cleanup EXIT
-cp "$bin" "$work/walden"
-for peer in BENCH_WALG BENCH_WALRUS; do
-    if [ -n "${!peer:-}" ]; then cp "${!peer}" "$work/$peer"; else echo "$peer not set: skipping that tool"; fi
-done
-chown -R postgres: "$work"
+# shellcheck source=scripts/bench/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+bench_build
+bench_workdir deltabench
+bench_stage BENCH_WALG BENCH_WALRUS
 python3 scripts/bench/delta_bench.py "$work"

@@ -13,18 +13,11 @@
 # The summaries path should cost what changed, not the cluster's size.
 # PostgreSQL 17 comes from scripts/pg-versions.sh (as the tests use it).
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-bash scripts/install-deps.sh
+# shellcheck source=scripts/bench/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+bench_build
 bash scripts/pg-versions.sh >/dev/null
-bin=$(bash scripts/build-release.sh | tail -1)
-work=$(mktemp -d /tmp/walden-sumbench.XXXXXX)
-chmod 755 "$work"
-keep="${BENCH_KEEP:-}"
-cleanup() {
-    [ -f "$work/pg/postmaster.pid" ] && runuser -u postgres -- "$work/pgbin/pg_ctl" -D "$work/pg" -m immediate stop >/dev/null 2>&1
-    [ -n "$keep" ] || rm -rf "$work"
-}
-trap cleanup EXIT
-cp "$bin" "$work/walden"
-chown -R postgres: "$work"
+bench_workdir sumbench
+bench_pg_ctl="$work/pgbin/pg_ctl"
+bench_stage
 python3 scripts/bench/delta_summaries.py "$work"

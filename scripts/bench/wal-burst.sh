@@ -19,26 +19,13 @@
 # "fs s3"), BENCH_TOOLS (comma-separated labels, default all),
 # BENCH_WALDEN_UPLOAD_CONCURRENCY (walden's WALG_UPLOAD_CONCURRENCY, to compare).
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-bash scripts/install-deps.sh
+# shellcheck source=scripts/bench/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+bench_build
 command -v /usr/bin/time >/dev/null || apt-get install -y -q time >/dev/null
-bin=$(bash scripts/build-release.sh | tail -1)
-work=$(mktemp -d /tmp/walden-walburst.XXXXXX)
-chmod 755 "$work"
-keep="${BENCH_KEEP:-}"
-cleanup() {
-    for d in "$work"/pg "$work"/run; do
-        [ -f "$d/postmaster.pid" ] && runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D "$d" -m immediate stop >/dev/null 2>&1
-    done
-    pkill -f "$work/nanio-data" 2>/dev/null || true
-    [ -n "$keep" ] || rm -rf "$work"
-}
-trap cleanup EXIT
-cp "$bin" "$work/walden"
-for peer in BENCH_WALG BENCH_WALRUS; do
-    if [ -n "${!peer:-}" ]; then cp "${!peer}" "$work/$peer"; else echo "$peer not set: skipping that tool"; fi
-done
-chown -R postgres: "$work"
+bench_workdir walburst "pg run"
+bench_on_exit() { pkill -f "$work/nanio-data" 2>/dev/null || true; }
+bench_stage BENCH_WALG BENCH_WALRUS
 venv="${WALDEN_TEST_VENV:-target/test-venv}"
 [ -x "$venv/bin/nanio" ] || bash scripts/setup-test-env.sh >/dev/null
-exec python3 scripts/bench/wal_burst.py "$work" "$(realpath "$venv/bin/nanio")"
+python3 scripts/bench/wal_burst.py "$work" "$(realpath "$venv/bin/nanio")"

@@ -20,22 +20,9 @@
 # zstd-3, defaults, lz4, brotli-3, zstd-3-sodium, lz4-sodium,
 # brotli-3-sodium; BENCH_ISOLATED_ONLY=1 runs only the isolated calls.
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-bash scripts/install-deps.sh
-bin=$(bash scripts/build-release.sh | tail -1)
-work=$(mktemp -d /tmp/walden-walbench.XXXXXX)
-chmod 755 "$work"
-keep="${BENCH_KEEP:-}"
-cleanup() {
-    for d in "$work"/pg "$work"/restore-*; do
-        [ -f "$d/postmaster.pid" ] && runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D "$d" -m immediate stop >/dev/null 2>&1
-    done
-    [ -n "$keep" ] || rm -rf "$work"
-}
-trap cleanup EXIT
-cp "$bin" "$work/walden"
-for peer in BENCH_WALG BENCH_WALRUS; do
-    if [ -n "${!peer:-}" ]; then cp "${!peer}" "$work/$peer"; else echo "$peer not set: skipping that tool"; fi
-done
-chown -R postgres: "$work"
-exec python3 scripts/bench/wal_bench.py "$work"
+# shellcheck source=scripts/bench/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+bench_build
+bench_workdir walbench "pg restore-*"
+bench_stage BENCH_WALG BENCH_WALRUS
+python3 scripts/bench/wal_bench.py "$work"

@@ -36,17 +36,16 @@ const PREFETCH_THREADS: usize = 4;
 pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     let values = positionals(args, USAGE, 2)?;
     let (name, dest) = (values[0].clone(), PathBuf::from(&values[1]));
-    let wal_size = crate::wal::segment_size_mb(settings)?;
-    let concurrency = settings.positive("WALG_DOWNLOAD_CONCURRENCY")?;
-    let cache = PrefetchCache::new(settings, &dest);
+    let options = FetchOptions::new(settings)?;
+    let cache = options.cache(&dest);
 
     let open = || Ok((open_storage(settings)?, codecs(settings)?));
-    let result = fetch(&open, &cache, &name, &dest, wal_size);
+    let result = fetch(&open, &cache, &name, &dest, options.wal_size);
     // Recovery asks for the next segment right after this one, so prefetch
     // it. Not after a miss (WAL-G does): what follows a segment that is not
     // archived yet is not archived either, and a standby polling for it
     // would pay for those probes on every poll.
-    if concurrency > 1 && worth_prefetching(&name, &result) {
+    if options.count > 1 && worth_prefetching(&name, &result) {
         if let Err(e) = spawn_prefetch(settings, &name, &dest) {
             log::warn!("could not start prefetching after {name}: {e}");
         }
@@ -65,10 +64,15 @@ fn worth_prefetching(name: &str, result: &Result<()>) -> bool {
 /// them (a prefetched segment does not).
 type Open<'a> = dyn Fn() -> Result<(Arc<dyn Storage>, Codecs)> + 'a;
 
-/// The settings of wal-fetch, read once by `walden daemon`.
+/// The settings of wal-fetch and wal-prefetch, read once at the top of
+/// the command (or of `walden daemon`) and passed down.
 pub struct FetchOptions {
+    /// `WALG_PG_WAL_SIZE`, in MiB.
     wal_size: u64,
+    /// Segments to prefetch after the one fetched:
+    /// `WALG_DOWNLOAD_CONCURRENCY` (1: none).
     count: usize,
+    /// `WALG_PREFETCH_DIR`; else the prefetch cache is beside DEST.
     prefetch_dir: Option<String>,
 }
 
@@ -79,6 +83,11 @@ impl FetchOptions {
             count: settings.positive("WALG_DOWNLOAD_CONCURRENCY")?,
             prefetch_dir: settings.get_explicit("WALG_PREFETCH_DIR"),
         })
+    }
+
+    /// The prefetch cache serving downloads to `dest`.
+    fn cache(&self, dest: &Path) -> PrefetchCache {
+        PrefetchCache::at(self.prefetch_dir.as_deref(), dest)
     }
 }
 
@@ -94,7 +103,7 @@ pub fn fetch_on(
     prefetching: &Arc<AtomicBool>,
 ) -> Result<()> {
     let (wal_size, count) = (options.wal_size, options.count);
-    let cache = PrefetchCache::at(options.prefetch_dir.as_deref(), dest);
+    let cache = options.cache(dest);
     let open = || Ok((storage.clone(), codecs.clone()));
     let result = fetch(&open, &cache, name, dest, wal_size);
     if count > 1 && worth_prefetching(name, &result) && !prefetching.swap(true, Ordering::SeqCst) {
@@ -219,10 +228,6 @@ struct PrefetchCache {
 }
 
 impl PrefetchCache {
-    fn new(settings: &Settings, dest: &Path) -> PrefetchCache {
-        PrefetchCache::at(settings.get_explicit("WALG_PREFETCH_DIR").as_deref(), dest)
-    }
-
     /// `prefetch_dir` is `WALG_PREFETCH_DIR`; else beside `dest`.
     fn at(prefetch_dir: Option<&str>, dest: &Path) -> PrefetchCache {
         let base = match prefetch_dir {
@@ -357,15 +362,21 @@ fn spawn_prefetch(settings: &Settings, name: &str, dest: &Path) -> io::Result<()
 pub fn run_prefetch(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     let values = positionals(args, "walden wal-prefetch NAME LOCATION", 2)?;
     let (name, location) = (values[0].clone(), PathBuf::from(&values[1]));
-    let wal_size = crate::wal::segment_size_mb(settings)?;
-    let count = settings.positive("WALG_DOWNLOAD_CONCURRENCY")?;
-    let Some(first) = Segment::parse(&name, wal_size) else {
+    let options = FetchOptions::new(settings)?;
+    let Some(first) = Segment::parse(&name, options.wal_size) else {
         return Ok(());
     };
-    let cache = PrefetchCache::new(settings, &location);
+    let cache = options.cache(&location);
     let storage = open_storage(settings)?;
     let codecs = codecs(settings)?;
-    prefetch(&storage, &codecs, &cache, first, count, wal_size)
+    prefetch(
+        &storage,
+        &codecs,
+        &cache,
+        first,
+        options.count,
+        options.wal_size,
+    )
 }
 
 /// Download the `count` segments after `first` into the prefetch cache.

@@ -194,12 +194,7 @@ fn push_delta(store: &Store, pg: &PgCluster) -> String {
         .arg("backup-push")
         .run();
     out.assert_ok();
-    out.stderr
-        .lines()
-        .find_map(|l| l.split("Wrote backup with name ").nth(1))
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("backup name in {}", out.dump()))
-        .to_string()
+    crate::harness::scenario::pushed_backup_name(&out)
 }
 
 /// On S3: a full backup and two deltas verify, the deltas' increments

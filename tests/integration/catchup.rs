@@ -13,6 +13,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::harness::pg::PG_BIN;
+use crate::harness::scenario::start_standby;
+pub(crate) use crate::harness::scenario::{replica_of, wait_replayed, wait_streaming};
 use crate::harness::tmp::chown_postgres;
 use crate::harness::{PgCluster, TempDir, Walden};
 use crate::store::Store;
@@ -37,28 +39,9 @@ const CHECKS: &[(&str, &str)] = &[
     ("db2", "SELECT sum(n)::text FROM t2"),
 ];
 
+/// `psql` in database `db` (kept for the tests that use it by this name).
 pub(crate) fn psql_in(pg: &PgCluster, db: &str, sql: &str) -> String {
-    let out = Command::new(format!("{PG_BIN}/psql"))
-        .envs(pg.env())
-        .args([
-            "-X",
-            "-A",
-            "-t",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-d",
-            db,
-            "-c",
-            sql,
-        ])
-        .output()
-        .expect("run psql");
-    assert!(
-        out.status.success(),
-        "psql {sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    pg.psql_in(db, sql)
 }
 
 pub(crate) fn rows(pg: &PgCluster) -> Vec<String> {
@@ -66,57 +49,6 @@ pub(crate) fn rows(pg: &PgCluster) -> Vec<String> {
         .iter()
         .map(|(db, sql)| psql_in(pg, db, sql))
         .collect()
-}
-
-/// A streaming standby of `primary` in `dir/data`, made by pg_basebackup.
-pub(crate) fn replica_of(primary: &PgCluster, dir: &TempDir) -> PgCluster {
-    let data = dir.join("data");
-    let out = Command::new(format!("{PG_BIN}/pg_basebackup"))
-        .args(["-h", &primary.socket_dir().display().to_string()])
-        .args(["-p", &primary.port().to_string(), "-U", "postgres"])
-        .args(["-X", "stream", "-c", "fast", "-D"])
-        .arg(&data)
-        .output()
-        .expect("run pg_basebackup");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    start_standby(primary, data)
-}
-
-fn start_standby(primary: &PgCluster, data: PathBuf) -> PgCluster {
-    fs::write(data.join("standby.signal"), "").unwrap();
-    let conninfo = format!(
-        "'host={} port={} user=postgres'",
-        primary.socket_dir().display(),
-        primary.port()
-    );
-    let pg = PgCluster::builder()
-        .conf("primary_conninfo", &conninfo)
-        .conf("hot_standby", "on")
-        .start_restored(data);
-    wait_streaming(&pg);
-    pg
-}
-
-pub(crate) fn wait_streaming(pg: &PgCluster) {
-    pg.wait_for_sql(
-        "SELECT status FROM pg_stat_wal_receiver",
-        "streaming",
-        Duration::from_secs(60),
-    );
-}
-
-/// Until `standby` has replayed everything `primary` has written so far.
-pub(crate) fn wait_replayed(primary: &PgCluster, standby: &PgCluster) {
-    let lsn = primary.psql("SELECT pg_current_wal_lsn()");
-    standby.wait_for_sql(
-        &format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'"),
-        "t",
-        Duration::from_secs(60),
-    );
 }
 
 /// `Latest checkpoint's REDO location` of a stopped cluster, decimal.
@@ -361,18 +293,7 @@ fn catchup_brings_a_stopped_replica_back_to_streaming() {
             .assert_ok();
         chown_postgres(&copy);
         replica.stop();
-        let other = PgCluster::builder()
-            .conf(
-                "primary_conninfo",
-                &format!(
-                    "'host={} port={} user=postgres'",
-                    primary.socket_dir().display(),
-                    primary.port()
-                ),
-            )
-            .conf("hot_standby", "on")
-            .start_restored(copy);
-        wait_streaming(&other);
+        let other = start_standby(&primary, copy);
         wait_replayed(&primary, &other);
         assert_eq!(rows(&other), rows(&primary), "{}", other.log_tail());
     }

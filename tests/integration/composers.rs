@@ -15,6 +15,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
+use crate::harness::scenario::{
+    archiving_cluster, pushed_backup_name, recovering_through_walden, stored_json,
+};
 use crate::harness::walg_bin;
 use crate::harness::{PgCluster, TempDir, Walden};
 use crate::store::Store;
@@ -45,25 +48,14 @@ fn push(store: &Store, pg: &PgCluster, extra: &[(&str, &str)], args: &[&str]) ->
         .timeout(Duration::from_secs(300))
         .run();
     out.assert_ok();
-    out.stderr
-        .lines()
-        .find_map(|l| l.split("Wrote backup with name ").nth(1))
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("backup name in {}", out.dump()))
-        .to_string()
+    pushed_backup_name(&out)
 }
 
 fn files_metadata(store: &Store, name: &str) -> serde_json::Value {
-    let out = store
-        .walden()
-        .args([
-            "st",
-            "cat",
-            &format!("basebackups_005/{name}/files_metadata.json"),
-        ])
-        .run();
-    out.assert_ok();
-    serde_json::from_slice(&out.stdout).unwrap()
+    stored_json(
+        store.walden(),
+        &format!("basebackups_005/{name}/files_metadata.json"),
+    )
 }
 
 /// The data tars and their members (pg_control and label tars left out);
@@ -112,13 +104,9 @@ fn restore_and_compare(store: &Store, name: &str, expected: &str, walg: Option<&
             .arg(name)
             .run()
             .assert_ok();
-        std::fs::write(dest.join("recovery.signal"), "").unwrap();
-        let mut restored = PgCluster::builder()
-            .conf("restore_command", "'{walden} wal-fetch %f %p'")
-            .conf("archive_mode", "off")
+        let mut restored = recovering_through_walden(&dest, store.env())
             .conf("recovery_target", "'immediate'")
             .conf("recovery_target_action", "'promote'")
-            .env(store.env())
             .start_restored(dest.clone());
         restored.wait_for_promotion(Duration::from_secs(120));
         assert_eq!(
@@ -136,12 +124,9 @@ fn source() -> (Store, PgCluster) {
 }
 
 fn source_in(store: Store) -> (Store, PgCluster) {
-    let pg = PgCluster::builder()
-        .conf("archive_mode", "on")
-        .conf("archive_command", "'{walden} wal-push %p'")
+    let pg = archiving_cluster(store.env())
         .conf("archive_timeout", "0")
         .conf("autovacuum", "off")
-        .env(store.env())
         .start();
     pg.psql("CREATE DATABASE other");
     pg.psql("CREATE TABLE cold AS SELECT g AS id, repeat('c', 300) AS pad FROM generate_series(1, 1000) g");
@@ -318,7 +303,7 @@ fn copy_composer_copies_the_unchanged_tars_of_the_previous_backup() {
             "{kind}: {}",
             out.dump()
         );
-        let first = push_name(&out.stderr);
+        let first = pushed_backup_name(&out);
         let first_tars = data_tars(&store, &first);
         assert!(first_tars.len() >= 4, "{kind}: {first_tars:?}");
 
@@ -344,7 +329,7 @@ fn copy_composer_copies_the_unchanged_tars_of_the_previous_backup() {
             out
         };
         let out = push_copying(&env);
-        let second = push_name(&out.stderr);
+        let second = pushed_backup_name(&out);
         assert!(
             !second.contains("_D_"),
             "{kind}: the copy composer takes full backups: {second}"
@@ -421,7 +406,7 @@ fn copy_composer_copies_the_unchanged_tars_of_the_previous_backup() {
 
         // Copies of copies: the second's copied tars come again.
         let out = push_copying(&env);
-        let third = push_name(&out.stderr);
+        let third = pushed_backup_name(&out);
         let third_tars = data_tars(&store, &third);
         let again = third_tars.iter().find(|(t, m)| {
             t.starts_with("copy_")
@@ -438,15 +423,6 @@ fn copy_composer_copies_the_unchanged_tars_of_the_previous_backup() {
         restore_and_compare(&store, &second, &second_state, walg.as_deref());
         restore_and_compare(&store, &third, &third_state, walg.as_deref());
     }
-}
-
-fn push_name(stderr: &str) -> String {
-    stderr
-        .lines()
-        .find_map(|l| l.split("Wrote backup with name ").nth(1))
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("backup name in {stderr}"))
-        .to_string()
 }
 
 #[test]

@@ -15,9 +15,15 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::harness::scenario::{
+    assert_wal_matches_server, recovering_through_walden, restore_and_compare,
+};
 use crate::harness::tmp::{postgres_ids, running_as_root};
 use crate::harness::{walden_bin_for_postgres, PgCluster, Running, TempDir, Walden};
-use crate::store::{codec_env, Store, WAL_SIZE};
+use crate::store::{codec_env, Store};
+
+/// The rows pgbench changes.
+const BALANCES: &str = "SELECT sum(abalance)::text || '/' || count(*) FROM pgbench_accounts";
 
 fn frame(kind: u8, body: &[u8]) -> Vec<u8> {
     let mut out = vec![kind];
@@ -107,21 +113,8 @@ fn make_segments(pg: &PgCluster, count: usize) -> Vec<String> {
 }
 
 fn assert_stored(store: &Store, codec: &[(String, String)], pg: &PgCluster, names: &[String]) {
-    let fetched = TempDir::new("daemon-check");
-    for name in names {
-        let dest = fetched.join(name);
-        store
-            .walden()
-            .envs(codec.to_vec())
-            .args(["wal-fetch", name.as_str()])
-            .arg(&dest)
-            .run()
-            .assert_ok();
-        let got = fs::read(&dest).unwrap();
-        assert_eq!(got.len(), WAL_SIZE);
-        let server = fs::read(pg.data_dir().join("pg_wal").join(name)).unwrap();
-        assert!(got == server, "{name} differs from the server's copy");
-    }
+    let walden = || store.walden().envs(codec.to_vec());
+    assert_wal_matches_server(walden, &pg.data_dir().join("pg_wal"), names);
 }
 
 #[test]
@@ -318,7 +311,7 @@ fn postgres_archives_through_walg_daemon_client() {
     let data = restored_dir.join("data");
     pg.base_backup(&data);
     pg.pgbench(&["-n", "-t", "1000", "-c", "2"]);
-    let expected = pg.psql("SELECT sum(abalance)::text || '/' || count(*) FROM pgbench_accounts");
+    let expected = pg.psql(BALANCES);
     let last = pg.switch_wal();
     pg.wait_for_archive(&last, Duration::from_secs(120));
     pg.stop();
@@ -335,11 +328,8 @@ fn postgres_archives_through_walg_daemon_client() {
     fs::write(data.join("recovery.signal"), "").unwrap();
     let restored = PgCluster::builder()
         .conf("restore_command", &restore)
-        .conf("archive_mode", "off")
-        .start_restored(data.clone());
-    restored.wait_for_promotion(Duration::from_secs(120));
-    let got = restored.psql("SELECT sum(abalance)::text || '/' || count(*) FROM pgbench_accounts");
-    assert_eq!(got, expected, "{}", restored.log_tail());
+        .conf("archive_mode", "off");
+    let _restored = restore_and_compare(restored, data.clone(), BALANCES, &expected);
 
     daemon.signal(libc::SIGTERM);
     let out = daemon.wait(Duration::from_secs(60));
@@ -382,7 +372,7 @@ fn postgres_archives_through_walg_archive_library() {
     let data = restored_dir.join("data");
     pg.base_backup(&data);
     pg.pgbench(&["-n", "-t", "1000", "-c", "2"]);
-    let expected = pg.psql("SELECT sum(abalance)::text || '/' || count(*) FROM pgbench_accounts");
+    let expected = pg.psql(BALANCES);
     let last = pg.switch_wal();
     pg.wait_for_archive(&last, Duration::from_secs(120));
     assert_eq!(
@@ -394,16 +384,8 @@ fn postgres_archives_through_walg_archive_library() {
     assert_stored(&store, &codec, &pg, std::slice::from_ref(&last));
     pg.stop();
 
-    fs::write(data.join("recovery.signal"), "").unwrap();
-    let restored = PgCluster::builder()
-        .conf("restore_command", "'{walden} wal-fetch %f %p'")
-        .conf("archive_mode", "off")
-        .env(store.env())
-        .env(codec.clone())
-        .start_restored(data.clone());
-    restored.wait_for_promotion(Duration::from_secs(120));
-    let got = restored.psql("SELECT sum(abalance)::text || '/' || count(*) FROM pgbench_accounts");
-    assert_eq!(got, expected, "{}", restored.log_tail());
+    let restored = recovering_through_walden(&data, store.env()).env(codec.clone());
+    let _restored = restore_and_compare(restored, data.clone(), BALANCES, &expected);
 
     daemon.signal(libc::SIGTERM);
     let out = daemon.wait(Duration::from_secs(60));

@@ -59,12 +59,7 @@ fn push(store: &Store, pg: &PgCluster, extra: &[&str]) -> String {
         .timeout(Duration::from_secs(300))
         .run();
     out.assert_ok();
-    out.stderr
-        .lines()
-        .find_map(|l| l.split("Wrote backup with name ").nth(1))
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("backup name in {}", out.dump()))
-        .to_string()
+    crate::harness::scenario::pushed_backup_name(&out)
 }
 
 fn cat_json(store: &Store, key: &str) -> serde_json::Value {

@@ -11,10 +11,11 @@
 //! it (without it that part says it skips).
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use crate::harness::pg::PG_BIN;
+use crate::harness::scenario::{
+    amcheck, archiving_cluster, pushed_backup_name, recovering_through_walden, stored_json,
+};
 use crate::harness::walg_bin;
 use crate::harness::{PgCluster, TempDir, Walden};
 use crate::store::Store;
@@ -41,30 +42,6 @@ fn restore_chain(tool: &Tool, store: &Store, name: &str, dest: &Path) {
         .assert_ok();
 }
 
-fn psql_in(pg: &PgCluster, db: &str, sql: &str) -> String {
-    let out = Command::new(format!("{PG_BIN}/psql"))
-        .envs(pg.env())
-        .args([
-            "-X",
-            "-A",
-            "-t",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-d",
-            db,
-            "-c",
-            sql,
-        ])
-        .output()
-        .expect("run psql");
-    assert!(
-        out.status.success(),
-        "psql -d {db} {sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 /// Every user table of every database: name and a checksum of its rows.
 fn state(pg: &PgCluster) -> String {
     let dbs = pg.psql(
@@ -72,8 +49,7 @@ fn state(pg: &PgCluster) -> String {
     );
     let mut out = String::new();
     for db in dbs.split(',') {
-        let tables = psql_in(
-            pg,
+        let tables = pg.psql_in(
             db,
             "SELECT coalesce(string_agg(c.relname || '=' || (xpath('/row/x/text()', query_to_xml(\
                format('SELECT count(*) || '':'' || coalesce(md5(string_agg(t::text, ''|'' ORDER BY t::text)), '''') AS x FROM %I t', c.relname), \
@@ -98,13 +74,8 @@ fn push(store: &Store, pg: &PgCluster, origin: &str) -> String {
         .timeout(Duration::from_secs(300))
         .run();
     out.assert_ok();
-    let log = out.stderr.clone();
-    let name = log
-        .lines()
-        .find_map(|l| l.split("Wrote backup with name ").nth(1))
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("backup name in {log}"))
-        .to_string();
+    let log = &out.stderr;
+    let name = pushed_backup_name(&out);
     if name.contains("_D_") {
         assert!(log.contains("Delta backup from "), "{log}");
         assert!(log.contains(" bytes, stored "), "{log}");
@@ -113,29 +84,15 @@ fn push(store: &Store, pg: &PgCluster, origin: &str) -> String {
 }
 
 fn sentinel(store: &Store, name: &str) -> serde_json::Value {
-    let out = store
-        .walden()
-        .args([
-            "st",
-            "cat",
-            &format!("basebackups_005/{name}_backup_stop_sentinel.json"),
-        ])
-        .run();
-    out.assert_ok();
-    serde_json::from_slice(&out.stdout).unwrap()
+    let key = format!("basebackups_005/{name}_backup_stop_sentinel.json");
+    stored_json(store.walden(), &key)
 }
 
 fn files_metadata(store: &Store, name: &str) -> serde_json::Value {
-    let out = store
-        .walden()
-        .args([
-            "st",
-            "cat",
-            &format!("basebackups_005/{name}/files_metadata.json"),
-        ])
-        .run();
-    out.assert_ok();
-    serde_json::from_slice(&out.stdout).unwrap()
+    stored_json(
+        store.walden(),
+        &format!("basebackups_005/{name}/files_metadata.json"),
+    )
 }
 
 #[test]
@@ -152,12 +109,9 @@ fn chain(origin: &str) {
     let walg = walg_bin("the WAL-G restores of walden's delta chains");
     // The archiver (user postgres) creates the store's root.
     let store = Store::fs();
-    let mut pg = PgCluster::builder()
-        .conf("archive_mode", "on")
-        .conf("archive_command", "'{walden} wal-push %p'")
+    let mut pg = archiving_cluster(store.env())
         .conf("archive_timeout", "0")
         .conf("autovacuum", "off")
-        .env(store.env())
         .start();
     pg.pgbench_init(2);
     pg.psql("CREATE TABLE keep AS SELECT g AS id, repeat('k', 200) AS pad FROM generate_series(1, 5000) g");
@@ -186,8 +140,7 @@ fn chain(origin: &str) {
     pg.psql("DELETE FROM shrinks WHERE id > 2000");
     pg.psql("VACUUM shrinks");
     pg.psql("CREATE DATABASE newdb");
-    psql_in(
-        &pg,
+    pg.psql_in(
         "newdb",
         "CREATE TABLE t AS SELECT g AS id, g * 2 AS v FROM generate_series(1, 4000) g",
     );
@@ -196,7 +149,7 @@ fn chain(origin: &str) {
 
     // Delta 3: more writes in both databases.
     pg.pgbench(&["-n", "-t", "200", "-c", "2"]);
-    psql_in(&pg, "newdb", "UPDATE t SET v = v + 1 WHERE id % 7 = 0");
+    pg.psql_in("newdb", "UPDATE t SET v = v + 1 WHERE id % 7 = 0");
     pg.psql("INSERT INTO added SELECT g, 'late' FROM generate_series(3001, 3100) g");
     let d3 = push(&store, &pg, origin);
     links.push((d3.clone(), state(&pg)));
@@ -265,13 +218,9 @@ fn chain(origin: &str) {
     {
         let dest = dirs.join(format!("{name}-{t}"));
         restore_chain(tool, &store, name, &dest);
-        std::fs::write(dest.join("recovery.signal"), "").unwrap();
-        let mut restored = PgCluster::builder()
-            .conf("restore_command", "'{walden} wal-fetch %f %p'")
-            .conf("archive_mode", "off")
+        let mut restored = recovering_through_walden(&dest, store.env())
             .conf("recovery_target", "'immediate'")
             .conf("recovery_target_action", "'promote'")
-            .env(store.env())
             .start_restored(dest.clone());
         restored.wait_for_promotion(Duration::from_secs(120));
         assert_eq!(
@@ -283,7 +232,7 @@ fn chain(origin: &str) {
         // Heap pages and B-tree indexes of every database as PostgreSQL
         // checks them: a page of the wrong link, or half an increment,
         // shows here even where the rows compared equal.
-        crate::pitr::amcheck(&restored);
+        amcheck(&restored);
         restored.stop();
     }
 }
@@ -319,11 +268,8 @@ fn push_measured(store: &Store, pg: &PgCluster, full: bool) -> (i64, String) {
 #[test]
 fn delta_memory_is_flat_in_the_file_count() {
     let store = Store::fs();
-    let pg = PgCluster::builder()
-        .conf("archive_mode", "on")
-        .conf("archive_command", "'{walden} wal-push %p'")
+    let pg = archiving_cluster(store.env())
         .conf("archive_timeout", "0")
-        .env(store.env())
         .start();
     let oid = pg.psql("SELECT oid FROM pg_database WHERE datname = 'postgres'");
     let db = pg.data_dir().join("base").join(&oid);
@@ -373,12 +319,9 @@ fn delta_memory_is_flat_in_the_file_count() {
 #[test]
 fn delta_increment_holds_exactly_the_changed_pages() {
     let store = Store::fs();
-    let pg = PgCluster::builder()
-        .conf("archive_mode", "on")
-        .conf("archive_command", "'{walden} wal-push %p'")
+    let pg = archiving_cluster(store.env())
         .conf("archive_timeout", "0")
         .conf("autovacuum", "off")
-        .env(store.env())
         .start();
     pg.psql(
         "CREATE TABLE paged (id int, pad text) WITH (fillfactor = 50); \
@@ -466,12 +409,9 @@ fn delta_increment_holds_exactly_the_changed_pages() {
 fn wal_delta_setting_is_said_once_and_walg_falls_back_to_a_page_scan() {
     let walg = walg_bin("the WAL-G restores of walden's delta chains");
     let store = Store::fs();
-    let mut pg = PgCluster::builder()
-        .conf("archive_mode", "on")
-        .conf("archive_command", "'{walden} wal-push %p'")
+    let mut pg = archiving_cluster(store.env())
         .conf("archive_timeout", "0")
         .conf("autovacuum", "off")
-        .env(store.env())
         .env([("WALG_USE_WAL_DELTA", "true")])
         .start();
     pg.pgbench_init(1);
@@ -521,13 +461,7 @@ fn wal_delta_setting_is_said_once_and_walg_falls_back_to_a_page_scan() {
         "{}",
         out.dump()
     );
-    let name = out
-        .stderr
-        .lines()
-        .find_map(|l| l.split("Wrote backup with name ").nth(1))
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("backup name in {}", out.dump()))
-        .to_string();
+    let name = pushed_backup_name(&out);
     assert!(name.contains("_D_"), "{name}");
     let last = pg.switch_wal();
     pg.wait_for_archive(&last, Duration::from_secs(120));
@@ -544,16 +478,12 @@ fn wal_delta_setting_is_said_once_and_walg_falls_back_to_a_page_scan() {
     let dirs = TempDir::new("wal-delta-restore");
     let dest = dirs.join("walden");
     restore_chain(&Tool::Walden(&[]), &store, &name, &dest);
-    std::fs::write(dest.join("recovery.signal"), "").unwrap();
-    let mut restored = PgCluster::builder()
-        .conf("restore_command", "'{walden} wal-fetch %f %p'")
-        .conf("archive_mode", "off")
+    let mut restored = recovering_through_walden(&dest, store.env())
         .conf("recovery_target", "'immediate'")
         .conf("recovery_target_action", "'promote'")
-        .env(store.env())
         .start_restored(dest.clone());
     restored.wait_for_promotion(Duration::from_secs(120));
     assert_eq!(state(&restored), expected, "{}", restored.log_tail());
-    crate::pitr::amcheck(&restored);
+    amcheck(&restored);
     restored.stop();
 }

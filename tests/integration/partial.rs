@@ -51,16 +51,7 @@ fn sql(pg: &PgCluster, db: &str, text: &str) -> String {
 
 /// The names of the backups in `store`, oldest first.
 fn backups(store: &Store) -> Vec<String> {
-    let listing = store.walden().args(["st", "ls", "basebackups_005/"]).run();
-    listing.assert_ok();
-    let mut names: Vec<String> = listing
-        .stdout_str()
-        .split_whitespace()
-        .filter_map(|w| w.strip_suffix("_backup_stop_sentinel.json"))
-        .map(String::from)
-        .collect();
-    names.sort();
-    names
+    crate::harness::scenario::backup_names(store.walden())
 }
 
 fn files_metadata(store: &Store, name: &str) -> serde_json::Value {

@@ -6,9 +6,11 @@
 //! stays in recovery, and bad input leaves DEST untouched.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
+pub(crate) use crate::harness::scenario::amcheck;
+use crate::harness::scenario::{archiving_cluster, backup_names, restore_and_compare};
 use crate::harness::{walden_bin_for_postgres, Output, PgCluster, TempDir, Walden};
 use crate::store::Store;
 
@@ -36,39 +38,6 @@ fn backup_push(pg: &PgCluster, walden: Walden) {
         .timeout(Duration::from_secs(300))
         .run()
         .assert_ok();
-}
-
-/// The backups in storage in the order they were taken (their names
-/// grow with the start LSN).
-fn backup_names(walden: Walden) -> Vec<String> {
-    let out = walden.args(["st", "ls", "basebackups_005/"]).run();
-    out.assert_ok();
-    let mut names: Vec<String> = out
-        .stdout_str()
-        .split_whitespace()
-        .filter_map(|w| w.strip_suffix("_backup_stop_sentinel.json"))
-        .map(str::to_string)
-        .collect();
-    names.sort();
-    names
-}
-
-/// pg_amcheck over every database of a restored server: heap and B-tree
-/// pages as PostgreSQL itself checks them.
-pub(crate) fn amcheck(pg: &PgCluster) {
-    let out = std::process::Command::new(format!("{}/pg_amcheck", crate::harness::pg::PG_BIN))
-        .arg("-h")
-        .arg(pg.socket_dir())
-        .args(["-p", &pg.port().to_string(), "-U", "postgres"])
-        .args(["--install-missing", "--all", "--heapallindexed"])
-        .output()
-        .expect("run pg_amcheck");
-    assert!(
-        out.status.success() && out.stdout.is_empty(),
-        "pg_amcheck found problems:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn auto_conf(dest: &Path) -> String {
@@ -138,11 +107,7 @@ fn pitr_fs_name_lsn_immediate_standby() {
     scratch.chown_postgres();
     let bin = walden_bin_for_postgres(scratch.path());
     let conf_env = vec![("WALG_CONFIG_PATH".to_string(), config_arg.clone())];
-    let start = |data: PathBuf| {
-        PgCluster::builder()
-            .conf("archive_mode", "off")
-            .start_restored(data)
-    };
+    let start = || PgCluster::builder().conf("archive_mode", "off");
 
     // By name: the restore point lies between the two backups, so the
     // older one is named.
@@ -168,9 +133,7 @@ fn pitr_fs_name_lsn_immediate_standby() {
         "{conf}"
     );
     assert!(dest.join("recovery.signal").is_file());
-    let restored = start(dest);
-    restored.wait_for_promotion(Duration::from_secs(120));
-    assert_eq!(restored.psql(ROWS), at_point, "{}", restored.log_tail());
+    let restored = restore_and_compare(start(), dest, ROWS, &at_point);
     assert!(restored.try_psql("SELECT 1 FROM marker").is_err());
     amcheck(&restored);
     drop(restored);
@@ -193,9 +156,7 @@ fn pitr_fs_name_lsn_immediate_standby() {
         "{}",
         out.dump()
     );
-    let restored = start(dest);
-    restored.wait_for_promotion(Duration::from_secs(120));
-    assert_eq!(restored.psql(ROWS), at_point, "{}", restored.log_tail());
+    let restored = restore_and_compare(start(), dest, ROWS, &at_point);
     drop(restored);
 
     // Immediate: the newest backup, as soon as it is consistent.
@@ -208,7 +169,7 @@ fn pitr_fs_name_lsn_immediate_standby() {
     )
     .assert_ok();
     assert!(auto_conf(&dest).contains("recovery_target = 'immediate'"));
-    let restored = start(dest);
+    let restored = start().start_restored(dest);
     restored.wait_for_promotion(Duration::from_secs(120));
     assert_eq!(
         restored.psql("SELECT note FROM marker"),
@@ -227,7 +188,7 @@ fn pitr_fs_name_lsn_immediate_standby() {
     assert!(dest.join("standby.signal").is_file());
     assert!(!dest.join("recovery.signal").exists());
     assert!(!auto_conf(&dest).contains("recovery_target_action"));
-    let restored = start(dest);
+    let restored = start().start_restored(dest);
     restored.wait_for_sql(
         "SELECT count(*) FROM pg_class WHERE relname = 'marker2'",
         "1",
@@ -245,11 +206,7 @@ fn pitr_fs_name_lsn_immediate_standby() {
 #[test]
 fn pitr_s3_time() {
     let store = Store::s3();
-    let mut pg = PgCluster::builder()
-        .conf("archive_mode", "on")
-        .conf("archive_command", "'{walden} wal-push %p'")
-        .env(store.env())
-        .start();
+    let mut pg = archiving_cluster(store.env()).start();
     pg.pgbench_init(2);
     std::thread::scope(|s| {
         let load = s.spawn(|| pg.pgbench(&["-n", "-T", "4", "-c", "2"]));
@@ -313,10 +270,8 @@ fn pitr_s3_time() {
     assert!(!out.stderr.contains(crate::harness::s3::SECRET_KEY));
     let restored = PgCluster::builder()
         .conf("archive_mode", "off")
-        .env(store.env())
-        .start_restored(dest);
-    restored.wait_for_promotion(Duration::from_secs(120));
-    assert_eq!(restored.psql(ROWS), noted, "{}", restored.log_tail());
+        .env(store.env());
+    let restored = restore_and_compare(restored, dest, ROWS, &noted);
     amcheck(&restored);
 }
 
@@ -328,11 +283,7 @@ fn pitr_s3_time() {
 #[test]
 fn pitr_to_a_moment_just_inside_the_retention_window() {
     let store = Store::fs();
-    let mut pg = PgCluster::builder()
-        .conf("archive_mode", "on")
-        .conf("archive_command", "'{walden} wal-push %p'")
-        .env(store.env())
-        .start();
+    let mut pg = archiving_cluster(store.env()).start();
     pg.pgbench_init(2);
     backup_push(&pg, store.walden());
     pg.pgbench(&["-n", "-t", "200", "-c", "2"]);
@@ -393,10 +344,8 @@ fn pitr_to_a_moment_just_inside_the_retention_window() {
     );
     let restored = PgCluster::builder()
         .conf("archive_mode", "off")
-        .env(store.env())
-        .start_restored(dest);
-    restored.wait_for_promotion(Duration::from_secs(120));
-    assert_eq!(restored.psql(ROWS), noted, "{}", restored.log_tail());
+        .env(store.env());
+    let _restored = restore_and_compare(restored, dest, ROWS, &noted);
 }
 
 /// A tar holding `entries` (name, contents), as plain bytes.

@@ -16,6 +16,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::harness::scenario::{
+    archiving_cluster, backup_names, recovering_through_walden, restore_and_compare, restore_spec,
+    tablespace,
+};
 use crate::harness::tmp::{chown_postgres, free_port};
 use crate::harness::walden::walden_bin_for_postgres;
 use crate::harness::walg_bin;
@@ -43,19 +47,6 @@ fn push(store: &Store, env: &[(String, String)], args: &[&str]) -> Output {
         .args(args)
         .timeout(Duration::from_secs(300))
         .run()
-}
-
-fn backup_names(store: &Store) -> Vec<String> {
-    let out = store.walden().args(["st", "ls", "basebackups_005/"]).run();
-    out.assert_ok();
-    let mut names: Vec<String> = out
-        .stdout_str()
-        .split_whitespace()
-        .filter_map(|w| w.strip_suffix("_backup_stop_sentinel.json"))
-        .map(str::to_string)
-        .collect();
-    names.sort();
-    names
 }
 
 fn json(store: &Store, key: &str) -> Value {
@@ -129,10 +120,8 @@ fn restore_at(
     }
     let restored = PgCluster::builder()
         .conf("archive_mode", "off")
-        .env(store.env())
-        .start_restored(dest.to_path_buf());
-    restored.wait_for_promotion(Duration::from_secs(120));
-    assert_eq!(restored.psql(ROWS), expected, "{}", restored.log_tail());
+        .env(store.env());
+    let restored = restore_and_compare(restored, dest.to_path_buf(), ROWS, expected);
     // Kept until the server is gone: its restore_command is that binary.
     std::mem::forget(bin_dir);
     restored
@@ -166,20 +155,8 @@ fn notes_and_bench(pg: &PgCluster, tablespace: Option<&str>) {
 fn remote_backup_push_over_the_socket_with_a_tablespace() {
     let walg = walg_bin("WAL-G's restore of a remote backup");
     let store = Store::fs();
-    let mut pg = PgCluster::builder()
-        .conf("archive_mode", "on")
-        .conf("archive_command", "'{walden} wal-push %p'")
-        .env(store.env())
-        .start();
-    let ts_dir = TempDir::new("remote-ts");
-    let loc = ts_dir.join("loc");
-    fs::create_dir(&loc).unwrap();
-    chown_postgres(ts_dir.path());
-    pg.psql(&format!(
-        "CREATE TABLESPACE ts1 LOCATION '{}'",
-        loc.display()
-    ));
-    let oid = pg.psql("SELECT oid FROM pg_tablespace WHERE spcname = 'ts1'");
+    let mut pg = archiving_cluster(store.env()).start();
+    let (_ts_dir, loc, oid) = tablespace(&pg, "remote-ts");
     notes_and_bench(&pg, Some("ts1"));
 
     // A small threshold: the data directory's archive is split in parts.
@@ -206,7 +183,7 @@ fn remote_backup_push_over_the_socket_with_a_tablespace() {
     });
     let (expected, target) = writes_and_target(&pg);
 
-    let names = backup_names(&store);
+    let names = backup_names(store.walden());
     assert_eq!(names.len(), 1, "{names:?}");
     let name = &names[0];
     let sentinel = json(
@@ -289,15 +266,7 @@ fn remote_backup_push_over_the_socket_with_a_tablespace() {
     let data = dirs.join("data");
     let new_loc = dirs.join("ts-new");
     let spec_file = dirs.join("spec.json");
-    fs::write(
-        &spec_file,
-        format!(
-            "{{\"{oid}\":{{\"loc\":\"{}\",\"link\":\"pg_tblspc/{oid}\"}},\"base_prefix\":\"{}\",\"tablespaces\":[\"{oid}\"]}}",
-            new_loc.display(),
-            data.display()
-        ),
-    )
-    .unwrap();
+    fs::write(&spec_file, restore_spec(&oid, &new_loc, &data)).unwrap();
     dirs.chown_postgres();
     let spec_arg = spec_file.display().to_string();
     let restored = restore_at(
@@ -318,15 +287,7 @@ fn remote_backup_push_over_the_socket_with_a_tablespace() {
     if let Some(walg) = walg {
         let dest = dirs.join("walg");
         let walg_loc = dirs.join("ts-walg");
-        fs::write(
-            &spec_file,
-            format!(
-                "{{\"{oid}\":{{\"loc\":\"{}\",\"link\":\"pg_tblspc/{oid}\"}},\"base_prefix\":\"{}\",\"tablespaces\":[\"{oid}\"]}}",
-                walg_loc.display(),
-                dest.display()
-            ),
-        )
-        .unwrap();
+        fs::write(&spec_file, restore_spec(&oid, &walg_loc, &dest)).unwrap();
         Walden::program(&walg)
             .envs(store.env())
             .arg("backup-fetch")
@@ -338,13 +299,9 @@ fn remote_backup_push_over_the_socket_with_a_tablespace() {
             .run()
             .assert_ok();
         chown_postgres(&walg_loc);
-        fs::write(dest.join("recovery.signal"), "").unwrap();
-        let restored = PgCluster::builder()
-            .conf("restore_command", "'{walden} wal-fetch %f %p'")
+        let restored = recovering_through_walden(&dest, store.env())
             .conf("recovery_target_time", &format!("'{target}'"))
             .conf("recovery_target_action", "'promote'")
-            .conf("archive_mode", "off")
-            .env(store.env())
             .start_restored(dest);
         restored.wait_for_promotion(Duration::from_secs(120));
         assert_eq!(
@@ -465,7 +422,7 @@ fn remote_backup_push_over_tcp_with_scram_and_verify_full() {
     let (ca, crt, key) = test_ca(certs.path());
     certs.chown_postgres();
     let store = Store::fs();
-    let mut pg = PgCluster::builder()
+    let mut pg = archiving_cluster(store.env())
         .hba("host replication bob 127.0.0.1/32 scram-sha-256")
         .hba("hostssl replication carol 127.0.0.1/32 cert")
         .conf("ssl", "on")
@@ -473,9 +430,6 @@ fn remote_backup_push_over_tcp_with_scram_and_verify_full() {
         .conf("ssl_key_file", &format!("'{key}'"))
         .conf("ssl_ca_file", &format!("'{ca}'"))
         .conf("password_encryption", "'scram-sha-256'")
-        .conf("archive_mode", "on")
-        .conf("archive_command", "'{walden} wal-push %p'")
-        .env(store.env())
         .start();
     pg.psql(&format!(
         "CREATE ROLE bob LOGIN REPLICATION PASSWORD '{BOB_PW}'; \
@@ -511,7 +465,7 @@ fn remote_backup_push_over_tcp_with_scram_and_verify_full() {
     );
     assert!(!out.stderr.contains(BOB_PW));
     // A wrong password: refused, one clear error, nothing stored.
-    let before = backup_names(&store);
+    let before = backup_names(store.walden());
     let out = store
         .walden()
         .envs(tcp(&[("PGHOST", "127.0.0.1"), ("PGSSLMODE", "disable")]))
@@ -520,7 +474,7 @@ fn remote_backup_push_over_tcp_with_scram_and_verify_full() {
         .run();
     out.assert_code(1);
     assert!(out.stderr.contains("28P01"), "{}", out.dump());
-    assert_eq!(backup_names(&store), before);
+    assert_eq!(backup_names(store.walden()), before);
 
     // verify-full through a host list: 127.0.0.1 on a dead port first,
     // then "localhost" (the name the certificate is for).
@@ -541,7 +495,7 @@ fn remote_backup_push_over_tcp_with_scram_and_verify_full() {
         out.dump()
     );
     assert!(!out.stderr.contains(BOB_PW));
-    let names = backup_names(&store);
+    let names = backup_names(store.walden());
     assert_eq!(names.len(), 2, "{names:?}");
     let sentinel = json(
         &store,
@@ -571,7 +525,7 @@ fn remote_backup_push_over_tcp_with_scram_and_verify_full() {
         &[],
     );
     out.assert_ok();
-    assert_eq!(backup_names(&store).len(), 3);
+    assert_eq!(backup_names(store.walden()).len(), 3);
 
     // The certificate is for "localhost": 127.0.0.1 alone fails to verify.
     let mut env = tcp(&[
@@ -628,21 +582,8 @@ fn remote_backup_push_on_every_major() {
 
 fn remote_round_trip(major: u32) {
     let store = Store::fs();
-    let mut pg = PgCluster::builder()
-        .major(major)
-        .conf("archive_mode", "on")
-        .conf("archive_command", "'{walden} wal-push %p'")
-        .env(store.env())
-        .start();
-    let ts_dir = TempDir::new("remote-tsv");
-    let loc = ts_dir.join("loc");
-    fs::create_dir(&loc).unwrap();
-    chown_postgres(ts_dir.path());
-    pg.psql(&format!(
-        "CREATE TABLESPACE ts1 LOCATION '{}'",
-        loc.display()
-    ));
-    let oid = pg.psql("SELECT oid FROM pg_tablespace WHERE spcname = 'ts1'");
+    let mut pg = archiving_cluster(store.env()).major(major).start();
+    let (_ts_dir, _loc, oid) = tablespace(&pg, "remote-tsv");
     notes_and_bench(&pg, Some("ts1"));
     let env: Vec<(String, String)> = remote_env(&pg)
         .into_iter()
@@ -662,15 +603,7 @@ fn remote_round_trip(major: u32) {
     let data = dirs.join("data");
     let new_loc = dirs.join("ts-new");
     let spec_file = dirs.join("spec.json");
-    fs::write(
-        &spec_file,
-        format!(
-            "{{\"{oid}\":{{\"loc\":\"{}\",\"link\":\"pg_tblspc/{oid}\"}},\"base_prefix\":\"{}\",\"tablespaces\":[\"{oid}\"]}}",
-            new_loc.display(),
-            data.display()
-        ),
-    )
-    .unwrap();
+    fs::write(&spec_file, restore_spec(&oid, &new_loc, &data)).unwrap();
     dirs.chown_postgres();
     let bin_dir = TempDir::new("remote-binv");
     bin_dir.chown_postgres();

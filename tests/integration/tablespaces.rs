@@ -8,6 +8,7 @@
 use std::fs;
 use std::time::Duration;
 
+use crate::harness::scenario::{archiving_cluster, restore_spec, tablespace};
 use crate::harness::tmp::chown_postgres;
 use crate::harness::{PgCluster, TempDir};
 use crate::store::Store;
@@ -18,20 +19,8 @@ const ROWS: &str = "SELECT sum(abalance)::text || '/' || count(*) || '/' || \
 #[test]
 fn tablespace_backup_and_restore_spec() {
     let store = Store::fs();
-    let mut pg = PgCluster::builder()
-        .conf("archive_mode", "on")
-        .conf("archive_command", "'{walden} wal-push %p'")
-        .env(store.env())
-        .start();
-    let ts_dir = TempDir::new("ts");
-    let loc = ts_dir.join("loc");
-    fs::create_dir(&loc).unwrap();
-    chown_postgres(ts_dir.path());
-    pg.psql(&format!(
-        "CREATE TABLESPACE ts1 LOCATION '{}'",
-        loc.display()
-    ));
-    let oid = pg.psql("SELECT oid FROM pg_tablespace WHERE spcname = 'ts1'");
+    let mut pg = archiving_cluster(store.env()).start();
+    let (_ts_dir, loc, oid) = tablespace(&pg, "ts");
     pg.pgbench(&["-i", "-q", "-s", "1", "--tablespace=ts1"]);
     pg.psql(
         "CREATE TABLE notes TABLESPACE ts1 AS \
@@ -117,17 +106,8 @@ fn tablespace_backup_and_restore_spec() {
     let data = restored_dir.join("data");
     let new_loc = restored_dir.join("ts-new");
     let spec_file = scratch.join("spec.json");
-    let write_spec = |loc: &std::path::Path| {
-        fs::write(
-            &spec_file,
-            format!(
-                "{{\"{oid}\":{{\"loc\":\"{}\",\"link\":\"pg_tblspc/{oid}\"}},\"base_prefix\":\"{}\",\"tablespaces\":[\"{oid}\"]}}",
-                loc.display(),
-                data.display()
-            ),
-        )
-        .unwrap()
-    };
+    let write_spec =
+        |loc: &std::path::Path| fs::write(&spec_file, restore_spec(&oid, loc, &data)).unwrap();
     write_spec(&data.join("inside"));
     let out = store
         .walden()

@@ -7,8 +7,24 @@
 use std::fs;
 use std::time::{Duration, Instant};
 
+use crate::harness::scenario::{
+    assert_wal_matches_server, conninfo, recovering_through_walden, restore_and_compare,
+    wait_replayed, wait_streaming,
+};
 use crate::harness::{PgCluster, TempDir};
-use crate::store::{codec_env, Store, WAL_SIZE};
+use crate::store::{codec_env, Store};
+
+/// The rows pgbench changes.
+const BALANCES: &str = "SELECT sum(abalance)::text || '/' || count(*) FROM pgbench_accounts";
+
+/// Until wal-receive streams from `pg` over replication slot `slot`.
+fn wait_slot_active(pg: &PgCluster, slot: &str) {
+    pg.wait_for_sql(
+        &format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}' AND active"),
+        "1",
+        Duration::from_secs(60),
+    );
+}
 
 fn stored_names(store: &Store, ext: &str) -> Vec<String> {
     let dir = store.object_file("wal_005");
@@ -60,11 +76,7 @@ fn wal_receive_streams_stores_and_recovers() {
         .env("WALG_SLOTNAME", "walden_test")
         .arg("wal-receive")
         .spawn();
-    pg.wait_for_sql(
-        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'walden_test' AND active",
-        "1",
-        Duration::from_secs(60),
-    );
+    wait_slot_active(&pg, "walden_test");
 
     // A base backup while receiving: only wal-receive supplies its WAL.
     let restored_dir = TempDir::new("walrecv-restored");
@@ -76,14 +88,10 @@ fn wal_receive_streams_stores_and_recovers() {
 
     // The server restarts: wal-receive reconnects and goes on.
     pg.restart();
-    pg.wait_for_sql(
-        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'walden_test' AND active",
-        "1",
-        Duration::from_secs(60),
-    );
+    wait_slot_active(&pg, "walden_test");
     pg.pgbench(&["-n", "-t", "1500", "-c", "2"]);
     pg.psql("CREATE TABLE marker AS SELECT 'streamed'::text AS note");
-    let expected = pg.psql("SELECT sum(abalance)::text || '/' || count(*) FROM pgbench_accounts");
+    let expected = pg.psql(BALANCES);
     let last = pg.switch_wal();
     wait_stored(&store, &last, ext);
     // The slot holds no more than storage does.
@@ -108,21 +116,8 @@ fn wal_receive_streams_stores_and_recovers() {
         names.len() >= 4,
         "pgbench wrote several segments: {names:?}"
     );
-    let fetched = TempDir::new("walrecv-fetched");
-    for name in &names {
-        let dest = fetched.join(name);
-        store
-            .walden()
-            .envs(codec.clone())
-            .args(["wal-fetch", name.as_str()])
-            .arg(&dest)
-            .run()
-            .assert_ok();
-        let got = fs::read(&dest).unwrap();
-        assert_eq!(got.len(), WAL_SIZE);
-        let server = fs::read(pg.data_dir().join("pg_wal").join(name)).unwrap();
-        assert!(got == server, "{name} differs from the server's copy");
-    }
+    let walden = || store.walden().envs(codec.clone());
+    assert_wal_matches_server(walden, &pg.data_dir().join("pg_wal"), &names);
     let partials: Vec<String> = fs::read_dir(store.object_file("wal_005"))
         .unwrap()
         .flatten()
@@ -142,16 +137,8 @@ fn wal_receive_streams_stores_and_recovers() {
     pg.stop();
 
     // Recovery of the base backup through the received WAL.
-    fs::write(data.join("recovery.signal"), "").unwrap();
-    let restored = PgCluster::builder()
-        .conf("restore_command", "'{walden} wal-fetch %f %p'")
-        .conf("archive_mode", "off")
-        .env(store.env())
-        .env(codec.clone())
-        .start_restored(data.clone());
-    restored.wait_for_promotion(Duration::from_secs(120));
-    let got = restored.psql("SELECT sum(abalance)::text || '/' || count(*) FROM pgbench_accounts");
-    assert_eq!(got, expected, "{}", restored.log_tail());
+    let restored = recovering_through_walden(&data, store.env()).env(codec.clone());
+    let restored = restore_and_compare(restored, data.clone(), BALANCES, &expected);
     assert_eq!(restored.psql("SELECT note FROM marker"), "streamed");
 }
 
@@ -186,21 +173,12 @@ fn wal_receive_follows_a_promotion_and_a_restart() {
     let standby_data = standby_dir.join("data");
     primary.base_backup(&standby_data);
     fs::write(standby_data.join("standby.signal"), "").unwrap();
-    let conninfo = format!(
-        "'host={} port={} user=postgres'",
-        primary.socket_dir().display(),
-        primary.port()
-    );
     let mut standby = PgCluster::builder()
-        .conf("primary_conninfo", &conninfo)
+        .conf("primary_conninfo", &conninfo(&primary))
         .conf("archive_mode", "off")
         .conf("wal_keep_size", "'2GB'")
         .start_restored(standby_data.clone());
-    standby.wait_for_sql(
-        "SELECT status FROM pg_stat_wal_receiver",
-        "streaming",
-        Duration::from_secs(60),
-    );
+    wait_streaming(&standby);
 
     let receiver = store
         .walden()
@@ -209,11 +187,7 @@ fn wal_receive_follows_a_promotion_and_a_restart() {
         .env("WALG_SLOTNAME", "cascade")
         .arg("wal-receive")
         .spawn();
-    standby.wait_for_sql(
-        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'cascade' AND active",
-        "1",
-        Duration::from_secs(60),
-    );
+    wait_slot_active(&standby, "cascade");
     // The old primary's base backup, to recover through the stored WAL.
     let restored_dir = TempDir::new("walrecv-tl-restored");
     let data = restored_dir.join("data");
@@ -225,12 +199,7 @@ fn wal_receive_follows_a_promotion_and_a_restart() {
     // Some WAL into the next segment first, replayed by the standby: the
     // old timeline ends inside a segment, stored as .partial.
     primary.psql("CREATE TABLE before_promotion AS SELECT 1 AS x");
-    let lsn = primary.psql("SELECT pg_current_wal_lsn()");
-    standby.wait_for_sql(
-        &format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'"),
-        "t",
-        Duration::from_secs(60),
-    );
+    wait_replayed(&primary, &standby);
     // Promotion: timeline 2.
     standby.psql("SELECT pg_promote()");
     standby.wait_for_promotion(Duration::from_secs(60));
@@ -242,15 +211,10 @@ fn wal_receive_follows_a_promotion_and_a_restart() {
 
     // The new primary restarts: wal-receive reconnects on timeline 2.
     standby.restart();
-    standby.wait_for_sql(
-        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'cascade' AND active",
-        "1",
-        Duration::from_secs(60),
-    );
+    wait_slot_active(&standby, "cascade");
     standby.pgbench(&["-n", "-t", "800", "-c", "2"]);
     standby.psql("CREATE TABLE marker AS SELECT 'after promotion'::text AS note");
-    let expected =
-        standby.psql("SELECT sum(abalance)::text || '/' || count(*) FROM pgbench_accounts");
+    let expected = standby.psql(BALANCES);
     let last = standby.switch_wal();
     wait_stored(&store, &last, ext);
     receiver.signal(libc::SIGTERM);
@@ -278,32 +242,14 @@ fn wal_receive_follows_a_promotion_and_a_restart() {
     );
     let names = stored_names(&store, ext);
     assert!(names.iter().any(|n| n.starts_with("00000002")), "{names:?}");
-    let fetched = TempDir::new("walrecv-tl-fetched");
-    for name in &names {
-        let dest = fetched.join(name);
-        store
-            .walden()
-            .envs(codec.clone())
-            .args(["wal-fetch", name.as_str()])
-            .arg(&dest)
-            .run()
-            .assert_ok();
-        let server = fs::read(standby_data.join("pg_wal").join(name)).unwrap();
-        assert!(fs::read(&dest).unwrap() == server, "{name} differs");
-    }
+    let walden = || store.walden().envs(codec.clone());
+    assert_wal_matches_server(walden, &standby_data.join("pg_wal"), &names);
     standby.stop();
 
-    fs::write(data.join("recovery.signal"), "").unwrap();
-    let restored = PgCluster::builder()
-        .conf("restore_command", "'{walden} wal-fetch %f %p'")
+    let restored = recovering_through_walden(&data, store.env())
         .conf("recovery_target_timeline", "'latest'")
-        .conf("archive_mode", "off")
-        .env(store.env())
-        .env(codec.clone())
-        .start_restored(data.clone());
-    restored.wait_for_promotion(Duration::from_secs(120));
-    let got = restored.psql("SELECT sum(abalance)::text || '/' || count(*) FROM pgbench_accounts");
-    assert_eq!(got, expected, "{}", restored.log_tail());
+        .env(codec.clone());
+    let restored = restore_and_compare(restored, data.clone(), BALANCES, &expected);
     assert_eq!(restored.psql("SELECT note FROM marker"), "after promotion");
     assert_eq!(restored.psql("SELECT x FROM before_promotion"), "1");
 }

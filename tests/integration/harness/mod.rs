@@ -7,6 +7,8 @@
 //!   (`PgBuilder::major`), run as `postgres` when root.
 //! - [`Walden`]: runs the built `walden` binary (or another, e.g. WAL-G) with a
 //!   clean environment.
+//! - [`scenario`]: the setups many tests share (a cluster archiving to
+//!   walden, a restore started and its rows compared, a standby).
 //!
 //! Not every test module uses every item (or re-export), hence the allowances.
 #![allow(dead_code, unused_imports)]
@@ -14,6 +16,7 @@
 pub mod fake_s3;
 pub mod pg;
 pub mod s3;
+pub mod scenario;
 pub mod tmp;
 pub mod walden;
 

@@ -1,0 +1,218 @@
+//! The setups end-to-end tests share, so that a test says only what it
+//! proves: a cluster archiving to walden, its backups listed and read back,
+//! a copy started (recovering through walden) with its rows compared, a
+//! streaming standby, a tablespace.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::pg::PG_BIN;
+use super::tmp::chown_postgres;
+use super::{Output, PgBuilder, PgCluster, TempDir, Walden};
+
+/// The restore_command of a copy recovering from storage through walden.
+pub const WAL_FETCH: &str = "'{walden} wal-fetch %f %p'";
+
+/// A cluster to be started whose archive_command is `walden wal-push`,
+/// into the storage `env` names (the server's environment).
+pub fn archiving_cluster<I, K, V>(env: I) -> PgBuilder
+where
+    I: IntoIterator<Item = (K, V)>,
+    K: Into<String>,
+    V: Into<String>,
+{
+    PgCluster::builder()
+        .conf("archive_mode", "on")
+        .conf("archive_command", "'{walden} wal-push %p'")
+        .env(env)
+}
+
+/// A copy at `data` to be started that recovers, to the end of what is
+/// archived, through `walden wal-fetch` from the storage `env` names:
+/// writes its recovery.signal.
+pub fn recovering_through_walden<I, K, V>(data: &Path, env: I) -> PgBuilder
+where
+    I: IntoIterator<Item = (K, V)>,
+    K: Into<String>,
+    V: Into<String>,
+{
+    fs::write(data.join("recovery.signal"), "").unwrap();
+    PgCluster::builder()
+        .conf("restore_command", WAL_FETCH)
+        .conf("archive_mode", "off")
+        .env(env)
+}
+
+/// Start `builder`'s server on the restored copy `data`, wait until it is
+/// promoted, and compare what `sql` returns there with `expected` (the
+/// rows the source had at the recovery target).
+pub fn restore_and_compare(
+    builder: PgBuilder,
+    data: PathBuf,
+    sql: &str,
+    expected: &str,
+) -> PgCluster {
+    let restored = builder.start_restored(data);
+    restored.wait_for_promotion(Duration::from_secs(120));
+    assert_eq!(restored.psql(sql), expected, "{}", restored.log_tail());
+    restored
+}
+
+/// The backups in storage, oldest first (their names grow with the start
+/// LSN).
+pub fn backup_names(walden: Walden) -> Vec<String> {
+    let out = walden.args(["st", "ls", "basebackups_005/"]).run();
+    out.assert_ok();
+    let mut names: Vec<String> = out
+        .stdout_str()
+        .split_whitespace()
+        .filter_map(|w| w.strip_suffix("_backup_stop_sentinel.json"))
+        .map(str::to_string)
+        .collect();
+    names.sort();
+    names
+}
+
+/// The name of the backup a successful `backup-push` logged.
+pub fn pushed_backup_name(out: &Output) -> String {
+    out.stderr
+        .lines()
+        .find_map(|l| l.split("Wrote backup with name ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("backup name in {}", out.dump()))
+        .to_string()
+}
+
+/// A stored JSON object (`st cat KEY`), e.g. a sentinel or
+/// files_metadata.json.
+pub fn stored_json(walden: Walden, key: &str) -> Value {
+    let out = walden.args(["st", "cat", key]).run();
+    out.assert_ok();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Each of `names` fetched back with `walden wal-fetch` (`walden()` is
+/// configured for the storage) is byte-identical to the server's copy in
+/// `pg_wal`.
+pub fn assert_wal_matches_server(walden: impl Fn() -> Walden, pg_wal: &Path, names: &[String]) {
+    let fetched = TempDir::new("wal-check");
+    for name in names {
+        let dest = fetched.join(name);
+        walden()
+            .args(["wal-fetch", name.as_str()])
+            .arg(&dest)
+            .run()
+            .assert_ok();
+        let got = fs::read(&dest).unwrap();
+        assert_eq!(got.len(), crate::store::WAL_SIZE);
+        let server = fs::read(pg_wal.join(name)).unwrap();
+        assert!(got == server, "{name} differs from the server's copy");
+    }
+}
+
+/// pg_amcheck over every database of a restored server: heap and B-tree
+/// pages as PostgreSQL itself checks them.
+pub fn amcheck(pg: &PgCluster) {
+    let out = Command::new(format!("{PG_BIN}/pg_amcheck"))
+        .arg("-h")
+        .arg(pg.socket_dir())
+        .args(["-p", &pg.port().to_string(), "-U", "postgres"])
+        .args(["--install-missing", "--all", "--heapallindexed"])
+        .output()
+        .expect("run pg_amcheck");
+    assert!(
+        out.status.success() && out.stdout.is_empty(),
+        "pg_amcheck found problems:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Tablespace `ts1` of `pg` at `<dir>/loc` in a new directory labelled
+/// `label`: the directory (kept while the server lives), the location and
+/// the tablespace's oid.
+pub fn tablespace(pg: &PgCluster, label: &str) -> (TempDir, PathBuf, String) {
+    let dir = TempDir::new(label);
+    let loc = dir.join("loc");
+    fs::create_dir(&loc).unwrap();
+    chown_postgres(dir.path());
+    pg.psql(&format!(
+        "CREATE TABLESPACE ts1 LOCATION '{}'",
+        loc.display()
+    ));
+    let oid = pg.psql("SELECT oid FROM pg_tablespace WHERE spcname = 'ts1'");
+    (dir, loc, oid)
+}
+
+/// A `--restore-spec` file's JSON: tablespace `oid` moved to `loc`, the
+/// data directory restored at `base`.
+pub fn restore_spec(oid: &str, loc: &Path, base: &Path) -> String {
+    format!(
+        "{{\"{oid}\":{{\"loc\":\"{}\",\"link\":\"pg_tblspc/{oid}\"}},\"base_prefix\":\"{}\",\"tablespaces\":[\"{oid}\"]}}",
+        loc.display(),
+        base.display()
+    )
+}
+
+/// A streaming standby of `primary` in `dir/data`, made by pg_basebackup
+/// (with the WAL it needs).
+pub fn replica_of(primary: &PgCluster, dir: &TempDir) -> PgCluster {
+    let data = dir.join("data");
+    let out = Command::new(format!("{PG_BIN}/pg_basebackup"))
+        .args(["-h", &primary.socket_dir().display().to_string()])
+        .args(["-p", &primary.port().to_string(), "-U", "postgres"])
+        .args(["-X", "stream", "-c", "fast", "-D"])
+        .arg(&data)
+        .output()
+        .expect("run pg_basebackup");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    start_standby(primary, data)
+}
+
+/// Start the copy at `data` as a hot standby streaming from `primary`;
+/// returns once it streams.
+pub fn start_standby(primary: &PgCluster, data: PathBuf) -> PgCluster {
+    fs::write(data.join("standby.signal"), "").unwrap();
+    let pg = PgCluster::builder()
+        .conf("primary_conninfo", &conninfo(primary))
+        .conf("hot_standby", "on")
+        .start_restored(data);
+    wait_streaming(&pg);
+    pg
+}
+
+/// `primary_conninfo` (quoted for postgresql.conf) of a standby of
+/// `primary`, over its socket.
+pub fn conninfo(primary: &PgCluster) -> String {
+    format!(
+        "'host={} port={} user=postgres'",
+        primary.socket_dir().display(),
+        primary.port()
+    )
+}
+
+pub fn wait_streaming(pg: &PgCluster) {
+    pg.wait_for_sql(
+        "SELECT status FROM pg_stat_wal_receiver",
+        "streaming",
+        Duration::from_secs(60),
+    );
+}
+
+/// Until `standby` has replayed everything `primary` has written so far.
+pub fn wait_replayed(primary: &PgCluster, standby: &PgCluster) {
+    let lsn = primary.psql("SELECT pg_current_wal_lsn()");
+    standby.wait_for_sql(
+        &format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'"),
+        "t",
+        Duration::from_secs(60),
+    );
+}
