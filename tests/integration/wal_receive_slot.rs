@@ -6,7 +6,8 @@
 //! so whatever was acknowledged before the query is already listed). Every
 //! byte below a claimed LSN must be in a stored complete segment, or, for
 //! a claim inside a segment (walden confirms all it holds when the server
-//! asks for a reply, as a shutting-down server does), in that segment's
+//! asks for a reply: after half of `wal_sender_timeout` without one, or
+//! when it shuts down), in that segment's
 //! `.partial` object, whose bytes are then fetched and compared with the
 //! server's. Physical slots have no `confirmed_flush_lsn` (it is NULL);
 //! their `restart_lsn` is what the standby confirmed as flushed.
@@ -139,7 +140,7 @@ impl Poller {
 
     /// Polls every 50 ms until `stop`; checks `.partial` coverage at once
     /// (a later upload of the segment replaces it).
-    fn run(&self, stop: &AtomicBool) -> (Vec<Sample>, Vec<String>) {
+    fn run(&self, stop: &AtomicBool) -> (Vec<Sample>, Vec<String>, usize) {
         let mut samples = Vec::new();
         let mut failures = Vec::new();
         let mut checked = BTreeSet::new();
@@ -167,7 +168,7 @@ impl Poller {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        (samples, failures)
+        (samples, failures, checked.len())
     }
 }
 
@@ -199,6 +200,10 @@ fn slot_never_passes_storage(store: Store, codec: Vec<(String, String)>, ext: &s
         .conf("archive_mode", "off")
         // Keep every segment in pg_wal, to compare with what was stored.
         .conf("wal_keep_size", "'2GB'")
+        // The server asks for a reply after 2 s without one (walden
+        // reports every 10 s): walden then stores the segment so far as
+        // .partial and confirms up to inside it, the case to check.
+        .conf("wal_sender_timeout", "'4s'")
         .start();
     pg.pgbench_init(2);
 
@@ -233,8 +238,10 @@ fn slot_never_passes_storage(store: Store, codec: Vec<(String, String)>, ext: &s
     };
 
     pg.pgbench(&["-n", "-T", "6", "-c", "2"]);
-    // A restart: the shutting-down server asks walden to confirm all it
-    // sent, which lands inside a segment.
+    // Idle: the server asks for a reply and walden confirms what it holds.
+    std::thread::sleep(Duration::from_secs(3));
+    // A restart: wal-receive reconnects and streams the unfinished
+    // segment again.
     pg.restart();
     pg.wait_for_sql(
         &format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{SLOT}' AND active"),
@@ -256,7 +263,7 @@ fn slot_never_passes_storage(store: Store, codec: Vec<(String, String)>, ext: &s
     let sent_end = parse_lsn(&pg.psql("SELECT pg_current_wal_flush_lsn()")).unwrap();
 
     stop.store(true, Ordering::SeqCst);
-    let (samples, failures) = polling.join().unwrap();
+    let (samples, failures, partials_checked) = polling.join().unwrap();
     receiver.signal(libc::SIGTERM);
     let out = receiver.wait(Duration::from_secs(60));
     assert_eq!(out.code, 0, "wal-receive: {}", out.stderr);
@@ -300,17 +307,21 @@ fn slot_never_passes_storage(store: Store, codec: Vec<(String, String)>, ext: &s
             }
         }
     }
+    eprintln!(
+        "{} polls, {inside} positions inside a segment, {partials_checked} .partial checks, highest {highest:X}",
+        samples.len()
+    );
     assert!(
         bad.is_empty(),
         "the server was told of WAL not stored: {bad:#?}"
     );
     assert!(
+        inside > 0 && partials_checked > 0,
+        "no confirmation inside a segment was seen ({inside} positions, {partials_checked} .partial checks)"
+    );
+    assert!(
         highest / SEG >= first + 3,
         "the slot moved across several segments (to {highest:X} from segment {first:X})"
-    );
-    eprintln!(
-        "{} polls, {inside} positions inside a segment, highest {highest:X}",
-        samples.len()
     );
 
     // SIGTERM stored what was received after the last segment.
