@@ -293,7 +293,7 @@ fn slot_never_passes_storage(store: Store, codec: Vec<(String, String)>, ext: &s
     let mut confirmed = false;
     let mut inside = 0;
     let mut highest = 0;
-    let mut bad = Vec::new();
+    let mut bad = BTreeSet::new();
     for s in &samples {
         // Before walden's first reply the slot is where RESERVE_WAL put
         // it (the redo pointer), which walden has not claimed.
@@ -303,7 +303,7 @@ fn slot_never_passes_storage(store: Store, codec: Vec<(String, String)>, ext: &s
             highest = highest.max(lsn);
             inside += usize::from(lsn % SEG != 0 && lsn > first * SEG);
             if let Some(v) = violation(lsn, first, &s.held) {
-                bad.push(v);
+                bad.insert(v);
             }
         }
     }
