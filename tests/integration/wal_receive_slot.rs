@@ -16,7 +16,7 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -55,7 +55,7 @@ struct Held {
     partial: BTreeSet<u64>,
 }
 
-fn held(wal_dir: &PathBuf, ext: &str) -> Held {
+fn held(wal_dir: &Path, ext: &str) -> Held {
     let mut h = Held::default();
     for entry in fs::read_dir(wal_dir).into_iter().flatten().flatten() {
         let Ok(name) = entry.file_name().into_string() else {
