@@ -12,7 +12,10 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, SignatureScheme};
+use rustls::sign::{CertifiedKey, SingleCertAndKey};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, InconsistentKeys, SignatureScheme,
+};
 
 use super::error::PgError;
 use super::params::{ConnParams, SslMode};
@@ -87,6 +90,7 @@ fn client_config(params: &ConnParams) -> Result<ClientConfig, String> {
         }
         None => Arc::new(NoVerify(provider.clone())),
     };
+    let signing = provider.clone();
     let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
@@ -109,14 +113,39 @@ fn client_config(params: &ConnParams) -> Result<ClientConfig, String> {
                 .ok_or("a client certificate is set but no key: set PGSSLKEY")?;
             let key = PrivateKeyDer::from_pem_file(key_path)
                 .map_err(|e| format!("client key {} cannot be read: {e}", key_path.display()))?;
-            builder.with_client_auth_cert(certs, key).map_err(|e| {
+            let certified = client_cert(certs, key, &signing).map_err(|e| {
                 format!(
-                    "client certificate {} cannot be used: {e}",
-                    cert_path.display()
+                    "client certificate {} cannot be used with key {}: {e}",
+                    cert_path.display(),
+                    key_path.display()
                 )
-            })
+            })?;
+            Ok(builder.with_client_cert_resolver(Arc::new(SingleCertAndKey::from(certified))))
         }
         None => Ok(builder.with_no_client_auth()),
+    }
+}
+
+/// The client certificate and its key. rustls's `with_client_auth_cert`
+/// would refuse an X.509 v1 certificate: its key check parses the
+/// certificate with webpki, which reads only v3. PostgreSQL (OpenSSL)
+/// accepts v1 client certificates, and its documented recipe
+/// (`openssl x509 -req` without extensions, OpenSSL 3.0) makes them, so
+/// only a key that provably does not match the certificate is refused
+/// here; the server judges the certificate itself, as with libpq.
+fn client_cert(
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey, rustls::Error> {
+    if certs.is_empty() {
+        return Err(rustls::Error::NoCertificatesPresented);
+    }
+    let key = provider.key_provider.load_private_key(key)?;
+    let certified = CertifiedKey::new(certs, key);
+    match certified.keys_match() {
+        Err(e @ rustls::Error::InconsistentKeys(InconsistentKeys::KeyMismatch)) => Err(e),
+        _ => Ok(certified),
     }
 }
 
@@ -258,5 +287,47 @@ impl ServerCertVerifier for CaVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.webpki.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V1: &[u8] = include_bytes!("testdata/client-v1.crt");
+    const V3: &[u8] = include_bytes!("testdata/client-v3.crt");
+    const KEY: &[u8] = include_bytes!("testdata/client.key");
+    const OTHER_KEY: &[u8] = include_bytes!("testdata/other.key");
+
+    fn certs(pem: &[u8]) -> Vec<CertificateDer<'static>> {
+        CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    fn key(pem: &[u8]) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::from_pem_slice(pem).unwrap()
+    }
+
+    #[test]
+    fn v1_client_certificates_are_sent() {
+        let provider = rustls::crypto::ring::default_provider();
+        // rustls's own path refuses the v1 certificate (why client_cert
+        // exists); should that change, client_cert can go.
+        let refused = ClientConfig::builder_with_provider(Arc::new(provider.clone()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerify(Arc::new(provider.clone()))))
+            .with_client_auth_cert(certs(V1), key(KEY));
+        assert!(refused.is_err());
+        assert!(client_cert(certs(V1), key(KEY), &provider).is_ok());
+        assert!(client_cert(certs(V3), key(KEY), &provider).is_ok());
+        let mismatch = client_cert(certs(V3), key(OTHER_KEY), &provider).unwrap_err();
+        assert_eq!(
+            mismatch,
+            rustls::Error::InconsistentKeys(InconsistentKeys::KeyMismatch)
+        );
+        assert!(client_cert(Vec::new(), key(KEY), &provider).is_err());
     }
 }

@@ -1,0 +1,170 @@
+//! Client certificates as PostgreSQL's documentation makes them:
+//! `openssl x509 -req` without extensions gives an X.509 v1 certificate
+//! (OpenSSL 3.0), which PostgreSQL accepts for `cert` authentication.
+//! walden sends it (rustls's own loader would refuse it), the server
+//! checks it against its `ssl_ca_file`, and one signed by another CA is
+//! refused by the server.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+use crate::harness::{Output, PgCluster, TempDir, Walden};
+
+fn openssl(args: &[&str]) {
+    let out = Command::new("openssl").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A self-signed CA `<name>.crt` / `<name>.key` in `dir`.
+fn ca(dir: &Path, name: &str) {
+    let p = |f: &str| dir.join(f).display().to_string();
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        &format!("/CN={name}"),
+        "-keyout",
+        &p(&format!("{name}.key")),
+        "-out",
+        &p(&format!("{name}.crt")),
+    ]);
+}
+
+/// `<name>.crt` for CN `cn`, signed by CA `ca` the documented way (no
+/// extensions: a v1 certificate) unless `ext` names an extension file,
+/// and `<name>.key` (mode 0600).
+fn signed(dir: &Path, ca: &str, name: &str, cn: &str, ext: Option<&Path>) {
+    let p = |f: &str| dir.join(f).display().to_string();
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        &format!("/CN={cn}"),
+        "-keyout",
+        &p(&format!("{name}.key")),
+        "-out",
+        &p(&format!("{name}.csr")),
+    ]);
+    let (csr, ca_crt, ca_key, crt) = (
+        p(&format!("{name}.csr")),
+        p(&format!("{ca}.crt")),
+        p(&format!("{ca}.key")),
+        p(&format!("{name}.crt")),
+    );
+    let mut args = vec![
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &ca_crt,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-out",
+        &crt,
+    ];
+    let ext = ext.map(|e| e.display().to_string());
+    if let Some(e) = &ext {
+        args.extend(["-extfile", e.as_str()]);
+    }
+    openssl(&args);
+    fs::set_permissions(
+        dir.join(format!("{name}.key")),
+        fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+}
+
+fn version(cert: &Path) -> String {
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in"])
+        .arg(cert)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
+        .find(|l| l.trim_start().starts_with("Version:"))
+        .unwrap_or("")
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn a_v1_client_certificate_is_sent_and_accepted() {
+    if Command::new("openssl").arg("version").output().is_err() {
+        eprintln!("skipped: the openssl command is missing, no certificate can be made");
+        return;
+    }
+    let dir = TempDir::new("pg-v1-certs");
+    ca(dir.path(), "ca");
+    ca(dir.path(), "other_ca");
+    // The server's certificate names localhost in a SAN (v3): webpki
+    // verifies only such (libpq also takes a v1 one by its CN).
+    let san = dir.join("san.cnf");
+    fs::write(&san, "subjectAltName=DNS:localhost\n").unwrap();
+    signed(dir.path(), "ca", "server", "localhost", Some(&san));
+    signed(dir.path(), "ca", "carol", "carol", None);
+    signed(dir.path(), "other_ca", "stranger", "carol", None);
+    assert!(
+        version(&dir.join("carol.crt")).starts_with("Version: 1"),
+        "the test needs a v1 client certificate: {}",
+        version(&dir.join("carol.crt"))
+    );
+    dir.chown_postgres();
+    let p = |f: &str| format!("'{}'", dir.join(f).display());
+    let pg = PgCluster::builder()
+        .hba("hostssl all carol 127.0.0.1/32 cert")
+        .hba("host all carol 127.0.0.1/32 reject")
+        .conf("ssl", "on")
+        .conf("ssl_cert_file", &p("server.crt"))
+        .conf("ssl_key_file", &p("server.key"))
+        .conf("ssl_ca_file", &p("ca.crt"))
+        .start();
+    pg.psql("CREATE ROLE carol LOGIN");
+
+    let info = |cert: &str| -> Output {
+        Walden::new()
+            .env("PGHOST", "localhost")
+            .env("PGPORT", pg.port().to_string())
+            .env("PGUSER", "carol")
+            .env("PGDATABASE", "postgres")
+            .env("PGSSLMODE", "verify-full")
+            .env("PGSSLROOTCERT", dir.join("ca.crt"))
+            .env("PGSSLCERT", dir.join(format!("{cert}.crt")))
+            .env("PGSSLKEY", dir.join(format!("{cert}.key")))
+            .arg("pg-info")
+            .run()
+    };
+    let out = info("carol");
+    out.assert_ok();
+    let text = out.stdout_str();
+    assert!(text.contains("tls: on\n"), "{}", out.dump());
+    assert!(text.contains("user: carol\n"), "{}", out.dump());
+
+    // The server, not walden, judges the certificate: another CA's is
+    // sent and refused there.
+    let out = info("stranger");
+    assert_ne!(out.code, 0, "{}", out.dump());
+    let log = fs::read_to_string(pg.log_path()).unwrap_or_default();
+    assert!(
+        log.contains("certificate") && log.contains("could not accept SSL connection"),
+        "the server refused the certificate: {}\n{log}",
+        out.dump()
+    );
+}

@@ -1,0 +1,221 @@
+//! Remote `backup-push` (BASE_BACKUP over a replication connection) where
+//! the other remote tests do not go: into S3, and from a streaming standby
+//! (`PGHOST` naming the standby; its WAL comes from the primary's
+//! archive). Each backup is taken under pgbench load, restored with
+//! backup-fetch at a time target, PostgreSQL started on the copy and its
+//! rows compared with the rows at the target (later writes must be gone).
+
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::walden::walden_bin_for_postgres;
+use crate::harness::{PgCluster, TempDir, Walden};
+use crate::store::Store;
+
+const ROWS: &str = "SELECT sum(abalance)::text || '/' || count(*) || '/' || \
+    (SELECT count(*) || '/' || sum(length(note)) FROM notes) FROM pgbench_accounts";
+
+/// A server's connection settings without PGDATA: a remote backup.
+fn remote_env(pg: &PgCluster) -> Vec<(String, String)> {
+    pg.env()
+        .into_iter()
+        .filter(|(k, _)| k != "PGDATA")
+        .collect()
+}
+
+fn archiving_primary(store: &Store) -> PgCluster {
+    let pg = PgCluster::builder()
+        .conf("archive_mode", "on")
+        .conf("archive_command", "'{walden} wal-push %p'")
+        .env(store.env())
+        .start();
+    pg.pgbench(&["-i", "-q", "-s", "1"]);
+    pg.psql(
+        "CREATE TABLE notes AS SELECT g AS id, md5(g::text) AS note FROM generate_series(1, 5000) g",
+    );
+    pg
+}
+
+/// Remote backup-push with `env` while pgbench writes on `primary`.
+fn push_under_load(store: &Store, primary: &PgCluster, env: &[(String, String)]) -> String {
+    std::thread::scope(|s| {
+        let load = s.spawn(|| primary.pgbench(&["-n", "-T", "3", "-c", "2"]));
+        std::thread::sleep(Duration::from_millis(300));
+        let out = store
+            .walden()
+            .envs(env.to_vec())
+            .arg("backup-push")
+            .timeout(Duration::from_secs(300))
+            .run();
+        out.assert_ok();
+        assert!(
+            out.stderr.contains("Running remote backup"),
+            "{}",
+            out.dump()
+        );
+        load.join().unwrap();
+        out.stderr
+    })
+}
+
+/// Writes, the moment PITR is to stop at, then writes the restore must not
+/// show; all WAL archived. Returns the rows at the target and the target.
+fn writes_and_target(pg: &PgCluster) -> (String, String) {
+    pg.pgbench(&["-n", "-t", "200", "-c", "2"]);
+    pg.psql("INSERT INTO notes SELECT g, 'before target' FROM generate_series(1, 10) g");
+    let expected = pg.psql(ROWS);
+    let target = pg.psql("SELECT clock_timestamp()::text");
+    std::thread::sleep(Duration::from_millis(1100));
+    pg.pgbench(&["-n", "-t", "200", "-c", "2"]);
+    pg.psql("INSERT INTO notes SELECT g, 'after target' FROM generate_series(1, 10) g");
+    let after = pg.psql(ROWS);
+    assert_ne!(
+        after, expected,
+        "the writes after the target changed the rows"
+    );
+    let last = pg.switch_wal();
+    pg.wait_for_archive(&last, Duration::from_secs(120));
+    (expected, target)
+}
+
+fn only_backup(store: &Store) -> String {
+    let out = store.walden().args(["st", "ls", "basebackups_005/"]).run();
+    out.assert_ok();
+    let names: Vec<String> = out
+        .stdout_str()
+        .split_whitespace()
+        .filter_map(|w| w.strip_suffix("_backup_stop_sentinel.json"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+    names[0].clone()
+}
+
+fn sentinel(store: &Store, name: &str) -> Value {
+    let out = store
+        .walden()
+        .args(["st", "cat"])
+        .arg(format!("basebackups_005/{name}_backup_stop_sentinel.json"))
+        .run();
+    out.assert_ok();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// backup-fetch LATEST at `target`, PostgreSQL on the copy (its
+/// restore_command is walden's wal-fetch from `store`): rows are `expected`.
+fn restore_at(store: &Store, target: &str, dest: &Path, expected: &str) {
+    let bin_dir = TempDir::new("remote-more-bin");
+    bin_dir.chown_postgres();
+    let bin = walden_bin_for_postgres(bin_dir.path());
+    Walden::program(&bin)
+        .envs(store.env())
+        .arg("backup-fetch")
+        .arg(dest)
+        .arg("LATEST")
+        .args(["--recovery-target-time", target])
+        .timeout(Duration::from_secs(300))
+        .run()
+        .assert_ok();
+    let restored = PgCluster::builder()
+        .conf("archive_mode", "off")
+        .env(store.env())
+        .start_restored(dest.to_path_buf());
+    restored.wait_for_promotion(Duration::from_secs(120));
+    assert_eq!(restored.psql(ROWS), expected, "{}", restored.log_tail());
+    // The server is stopped before its restore_command's binary goes.
+    drop(restored);
+    drop(bin_dir);
+}
+
+/// Remote backup-push into S3, WAL archived into S3 by wal-push, restored
+/// from S3 at a time target.
+#[test]
+fn remote_backup_push_on_s3_restores_at_a_time_target() {
+    let store = Store::s3();
+    let mut pg = archiving_primary(&store);
+    push_under_load(&store, &pg, &remote_env(&pg));
+    let (expected, target) = writes_and_target(&pg);
+
+    let name = only_backup(&store);
+    let sent = sentinel(&store, &name);
+    assert!(sent["Spec"].is_object(), "a remote backup's Spec: {sent}");
+    assert!(sent.get("DataCatalogSize").is_none(), "{sent}");
+    let parts = store
+        .walden()
+        .args(["st", "ls"])
+        .arg(format!("basebackups_005/{name}/tar_partitions/"))
+        .run()
+        .stdout_str();
+    assert!(
+        parts.contains("part_001.tar.") && parts.contains("pg_control.tar."),
+        "{parts}"
+    );
+    pg.stop();
+
+    let dirs = TempDir::new("remote-s3-restore");
+    dirs.chown_postgres();
+    restore_at(&store, &target, &dirs.join("data"), &expected);
+}
+
+/// Remote backup-push from a streaming standby while the primary writes:
+/// BASE_BACKUP on a standby needs no WAL switch (none is possible there)
+/// and WAL-G asks for none either; the standby's timeline and start LSN
+/// name the backup, and its WAL is the primary's archive.
+#[test]
+fn remote_backup_push_from_a_standby() {
+    let store = Store::fs();
+    let mut primary = archiving_primary(&store);
+
+    let standby_dir = TempDir::new("remote-standby");
+    let standby_data = standby_dir.join("data");
+    primary.base_backup(&standby_data);
+    fs::write(standby_data.join("standby.signal"), "").unwrap();
+    let conninfo = format!(
+        "'host={} port={} user=postgres'",
+        primary.socket_dir().display(),
+        primary.port()
+    );
+    let mut standby = PgCluster::builder()
+        .conf("primary_conninfo", &conninfo)
+        .conf("restore_command", "'{walden} wal-fetch %f %p'")
+        .conf("archive_mode", "on")
+        .env(store.env())
+        .start_restored(standby_data.clone());
+    standby.wait_for_sql(
+        "SELECT status FROM pg_stat_wal_receiver",
+        "streaming",
+        Duration::from_secs(60),
+    );
+
+    push_under_load(&store, &primary, &remote_env(&standby));
+    let (expected, target) = writes_and_target(&primary);
+
+    let name = only_backup(&store);
+    assert!(name.starts_with("base_00000001"), "{name}");
+    let sent = sentinel(&store, &name);
+    assert_eq!(
+        sent["SystemIdentifier"].as_u64().unwrap().to_string(),
+        primary.psql("SELECT system_identifier FROM pg_control_system()")
+    );
+    let standby_dir_canon = standby_data.canonicalize().unwrap();
+    assert_eq!(
+        sent["DataDir"],
+        standby_dir_canon.display().to_string(),
+        "the standby was backed up: {sent}"
+    );
+    let (start, finish) = (
+        sent["LSN"].as_u64().unwrap(),
+        sent["FinishLSN"].as_u64().unwrap(),
+    );
+    assert!(start <= finish, "{sent}");
+    assert_eq!(standby.psql("SELECT pg_is_in_recovery()"), "t");
+    standby.stop();
+    primary.stop();
+
+    let dirs = TempDir::new("remote-standby-restore");
+    dirs.chown_postgres();
+    restore_at(&store, &target, &dirs.join("data"), &expected);
+}
