@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::harness::pg::PG_BIN;
@@ -299,8 +300,36 @@ fn waldump_last_checkpoint(pg_wal: &Path, first: u64, last: u64, before: u64) ->
         })
 }
 
+/// An immediate CHECKPOINT on `pg` while another session switches WAL
+/// segments, until the checkpoint's record lands in a later segment than
+/// its redo (the checkpoint writes its record after flushing the buffers
+/// dirtied before it): (the record's LSN, the redo).
+fn checkpoint_across_segments(pg: &PgCluster) -> (u64, u64) {
+    for _ in 0..10 {
+        pg.pgbench(&["-n", "-t", "200", "-c", "2"]);
+        let done = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                while !done.load(Ordering::Relaxed) {
+                    pg.psql("INSERT INTO pgbench_history (tid, bid, aid, delta) VALUES (1, 1, 1, 0); SELECT pg_switch_wal()");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            });
+            pg.psql("CHECKPOINT");
+            done.store(true, Ordering::Relaxed);
+        });
+        let row = pg.psql("SELECT checkpoint_lsn || ' ' || redo_lsn FROM pg_control_checkpoint()");
+        let (at, redo) = row.split_once(' ').unwrap();
+        let (at, redo) = (lsn(at), lsn(redo));
+        if at >> 24 > redo >> 24 {
+            return (at, redo);
+        }
+    }
+    panic!("no checkpoint across a segment switch in 10 tries");
+}
+
 /// The last checkpoint before the split lies two segments before the
-/// split's, and an archive cleanup removed every segment before the
+/// split's, its redo in a segment before that, and an archive cleanup removed every segment before the
 /// split's from both clusters' pg_wal: pg_rewind, reading alpha's WAL
 /// backwards from the split, cannot find that checkpoint. wal-restore
 /// walks back to it (the one PostgreSQL's pg_waldump shows), fetches the
@@ -317,8 +346,9 @@ fn wal_restore_fetches_back_to_the_checkpoint_before_the_split() {
     let beta_data = beta_dir.join("data");
     let alpha_data = alpha.data_dir().to_path_buf();
 
-    alpha.psql("CHECKPOINT");
-    let checkpoint_seg = alpha.switch_wal();
+    let (checkpoint, redo) = checkpoint_across_segments(&alpha);
+    let checkpoint_seg = seg_name(1, checkpoint >> 24);
+    alpha.switch_wal();
     alpha.pgbench(&["-n", "-t", "300", "-c", "2"]);
     alpha.switch_wal();
     alpha.pgbench(&["-n", "-t", "50", "-c", "1"]);
@@ -347,8 +377,7 @@ fn wal_restore_fetches_back_to_the_checkpoint_before_the_split() {
     let history = fs::read_to_string(beta_data.join("pg_wal/00000002.history")).unwrap();
     let split_lsn = lsn(history.split('\t').nth(1).unwrap());
     let split_seg = split_lsn >> 24;
-    let checkpoint_number = u64::from_str_radix(&checkpoint_seg[8..16], 16).unwrap() << 8
-        | u64::from_str_radix(&checkpoint_seg[16..24], 16).unwrap();
+    let checkpoint_number = checkpoint >> 24;
     assert_eq!(
         checkpoint_number + 2,
         split_seg,
@@ -366,7 +395,9 @@ fn wal_restore_fetches_back_to_the_checkpoint_before_the_split() {
     let alpha_gone = before_split(&alpha_data);
     let beta_gone = before_split(&beta_data);
     assert!(
-        alpha_gone.contains(&checkpoint_seg) && alpha_gone.contains(&seg_name(1, split_seg - 1)),
+        alpha_gone.contains(&seg_name(1, redo >> 24))
+            && alpha_gone.contains(&checkpoint_seg)
+            && alpha_gone.contains(&seg_name(1, split_seg - 1)),
         "{alpha_gone:?}"
     );
     let alpha_lost = lose(&alpha_data, &alpha_segs, &alpha_gone);
@@ -402,9 +433,9 @@ fn wal_restore_fetches_back_to_the_checkpoint_before_the_split() {
         .find_map(|l| l.split("last checkpoint before the split: ").nth(1))
         .unwrap_or_else(|| panic!("no checkpoint found: {}", out.stderr));
     let (cp_text, redo_text) = line.split_once(", redo ").unwrap();
-    let (cp, redo) = (lsn(cp_text), lsn(redo_text));
+    let (cp, found_redo) = (lsn(cp_text), lsn(redo_text));
     assert_eq!(
-        (cp, redo),
+        (cp, found_redo),
         waldump_last_checkpoint(
             &alpha_data.join("pg_wal"),
             checkpoint_number,
@@ -413,7 +444,11 @@ fn wal_restore_fetches_back_to_the_checkpoint_before_the_split() {
         ),
         "walden's reader and pg_waldump disagree"
     );
-    assert_eq!(cp >> 24, checkpoint_number);
+    assert_eq!(
+        (cp, found_redo),
+        (checkpoint, redo),
+        "not the test's checkpoint"
+    );
     // alpha: from the checkpoint's segment to the split's, and no older
     // one; beta: from the redo's.
     for (data, lost, from) in [
