@@ -12,6 +12,15 @@
 //! that, and the same for TARGET's own timelines into TARGET's pg_wal
 //! (from the common point to TARGET's newest segment), which pg_rewind
 //! reads to find the blocks TARGET changed after the split.
+//!
+//! pg_rewind starts that reading at the last checkpoint record before the
+//! split, found by walking TARGET's WAL backwards (findLastCheckpoint), and
+//! the rewound server replays from that checkpoint's redo. So walden walks
+//! TARGET's segments back from the split's, fetching those pg_wal lacks,
+//! until one holds such a checkpoint (`wal::records`), and puts the
+//! segments from its redo to the split into SOURCE's pg_wal: pg_rewind
+//! makes TARGET's pg_wal a copy of SOURCE's, keeping (in recent minor
+//! releases) only the TARGET segments it read itself.
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
