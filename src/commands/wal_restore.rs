@@ -628,4 +628,64 @@ mod tests {
             [(2, 5), (1, 4), (1, 3)]
         );
     }
+
+    #[test]
+    fn timelines_of_segments() {
+        let spans = timeline_spans(&[rec(1, 5 * SEG + 0x100), rec(2, 9 * SEG)], 3, SEG);
+        let got: Vec<u32> = [1, 4, 5, 8, 9, 12]
+            .iter()
+            .map(|&n| timeline_of(&spans, n))
+            .collect();
+        assert_eq!(got, [1, 1, 2, 2, 3, 3]);
+    }
+
+    #[test]
+    fn redo_segments_go_to_source_from_target_or_storage() {
+        let root = std::env::temp_dir().join(format!("walden-walrestore-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let cluster = |name: &str| {
+            let dir = root.join(name);
+            fs::create_dir_all(dir.join("pg_wal")).unwrap();
+            Cluster {
+                wal_dir: dir.join("pg_wal"),
+                dir,
+                control: Control {
+                    system_id: 1,
+                    timeline: 1,
+                    checkpoint: 0,
+                    shut_down: true,
+                },
+            }
+        };
+        let (source, target) = (cluster("source"), cluster("target"));
+        let name = |n: u64| {
+            Segment {
+                timeline: 1,
+                number: n,
+            }
+            .name(16)
+        };
+        fs::write(target.wal_dir.join(name(3)), b"three").unwrap();
+        fs::write(source.wal_dir.join(name(4)), b"four").unwrap();
+        let asked = std::cell::RefCell::new(Vec::new());
+        let fetch = |dest: &Path, n: &str| {
+            asked.borrow_mut().push(n.to_string());
+            if n == name(5) {
+                fs::write(dest, b"five").unwrap();
+                true
+            } else {
+                false
+            }
+        };
+        let spans = timeline_spans(&[], 1, SEG);
+        // 3 is copied from TARGET, 4 is there, 5 fetched, 6 nowhere.
+        let failed = put_redo_segments(&source, &target, &spans, 3..7, 16, &fetch).unwrap();
+        assert_eq!(failed, 1);
+        assert_eq!(*asked.borrow(), [name(5), name(6)]);
+        assert_eq!(fs::read(source.wal_dir.join(name(3))).unwrap(), b"three");
+        assert_eq!(fs::read(source.wal_dir.join(name(5))).unwrap(), b"five");
+        // No temporary file left behind.
+        assert_eq!(fs::read_dir(&source.wal_dir).unwrap().count(), 3);
+        fs::remove_dir_all(&root).unwrap();
+    }
 }

@@ -242,7 +242,7 @@ impl<R: Read> Pages<R> {
             return Ok(false);
         }
         self.page_lsn = lsn;
-        self.off = if lsn % self.seg_bytes == 0 {
+        self.off = if lsn.is_multiple_of(self.seg_bytes) {
             LONG_HEADER
         } else {
             SHORT_HEADER
@@ -355,7 +355,7 @@ mod tests {
 
         fn page_header(&mut self) {
             let lsn = self.lsn();
-            let long = lsn % SEG == 0;
+            let long = lsn.is_multiple_of(SEG);
             let mut info = if long { XLP_LONG_HEADER } else { 0 };
             if self.pending > 0 {
                 info |= XLP_FIRST_IS_CONTRECORD;
@@ -375,7 +375,7 @@ mod tests {
 
         fn put(&mut self, mut data: &[u8]) {
             while !data.is_empty() {
-                if self.bytes.len() % BLOCK == 0 {
+                if self.bytes.len().is_multiple_of(BLOCK) {
                     self.page_header();
                 }
                 let room = BLOCK - self.bytes.len() % BLOCK;
@@ -388,10 +388,10 @@ mod tests {
 
         /// Append a record; returns its LSN.
         fn record(&mut self, rmid: u8, info: u8, body: &[u8]) -> u64 {
-            while self.bytes.len() % 8 != 0 {
+            while !self.bytes.len().is_multiple_of(8) {
                 self.bytes.push(0);
             }
-            if self.bytes.len() % BLOCK == 0 {
+            if self.bytes.len().is_multiple_of(BLOCK) {
                 self.page_header();
             }
             let lsn = self.lsn();
@@ -429,7 +429,7 @@ mod tests {
         /// Zero-fill to `len` bytes from the start, with page headers.
         fn pad_to(&mut self, len: usize) {
             while self.bytes.len() < len {
-                if self.bytes.len() % BLOCK == 0 {
+                if self.bytes.len().is_multiple_of(BLOCK) {
                     self.page_header();
                 }
                 self.bytes.push(0);

@@ -290,8 +290,7 @@ fn waldump_last_checkpoint(pg_wal: &Path, first: u64, last: u64, before: u64) ->
             let redo = l.split("redo ").nth(1).unwrap().split(';').next().unwrap();
             (lsn(at), lsn(redo))
         })
-        .filter(|(at, _)| *at < before)
-        .last()
+        .rfind(|(at, _)| *at < before)
         .unwrap_or_else(|| {
             panic!(
                 "pg_waldump shows no checkpoint: {text}{}",
