@@ -178,7 +178,7 @@ pub const COMMANDS: &[Command] = &[
     cmd(
         "wal-restore",
         "restore missing WAL for pg_rewind",
-        "walden wal-restore TARGET-PGDATA SOURCE-PGDATA\n\n  Before pg_rewind -D TARGET-PGDATA --source-pgdata=SOURCE-PGDATA (both local,\n  stopped): from the last point the two clusters' timeline histories share\n  (pg_control and pg_wal/*.history, or storage's), fetch every WAL segment\n  missing from SOURCE's pg_wal up to its newest one, and from TARGET's up to\n  its newest one, so that pg_rewind and the rewound server need no\n  restore_command. Refuses clusters of different systems or on the same\n  timeline; a segment storage lacks is logged. See walden-wal-restore(1).",
+        "walden wal-restore TARGET-PGDATA SOURCE-PGDATA\n\n  Before pg_rewind -D TARGET-PGDATA --source-pgdata=SOURCE-PGDATA (both local,\n  stopped): from the last point the two clusters' timeline histories share\n  (pg_control and pg_wal/*.history, or storage's), fetch every WAL segment\n  missing from SOURCE's pg_wal up to its newest one, and from TARGET's up to\n  its newest one; then walks TARGET's WAL back from the split to the last\n  checkpoint before it (fetching the segments pg_wal lacks) and puts the\n  segments from that checkpoint's redo into SOURCE's pg_wal, so that\n  pg_rewind and the rewound server need no restore_command. Refuses clusters of different systems or on the same\n  timeline; a segment storage lacks is logged. See walden-wal-restore(1).",
         true,
     ),
     cmd(

@@ -12,6 +12,15 @@
 //! that, and the same for TARGET's own timelines into TARGET's pg_wal
 //! (from the common point to TARGET's newest segment), which pg_rewind
 //! reads to find the blocks TARGET changed after the split.
+//!
+//! pg_rewind starts that reading at the last checkpoint record before the
+//! split, found by walking TARGET's WAL backwards (findLastCheckpoint), and
+//! the rewound server replays from that checkpoint's redo. So walden walks
+//! TARGET's segments back from the split's, fetching those pg_wal lacks,
+//! until one holds such a checkpoint (`wal::records`), and puts the
+//! segments from its redo to the split into SOURCE's pg_wal: pg_rewind
+//! makes TARGET's pg_wal a copy of SOURCE's, keeping (in recent minor
+//! releases) only the TARGET segments it read itself.
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
@@ -24,6 +33,7 @@ use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::wal::history::{self, Record};
 use crate::wal::object::{self, Probe};
+use crate::wal::records::{self, Checkpoint};
 use crate::wal::Segment;
 
 const USAGE: &str = "walden wal-restore TARGET-PGDATA SOURCE-PGDATA";
@@ -94,38 +104,104 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
             plan.push((cluster.wal_dir.clone(), seg.name(wal_mb)));
         }
     }
-    if plan.is_empty() {
-        log::info!("No WAL files to restore");
-        return Ok(());
-    }
-    log::info!(
-        "WAL files to restore: {:?}",
-        plan.iter().map(|(_, n)| n.as_str()).collect::<Vec<_>>()
-    );
     let mut failed = 0;
-    for (dir, name) in &plan {
-        let dest = dir.join(name);
-        match wal_fetch::download_to(&storage, &codecs, name, &dest, wal_mb) {
-            Ok(true) => log::info!("Successfully download WAL file {name}"),
-            Ok(false) => {
-                failed += 1;
-                log::error!("Failed to download WAL file {name}: not in storage");
-            }
-            Err(e) => {
-                failed += 1;
-                log::error!("Failed to download WAL file {name}: {e}");
-            }
+    if !plan.is_empty() {
+        log::info!(
+            "WAL files to restore: {:?}",
+            plan.iter().map(|(_, n)| n.as_str()).collect::<Vec<_>>()
+        );
+        failed = fetch_plan(&storage, &codecs, &plan, wal_mb);
+    }
+    // pg_rewind reads TARGET's WAL backwards from the split to the last
+    // checkpoint before it, and the rewound server replays from that
+    // checkpoint's redo: those segments, older than the split, too.
+    let fetched = std::cell::Cell::new(plan.len());
+    let walk = Walk {
+        target: &target,
+        spans: timeline_spans(&target_history, target.control.timeline, seg_bytes),
+        fork: common_lsn,
+        seg_bytes,
+        wal_mb,
+    };
+    let fetch = |dest: &Path, name: &str| {
+        fetched.set(fetched.get() + 1);
+        fetch_one(&storage, &codecs, name, dest, wal_mb)
+    };
+    match walk.last_checkpoint(&fetch) {
+        Some(cp) => {
+            log::info!(
+                "last checkpoint before the split: {}, redo {}",
+                lsn_text(cp.lsn),
+                lsn_text(cp.redo)
+            );
+            let source_spans = timeline_spans(&source_history, source.control.timeline, seg_bytes);
+            failed += put_redo_segments(
+                &source,
+                &target,
+                &source_spans,
+                cp.redo / seg_bytes..common_seg,
+                wal_mb,
+                &fetch,
+            )?;
         }
+        None => failed += 1,
+    }
+    if fetched.get() == 0 {
+        log::info!("No WAL files to restore");
     }
     // As WAL-G: a segment that could not be fetched is reported, not
     // fatal; pg_rewind says precisely what it then lacks.
     if failed > 0 {
         log::warn!(
-            "{failed} of {} WAL files could not be restored; pg_rewind may need a restore_command for them",
-            plan.len()
+            "{failed} WAL files could not be restored; pg_rewind may need a restore_command for them"
         );
     }
     Ok(())
+}
+
+fn lsn_text(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
+}
+
+/// Download `name` into `dest` (temp name, then rename); false, logged,
+/// when it cannot be had.
+fn fetch_one(
+    storage: &std::sync::Arc<dyn crate::storage::Storage>,
+    codecs: &crate::codec::Codecs,
+    name: &str,
+    dest: &Path,
+    wal_mb: u64,
+) -> bool {
+    match wal_fetch::download_to(storage, codecs, name, dest, wal_mb) {
+        Ok(true) => {
+            log::info!("Successfully download WAL file {name}");
+            true
+        }
+        Ok(false) => {
+            log::error!("Failed to download WAL file {name}: not in storage");
+            false
+        }
+        Err(e) => {
+            log::error!("Failed to download WAL file {name}: {e}");
+            false
+        }
+    }
+}
+
+/// Fetch every (pg_wal, name) of `plan`; the number that failed.
+fn fetch_plan(
+    storage: &std::sync::Arc<dyn crate::storage::Storage>,
+    codecs: &crate::codec::Codecs,
+    plan: &[(PathBuf, String)],
+    wal_mb: u64,
+) -> usize {
+    let mut failed = 0;
+    for (dir, name) in plan {
+        if !fetch_one(storage, codecs, name, &dir.join(name), wal_mb) {
+            failed += 1;
+        }
+    }
+    failed
 }
 
 /// What wal-restore reads of `global/pg_control`.
@@ -311,6 +387,146 @@ fn missing(
     out
 }
 
+/// How far back from the split the walk for a checkpoint goes: PostgreSQL
+/// checkpoints at least every max_wal_size (1 GB by default), so 4 GiB of
+/// WAL without one means something else is wrong.
+const WALK_LIMIT_BYTES: u64 = 4 << 30;
+
+/// The search, in TARGET's WAL, for the checkpoint pg_rewind starts from
+/// (findLastCheckpoint in its parsexlog.c): the last checkpoint record
+/// that starts before the split, found by walking TARGET's segments back
+/// from the split's, each named on the timeline TARGET's history gives it.
+struct Walk<'a> {
+    target: &'a Cluster,
+    spans: Vec<(u32, u64)>,
+    /// The last common point: where pg_rewind starts reading backwards.
+    fork: u64,
+    seg_bytes: u64,
+    wal_mb: u64,
+}
+
+impl Walk<'_> {
+    fn path(&self, number: u64) -> (String, PathBuf) {
+        let name = Segment {
+            timeline: timeline_of(&self.spans, number),
+            number,
+        }
+        .name(self.wal_mb);
+        let path = self.target.wal_dir.join(&name);
+        (name, path)
+    }
+
+    /// The checkpoint, after fetching into TARGET's pg_wal each walked
+    /// segment it lacks (pg_rewind reads every one of them, from the
+    /// checkpoint's segment to the split's). `None`, with a warning
+    /// saying why, when the walk cannot find it.
+    fn last_checkpoint(&self, fetch: &dyn Fn(&Path, &str) -> bool) -> Option<Checkpoint> {
+        let limit = (WALK_LIMIT_BYTES / self.seg_bytes).max(2);
+        let mut number = self.fork / self.seg_bytes;
+        for _ in 0..limit {
+            if number == 0 {
+                break;
+            }
+            let (name, path) = self.path(number);
+            if !path.exists() && !fetch(&path, &name) {
+                log::warn!(
+                    "cannot search {name} for the last checkpoint before the split at {}: it is neither in {} nor in storage; pg_rewind will fail to find it",
+                    lsn_text(self.fork),
+                    self.target.wal_dir.display()
+                );
+                return None;
+            }
+            match self.scan(number, &path) {
+                Ok(Some(cp)) => return Some(cp),
+                Ok(None) => log::debug!("{name}: no checkpoint before the split"),
+                Err(e) => {
+                    log::warn!(
+                        "cannot read {} while searching for the last checkpoint before the split: {e}",
+                        path.display()
+                    );
+                    return None;
+                }
+            }
+            number -= 1;
+        }
+        log::warn!(
+            "no checkpoint record in TARGET's WAL within {} MiB before the split at {}: pg_rewind may need a restore_command for older segments",
+            (limit * self.seg_bytes) >> 20,
+            lsn_text(self.fork)
+        );
+        None
+    }
+
+    /// The last checkpoint starting in segment `number` before the fork;
+    /// the next segment, when there, completes a record crossing into it.
+    fn scan(&self, number: u64, path: &Path) -> std::io::Result<Option<Checkpoint>> {
+        let file = fs::File::open(path)?;
+        let next: Box<dyn Read> = match fs::File::open(self.path(number + 1).1) {
+            Ok(f) => Box::new(f.take(self.seg_bytes)),
+            Err(_) => Box::new(std::io::empty()),
+        };
+        let reader = std::io::BufReader::new(file.take(self.seg_bytes).chain(next));
+        let scan =
+            records::scan_segment(reader, number * self.seg_bytes, self.seg_bytes, self.fork)?;
+        Ok(scan.checkpoint)
+    }
+}
+
+/// The timeline a history's spans give segment `number`.
+fn timeline_of(spans: &[(u32, u64)], number: u64) -> u32 {
+    spans
+        .iter()
+        .rev()
+        .find(|(_, start)| *start <= number)
+        .or(spans.first())
+        .map_or(1, |(tl, _)| *tl)
+}
+
+/// Put into SOURCE's pg_wal the segments `range` (from the checkpoint's
+/// redo to before the split's, on SOURCE's timelines) it lacks: pg_rewind
+/// makes TARGET's pg_wal a copy of SOURCE's (a segment only in TARGET's is
+/// removed), and the rewound server replays from the redo. A copy from
+/// TARGET's pg_wal when it has the segment, else storage's. The number
+/// that could not be had.
+fn put_redo_segments(
+    source: &Cluster,
+    target: &Cluster,
+    spans: &[(u32, u64)],
+    range: std::ops::Range<u64>,
+    wal_mb: u64,
+    fetch: &dyn Fn(&Path, &str) -> bool,
+) -> Result<usize> {
+    let mut failed = 0;
+    for number in range {
+        let name = Segment {
+            timeline: timeline_of(spans, number),
+            number,
+        }
+        .name(wal_mb);
+        let dest = source.wal_dir.join(&name);
+        if dest.exists() {
+            continue;
+        }
+        let local = target.wal_dir.join(&name);
+        if local.exists() {
+            copy_atomically(&local, &dest)?;
+            log::info!("Copied WAL file {name} from {}", target.wal_dir.display());
+        } else if !fetch(&dest, &name) {
+            failed += 1;
+        }
+    }
+    Ok(failed)
+}
+
+/// Copy `from` to `to` under a temporary name, renamed when whole.
+fn copy_atomically(from: &Path, to: &Path) -> Result<()> {
+    let what = || format!("cannot copy {} to {}", from.display(), to.display());
+    let mut input = fs::File::open(from).map_err(|e| Error::io(what(), e))?;
+    let mut out = crate::localfile::AtomicFile::create(to).map_err(|e| Error::io(what(), e))?;
+    std::io::copy(&mut input, &mut out).map_err(|e| Error::io(what(), e))?;
+    out.commit().map_err(|e| Error::io(what(), e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -411,5 +627,65 @@ mod tests {
                 .collect::<Vec<_>>(),
             [(2, 5), (1, 4), (1, 3)]
         );
+    }
+
+    #[test]
+    fn timelines_of_segments() {
+        let spans = timeline_spans(&[rec(1, 5 * SEG + 0x100), rec(2, 9 * SEG)], 3, SEG);
+        let got: Vec<u32> = [1, 4, 5, 8, 9, 12]
+            .iter()
+            .map(|&n| timeline_of(&spans, n))
+            .collect();
+        assert_eq!(got, [1, 1, 2, 2, 3, 3]);
+    }
+
+    #[test]
+    fn redo_segments_go_to_source_from_target_or_storage() {
+        let root = std::env::temp_dir().join(format!("walden-walrestore-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let cluster = |name: &str| {
+            let dir = root.join(name);
+            fs::create_dir_all(dir.join("pg_wal")).unwrap();
+            Cluster {
+                wal_dir: dir.join("pg_wal"),
+                dir,
+                control: Control {
+                    system_id: 1,
+                    timeline: 1,
+                    checkpoint: 0,
+                    shut_down: true,
+                },
+            }
+        };
+        let (source, target) = (cluster("source"), cluster("target"));
+        let name = |n: u64| {
+            Segment {
+                timeline: 1,
+                number: n,
+            }
+            .name(16)
+        };
+        fs::write(target.wal_dir.join(name(3)), b"three").unwrap();
+        fs::write(source.wal_dir.join(name(4)), b"four").unwrap();
+        let asked = std::cell::RefCell::new(Vec::new());
+        let fetch = |dest: &Path, n: &str| {
+            asked.borrow_mut().push(n.to_string());
+            if n == name(5) {
+                fs::write(dest, b"five").unwrap();
+                true
+            } else {
+                false
+            }
+        };
+        let spans = timeline_spans(&[], 1, SEG);
+        // 3 is copied from TARGET, 4 is there, 5 fetched, 6 nowhere.
+        let failed = put_redo_segments(&source, &target, &spans, 3..7, 16, &fetch).unwrap();
+        assert_eq!(failed, 1);
+        assert_eq!(*asked.borrow(), [name(5), name(6)]);
+        assert_eq!(fs::read(source.wal_dir.join(name(3))).unwrap(), b"three");
+        assert_eq!(fs::read(source.wal_dir.join(name(5))).unwrap(), b"five");
+        // No temporary file left behind.
+        assert_eq!(fs::read_dir(&source.wal_dir).unwrap().count(), 3);
+        fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -7,6 +7,7 @@ pub mod metadata;
 pub mod name;
 pub mod object;
 pub mod ranges;
+pub mod records;
 pub mod table;
 
 pub use name::Segment;

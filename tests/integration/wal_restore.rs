@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::harness::pg::PG_BIN;
@@ -57,16 +58,17 @@ fn as_postgres(program: &str) -> Command {
     }
 }
 
-#[test]
-fn wal_restore_lets_pg_rewind_run_without_restore_command() {
-    let store = Store::fs();
+/// alpha, a primary archiving with walden (settings `extra` added), with
+/// pgbench tables, and beta, its streaming standby, archiving too.
+fn primary_and_standby(store: &Store, extra: &[(&str, &str)]) -> (PgCluster, TempDir, PgCluster) {
     let archiving = [
         ("archive_mode", "on"),
         ("archive_command", "'{walden} wal-push %p'"),
     ];
-    let mut alpha = PgCluster::builder()
+    let alpha = PgCluster::builder()
         .confs(&archiving)
         .conf("wal_keep_size", "'1GB'")
+        .confs(extra)
         .env(store.env())
         .start();
     alpha.pgbench_init(1);
@@ -80,17 +82,26 @@ fn wal_restore_lets_pg_rewind_run_without_restore_command() {
         alpha.socket_dir().display(),
         alpha.port()
     );
-    let mut beta = PgCluster::builder()
+    let beta = PgCluster::builder()
         .confs(&archiving)
         .conf("primary_conninfo", &to_alpha)
         .conf("restore_command", "'{walden} wal-fetch %f %p'")
+        .confs(extra)
         .env(store.env())
-        .start_restored(beta_data.clone());
+        .start_restored(beta_data);
     beta.wait_for_sql(
         "SELECT status FROM pg_stat_wal_receiver",
         "streaming",
         Duration::from_secs(60),
     );
+    (alpha, beta_dir, beta)
+}
+
+#[test]
+fn wal_restore_lets_pg_rewind_run_without_restore_command() {
+    let store = Store::fs();
+    let (mut alpha, beta_dir, mut beta) = primary_and_standby(&store, &[]);
+    let beta_data = beta_dir.join("data");
 
     // A checkpoint just before the split, in the split's segment: where
     // pg_rewind starts reading alpha's WAL.
@@ -210,8 +221,14 @@ fn wal_restore_lets_pg_rewind_run_without_restore_command() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    // alpha follows beta, with no restore_command: all it replays came
-    // from pg_wal.
+    follow(&mut alpha, &mut beta, &expected);
+}
+
+/// After pg_rewind: alpha (rewound) starts as a standby of beta with no
+/// restore_command, so that all it replays comes from its pg_wal and from
+/// streaming; it must catch up with beta's new writes and show its rows.
+fn follow(alpha: &mut PgCluster, beta: &mut PgCluster, expected: &str) {
+    let alpha_data = alpha.data_dir().to_path_buf();
     beta.start_server();
     let conf = format!(
         "\n# after pg_rewind\nport = {}\nunix_socket_directories = '{}'\nprimary_conninfo = 'host={} port={} user=postgres'\nrestore_command = ''\narchive_mode = off\n",
@@ -242,4 +259,227 @@ fn wal_restore_lets_pg_rewind_run_without_restore_command() {
     );
     assert_eq!(alpha.psql(ROWS), expected_now, "{}", alpha.log_tail());
     assert_eq!(alpha.psql("SELECT pg_is_in_recovery()"), "t");
+}
+
+/// "X/Y" as an LSN.
+fn lsn(text: &str) -> u64 {
+    let (hi, lo) = text.trim().split_once('/').unwrap();
+    u64::from_str_radix(hi, 16).unwrap() << 32 | u64::from_str_radix(lo, 16).unwrap()
+}
+
+/// A timeline's segment name for segment `number` (16 MiB segments).
+fn seg_name(tl: u32, number: u64) -> String {
+    format!("{tl:08X}{:08X}{:08X}", number >> 8, number & 0xFF)
+}
+
+/// The last checkpoint record starting before `before` in the segments
+/// `first..=last` of timeline 1 in `pg_wal`, as PostgreSQL's pg_waldump
+/// reads them: (its LSN, its redo).
+fn waldump_last_checkpoint(pg_wal: &Path, first: u64, last: u64, before: u64) -> (u64, u64) {
+    let out = Command::new(format!("{PG_BIN}/pg_waldump"))
+        .arg("-p")
+        .arg(pg_wal)
+        .args(["-r", "XLOG", &seg_name(1, first), &seg_name(1, last)])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .filter(|l| l.contains("desc: CHECKPOINT_"))
+        .map(|l| {
+            let at = l.split("lsn: ").nth(1).unwrap().split(',').next().unwrap();
+            let redo = l.split("redo ").nth(1).unwrap().split(';').next().unwrap();
+            (lsn(at), lsn(redo))
+        })
+        .rfind(|(at, _)| *at < before)
+        .unwrap_or_else(|| {
+            panic!(
+                "pg_waldump shows no checkpoint: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+}
+
+/// An immediate CHECKPOINT on `pg` while another session switches WAL
+/// segments, until the checkpoint's record lands in a later segment than
+/// its redo (the checkpoint writes its record after flushing the buffers
+/// dirtied before it): (the record's LSN, the redo).
+fn checkpoint_across_segments(pg: &PgCluster) -> (u64, u64) {
+    for _ in 0..10 {
+        pg.pgbench(&["-n", "-t", "200", "-c", "2"]);
+        let done = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                while !done.load(Ordering::Relaxed) {
+                    pg.psql("INSERT INTO pgbench_history (tid, bid, aid, delta) VALUES (1, 1, 1, 0); SELECT pg_switch_wal()");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            });
+            pg.psql("CHECKPOINT");
+            done.store(true, Ordering::Relaxed);
+        });
+        let row = pg.psql("SELECT checkpoint_lsn || ' ' || redo_lsn FROM pg_control_checkpoint()");
+        let (at, redo) = row.split_once(' ').unwrap();
+        let (at, redo) = (lsn(at), lsn(redo));
+        if at >> 24 > redo >> 24 {
+            return (at, redo);
+        }
+    }
+    panic!("no checkpoint across a segment switch in 10 tries");
+}
+
+/// The last checkpoint before the split lies two segments before the
+/// split's, its redo in a segment before that, and an archive cleanup removed every segment before the
+/// split's from both clusters' pg_wal: pg_rewind, reading alpha's WAL
+/// backwards from the split, cannot find that checkpoint. wal-restore
+/// walks back to it (the one PostgreSQL's pg_waldump shows), fetches the
+/// segments from it on into alpha's pg_wal and those from its redo on into
+/// beta's (pg_rewind copies beta's pg_wal over alpha's, and the rewound
+/// alpha replays from the redo); pg_rewind then succeeds, alpha streams
+/// from beta with no restore_command and shows beta's rows.
+#[test]
+fn wal_restore_fetches_back_to_the_checkpoint_before_the_split() {
+    let store = Store::fs();
+    // No checkpoint but ours before the split.
+    let quiet = [("checkpoint_timeout", "'1h'"), ("max_wal_size", "'4GB'")];
+    let (mut alpha, beta_dir, mut beta) = primary_and_standby(&store, &quiet);
+    let beta_data = beta_dir.join("data");
+    let alpha_data = alpha.data_dir().to_path_buf();
+
+    let (checkpoint, redo) = checkpoint_across_segments(&alpha);
+    let checkpoint_seg = seg_name(1, checkpoint >> 24);
+    alpha.switch_wal();
+    alpha.pgbench(&["-n", "-t", "300", "-c", "2"]);
+    alpha.switch_wal();
+    alpha.pgbench(&["-n", "-t", "50", "-c", "1"]);
+    let at = alpha.psql("SELECT pg_current_wal_lsn()");
+    beta.wait_for_sql(
+        &format!("SELECT pg_last_wal_replay_lsn() >= '{at}'"),
+        "t",
+        Duration::from_secs(60),
+    );
+    beta.psql("SELECT pg_promote()");
+    beta.wait_for_promotion(Duration::from_secs(60));
+    for _ in 0..2 {
+        beta.pgbench(&["-n", "-t", "300", "-c", "2"]);
+        beta.switch_wal();
+        alpha.psql("INSERT INTO pgbench_history (tid, bid, aid, delta) SELECT 1, 1, g, 0 FROM generate_series(1, 20000) g");
+        alpha.switch_wal();
+    }
+    let expected = beta.psql(ROWS);
+    let beta_last = beta.switch_wal();
+    let alpha_last = alpha.switch_wal();
+    beta.wait_for_archive(&beta_last, Duration::from_secs(120));
+    alpha.wait_for_archive(&alpha_last, Duration::from_secs(120));
+    alpha.stop();
+    beta.stop();
+
+    let history = fs::read_to_string(beta_data.join("pg_wal/00000002.history")).unwrap();
+    let split_lsn = lsn(history.split('\t').nth(1).unwrap());
+    let split_seg = split_lsn >> 24;
+    let checkpoint_number = checkpoint >> 24;
+    assert_eq!(
+        checkpoint_number + 2,
+        split_seg,
+        "the split is not two segments after the checkpoint's"
+    );
+    // The archive cleanup: timeline 1's segments before the split's.
+    let before_split = |data: &Path| -> Vec<String> {
+        segments(data, "00000001")
+            .into_keys()
+            .filter(|n| *n < seg_name(1, split_seg))
+            .collect()
+    };
+    let alpha_segs = segments(&alpha_data, "00000001");
+    let beta_segs = segments(&beta_data, "00000001");
+    let alpha_gone = before_split(&alpha_data);
+    let beta_gone = before_split(&beta_data);
+    assert!(
+        alpha_gone.contains(&seg_name(1, redo >> 24))
+            && alpha_gone.contains(&checkpoint_seg)
+            && alpha_gone.contains(&seg_name(1, split_seg - 1)),
+        "{alpha_gone:?}"
+    );
+    let alpha_lost = lose(&alpha_data, &alpha_segs, &alpha_gone);
+    let beta_lost = lose(&beta_data, &beta_segs, &beta_gone);
+
+    // What the former wal-restore left: every segment from the split's
+    // on is there, and pg_rewind stops at the first missing one before it.
+    let dry = as_postgres(&format!("{PG_BIN}/pg_rewind"))
+        .args(["--dry-run", "-D"])
+        .arg(&alpha_data)
+        .arg("--source-pgdata")
+        .arg(&beta_data)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&dry.stderr);
+    assert!(
+        !dry.status.success()
+            && err.contains("could not find previous WAL record")
+            && err.contains(&seg_name(1, split_seg - 1)),
+        "pg_rewind found the checkpoint without those segments? {dry:?}"
+    );
+
+    let out = store
+        .walden()
+        .arg("wal-restore")
+        .arg(&alpha_data)
+        .arg(&beta_data)
+        .run();
+    out.assert_ok();
+    let line = out
+        .stderr
+        .lines()
+        .find_map(|l| l.split("last checkpoint before the split: ").nth(1))
+        .unwrap_or_else(|| panic!("no checkpoint found: {}", out.stderr));
+    let (cp_text, redo_text) = line.split_once(", redo ").unwrap();
+    let (cp, found_redo) = (lsn(cp_text), lsn(redo_text));
+    assert_eq!(
+        (cp, found_redo),
+        waldump_last_checkpoint(
+            &alpha_data.join("pg_wal"),
+            checkpoint_number,
+            split_seg,
+            split_lsn
+        ),
+        "walden's reader and pg_waldump disagree"
+    );
+    assert_eq!(
+        (cp, found_redo),
+        (checkpoint, redo),
+        "not the test's checkpoint"
+    );
+    // alpha: from the checkpoint's segment to the split's, and no older
+    // one; beta: from the redo's.
+    for (data, lost, from) in [
+        (&alpha_data, &alpha_lost, cp >> 24),
+        (&beta_data, &beta_lost, redo >> 24),
+    ] {
+        for (name, bytes) in lost {
+            let number = u64::from_str_radix(&name[16..24], 16).unwrap();
+            match fs::read(data.join("pg_wal").join(name)) {
+                Ok(got) => {
+                    assert!(number >= from, "{name} restored, not needed");
+                    assert!(got == *bytes, "{name} differs from the archived segment");
+                }
+                Err(e) => assert!(number < from, "{name} not restored: {e}\n{}", out.stderr),
+            }
+        }
+    }
+    crate::harness::tmp::chown_postgres(&alpha_data);
+    crate::harness::tmp::chown_postgres(&beta_data);
+
+    let rewind = as_postgres(&format!("{PG_BIN}/pg_rewind"))
+        .arg("-D")
+        .arg(&alpha_data)
+        .arg("--source-pgdata")
+        .arg(&beta_data)
+        .output()
+        .unwrap();
+    assert!(
+        rewind.status.success(),
+        "pg_rewind: {}{}",
+        String::from_utf8_lossy(&rewind.stdout),
+        String::from_utf8_lossy(&rewind.stderr)
+    );
+    follow(&mut alpha, &mut beta, &expected);
 }
