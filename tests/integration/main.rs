@@ -31,6 +31,7 @@ mod pg_client;
 mod pgbackrest;
 mod pitr;
 mod remote_backup;
+mod remote_delta;
 mod s3_requests;
 mod st;
 mod standby;
