@@ -320,7 +320,9 @@ impl Client {
                         server: Box::new(server),
                     });
                 }
-                b'Z' => return Err(self.bad("UPLOAD_MANIFEST ended without asking for the manifest")),
+                b'Z' => {
+                    return Err(self.bad("UPLOAD_MANIFEST ended without asking for the manifest"))
+                }
                 other => self.on_async(other, &msg)?,
             }
         }
@@ -348,8 +350,7 @@ impl Client {
             match msg.tag {
                 b'C' => {}
                 b'E' => {
-                    failed =
-                        Some(message::server_message(&msg.body).map_err(|e| self.bad(e))?);
+                    failed = Some(message::server_message(&msg.body).map_err(|e| self.bad(e))?);
                 }
                 b'Z' => break,
                 other => self.on_async(other, &msg)?,
@@ -940,5 +941,11 @@ mod tests {
         // Below the server's minimum the limit is left out, as WAL-G does.
         o.max_rate_kb = Some(31);
         assert!(!base_backup_command(150000, &o).contains("MAX_RATE"));
+        // A remote delta (PostgreSQL 17+).
+        o.incremental = true;
+        assert_eq!(
+            base_backup_command(170000, &o),
+            "BASE_BACKUP (LABEL 'it''s', CHECKPOINT 'fast', TABLESPACE_MAP, INCREMENTAL)"
+        );
     }
 }

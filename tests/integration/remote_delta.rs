@@ -84,7 +84,10 @@ fn stored_bytes(store: &Store, name: &str) -> u64 {
 
 /// Files flagged `IsIncremented` in a backup's files_metadata.json.
 fn incremented(store: &Store, name: &str) -> Vec<String> {
-    let meta = json(store, &format!("basebackups_005/{name}/files_metadata.json"));
+    let meta = json(
+        store,
+        &format!("basebackups_005/{name}/files_metadata.json"),
+    );
     meta["Files"]
         .as_object()
         .unwrap()
@@ -188,7 +191,8 @@ fn remote_delta_chain_restores_by_walden_and_walg() {
     let delta1 = name_of(&out);
     assert!(delta1.contains("_D_"), "{}", out.dump());
     assert!(
-        out.stderr.contains(&format!("Remote delta backup from {full}")),
+        out.stderr
+            .contains(&format!("Remote delta backup from {full}")),
         "{}",
         out.dump()
     );
@@ -200,12 +204,7 @@ fn remote_delta_chain_restores_by_walden_and_walg() {
     pg.psql("DELETE FROM shrink WHERE id > 5000");
     pg.psql("VACUUM shrink");
     pg.psql("INSERT INTO fresh SELECT g FROM generate_series(1, 3000) g");
-    let out = push(
-        &store,
-        &env,
-        "5",
-        &["--delta-from-name", delta1.as_str()],
-    );
+    let out = push(&store, &env, "5", &["--delta-from-name", delta1.as_str()]);
     let delta2 = name_of(&out);
 
     let s1 = sentinel(&store, &delta1);
@@ -296,7 +295,8 @@ fn remote_delta_on_a_local_full_backup() {
     let out = push(&store, &remote_env(&pg), "5", &[]);
     let delta = name_of(&out);
     assert!(
-        out.stderr.contains(&format!("Remote delta backup from {local}")),
+        out.stderr
+            .contains(&format!("Remote delta backup from {local}")),
         "{}",
         out.dump()
     );
@@ -330,7 +330,8 @@ fn remote_delta_refusals() {
     let out = push(&store, &env, "5", &["--delta-from-name", full.as_str()]);
     out.assert_code(1);
     assert!(
-        out.stderr.contains("remote delta backups need PostgreSQL 17 or later")
+        out.stderr
+            .contains("remote delta backups need PostgreSQL 17 or later")
             && out.stderr.contains("--full")
             && out.stderr.contains("local delta"),
         "{}",
@@ -365,11 +366,7 @@ fn remote_delta_refusals() {
     );
     let out = push(&store, &env, "5", &[]);
     assert!(!name_of(&out).contains("_D_"), "{}", out.dump());
-    assert!(
-        out.stderr.contains("summarize_wal = off"),
-        "{}",
-        out.dump()
-    );
+    assert!(out.stderr.contains("summarize_wal = off"), "{}", out.dump());
 
     // Turned on now, after a checkpoint past both backups: summaries
     // begin there, both bases predate them and the server refuses.
@@ -381,7 +378,8 @@ fn remote_delta_refusals() {
     let out = push(&store, &env, "5", &["--delta-from-name", full.as_str()]);
     out.assert_code(1);
     assert!(
-        out.stderr.contains("cannot take an incremental backup from")
+        out.stderr
+            .contains("cannot take an incremental backup from")
             && out.stderr.contains("WAL summaries")
             && out.stderr.contains("--full"),
         "{}",
@@ -398,4 +396,45 @@ fn remote_delta_refusals() {
     pg.psql("INSERT INTO t SELECT g FROM generate_series(1, 1000) g");
     let out = push(&store, &env, "5", &[]);
     assert!(name_of(&out).contains("_D_"), "{}", out.dump());
+}
+
+/// The README's figure (hand-run, `--ignored`): a remote full and a remote
+/// delta after `pgbench -t 2000 -c 4` on a PostgreSQL 17 cluster of
+/// pgbench scale `WALDEN_BENCH_SCALE` (default 50): time and stored size.
+#[test]
+#[ignore]
+fn remote_delta_bench() {
+    if !installed(17) {
+        eprintln!("PostgreSQL 17 is not installed (scripts/pg-versions.sh): skipping the remote delta benchmark");
+        return;
+    }
+    let scale: u32 = std::env::var("WALDEN_BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(50);
+    let store = Store::fs();
+    let pg = cluster(&store, "on");
+    pg.pgbench_init(scale);
+    pg.psql("CHECKPOINT");
+    let env = remote_env(&pg);
+    let started = std::time::Instant::now();
+    let full = name_of(&push(&store, &env, "5", &[]));
+    let full_time = started.elapsed();
+    pg.pgbench(&["-n", "-t", "2000", "-c", "4"]);
+    let started = std::time::Instant::now();
+    let out = push(&store, &env, "5", &[]);
+    let delta_time = started.elapsed();
+    let delta = name_of(&out);
+    assert!(delta.contains("_D_"), "{}", out.dump());
+    let line = out
+        .stderr
+        .lines()
+        .find(|l| l.contains("Remote delta backup from"))
+        .unwrap_or_default()
+        .to_string();
+    eprintln!(
+        "BENCH scale {scale}: remote full {} bytes stored in {full_time:.2?}; remote delta {} bytes stored in {delta_time:.2?}\n{line}",
+        stored_bytes(&store, &full),
+        stored_bytes(&store, &delta),
+    );
 }

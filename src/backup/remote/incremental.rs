@@ -84,7 +84,10 @@ impl<'r> Increment<'r> {
         let le = u32::from_le_bytes([fixed[0], fixed[1], fixed[2], fixed[3]]) == MAGIC;
         let be = u32::from_be_bytes([fixed[0], fixed[1], fixed[2], fixed[3]]) == MAGIC;
         if !le && !be {
-            return Err(bad(what, "does not start with PostgreSQL's incremental magic number"));
+            return Err(bad(
+                what,
+                "does not start with PostgreSQL's incremental magic number",
+            ));
         }
         let word = |b: &[u8]| {
             let w = [b[0], b[1], b[2], b[3]];
@@ -116,7 +119,9 @@ impl<'r> Increment<'r> {
         } else {
             return Err(bad(
                 what,
-                format_args!("is {size} bytes, which is not the size of {n} blocks with their header"),
+                format_args!(
+                    "is {size} bytes, which is not the size of {n} blocks with their header"
+                ),
             ));
         };
         let mut raw = vec![0u8; 4 * n as usize];
@@ -127,7 +132,10 @@ impl<'r> Increment<'r> {
         if blocks.windows(2).any(|w| w[0] >= w[1]) {
             return Err(bad(what, "lists its blocks out of order"));
         }
-        if blocks.last().is_some_and(|&b| u64::from(b) >= RELSEG_BLOCKS) {
+        if blocks
+            .last()
+            .is_some_and(|&b| u64::from(b) >= RELSEG_BLOCKS)
+        {
             return Err(bad(what, "names a block beyond a segment file"));
         }
         io::copy(&mut (&mut *src).take(padding), &mut io::sink())?;
@@ -141,7 +149,9 @@ impl<'r> Increment<'r> {
         let mut i = 0;
         for b in blocks.iter().copied().chain(std::iter::once(u32::MAX)) {
             // Zero pages between the previous block and this one.
-            let from = list.last().map_or(truncation, |&l: &u32| (l + 1).max(truncation));
+            let from = list
+                .last()
+                .map_or(truncation, |&l: &u32| (l + 1).max(truncation));
             for z in from..b.min(length) {
                 list.push(z);
                 sent.push(false);
@@ -183,9 +193,9 @@ impl Read for Increment<'_> {
             };
             self.next += 1;
             if from_server {
-                self.src.read_exact(&mut self.page).map_err(|e| {
-                    bad(&self.what, format_args!("ends inside its pages ({e})"))
-                })?;
+                self.src
+                    .read_exact(&mut self.page)
+                    .map_err(|e| bad(&self.what, format_args!("ends inside its pages ({e})")))?;
             } else {
                 self.page.fill(0);
             }
@@ -254,10 +264,7 @@ mod tests {
             plain_name(b"base/5/INCREMENTAL.16384.1"),
             Some(b"base/5/16384.1".to_vec())
         );
-        assert_eq!(
-            plain_name(b"INCREMENTAL.x"),
-            Some(b"x".to_vec())
-        );
+        assert_eq!(plain_name(b"INCREMENTAL.x"), Some(b"x".to_vec()));
         assert_eq!(plain_name(b"base/5/16384"), None);
         assert_eq!(plain_name(b"base/INCREMENTAL./1"), None);
     }

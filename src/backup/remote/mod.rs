@@ -137,7 +137,11 @@ pub(super) fn run(
     }
     log::info!(
         "Starting remote {} {name} (start LSN {}, timeline {timeline}, {} tablespaces)",
-        if delta.is_some() { "delta backup" } else { "backup" },
+        if delta.is_some() {
+            "delta backup"
+        } else {
+            "backup"
+        },
         replication::format_lsn(start_lsn),
         tablespaces.len()
     );
