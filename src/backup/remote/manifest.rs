@@ -146,7 +146,7 @@ pub fn synthesise(
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    write!(rest, "\"Manifest-Checksum\": \"{checksum}\"}}\n").map_err(io_failed)?;
+    writeln!(rest, "\"Manifest-Checksum\": \"{checksum}\"}}").map_err(io_failed)?;
     let mut file = rest.into_inner().map_err(|e| io_failed(e.into_error()))?;
     file.rewind().map_err(io_failed)?;
     Ok(Manifest {
