@@ -443,6 +443,19 @@ impl Builder {
         data: &mut dyn Read,
         mtime: Option<std::time::SystemTime>,
     ) -> Result<()> {
+        self.add_streamed_as(header, name, data, mtime, Flag::Whole)
+    }
+
+    /// [`Builder::add_streamed`] of a remote delta's member: `flag` says
+    /// whether it is a `wi1` increment (`IsIncremented`).
+    pub fn add_streamed_as(
+        &mut self,
+        header: &tar::Header,
+        name: &[u8],
+        data: &mut dyn Read,
+        mtime: Option<std::time::SystemTime>,
+        flag: Flag,
+    ) -> Result<()> {
         let size = header.entry_size().unwrap_or(0);
         let threshold = self.shared.threshold;
         if self
@@ -491,7 +504,7 @@ impl Builder {
         }
         shared.content_total.fetch_add(size, Ordering::Relaxed);
         if let (Some(spill), Some(t)) = (self.spill.as_mut(), mtime) {
-            spill.record_as("", name, Some(t), Flag::Whole, None, 0)?;
+            spill.record_as("", name, Some(t), flag, None, 0)?;
         }
         Ok(())
     }

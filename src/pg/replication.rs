@@ -301,6 +301,69 @@ impl Client {
         }
     }
 
+    /// UPLOAD_MANIFEST (PostgreSQL 17+): the prior backup's manifest for
+    /// an incremental BASE_BACKUP on this session, sent in CopyIn from
+    /// `manifest` 64 KiB at a time. A read failure aborts the copy
+    /// (CopyFail), so the server keeps no partial manifest.
+    pub fn upload_manifest(&mut self, manifest: &mut dyn std::io::Read) -> Result<(), PgError> {
+        frontend::query("UPLOAD_MANIFEST", &mut self.wire.out)
+            .map_err(|e| self.bad(format!("the command cannot be sent: {e}")))?;
+        self.wire.send()?;
+        loop {
+            let msg = self.wire.read()?;
+            match msg.tag {
+                b'G' => break,
+                b'E' => {
+                    let server = message::server_message(&msg.body).map_err(|e| self.bad(e))?;
+                    self.drain_to_ready()?;
+                    return Err(PgError::Query {
+                        server: Box::new(server),
+                    });
+                }
+                b'Z' => {
+                    return Err(self.bad("UPLOAD_MANIFEST ended without asking for the manifest"))
+                }
+                other => self.on_async(other, &msg)?,
+            }
+        }
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            let n = match manifest.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    frontend::copy_fail("walden could not read the manifest", &mut self.wire.out)
+                        .map_err(|e| self.bad(format!("CopyFail cannot be sent: {e}")))?;
+                    self.wire.send()?;
+                    let _ = self.drain_to_ready();
+                    return Err(PgError::io(&self.wire.target, e));
+                }
+            };
+            self.copy_data(&chunk[..n])?;
+        }
+        frontend::copy_done(&mut self.wire.out);
+        self.wire.send()?;
+        let mut failed = None;
+        loop {
+            let msg = self.wire.read()?;
+            match msg.tag {
+                b'C' => {}
+                b'E' => {
+                    failed = Some(message::server_message(&msg.body).map_err(|e| self.bad(e))?);
+                }
+                b'Z' => break,
+                other => self.on_async(other, &msg)?,
+            }
+        }
+        match failed {
+            Some(server) => Err(PgError::Query {
+                server: Box::new(server),
+            }),
+            None => Ok(()),
+        }
+    }
+
     fn bad(&self, problem: impl Into<String>) -> PgError {
         self.wire.protocol(problem)
     }
@@ -315,6 +378,9 @@ pub struct BaseBackupOptions {
     pub max_rate_kb: Option<u64>,
     /// false: VERIFY_CHECKSUMS false / NOVERIFY_CHECKSUMS (PG 11+ only).
     pub verify_checksums: bool,
+    /// INCREMENTAL (PostgreSQL 17+): relative to the manifest sent with
+    /// [`Client::upload_manifest`] on the same session.
+    pub incremental: bool,
 }
 
 /// The BASE_BACKUP command as WAL-G (pglogrepl) sends it: the
@@ -335,6 +401,9 @@ pub fn base_backup_command(server_version: i64, o: &BaseBackupOptions) -> String
         opts.push("TABLESPACE_MAP".into());
         if !o.verify_checksums {
             opts.push("VERIFY_CHECKSUMS false".into());
+        }
+        if o.incremental {
+            opts.push("INCREMENTAL".into());
         }
         format!("BASE_BACKUP ({})", opts.join(", "))
     } else {
@@ -741,6 +810,7 @@ mod tests {
             fast: true,
             max_rate_kb: None,
             verify_checksums: false,
+            incremental: false,
         }
     }
 
@@ -843,6 +913,7 @@ mod tests {
             fast: true,
             max_rate_kb: None,
             verify_checksums: false,
+            incremental: false,
         };
         assert_eq!(
             base_backup_command(150004, &o),
@@ -870,5 +941,11 @@ mod tests {
         // Below the server's minimum the limit is left out, as WAL-G does.
         o.max_rate_kb = Some(31);
         assert!(!base_backup_command(150000, &o).contains("MAX_RATE"));
+        // A remote delta (PostgreSQL 17+).
+        o.incremental = true;
+        assert_eq!(
+            base_backup_command(170000, &o),
+            "BASE_BACKUP (LABEL 'it''s', CHECKPOINT 'fast', TABLESPACE_MAP, INCREMENTAL)"
+        );
     }
 }

@@ -33,6 +33,7 @@ mod pgbackrest;
 mod pitr;
 mod remote_backup;
 mod remote_backup_more;
+mod remote_delta;
 mod s3_requests;
 mod st;
 mod standby;

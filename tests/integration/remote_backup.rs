@@ -633,26 +633,3 @@ fn remote_round_trip(major: u32) {
         restored.log_tail()
     );
 }
-
-/// An explicit delta base cannot be honoured remotely: refused before
-/// anything connects or is stored.
-#[test]
-fn remote_delta_is_refused() {
-    let store = Store::fs();
-    let out = store
-        .walden()
-        .env("PGHOST", "/nonexistent-socket-dir")
-        .args([
-            "backup-push",
-            "--delta-from-name",
-            "base_000000010000000000000002",
-        ])
-        .run();
-    out.assert_code(1);
-    assert!(
-        out.stderr.contains("remote delta backups are not built")
-            && out.stderr.contains("INCREMENTAL"),
-        "{}",
-        out.dump()
-    );
-}

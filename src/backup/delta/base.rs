@@ -374,7 +374,7 @@ pub fn check_started(
 }
 
 /// The timeline in a backup name (`base_TTTTTTTT...`).
-fn base_timeline(name: &str) -> Option<u32> {
+pub fn base_timeline(name: &str) -> Option<u32> {
     let hex = name.strip_prefix("base_")?.get(..8)?;
     u32::from_str_radix(hex, 16).ok()
 }

@@ -12,8 +12,16 @@
 //! sentinel (`Spec` always). `backup_label` and `tablespace_map` are
 //! members of the data directory's archive, where the server puts them.
 //! Memory: one CopyData message, one copy buffer, one codec and upload.
+//!
+//! Remote deltas (PostgreSQL 17+, `delta.rs`): the prior backup's manifest
+//! is made from the base's objects and uploaded (UPLOAD_MANIFEST), the
+//! backup is taken INCREMENTAL, and its `INCREMENTAL.<file>` members are
+//! stored as WAL-G increments (`incremental.rs`).
 
 mod archives;
+mod delta;
+mod incremental;
+mod manifest;
 mod repack;
 
 use std::io::BufWriter;
@@ -22,9 +30,8 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::composer::Composer;
-use super::delta::base::From as DeltaFrom;
 use super::push::{hostname, Options};
-use super::sentinel::{self, BackupInfo};
+use super::sentinel::{self, BackupInfo, DeltaFields};
 use super::tars::{self, Builder};
 use super::throttle::RateLimit;
 use super::{files_metadata, layout};
@@ -44,7 +51,6 @@ pub(super) fn run(
     params: &ConnParams,
     start_time: SystemTime,
 ) -> Result<()> {
-    refuse_delta(opts)?;
     if opts.composer != Composer::Regular {
         log::warn!(
             "tar composers apply to local backups only: a remote backup is packed in the order the server sends"
@@ -94,21 +100,48 @@ pub(super) fn run(
     let system_identifier = system.system_id.trim().parse::<u64>().ok();
     // PostgreSQL before 11 cannot skip checksum checks (WAL-G: forced on).
     let verify = opts.verify || version < 110000;
-    let backup = pg.base_backup(
-        version,
-        &BaseBackupOptions {
-            label: "wal-g".into(),
-            fast: true,
-            max_rate_kb: opts.disk_limit.map(|b| b / 1024),
-            verify_checksums: verify,
+    let mut delta = delta::prepare(&storage, opts, &mut pg, version, &system, &show)?;
+    if let Some(d) = delta.as_mut() {
+        if let Err(e) = pg.upload_manifest(&mut d.manifest.file) {
+            delta::refused(d, pg.target(), e)?;
+            delta = None;
+        }
+    }
+    let target = pg.target().to_string();
+    let mut options = BaseBackupOptions {
+        label: "wal-g".into(),
+        fast: true,
+        max_rate_kb: opts.disk_limit.map(|b| b / 1024),
+        verify_checksums: verify,
+        incremental: delta.is_some(),
+    };
+    let backup = match pg.base_backup(version, &options) {
+        Ok(b) => b,
+        Err(e) => match delta.take() {
+            Some(d) => {
+                delta::refused(&d, &target, e)?;
+                options.incremental = false;
+                pg.base_backup(version, &options)?
+            }
+            None => return Err(e.into()),
         },
-    )?;
+    };
     let start_lsn = backup.start_lsn;
     let timeline = backup.timeline;
     let tablespaces = backup.tablespaces.clone();
-    let name = layout::backup_name(timeline, start_lsn, opts.wal_size_mb);
+    let mut name = layout::backup_name(timeline, start_lsn, opts.wal_size_mb);
+    if let Some(d) = &delta {
+        // WAL-G's `_D_` + the base's own start segment.
+        let base_segment = super::retention::hex_run(&d.base.name).unwrap_or_default();
+        name = format!("{name}_D_{base_segment}");
+    }
     log::info!(
-        "Starting remote backup {name} (start LSN {}, timeline {timeline}, {} tablespaces)",
+        "Starting remote {} {name} (start LSN {}, timeline {timeline}, {} tablespaces)",
+        if delta.is_some() {
+            "delta backup"
+        } else {
+            "backup"
+        },
         replication::format_lsn(start_lsn),
         tablespaces.len()
     );
@@ -126,6 +159,10 @@ pub(super) fn run(
     let progress = Progress::new(&format!("backup-push {name}"), None);
     let mut archives = Archives::new(backup);
     let mut control = None;
+    let mut run = delta.as_ref().map(|d| repack::Delta {
+        slash: d.manifest.slash,
+        ..Default::default()
+    });
     let finish_lsn = loop {
         match archives.boundary()? {
             Boundary::Archive { name, tablespace } => {
@@ -139,6 +176,7 @@ pub(super) fn run(
                     tablespace,
                     &mut control,
                     &progress,
+                    run.as_mut(),
                 )?;
                 // Each archive ends its last part, as in WAL-G.
                 builder.close()?;
@@ -156,9 +194,10 @@ pub(super) fn run(
         )
     })?;
     builder.start_named("pg_control")?;
+    let slash = run.as_ref().is_some_and(|r| r.slash);
     builder.add_streamed(
         &control.header,
-        b"global/pg_control",
+        &repack::styled(b"global/pg_control".to_vec(), slash),
         &mut &control.bytes[..],
         None,
     )?;
@@ -179,10 +218,28 @@ pub(super) fn run(
     }
 
     let compressed = shared.stored.load(Ordering::Relaxed);
-    log::info!("Remote backup: received {received} bytes, stored {compressed} bytes compressed");
+    match (&delta, &run) {
+        (Some(d), Some(r)) => log::info!(
+            "Remote delta backup from {}: received {received} bytes, stored {compressed} bytes compressed; \
+             {} files whole ({} bytes), {} files as increments ({} changed pages); changed blocks from the server's WAL summaries",
+            d.base.name,
+            r.whole_files,
+            r.whole_bytes,
+            r.increments,
+            r.pages
+        ),
+        _ => log::info!(
+            "Remote backup: received {received} bytes, stored {compressed} bytes compressed"
+        ),
+    }
     let info = BackupInfo {
         start_lsn,
-        delta: None,
+        delta: delta.as_ref().map(|d| DeltaFields {
+            lsn: d.base.lsn,
+            from: d.base.name.clone(),
+            full_name: d.base.full_name.clone(),
+            count: d.base.count,
+        }),
         finish_lsn,
         pg_version: version,
         system_identifier,
@@ -199,27 +256,13 @@ pub(super) fn run(
         files_metadata_disabled: !opts.files_metadata,
         corrupt_pages: None,
     };
+    // A permanent delta keeps its chain, as a local one.
+    if let (Some(d), true) = (&delta, opts.permanent) {
+        for b in super::mark::chain_to_mark(&storage, &d.base.name)? {
+            super::mark::set_permanent(&storage, &b, true)?;
+        }
+    }
     super::push::finalise(storage.as_ref(), &name, &info, progress)
-}
-
-/// An explicit delta base cannot be honoured over BASE_BACKUP here;
-/// `WALG_DELTA_MAX_STEPS` alone only means "deltas where possible", so a
-/// remote backup is then full, as WAL-G's.
-fn refuse_delta(opts: &Options) -> Result<()> {
-    if !matches!(opts.delta.from, DeltaFrom::Latest) {
-        return Err(Error::Usage(
-            "remote delta backups are not built in walden (over the replication protocol they would need \
-             PostgreSQL 17's INCREMENTAL base backups); give the data directory for a local delta backup, \
-             or leave out --delta-from-name/--delta-from-user-data (WALG_DELTA_FROM_*) for a full remote backup"
-                .into(),
-        ));
-    }
-    if opts.delta.max_steps > 0 && !opts.delta.full {
-        log::info!(
-            "WALG_DELTA_MAX_STEPS is set, but remote backups are always full (remote deltas are not built in walden)"
-        );
-    }
-    Ok(())
 }
 
 /// `SHOW name` on the replication session.
