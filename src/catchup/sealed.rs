@@ -151,7 +151,11 @@ impl<R: Read> SealedReader<R> {
 
     fn start(&mut self) -> io::Result<()> {
         let mut first = [0u8; MAGIC.len() + HEADER];
-        let n = read_full(&mut self.inner, &mut first[..MAGIC.len()])?;
+        // A peer that gives up unread closes with a reset, not an end.
+        let n = match read_full(&mut self.inner, &mut first[..MAGIC.len()]) {
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => 0,
+            other => other?,
+        };
         if n == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,

@@ -9,7 +9,7 @@
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::fs::{self, File};
-use std::io::{self, Read};
+use std::io::{self, Read, Seek};
 use std::net::TcpStream;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -254,7 +254,11 @@ impl Sender<'_> {
         if theirs && scan::is_paged(format!("/{name}").as_bytes(), size) {
             match scan::select(&mut file, size, self.checkpoint, &mut self.buf).map_err(local)? {
                 Ok(sel) => blocks = Some(sel.blocks),
-                Err(bad) => log::warn!("'{name}' has an invalid page {}: sent whole", bad.block),
+                Err(bad) => {
+                    log::warn!("'{name}' has an invalid page {}: sent whole", bad.block);
+                    // The scan read on; the whole file is sent from its start.
+                    file.rewind().map_err(local)?;
+                }
             }
         }
         let dest = self.dest.to_string();

@@ -232,7 +232,10 @@ fn sealed_catchup_with_a_tablespace_a_new_database_and_an_invalid_page() {
         "{}",
         sent.dump()
     );
-    assert_eq!(fs::read(data.join(&junk)).unwrap(), bad);
+    assert!(
+        fs::read(data.join(&junk)).unwrap() == bad,
+        "the file with the invalid page did not arrive whole"
+    );
     assert!(data.join(format!("base/{db3}")).is_dir());
     assert!(!data.join(&drop_path).exists());
     // Files of the tablespace landed in the replica's location, the link
