@@ -93,6 +93,11 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
         }
     }
     log::info!("Received file list of {} files", theirs.len());
+    // With a key the receiver ended its stream after the list: read to
+    // that end (a cut is an error), and so that nothing is left unread,
+    // which would make this side's close a reset that can cost the
+    // receiver the last frames of this side's stream.
+    conn.expect_end().map_err(net)?;
     super::tblspc::check_replica_has_all(&pgdata, &theirs)?;
 
     let start_sql = if version >= 150000 {

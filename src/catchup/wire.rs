@@ -188,7 +188,7 @@ impl Conn {
             if !rest.is_empty() {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
-                    format!("{} bytes follow the done mark", rest.len()),
+                    format!("{} bytes follow the peer's last message", rest.len()),
                 ));
             }
         }
