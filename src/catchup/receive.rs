@@ -65,15 +65,34 @@ pub fn run(settings: &crate::config::Settings, args: Vec<OsString>) -> Result<()
     let mut conn = Conn::new(stream, key.as_ref(), Side::Receiver).map_err(net)?;
     // The sender computes increments from this LSN: the REDO point unless
     // the replica shut down cleanly (WAL-G sends the checkpoint always).
-    wire::control(
+    let sent = wire::control(
         &mut conn.out,
         control.system_identifier,
         timeline,
         control.catchup_limit(),
     )
-    .map_err(net)?;
-    wire::file_list(&mut conn.out, &files).map_err(net)?;
-    conn.finish().map_err(net)?;
+    .and_then(|_| wire::file_list(&mut conn.out, &files))
+    .and_then(|_| conn.finish());
+    match sent {
+        Ok(()) => {}
+        // The sender read the first bytes, did not like them, and left.
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+            ) =>
+        {
+            return Err(Error::Other(format!(
+                "catch-up connection with {peer}: the sender closed the connection before taking \
+                 the replica's file list ({e}); its log says why: with WALG_LIBSODIUM_KEY on one \
+                 side only, different keys, or WAL-G with a key (which cannot encrypt this \
+                 stream, WAL-G bug W23), it cannot read this side; the replica is unchanged"
+            )))
+        }
+        Err(e) => return Err(net(e)),
+    }
     drop(files);
     let mut parked_now = false;
     loop {
