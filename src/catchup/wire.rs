@@ -185,6 +185,14 @@ impl Conn {
         if let WireIn::Sealed(_) = self.input.get_ref() {
             let mut rest = Vec::new();
             (&mut self.input).take(1 << 20).read_to_end(&mut rest)?;
+            // The lz4 frame may end at its end mark, before the FINAL
+            // frame is read: read the sealed stream itself to FINAL too,
+            // so that nothing is left unread (closing with unread data
+            // resets the connection, which can cost the peer its last
+            // frames).
+            if let WireIn::Sealed(sealed) = self.input.get_mut() {
+                sealed.take(1 << 20).read_to_end(&mut rest)?;
+            }
             if !rest.is_empty() {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
