@@ -47,6 +47,10 @@ impl Storage for Rebased {
     fn get(&self, key: &str, offset: u64) -> Result<Box<dyn Read + Send>> {
         self.inner.get(&down(key), offset)
     }
+    // One ranged request on object stores, not a read to the object's end.
+    fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Box<dyn Read + Send>> {
+        self.inner.get_range(&down(key), offset, len)
+    }
     fn stat(&self, key: &str) -> Result<Option<ObjectInfo>> {
         Ok(self.inner.stat(&down(key))?.map(|mut o| {
             o.key = up(o.key);
@@ -126,6 +130,73 @@ impl Storage for Rebased {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
+
+    /// Answers only ranged reads, and remembers what was asked.
+    #[derive(Default)]
+    struct RangesOnly(Mutex<Vec<(String, u64, u64)>>);
+
+    impl Storage for RangesOnly {
+        fn location(&self) -> String {
+            "ranges-only".into()
+        }
+        fn put(&self, _: &str, _: &[u8]) -> Result<()> {
+            unimplemented!()
+        }
+        fn get(&self, key: &str, _: u64) -> Result<Box<dyn Read + Send>> {
+            panic!("whole-object get of {key}")
+        }
+        fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Box<dyn Read + Send>> {
+            self.0.lock().unwrap().push((key.into(), offset, len));
+            Ok(Box::new(&b"abc"[..]))
+        }
+        fn stat(&self, _: &str) -> Result<Option<ObjectInfo>> {
+            unimplemented!()
+        }
+        fn list(&self, _: &str, _: bool, _: &mut dyn FnMut(Entry) -> Result<()>) -> Result<()> {
+            unimplemented!()
+        }
+        fn delete(&self, _: &[String]) -> Result<()> {
+            unimplemented!()
+        }
+        fn create_multipart(&self, _: &str) -> Result<String> {
+            unimplemented!()
+        }
+        fn put_part(&self, _: &str, _: &str, _: u32, _: &[u8]) -> Result<String> {
+            unimplemented!()
+        }
+        fn complete_multipart(&self, _: &str, _: &str, _: &[(u32, String)]) -> Result<()> {
+            unimplemented!()
+        }
+        fn abort_multipart(&self, _: &str, _: &str) -> Result<()> {
+            unimplemented!()
+        }
+        fn part_size(&self) -> usize {
+            1
+        }
+        fn parts_in_flight(&self) -> usize {
+            1
+        }
+        fn list_leftovers(&self, _: &str, _: &mut dyn FnMut(Leftover) -> Result<()>) -> Result<()> {
+            unimplemented!()
+        }
+    }
+
+    #[test]
+    fn ranged_reads_reach_the_inner_storage_as_ranges() {
+        let inner = Arc::new(RangesOnly::default());
+        let view = catchup_view(inner.clone());
+        let mut got = Vec::new();
+        view.get_range("basebackups_005/b/tar_partitions/part_1.tar", 7, 3)
+            .unwrap()
+            .read_to_end(&mut got)
+            .unwrap();
+        assert_eq!(got, b"abc");
+        assert_eq!(
+            *inner.0.lock().unwrap(),
+            [("catchup_005/b/tar_partitions/part_1.tar".to_string(), 7, 3)]
+        );
+    }
 
     #[test]
     fn keys_move_between_the_folders() {

@@ -15,7 +15,9 @@ mod fetch;
 pub mod folder;
 mod gob;
 mod receive;
+mod sealed;
 mod send;
+mod tblspc;
 mod wire;
 
 use std::ffi::OsString;
@@ -83,18 +85,10 @@ pub fn run_list(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     crate::backup::list::print_list(&storage, opts)
 }
 
-/// WAL-G encrypts the catch-up connection with its configured crypter;
-/// walden does not yet, so a configured key would make the two sides
-/// disagree: refused rather than sent in the clear.
-fn refuse_encryption(settings: &Settings, command: &str) -> Result<()> {
-    if crate::commands::codecs(settings)?.key.is_some() {
-        return Err(Error::Usage(format!(
-            "{command} does not encrypt its connection yet, and an encryption key \
-             (WALG_LIBSODIUM_KEY/_PATH) is configured, with which WAL-G would: unset it for \
-             {command} (on both sides), and use a trusted network or a tunnel"
-        )));
-    }
-    Ok(())
+/// The key catchup-send/receive encrypt their connection with, if any
+/// ([`sealed`]; WAL-G's own encrypted stream cannot work, W23).
+fn stream_key(settings: &Settings) -> Result<Option<crate::codec::libsodium::SecretKey>> {
+    Ok(crate::commands::codecs(settings)?.key)
 }
 
 #[cfg(test)]

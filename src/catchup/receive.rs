@@ -1,8 +1,10 @@
 //! `catchup-receive PGDATA PORT` (spec §11.3, the standby side): listen,
 //! tell the sender where the stopped replica is (pg_control, file list
 //! with mtimes), then apply its commands. Unlike WAL-G (W23) every file
-//! written is fsynced, new directories are created, and backup_label /
-//! pg_control are replaced atomically.
+//! written is fsynced, new directories are created, backup_label /
+//! pg_control are replaced atomically, tablespaces are listed and written
+//! through the replica's own `pg_tblspc` links ([`super::tblspc`]), and a
+//! key encrypts the connection in a way that works ([`super::sealed`]).
 
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
@@ -12,14 +14,14 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use super::control::Control;
-use super::wire::{self, Command, Conn};
+use super::wire::{self, Command, Conn, Side};
 use crate::backup::chain::increment;
 use crate::error::{Error, Result};
 
 const USAGE: &str = "walden catchup-receive PGDATA PORT";
 
 pub fn run(settings: &crate::config::Settings, args: Vec<OsString>) -> Result<()> {
-    super::refuse_encryption(settings, "catchup-receive")?;
+    let key = super::stream_key(settings)?;
     let usage = |what: &str| Error::Usage(format!("{what}; usage: {USAGE}"));
     let mut it = args.into_iter();
     let pgdata = PathBuf::from(it.next().ok_or_else(|| usage("PGDATA is missing"))?);
@@ -60,29 +62,61 @@ pub fn run(settings: &crate::config::Settings, args: Vec<OsString>) -> Result<()
         .map_err(|e| Error::io(format!("accepting on port {port}"), e))?;
     log::info!("Catch-up sender connected from {peer}");
     let net = |e| Error::io(format!("catch-up connection with {peer}"), e);
-    let mut conn = Conn::new(stream).map_err(net)?;
+    let mut conn = Conn::new(stream, key.as_ref(), Side::Receiver).map_err(net)?;
     // The sender computes increments from this LSN: the REDO point unless
     // the replica shut down cleanly (WAL-G sends the checkpoint always).
-    wire::control(
+    let sent = wire::control(
         &mut conn.out,
         control.system_identifier,
         timeline,
         control.catchup_limit(),
     )
-    .map_err(net)?;
-    wire::file_list(&mut conn.out, &files).map_err(net)?;
-    conn.out.flush().map_err(net)?;
+    .and_then(|_| wire::file_list(&mut conn.out, &files))
+    .and_then(|_| conn.finish());
+    match sent {
+        Ok(()) => {}
+        // The sender read the first bytes, did not like them, and left.
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+            ) =>
+        {
+            return Err(Error::Other(format!(
+                "catch-up connection with {peer}: the sender closed the connection before taking \
+                 the replica's file list ({e}); its log says why: with WALG_LIBSODIUM_KEY on one \
+                 side only, different keys, or WAL-G with a key (which cannot encrypt this \
+                 stream, WAL-G bug W23), it cannot read this side; the replica is unchanged"
+            )))
+        }
+        Err(e) => return Err(net(e)),
+    }
     drop(files);
-    // Until the primary's pg_control arrives last, the replica must not
-    // start half caught up: its own is set aside.
-    super::fetch::park_control(&pgdata)?;
+    let mut parked_now = false;
     loop {
         let value = conn.recv().map_err(net)?;
         let cmd = Command::from_value(&value).map_err(net)?;
         if cmd.is_done {
+            conn.expect_end().map_err(net)?;
             break;
         }
+        // Until the primary's pg_control arrives last, the replica must
+        // not start half caught up: its own is set aside before the first
+        // change (a sender that refuses, or a key that does not match,
+        // leaves the replica as it was).
+        if !parked_now {
+            super::fetch::park_control(&pgdata)?;
+            parked_now = true;
+        }
         apply(&pgdata, &mut conn, cmd)?;
+    }
+    if !parked_now {
+        return Err(Error::Other(
+            "the catch-up sender ended without sending anything to apply (not even pg_control):              the replica is unchanged"
+                .into(),
+        ));
     }
     if !pgdata.join("global/pg_control").is_file() {
         return Err(Error::Other(format!(
@@ -128,7 +162,7 @@ fn list(pgdata: &Path) -> Result<Vec<(String, i64, u32)>> {
                 ))
             })?;
             out.push((text.to_string(), meta.mtime(), meta.mtime_nsec() as u32));
-            if meta.is_dir() {
+            if meta.is_dir() || super::tblspc::is_link(&rel, &meta) {
                 stack.push(child);
             }
         }
@@ -204,7 +238,12 @@ fn apply(pgdata: &Path, conn: &mut Conn, cmd: Command) -> Result<()> {
         log::info!("Writing file {}", cmd.file_name);
         let tmp = path.with_extension("walden-tmp");
         let mut f = open(&tmp, true)?;
-        f.write_all(&cmd.binary_contents)
+        let contents = if cmd.file_name == "tablespace_map" {
+            super::tblspc::map_to_replica(pgdata, &cmd.binary_contents)
+        } else {
+            cmd.binary_contents
+        };
+        f.write_all(&contents)
             .and_then(|_| f.sync_all())
             .map_err(ctx(&tmp))?;
         return fs::rename(&tmp, &path).map_err(ctx(&path));

@@ -9,13 +9,13 @@
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek};
 use std::net::TcpStream;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::gob::{self, Value};
-use super::wire::{Command, Conn, CHUNK};
+use super::wire::{Command, Conn, Side, CHUNK};
 use crate::backup::delta::increment_writer::IncrementReader;
 use crate::backup::delta::scan;
 use crate::backup::walk;
@@ -26,7 +26,7 @@ use crate::pg::{Client, ConnParams};
 const USAGE: &str = "walden catchup-send PGDATA HOST:PORT";
 
 pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
-    super::refuse_encryption(settings, "catchup-send")?;
+    let key = super::stream_key(settings)?;
     let usage = |what: &str| Error::Usage(format!("{what}; usage: {USAGE}"));
     let mut it = args.into_iter();
     let pgdata = PathBuf::from(it.next().ok_or_else(|| usage("PGDATA is missing"))?);
@@ -57,7 +57,7 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     let stream = TcpStream::connect(&dest)
         .map_err(|e| Error::io(format!("connecting to catchup-receive at {dest}"), e))?;
     let net = |e| Error::io(format!("catch-up connection with {dest}"), e);
-    let mut conn = Conn::new(stream).map_err(net)?;
+    let mut conn = Conn::new(stream, key.as_ref(), Side::Sender).map_err(net)?;
     let control = conn.recv().map_err(net)?;
     let (their_id, their_tli, checkpoint) = (
         control.uint("SystemIdentifier"),
@@ -93,6 +93,12 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
         }
     }
     log::info!("Received file list of {} files", theirs.len());
+    // With a key the receiver ended its stream after the list: read to
+    // that end (a cut is an error), and so that nothing is left unread,
+    // which would make this side's close a reset that can cost the
+    // receiver the last frames of this side's stream.
+    conn.expect_end().map_err(net)?;
+    super::tblspc::check_replica_has_all(&pgdata, &theirs)?;
 
     let start_sql = if version >= 150000 {
         "SELECT pg_backup_start('', true)::text"
@@ -143,16 +149,18 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     }
 
     let stop_sql = if version >= 150000 {
-        "SELECT labelfile, spcmapfile FROM pg_backup_stop(false)"
+        "SELECT labelfile FROM pg_backup_stop(false)"
     } else {
-        "SELECT labelfile, spcmapfile FROM pg_stop_backup(false, false)"
+        "SELECT labelfile FROM pg_stop_backup(false, false)"
     };
     let rows = pg.query(stop_sql)?;
     let row = rows
         .first()
         .ok_or_else(|| Error::Other("stopping the backup: the server returned no row".into()))?;
     let label = row.get_str(0)?.unwrap_or("").as_bytes().to_vec();
-    let map = row.get_str(1)?.unwrap_or("").as_bytes().to_vec();
+    // The replica keeps its own tablespace links (see `tblspc`): an
+    // empty map, where WAL-G sends the primary's.
+    let map = Vec::new();
     let control_path = pgdata.join("global/pg_control");
     let control = fs::read(&control_path)
         .map_err(|e| Error::io(format!("reading '{}'", control_path.display()), e))?;
@@ -174,7 +182,7 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
         ..Default::default()
     })
     .map_err(net)?;
-    conn.out.flush().map_err(net)?;
+    conn.finish().map_err(net)?;
     log::info!("Send done");
     Ok(())
 }
@@ -221,7 +229,7 @@ impl Sender<'_> {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(Error::io(format!("reading '{}'", path.display()), e)),
             };
-            if meta.is_dir() {
+            if meta.is_dir() || super::tblspc::is_link(rel, &meta) {
                 self.walk(pgdata, &child, seen)?;
             } else if meta.is_file() {
                 let text = text.to_string();
@@ -231,7 +239,10 @@ impl Sender<'_> {
                 }
                 self.send_file(&path, &text, meta.len(), theirs.is_some())?;
             } else {
-                log::warn!("'{}' is not a regular file or directory: not sent (tablespaces are not supported by catchup-send)", path.display());
+                log::warn!(
+                    "'{}' is not a regular file or directory: not sent",
+                    path.display()
+                );
             }
         }
         Ok(())
@@ -248,7 +259,11 @@ impl Sender<'_> {
         if theirs && scan::is_paged(format!("/{name}").as_bytes(), size) {
             match scan::select(&mut file, size, self.checkpoint, &mut self.buf).map_err(local)? {
                 Ok(sel) => blocks = Some(sel.blocks),
-                Err(bad) => log::warn!("'{name}' has an invalid page {}: sent whole", bad.block),
+                Err(bad) => {
+                    log::warn!("'{name}' has an invalid page {}: sent whole", bad.block);
+                    // The scan read on; the whole file is sent from its start.
+                    file.rewind().map_err(local)?;
+                }
             }
         }
         let dest = self.dest.to_string();

@@ -1,13 +1,16 @@
 //! catchup-send/receive's connection (spec §11.3): gob messages in an lz4
-//! frame stream, each direction its own frame, over one TCP connection.
+//! frame stream, each direction its own frame, over one TCP connection;
+//! with an encryption key the lz4 stream goes in [`super::sealed`] frames.
 //! The message types are WAL-G's (`PgControlData`, `BackupFileList`,
 //! `CatchupCommandDto`, `[]byte` chunks) with its type ids, so the bytes
 //! equal what Go's encoder writes.
 
-use std::io::{self, BufReader, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::net::TcpStream;
 
 use super::gob::{self, Decoder, Out, Value, BOOL, BYTES, INT, STRING, UINT};
+use super::sealed::{Direction, SealedReader, SealedWriter, Sniff};
+use crate::codec::libsodium::SecretKey;
 
 const CONTROL: i64 = 64;
 const DESCRIPTION: i64 = 65;
@@ -66,6 +69,15 @@ impl<W: Write> Lz4Out<W> {
     }
 }
 
+impl<W: Write> Lz4Out<W> {
+    /// The pending block and the frame's end mark, then a flush.
+    pub fn end(&mut self) -> io::Result<()> {
+        self.block()?;
+        self.w.write_all(&0u32.to_le_bytes())?;
+        self.w.flush()
+    }
+}
+
 impl<W: Write> Write for Lz4Out<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let take = buf.len().min(BLOCK - self.src.len());
@@ -81,22 +93,114 @@ impl<W: Write> Write for Lz4Out<W> {
     }
 }
 
+/// What the lz4 stream is written to: the socket, or sealed frames.
+pub enum Wire {
+    Plain(io::BufWriter<TcpStream>),
+    Sealed(SealedWriter<io::BufWriter<TcpStream>>),
+}
+
+impl Write for Wire {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        match self {
+            Wire::Plain(w) => w.write(b),
+            Wire::Sealed(w) => w.write(b),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Wire::Plain(w) => w.flush(),
+            Wire::Sealed(w) => w.flush(),
+        }
+    }
+}
+
+/// What the lz4 stream is read from.
+enum WireIn {
+    Plain(Sniff<BufReader<TcpStream>>),
+    Sealed(SealedReader<BufReader<TcpStream>>),
+}
+
+impl Read for WireIn {
+    fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+        match self {
+            WireIn::Plain(r) => r.read(b),
+            WireIn::Sealed(r) => r.read(b),
+        }
+    }
+}
+
+/// Which end of the connection this is.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Side {
+    Sender,
+    Receiver,
+}
+
 pub struct Conn {
-    pub out: Lz4Out<io::BufWriter<TcpStream>>,
-    input: lz4_flex::frame::FrameDecoder<BufReader<TcpStream>>,
+    pub out: Lz4Out<Wire>,
+    input: lz4_flex::frame::FrameDecoder<WireIn>,
     dec: Decoder,
     sent_types: bool,
 }
 
 impl Conn {
-    pub fn new(stream: TcpStream) -> io::Result<Conn> {
-        let read = stream.try_clone()?;
+    pub fn new(stream: TcpStream, key: Option<&SecretKey>, side: Side) -> io::Result<Conn> {
+        let read = BufReader::new(stream.try_clone()?);
+        let write = io::BufWriter::new(stream);
+        let (mine, theirs) = match side {
+            Side::Sender => (Direction::ToReceiver, Direction::ToSender),
+            Side::Receiver => (Direction::ToSender, Direction::ToReceiver),
+        };
+        let (out, input) = match key {
+            Some(key) => (
+                Wire::Sealed(SealedWriter::new(write, key, mine)),
+                WireIn::Sealed(SealedReader::new(read, key, theirs)),
+            ),
+            None => (Wire::Plain(write), WireIn::Plain(Sniff::new(read))),
+        };
         Ok(Conn {
-            out: Lz4Out::new(io::BufWriter::new(stream)),
-            input: lz4_flex::frame::FrameDecoder::new(BufReader::new(read)),
+            out: Lz4Out::new(out),
+            input: lz4_flex::frame::FrameDecoder::new(input),
             dec: Decoder::default(),
             sent_types: false,
         })
+    }
+
+    /// Everything written so far on its way; with a key, the lz4 frame and
+    /// the sealed stream are ended so that the peer can tell the end from a
+    /// cut. (WAL-G ends neither, and its peer would not expect it.)
+    pub fn finish(&mut self) -> io::Result<()> {
+        if let Wire::Sealed(_) = self.out.w {
+            self.out.end()?;
+            if let Wire::Sealed(w) = &mut self.out.w {
+                return w.finish();
+            }
+        }
+        self.out.flush()
+    }
+
+    /// With a key: the peer's stream ends here with its end mark (an
+    /// error when it was cut). Without a key there is no end mark.
+    pub fn expect_end(&mut self) -> io::Result<()> {
+        if let WireIn::Sealed(_) = self.input.get_ref() {
+            let mut rest = Vec::new();
+            (&mut self.input).take(1 << 20).read_to_end(&mut rest)?;
+            // The lz4 frame may end at its end mark, before the FINAL
+            // frame is read: read the sealed stream itself to FINAL too,
+            // so that nothing is left unread (closing with unread data
+            // resets the connection, which can cost the peer its last
+            // frames).
+            if let WireIn::Sealed(sealed) = self.input.get_mut() {
+                sealed.take(1 << 20).read_to_end(&mut rest)?;
+            }
+            if !rest.is_empty() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{} bytes follow the peer's last message", rest.len()),
+                ));
+            }
+        }
+        Ok(())
     }
 
     pub fn recv(&mut self) -> io::Result<Value> {

@@ -89,7 +89,7 @@ impl SecretKey {
         Ok(SecretKey(key))
     }
 
-    fn dryoc_key(&self) -> Key {
+    pub(crate) fn dryoc_key(&self) -> Key {
         Key::from(self.0)
     }
 }

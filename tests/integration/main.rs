@@ -11,6 +11,7 @@ mod backup_push;
 mod backup_verify;
 mod catchup;
 mod catchup_direct;
+mod catchup_sealed;
 mod composers;
 mod config;
 mod copy;
