@@ -345,19 +345,18 @@ impl Background {
     }
 }
 
-/// `<file>.ready` → `<file>.done` in pg_wal's archive_status, durable as
-/// PostgreSQL's own rename (one lost in a crash only makes PostgreSQL
-/// archive that file again). False when it failed: the file is then
-/// marked, and PostgreSQL's call for it returns at once.
+/// `<file>.ready` → `<file>.done` in pg_wal's archive_status, as
+/// PostgreSQL's archiver renames it. Not fsynced: a rename lost in a crash
+/// only makes PostgreSQL archive that file again (stored already, so the
+/// call succeeds), and under a write burst each directory fsync waits for
+/// a journal commit full of PostgreSQL's own writes. False when it failed:
+/// the file is then marked, and PostgreSQL's call for it returns at once.
 fn hand_back(status_dir: &Path, file: &str) -> bool {
     let ready = status_dir.join(format!("{file}.ready"));
     let done = status_dir.join(format!("{file}.done"));
     if let Err(e) = fs::rename(&ready, &done) {
         log::debug!("cannot rename {}: {e}", ready.display());
         return false;
-    }
-    if let Err(e) = crate::localfile::sync_dir(status_dir) {
-        log::warn!("cannot sync {}: {e}", status_dir.display());
     }
     true
 }
