@@ -377,10 +377,11 @@ fn wal_restore_fetches_back_to_the_checkpoint_before_the_split() {
     let split_lsn = lsn(history.split('\t').nth(1).unwrap());
     let split_seg = split_lsn >> 24;
     let checkpoint_number = checkpoint >> 24;
-    assert_eq!(
-        checkpoint_number + 2,
-        split_seg,
-        "the split is not two segments after the checkpoint's"
+    // Two segment switches lie between them; pgbench's writes can fill
+    // one more segment (seen in CI), which only lengthens the walk back.
+    assert!(
+        split_seg >= checkpoint_number + 2,
+        "the split ({split_seg:X}) is not at least two segments after the checkpoint's ({checkpoint_number:X})"
     );
     // The archive cleanup: timeline 1's segments before the split's.
     let before_split = |data: &Path| -> Vec<String> {
