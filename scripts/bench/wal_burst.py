@@ -186,7 +186,7 @@ def burst(label, command, env, marker):
     open(rss_file, "w").close()
     shutil.chown(rss_file, "postgres")
     with open(f"{RUN}/postgresql.conf", "a") as f:
-        f.write(f"archive_command = '/usr/bin/time -a -o {rss_file} -f \"%e %M\" {command}'\n")
+        f.write(f"archive_command = '/usr/bin/time -a -o {rss_file} -f \"%e %M %U %S\" {command}'\n")
     if "stanza=bench" in command:
         conf = command.split("--config=")[1].split()[0]
         pg_ctl(RUN, "start")
@@ -223,10 +223,14 @@ def burst(label, command, env, marker):
     archived, failed = psql("SELECT archived_count || ' ' || failed_count FROM pg_stat_archiver").split()
     pg_ctl(RUN, "stop", ["-m", "fast"])
     with open(rss_file) as f:
-        calls = [line.split() for line in f if len(line.split()) == 2]
-    peak_rss = max([peak_rss, *(int(kib) for _, kib in calls)])
-    secs = sorted(float(s) for s, _ in calls)
-    call_stats = (f"{len(secs)} calls, median {statistics.median(secs) * 1000:.0f} ms, "
+        calls = [line.split() for line in f if len(line.split()) == 4]
+    peak_rss = max([peak_rss, *(int(c[1]) for c in calls)])
+    secs = sorted(float(c[0]) for c in calls)
+    # CPU beside wall time: a call that waits for a core under load shows a
+    # long wall time for the same CPU.
+    cpu = sorted(float(c[2]) + float(c[3]) for c in calls)
+    call_stats = (f"{len(secs)} calls, median {statistics.median(secs) * 1000:.0f} ms "
+                  f"({statistics.median(cpu) * 1000:.0f} ms CPU, {sum(cpu):.1f} s in all), "
                   f"max {secs[-1] * 1000:.0f} ms") if secs else "no calls"
     print(f"   {label:<12} backlog max {max(curve):>4}, drained {drain:6.1f} s after pgbench, "
           f"{archived} segments, {failed} failed calls, {tps:.0f} tps, peak RSS {peak_rss / 1024:.0f} MiB; "

@@ -165,7 +165,14 @@ impl Client {
             }
             b'N' => {
                 if let Ok(m) = message::server_message(&msg.body) {
-                    log::debug!("server {}: {m}", self.wire.target);
+                    // A warning says why a command waits (a backup's stop
+                    // for archiving, an incremental one for WAL summaries):
+                    // shown, as pg_basebackup shows it.
+                    if m.severity == "WARNING" {
+                        log::warn!("server {}: {m}", self.wire.target);
+                    } else {
+                        log::debug!("server {}: {m}", self.wire.target);
+                    }
                 }
                 Ok(())
             }

@@ -482,6 +482,14 @@ impl Drop for PgCluster {
     fn drop(&mut self) {
         // Immediate: nothing to preserve, and it must also work while a
         // failed test is unwinding, so errors are ignored.
+        if std::thread::panicking() {
+            // The server's side of a failure (a wait, a refused command).
+            eprintln!(
+                "--- server log of the cluster in {} ---\n{}",
+                self.tmp.path().display(),
+                self.log_tail()
+            );
+        }
         if self.running {
             self.pg_ctl_stop("immediate", false);
         }

@@ -281,7 +281,13 @@ impl Running {
                 None if Instant::now() > deadline => {
                     let _ = self.child.kill();
                     let _ = self.child.wait();
-                    panic!("{} did not finish within {timeout:?}", self.cmdline);
+                    // What it printed says where it waited.
+                    let stderr = self.err_thread.join().unwrap_or_default();
+                    panic!(
+                        "{} did not finish within {timeout:?}; its stderr:\n{}",
+                        self.cmdline,
+                        String::from_utf8_lossy(&stderr)
+                    );
                 }
                 None => std::thread::sleep(Duration::from_millis(10)),
             }
