@@ -12,7 +12,8 @@
 # RSS are sampled; printed: the backlog's maximum, the time to drain it after
 # pgbench stops, segments archived, pgbench's tps and archive failures.
 #
-# BENCH_SECONDS (default 60), BENCH_SCALE (pgbench scale, default 50),
+# BENCH_SECONDS (default 60), BENCH_RATE (pgbench -R, the same transaction
+# rate for every tool; default unlimited), BENCH_SCALE (pgbench scale, default 50),
 # BENCH_CLIENTS (default 8), BENCH_RUNS (rounds, tools alternating, default
 # 1), BENCH_CODEC (zstd-3: every tool at zstd level 3, the default; or
 # defaults: each tool's own default compression), BENCH_STORAGES (default

@@ -21,6 +21,10 @@ PGBIN = "/usr/lib/postgresql/15/bin"
 SECONDS = int(os.environ.get("BENCH_SECONDS", "60"))
 SCALE = int(os.environ.get("BENCH_SCALE", "50"))
 CLIENTS = os.environ.get("BENCH_CLIENTS", "8")
+# pgbench -R: the same transaction rate (so the same WAL) for every tool;
+# unset, pgbench runs flat out and a tool that takes less CPU from the
+# server faces more WAL.
+RATE = os.environ.get("BENCH_RATE", "")
 RUNS = int(os.environ.get("BENCH_RUNS", "1"))
 CODEC = os.environ.get("BENCH_CODEC", "zstd-3")
 STORAGES = os.environ.get("BENCH_STORAGES", "fs s3").split()
@@ -198,7 +202,7 @@ def burst(label, command, env, marker):
                      "start"], stdout=subprocess.DEVNULL)
     start = time.monotonic()
     bench = subprocess.Popen(["pgbench", "-h", WORK, "-p", str(PORT), "-U", "postgres", "-c", CLIENTS,
-                              "-j", "2", "-M", "prepared", "-T", str(SECONDS), "-b", "tpcb-like@9",
+                              "-j", "2", "-M", "prepared", "-T", str(SECONDS), *(["-R", RATE] if RATE else []), "-b", "tpcb-like@9",
                               "-f", f"{BULK}@1", "postgres"],
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     curve, peak_rss, ended = [], 0, None
