@@ -26,6 +26,15 @@ pub const PAGE: u64 = 8192;
 /// pages not needed (README, "Delta from WAL summaries").
 const SPARSE: u64 = 16;
 
+/// Copy what `buf` holds room for of `src` from `*pos` on, advancing
+/// `*pos`: the increment's header, served before its pages.
+pub fn read_from(src: &[u8], pos: &mut usize, buf: &mut [u8]) -> usize {
+    let n = buf.len().min(src.len() - *pos);
+    buf[..n].copy_from_slice(&src[*pos..*pos + n]);
+    *pos += n;
+    n
+}
+
 /// Size of the member for `n` pages.
 pub fn member_len(n: usize) -> u64 {
     HEADER_LEN + 4 * n as u64 + PAGE * n as u64
@@ -122,10 +131,7 @@ impl IncrementReader {
 impl Read for IncrementReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.head_pos < self.head.len() {
-            let n = buf.len().min(self.head.len() - self.head_pos);
-            buf[..n].copy_from_slice(&self.head[self.head_pos..self.head_pos + n]);
-            self.head_pos += n;
-            return Ok(n);
+            return Ok(read_from(&self.head, &mut self.head_pos, buf));
         }
         let mut written = 0;
         while written < buf.len() {

@@ -169,13 +169,7 @@ impl BaseIndex {
                     write_err = Some(e);
                 }
             };
-            let mut de =
-                serde_json::Deserializer::from_reader(BufReader::with_capacity(64 * 1024, reader));
-            de.deserialize_map(TopVisitor {
-                sink: &mut sink,
-                sets: want_sets,
-            })
-                .map_err(|e| {
+            visit_files_metadata(reader, want_sets, &mut sink).map_err(|e| {
                     Error::Other(format!(
                         "reading the delta base's '{key}': {e}; its files_metadata.json is damaged, take a full backup (--full)"
                     ))
@@ -247,7 +241,19 @@ impl BaseIndex {
 
 /// (name, MTime) of a `Files` entry, or (tar, member) of a `TarFileSets`
 /// one as the third argument.
-type Sink<'a> = dyn FnMut(&str, Option<SystemTime>, Option<(&str, &str)>) + 'a;
+pub type Sink<'a> = dyn FnMut(&str, Option<SystemTime>, Option<(&str, &str)>) + 'a;
+
+/// Stream a `files_metadata.json` into `sink`: each `Files` entry, and
+/// with `sets` each `TarFileSets` member, without holding the document
+/// (a large cluster lists millions of files).
+pub fn visit_files_metadata(
+    reader: impl Read,
+    sets: bool,
+    sink: &mut Sink<'_>,
+) -> serde_json::Result<()> {
+    let mut de = serde_json::Deserializer::from_reader(BufReader::with_capacity(64 * 1024, reader));
+    de.deserialize_map(TopVisitor { sink, sets })
+}
 
 /// `{"Files":{...},"TarFileSets":...}`: `Files` is looked into, and
 /// `TarFileSets` when `sets` (keys matched ignoring case, as WAL-G's

@@ -182,10 +182,11 @@ impl<'r> Increment<'r> {
 impl Read for Increment<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.head_pos < self.head.len() {
-            let n = buf.len().min(self.head.len() - self.head_pos);
-            buf[..n].copy_from_slice(&self.head[self.head_pos..self.head_pos + n]);
-            self.head_pos += n;
-            return Ok(n);
+            return Ok(increment_writer::read_from(
+                &self.head,
+                &mut self.head_pos,
+                buf,
+            ));
         }
         if self.page_pos == self.page.len() {
             let Some(&from_server) = self.sent.get(self.next) else {

@@ -18,15 +18,12 @@
 //! `files_metadata.json` streams from storage: memory does not grow with
 //! the number of files.
 
-use std::fmt;
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Seek, Write};
+use std::io::{BufWriter, Seek, Write};
 use std::sync::Arc;
 
-use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
-use serde::Deserializer as _;
-
 use crate::backup::delta::base::Base;
+use crate::backup::delta::index::visit_files_metadata;
 use crate::backup::layout;
 use crate::error::{Error, Result};
 use crate::pg::replication::format_lsn;
@@ -97,7 +94,7 @@ pub fn synthesise(
     let mut slash = None;
     let mut write_err = None;
     {
-        let mut sink = |name: &str| {
+        let mut sink = |name: &str, _: Option<std::time::SystemTime>, _: Option<(&str, &str)>| {
             if write_err.is_some() {
                 return;
             }
@@ -113,9 +110,7 @@ pub fn synthesise(
                 write_err = Some(e);
             }
         };
-        let mut de =
-            serde_json::Deserializer::from_reader(BufReader::with_capacity(64 * 1024, reader));
-        de.deserialize_map(Top { sink: &mut sink }).map_err(|e| {
+        visit_files_metadata(reader, false, &mut sink).map_err(|e| {
             Error::Other(format!(
                 "reading the delta base's '{key}': {e}; its files_metadata.json is damaged, take a full backup (--full)"
             ))
@@ -154,61 +149,6 @@ pub fn synthesise(
         files,
         slash: slash.unwrap_or(false),
     })
-}
-
-/// Called with each key of `Files`.
-type Sink<'a> = dyn FnMut(&str) + 'a;
-
-/// `{"Files":{...},...}`: keys matched ignoring case, as WAL-G's decoder.
-struct Top<'a, 'b> {
-    sink: &'a mut Sink<'b>,
-}
-
-impl<'de> Visitor<'de> for Top<'_, '_> {
-    type Value = ();
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a files_metadata.json object")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<(), A::Error> {
-        while let Some(k) = map.next_key::<String>()? {
-            if k.eq_ignore_ascii_case("Files") {
-                map.next_value_seed(Names {
-                    sink: &mut *self.sink,
-                })?;
-            } else {
-                map.next_value::<IgnoredAny>()?;
-            }
-        }
-        Ok(())
-    }
-}
-
-struct Names<'a, 'b> {
-    sink: &'a mut Sink<'b>,
-}
-
-impl<'de> DeserializeSeed<'de> for Names<'_, '_> {
-    type Value = ();
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Names<'_, '_> {
-    type Value = ();
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("the Files object")
-    }
-    fn visit_unit<E: de::Error>(self) -> std::result::Result<(), E> {
-        Ok(())
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<(), A::Error> {
-        while let Some(name) = map.next_key::<String>()? {
-            map.next_value::<IgnoredAny>()?;
-            (self.sink)(&name);
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]

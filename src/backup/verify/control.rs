@@ -8,6 +8,8 @@
 //! before it) and the checksum version sits 36 bytes before it: no
 //! per-version layout table.
 
+use crate::wal::records::Crc32c;
+
 /// Where a control file's struct can end: PostgreSQL 10–18 are all well
 /// inside this (PostgreSQL 15: the CRC is at 288).
 const CRC_SEARCH: std::ops::Range<usize> = 200..1024;
@@ -40,45 +42,6 @@ pub fn read(bytes: &[u8]) -> Option<Control> {
         }
     }
     None
-}
-
-/// CRC-32C (Castagnoli), as PostgreSQL's `pg_crc32c`, bit by bit through
-/// a table: pg_control is read once per backup.
-struct Crc32c {
-    state: u32,
-    table: [u32; 256],
-}
-
-impl Crc32c {
-    fn new() -> Crc32c {
-        let mut table = [0u32; 256];
-        for (i, slot) in table.iter_mut().enumerate() {
-            let mut c = i as u32;
-            for _ in 0..8 {
-                c = if c & 1 != 0 {
-                    (c >> 1) ^ 0x82F6_3B78
-                } else {
-                    c >> 1
-                };
-            }
-            *slot = c;
-        }
-        Crc32c {
-            state: 0xFFFF_FFFF,
-            table,
-        }
-    }
-
-    fn update(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.state =
-                self.table[((self.state ^ u32::from(b)) & 0xFF) as usize] ^ (self.state >> 8);
-        }
-    }
-
-    fn value(&self) -> u32 {
-        self.state ^ 0xFFFF_FFFF
-    }
 }
 
 #[cfg(test)]
