@@ -247,12 +247,17 @@ impl ServerCertVerifier for CaVerifier {
             }
             if self.check_name {
                 let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
-                rustls::client::verify_server_name(&parsed, server_name)?;
+                if let Err(e) = rustls::client::verify_server_name(&parsed, server_name) {
+                    if !common_name_matches(end_entity, server_name) {
+                        return Err(e);
+                    }
+                }
             }
             return Ok(ServerCertVerified::assertion());
         }
         // webpki checks the chain before the name, so a name error means
-        // the chain was good: enough for verify-ca.
+        // the chain was good: enough for verify-ca, and for verify-full
+        // when the Common Name matches where libpq reads it.
         match self.webpki.verify_server_cert(
             end_entity,
             intermediates,
@@ -262,7 +267,9 @@ impl ServerCertVerifier for CaVerifier {
         ) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) if !self.check_name => Ok(ServerCertVerified::assertion()),
+            )) if !self.check_name || common_name_matches(end_entity, server_name) => {
+                Ok(ServerCertVerified::assertion())
+            }
             other => other,
         }
     }
@@ -290,6 +297,37 @@ impl ServerCertVerifier for CaVerifier {
     }
 }
 
+/// libpq's `verify-full` for a certificate without a DNS or IP
+/// subjectAltName (rustls reads only those): the host must match the
+/// subject's Common Name, ignoring case; a leading `*.` stands for the
+/// host's whole first label.
+fn common_name_matches(end_entity: &CertificateDer<'_>, server_name: &ServerName<'_>) -> bool {
+    let Some(names) = x509::subject_names(end_entity.as_ref()) else {
+        return false;
+    };
+    let host = server_name.to_str();
+    !names.alt_names
+        && names
+            .common_names
+            .iter()
+            .any(|cn| name_matches(cn.as_bytes(), host.as_bytes()))
+}
+
+fn name_matches(pattern: &[u8], host: &[u8]) -> bool {
+    if pattern.contains(&0) {
+        return false;
+    }
+    match pattern.strip_prefix(b"*") {
+        Some(tail) if tail.len() > 1 && tail[0] == b'.' => {
+            let Some(first_label) = host.len().checked_sub(tail.len()).filter(|&n| n > 0) else {
+                return false;
+            };
+            host[first_label..].eq_ignore_ascii_case(tail) && !host[..first_label].contains(&b'.')
+        }
+        _ => pattern.eq_ignore_ascii_case(host),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -307,6 +345,44 @@ mod tests {
 
     fn key(pem: &[u8]) -> PrivateKeyDer<'static> {
         PrivateKeyDer::from_pem_slice(pem).unwrap()
+    }
+
+    #[test]
+    fn common_names_are_read_where_libpq_reads_them() {
+        let names = |pem: &[u8]| x509::subject_names(certs(pem)[0].as_ref()).unwrap();
+        // No extensions at all (v1, and v3 without any): the CN counts.
+        for pem in [V1, V3] {
+            let n = names(pem);
+            assert_eq!(n.common_names, ["carol"]);
+            assert!(!n.alt_names);
+        }
+        // A DNS or IP alternative name: the CN is ignored.
+        let san = names(include_bytes!("testdata/server-san.crt"));
+        assert_eq!(san.common_names, ["db.example.com"]);
+        assert!(san.alt_names);
+        // Only an e-mail alternative name (critical): the CN counts.
+        let email = certs(include_bytes!("testdata/server-email-san.crt"));
+        let n = x509::subject_names(email[0].as_ref()).unwrap();
+        assert_eq!(n.common_names, ["*.example.com"]);
+        assert!(!n.alt_names);
+        let host = |h: &'static str| ServerName::try_from(h).unwrap();
+        assert!(common_name_matches(&email[0], &host("db.example.com")));
+        assert!(!common_name_matches(&email[0], &host("example.com")));
+        assert!(x509::subject_names(&V1[..20]).is_none());
+    }
+
+    #[test]
+    fn names_match_as_in_libpq() {
+        assert!(name_matches(b"DB.example.com", b"db.EXAMPLE.com"));
+        assert!(!name_matches(b"db.example.com", b"db.example.co"));
+        assert!(name_matches(b"*.example.com", b"db.example.com"));
+        // The wildcard is one whole first label, never more or none.
+        assert!(!name_matches(b"*.example.com", b"a.db.example.com"));
+        assert!(!name_matches(b"*.example.com", b".example.com"));
+        assert!(!name_matches(b"*.example.com", b"example.com"));
+        assert!(!name_matches(b"*.", b"x."));
+        assert!(!name_matches(b"db\0.example.com", b"db\0.example.com"));
+        assert!(name_matches(b"127.0.0.1", b"127.0.0.1"));
     }
 
     #[test]

@@ -1,8 +1,10 @@
-//! The validity dates of an X.509 certificate, read from its DER with a
-//! few bounds-checked steps. Needed for one case only: a self-signed server
-//! certificate listed in `PGSSLROOTCERT` is trusted as is (rustls refuses a
-//! CA certificate as a server's own), and its dates must still be checked,
-//! as libpq does.
+//! What walden reads itself from an X.509 certificate's DER, with a few
+//! bounds-checked steps, where rustls's own checks differ from libpq's:
+//! the validity dates (a self-signed server certificate listed in
+//! `PGSSLROOTCERT` is trusted as is, as rustls refuses a CA certificate as
+//! a server's own, and its dates must still be checked), and the subject's
+//! Common Name (libpq matches the host against it when the certificate
+//! has no DNS or IP subjectAltName; rustls reads only subjectAltName).
 
 use std::time::SystemTime;
 
@@ -11,6 +13,22 @@ const UTC_TIME: u8 = 0x17;
 const GENERALIZED_TIME: u8 = 0x18;
 /// `[0] EXPLICIT Version` at the start of a v3 TBSCertificate.
 const VERSION_TAG: u8 = 0xA0;
+/// `[3] EXPLICIT Extensions` at the end of a v3 TBSCertificate.
+const EXTENSIONS_TAG: u8 = 0xA3;
+const BOOLEAN: u8 = 0x01;
+const OCTET_STRING: u8 = 0x04;
+const OID: u8 = 0x06;
+const UTF8_STRING: u8 = 0x0C;
+const PRINTABLE_STRING: u8 = 0x13;
+const T61_STRING: u8 = 0x14;
+const IA5_STRING: u8 = 0x16;
+const BMP_STRING: u8 = 0x1E;
+/// GeneralName `[2] dNSName` and `[7] iPAddress` (implicit, primitive).
+const DNS_NAME: u8 = 0x82;
+const IP_ADDRESS: u8 = 0x87;
+/// 2.5.4.3 and 2.5.29.17.
+const OID_COMMON_NAME: &[u8] = &[0x55, 0x04, 0x03];
+const OID_SUBJECT_ALT_NAME: &[u8] = &[0x55, 0x1D, 0x11];
 
 /// One DER element: its tag, its content and what follows it.
 fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
@@ -56,6 +74,126 @@ pub fn validity(der: &[u8]) -> Option<(SystemTime, SystemTime)> {
     let (tag_a, not_before, rest) = element(validity)?;
     let (tag_b, not_after, _) = element(rest)?;
     Some((time(tag_a, not_before)?, time(tag_b, not_after)?))
+}
+
+/// The host names a certificate names for libpq's `verify-full`.
+#[derive(Debug, Default, PartialEq)]
+pub struct SubjectNames {
+    /// The subject's commonName values, as text.
+    pub common_names: Vec<String>,
+    /// A subjectAltName with a dNSName or iPAddress: then libpq ignores
+    /// the Common Name.
+    pub alt_names: bool,
+}
+
+/// The subject's Common Names and whether there are alternative names;
+/// `None` if the certificate cannot be read.
+pub fn subject_names(der: &[u8]) -> Option<SubjectNames> {
+    let (tag, certificate, _) = element(der)?;
+    if tag != SEQUENCE {
+        return None;
+    }
+    let (tag, tbs, _) = element(certificate)?;
+    if tag != SEQUENCE {
+        return None;
+    }
+    let mut rest = tbs;
+    if rest.first() == Some(&VERSION_TAG) {
+        rest = element(rest)?.2;
+    }
+    // serialNumber, signature, issuer, validity: skipped.
+    for _ in 0..4 {
+        rest = element(rest)?.2;
+    }
+    let (tag, subject, mut rest) = element(rest)?;
+    if tag != SEQUENCE {
+        return None;
+    }
+    let mut names = SubjectNames {
+        common_names: common_names(subject)?,
+        alt_names: false,
+    };
+    // subjectPublicKeyInfo, then the optional unique IDs and extensions.
+    rest = element(rest)?.2;
+    while !rest.is_empty() {
+        let (tag, content, after) = element(rest)?;
+        if tag == EXTENSIONS_TAG {
+            names.alt_names = has_alt_names(content)?;
+        }
+        rest = after;
+    }
+    Some(names)
+}
+
+/// Each RDN's commonName attribute, as text.
+fn common_names(mut subject: &[u8]) -> Option<Vec<String>> {
+    let mut out = Vec::new();
+    while !subject.is_empty() {
+        let (_, mut set, after) = element(subject)?;
+        while !set.is_empty() {
+            let (_, attribute, next) = element(set)?;
+            let (tag, oid, value) = element(attribute)?;
+            if tag == OID && oid == OID_COMMON_NAME {
+                let (kind, text, _) = element(value)?;
+                out.push(directory_string(kind, text)?);
+            }
+            set = next;
+        }
+        subject = after;
+    }
+    Some(out)
+}
+
+/// A DirectoryString's text: the 8-bit forms as they are (refused if not
+/// UTF-8), BMPString from UTF-16.
+fn directory_string(kind: u8, text: &[u8]) -> Option<String> {
+    match kind {
+        UTF8_STRING | PRINTABLE_STRING | IA5_STRING | T61_STRING => {
+            String::from_utf8(text.to_vec()).ok()
+        }
+        BMP_STRING if text.len().is_multiple_of(2) => String::from_utf16(
+            &text
+                .chunks_exact(2)
+                .map(|c| u16::from_be_bytes([c[0], c[1]]))
+                .collect::<Vec<_>>(),
+        )
+        .ok(),
+        _ => None,
+    }
+}
+
+/// `[3] EXPLICIT Extensions`: whether a subjectAltName lists a dNSName or
+/// an iPAddress.
+fn has_alt_names(explicit: &[u8]) -> Option<bool> {
+    let (tag, mut extensions, _) = element(explicit)?;
+    if tag != SEQUENCE {
+        return None;
+    }
+    while !extensions.is_empty() {
+        let (_, extension, after) = element(extensions)?;
+        let (tag, oid, mut rest) = element(extension)?;
+        if tag == OID && oid == OID_SUBJECT_ALT_NAME {
+            // critical BOOLEAN DEFAULT FALSE, then the OCTET STRING.
+            let (mut tag, mut value, after_value) = element(rest)?;
+            if tag == BOOLEAN {
+                rest = after_value;
+                (tag, value, _) = element(rest)?;
+            }
+            if tag != OCTET_STRING {
+                return None;
+            }
+            let (_, mut general_names, _) = element(value)?;
+            while !general_names.is_empty() {
+                let (tag, _, next) = element(general_names)?;
+                if tag == DNS_NAME || tag == IP_ADDRESS {
+                    return Some(true);
+                }
+                general_names = next;
+            }
+        }
+        extensions = after;
+    }
+    Some(false)
 }
 
 /// UTCTime `YYMMDDHHMMSSZ` (years 1950–2049) or GeneralizedTime

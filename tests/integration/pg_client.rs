@@ -292,3 +292,107 @@ fn pg_info_tls_require_verify_ca_and_verify_full() {
     let line = assert_one_line_failure(&run("127.0.0.1", "disable"), BOB_PW);
     assert!(line.contains("28000") && line.contains("pg_hba"), "{line}");
 }
+
+/// A CA-signed server certificate that names its host only in the Common
+/// Name (no subjectAltName), as many older setups have: libpq's
+/// verify-full accepts it for that host and refuses it for another.
+#[test]
+fn pg_info_verify_full_reads_a_common_name_without_alt_names() {
+    if !have_openssl() {
+        eprintln!("skipped: the openssl command is missing, no certificate can be made");
+        return;
+    }
+    let certs = TempDir::new("pgtls-cn");
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(certs.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    // An extension file makes it v3 (webpki reads only v3) without a SAN.
+    std::fs::write(certs.join("v3.ext"), "basicConstraints=CA:FALSE\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "v3.ext",
+        "-out",
+        "server.crt",
+    ]);
+    let key = certs.join("server.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    certs.chown_postgres();
+    let pg = PgCluster::builder()
+        .hba("hostssl all bob 127.0.0.1/32 scram-sha-256")
+        .conf("ssl", "on")
+        .conf(
+            "ssl_cert_file",
+            &format!("'{}'", certs.join("server.crt").display()),
+        )
+        .conf("ssl_key_file", &format!("'{}'", key.display()))
+        .start();
+    pg.psql(&format!("CREATE ROLE bob LOGIN PASSWORD '{BOB_PW}'"));
+    let port = pg.port().to_string();
+    let ca = certs.join("ca.crt").display().to_string();
+    let run = |host: &str| {
+        pg_info(&[
+            ("PGHOST", host),
+            ("PGPORT", &port),
+            ("PGUSER", "bob"),
+            ("PGDATABASE", "postgres"),
+            ("PGPASSWORD", BOB_PW),
+            ("PGSSLMODE", "verify-full"),
+            ("PGSSLROOTCERT", &ca),
+        ])
+    };
+    let out = run("localhost");
+    out.assert_ok();
+    assert!(stdout(&out).contains("tls: on\n"), "{}", out.dump());
+    let line = assert_one_line_failure(&run("127.0.0.1"), BOB_PW);
+    assert!(
+        line.contains("not valid for name") || line.contains("NotValidForName"),
+        "{line}"
+    );
+}
