@@ -8,23 +8,14 @@ use std::fs;
 use std::time::{Duration, Instant};
 
 use crate::harness::scenario::{
-    assert_wal_matches_server, conninfo, recovering_through_walden, restore_and_compare,
-    wait_replayed, wait_streaming,
+    assert_wal_matches_server, recovering_through_walden, restore_and_compare, standby_of,
+    start_wal_receive, wait_replayed, wait_slot_active, wait_streaming, wal_keeping_cluster,
 };
-use crate::harness::{PgCluster, TempDir};
+use crate::harness::TempDir;
 use crate::store::{codec_env, Store};
 
 /// The rows pgbench changes.
 const BALANCES: &str = "SELECT sum(abalance)::text || '/' || count(*) FROM pgbench_accounts";
-
-/// Until wal-receive streams from `pg` over replication slot `slot`.
-fn wait_slot_active(pg: &PgCluster, slot: &str) {
-    pg.wait_for_sql(
-        &format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}' AND active"),
-        "1",
-        Duration::from_secs(60),
-    );
-}
 
 fn stored_names(store: &Store, ext: &str) -> Vec<String> {
     let dir = store.object_file("wal_005");
@@ -40,7 +31,8 @@ fn stored_names(store: &Store, ext: &str) -> Vec<String> {
     names
 }
 
-fn wait_stored(store: &Store, name: &str, ext: &str) {
+/// Until segment `name` is stored (with extension `ext`), 2 minutes at most.
+pub(crate) fn wait_stored(store: &Store, name: &str, ext: &str) {
     let deadline = Instant::now() + Duration::from_secs(120);
     let path = store.object_file(&format!("wal_005/{name}{ext}"));
     while !path.is_file() {
@@ -62,21 +54,10 @@ fn wal_receive_streams_stores_and_recovers() {
     let store = Store::fs();
     let codec = codec_env("lz4", true);
     let ext = ".lz4";
-    let mut pg = PgCluster::builder()
-        .conf("archive_mode", "off")
-        // Keep every segment in pg_wal, to compare with what was stored.
-        .conf("wal_keep_size", "'2GB'")
-        .start();
+    let mut pg = wal_keeping_cluster().start();
     pg.pgbench_init(2);
 
-    let receiver = store
-        .walden()
-        .envs(pg.env())
-        .envs(codec.clone())
-        .env("WALG_SLOTNAME", "walden_test")
-        .arg("wal-receive")
-        .spawn();
-    wait_slot_active(&pg, "walden_test");
+    let receiver = start_wal_receive(store.walden().envs(codec.clone()), &pg, "walden_test");
 
     // A base backup while receiving: only wal-receive supplies its WAL.
     let restored_dir = TempDir::new("walrecv-restored");
@@ -164,30 +145,18 @@ fn wal_receive_follows_a_promotion_and_a_restart() {
     let store = Store::fs();
     let codec = codec_env("zstd", false);
     let ext = ".zst";
-    let primary = PgCluster::builder()
-        .conf("archive_mode", "off")
-        .conf("wal_keep_size", "'2GB'")
-        .start();
+    let primary = wal_keeping_cluster().start();
     primary.pgbench_init(1);
     let standby_dir = TempDir::new("walrecv-standby");
     let standby_data = standby_dir.join("data");
     primary.base_backup(&standby_data);
-    fs::write(standby_data.join("standby.signal"), "").unwrap();
-    let mut standby = PgCluster::builder()
-        .conf("primary_conninfo", &conninfo(&primary))
+    let mut standby = standby_of(&primary, &standby_data)
         .conf("archive_mode", "off")
         .conf("wal_keep_size", "'2GB'")
         .start_restored(standby_data.clone());
     wait_streaming(&standby);
 
-    let receiver = store
-        .walden()
-        .envs(standby.env())
-        .envs(codec.clone())
-        .env("WALG_SLOTNAME", "cascade")
-        .arg("wal-receive")
-        .spawn();
-    wait_slot_active(&standby, "cascade");
+    let receiver = start_wal_receive(store.walden().envs(codec.clone()), &standby, "cascade");
     // The old primary's base backup, to recover through the stored WAL.
     let restored_dir = TempDir::new("walrecv-tl-restored");
     let data = restored_dir.join("data");

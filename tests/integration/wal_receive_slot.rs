@@ -20,10 +20,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::harness::pg::PG_BIN;
-use crate::harness::{PgCluster, TempDir, Walden};
+use crate::harness::scenario::{
+    assert_wal_matches_server, recovering_through_walden, restore_and_compare, start_wal_receive,
+    wait_slot_active, wal_keeping_cluster,
+};
+use crate::harness::{TempDir, Walden};
+use crate::wal_receive::wait_stored;
 use crate::store::{codec_env, Store, WAL_SIZE};
 
 const SEG: u64 = WAL_SIZE as u64;
@@ -196,10 +201,7 @@ fn violation(lsn: u64, first: u64, held: &Held) -> Option<String> {
 }
 
 fn slot_never_passes_storage(store: Store, codec: Vec<(String, String)>, ext: &str) {
-    let mut pg = PgCluster::builder()
-        .conf("archive_mode", "off")
-        // Keep every segment in pg_wal, to compare with what was stored.
-        .conf("wal_keep_size", "'2GB'")
+    let mut pg = wal_keeping_cluster()
         // The server asks for a reply after 2 s without one (walden
         // reports every 10 s): walden then stores the segment so far as
         // .partial and confirms up to inside it, the case to check.
@@ -207,18 +209,7 @@ fn slot_never_passes_storage(store: Store, codec: Vec<(String, String)>, ext: &s
         .start();
     pg.pgbench_init(2);
 
-    let receiver = store
-        .walden()
-        .envs(pg.env())
-        .envs(codec.clone())
-        .env("WALG_SLOTNAME", SLOT)
-        .arg("wal-receive")
-        .spawn();
-    pg.wait_for_sql(
-        &format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{SLOT}' AND active"),
-        "1",
-        Duration::from_secs(60),
-    );
+    let receiver = start_wal_receive(store.walden().envs(codec.clone()), &pg, SLOT);
     let restored_dir = TempDir::new("walrecv-poll-restored");
     let data = restored_dir.join("data");
     pg.base_backup(&data);
@@ -243,20 +234,12 @@ fn slot_never_passes_storage(store: Store, codec: Vec<(String, String)>, ext: &s
     // A restart: wal-receive reconnects and streams the unfinished
     // segment again.
     pg.restart();
-    pg.wait_for_sql(
-        &format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{SLOT}' AND active"),
-        "1",
-        Duration::from_secs(60),
-    );
+    wait_slot_active(&pg, SLOT);
     pg.pgbench(&["-n", "-T", "6", "-c", "2"]);
     pg.psql("CREATE TABLE marker AS SELECT 'streamed'::text AS note");
     let expected = pg.psql(ROWS);
     let last = pg.switch_wal();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !store.object_file(&format!("wal_005/{last}{ext}")).is_file() {
-        assert!(Instant::now() < deadline, "{last} was not stored in time");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_stored(&store, &last, ext);
     // WAL after the last complete segment, for the .partial on stop.
     pg.psql("CREATE TABLE after_last AS SELECT 1 AS x");
     std::thread::sleep(Duration::from_secs(1));
@@ -335,35 +318,14 @@ fn slot_never_passes_storage(store: Store, codec: Vec<(String, String)>, ext: &s
     poller.partial_covers(tail, sent_end).unwrap();
 
     // Every complete segment is the server's, byte for byte.
-    let fetched = TempDir::new("walrecv-poll-fetched");
-    for n in first..=top {
-        let name = seg_name(n);
-        let dest = fetched.join(&name);
-        store
-            .walden()
-            .envs(codec.clone())
-            .args(["wal-fetch", name.as_str()])
-            .arg(&dest)
-            .run()
-            .assert_ok();
-        let server = fs::read(pg.data_dir().join("pg_wal").join(&name)).unwrap();
-        assert!(
-            fs::read(&dest).unwrap() == server,
-            "{name} differs from the server's copy"
-        );
-    }
+    let names: Vec<String> = (first..=top).map(seg_name).collect();
+    let walden = || store.walden().envs(codec.clone());
+    assert_wal_matches_server(walden, &pg.data_dir().join("pg_wal"), &names);
     pg.stop();
 
     // The base backup recovers through the received WAL alone.
-    fs::write(data.join("recovery.signal"), "").unwrap();
-    let restored = PgCluster::builder()
-        .conf("restore_command", "'{walden} wal-fetch %f %p'")
-        .conf("archive_mode", "off")
-        .env(store.env())
-        .env(codec)
-        .start_restored(data.clone());
-    restored.wait_for_promotion(Duration::from_secs(120));
-    assert_eq!(restored.psql(ROWS), expected, "{}", restored.log_tail());
+    let restored = recovering_through_walden(&data, store.env()).env(codec);
+    let restored = restore_and_compare(restored, data.clone(), ROWS, &expected);
     assert_eq!(restored.psql("SELECT note FROM marker"), "streamed");
 }
 

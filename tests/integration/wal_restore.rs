@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::harness::pg::PG_BIN;
+use crate::harness::scenario::{standby_of, wait_replayed, wait_streaming, WAL_FETCH};
 use crate::harness::tmp::running_as_root;
 use crate::harness::{PgCluster, TempDir};
 use crate::store::Store;
@@ -58,6 +59,14 @@ fn as_postgres(program: &str) -> Command {
     }
 }
 
+/// pg_rewind of alpha's `target` data directory from beta's stopped
+/// `source` (as postgres), to run or to add `--dry-run` to.
+fn pg_rewind(target: &Path, source: &Path) -> Command {
+    let mut cmd = as_postgres(&format!("{PG_BIN}/pg_rewind"));
+    cmd.arg("-D").arg(target).arg("--source-pgdata").arg(source);
+    cmd
+}
+
 /// alpha, a primary archiving with walden (settings `extra` added), with
 /// pgbench tables, and beta, its streaming standby, archiving too.
 fn primary_and_standby(store: &Store, extra: &[(&str, &str)]) -> (PgCluster, TempDir, PgCluster) {
@@ -76,25 +85,49 @@ fn primary_and_standby(store: &Store, extra: &[(&str, &str)]) -> (PgCluster, Tem
     let beta_dir = TempDir::new("rewind-beta");
     let beta_data = beta_dir.join("data");
     alpha.base_backup(&beta_data);
-    fs::write(beta_data.join("standby.signal"), "").unwrap();
-    let to_alpha = format!(
-        "'host={} port={} user=postgres'",
-        alpha.socket_dir().display(),
-        alpha.port()
-    );
-    let beta = PgCluster::builder()
+    let beta = standby_of(&alpha, &beta_data)
         .confs(&archiving)
-        .conf("primary_conninfo", &to_alpha)
-        .conf("restore_command", "'{walden} wal-fetch %f %p'")
+        .conf("restore_command", WAL_FETCH)
         .confs(extra)
         .env(store.env())
         .start_restored(beta_data);
-    beta.wait_for_sql(
-        "SELECT status FROM pg_stat_wal_receiver",
-        "streaming",
-        Duration::from_secs(60),
-    );
+    wait_streaming(&beta);
     (alpha, beta_dir, beta)
+}
+
+/// The rows beta shows after the split, and the last segment each of
+/// them archived (later ones were still being written).
+struct Split {
+    expected: String,
+    alpha_last: String,
+    beta_last: String,
+}
+
+/// The split, from where alpha is now: beta replays all of alpha's WAL
+/// and is promoted, both write on (`rounds` segments each), archive all
+/// they wrote, and stop.
+fn split(alpha: &mut PgCluster, beta: &mut PgCluster, rounds: usize) -> Split {
+    wait_replayed(alpha, beta);
+    beta.psql("SELECT pg_promote()");
+    beta.wait_for_promotion(Duration::from_secs(60));
+    for _ in 0..rounds {
+        beta.pgbench(&["-n", "-t", "300", "-c", "2"]);
+        beta.switch_wal();
+        alpha.psql("INSERT INTO pgbench_history (tid, bid, aid, delta) SELECT 1, 1, g, 0 FROM generate_series(1, 20000) g");
+        alpha.switch_wal();
+    }
+    let expected = beta.psql(ROWS);
+    let beta_last = beta.switch_wal();
+    let alpha_last = alpha.switch_wal();
+    beta.wait_for_archive(&beta_last, Duration::from_secs(120));
+    alpha.wait_for_archive(&alpha_last, Duration::from_secs(120));
+    alpha.stop();
+    beta.stop();
+    Split {
+        expected,
+        alpha_last,
+        beta_last,
+    }
 }
 
 #[test]
@@ -108,29 +141,12 @@ fn wal_restore_lets_pg_rewind_run_without_restore_command() {
     alpha.pgbench(&["-n", "-t", "300", "-c", "2"]);
     alpha.switch_wal();
     alpha.psql("CHECKPOINT");
-    let lsn = alpha.psql("SELECT pg_current_wal_lsn()");
-    beta.wait_for_sql(
-        &format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'"),
-        "t",
-        Duration::from_secs(60),
-    );
-    beta.psql("SELECT pg_promote()");
-    beta.wait_for_promotion(Duration::from_secs(60));
-
     // Both write on, several segments each.
-    for _ in 0..3 {
-        beta.pgbench(&["-n", "-t", "300", "-c", "2"]);
-        beta.switch_wal();
-        alpha.psql("INSERT INTO pgbench_history (tid, bid, aid, delta) SELECT 1, 1, g, 0 FROM generate_series(1, 20000) g");
-        alpha.switch_wal();
-    }
-    let expected = beta.psql(ROWS);
-    let beta_last = beta.switch_wal();
-    let alpha_last = alpha.switch_wal();
-    beta.wait_for_archive(&beta_last, Duration::from_secs(120));
-    alpha.wait_for_archive(&alpha_last, Duration::from_secs(120));
-    alpha.stop();
-    beta.stop();
+    let Split {
+        expected,
+        alpha_last,
+        beta_last,
+    } = split(&mut alpha, &mut beta, 3);
 
     // Recycling took every segment after the split but the newest.
     let split = fs::read_to_string(beta_data.join("pg_wal/00000002.history")).unwrap();
@@ -162,20 +178,8 @@ fn wal_restore_lets_pg_rewind_run_without_restore_command() {
     lost.extend(lose(&alpha_data, &alpha_segs, &alpha_after));
 
     // Without wal-restore, pg_rewind cannot read alpha's WAL.
-    let rewind = || {
-        as_postgres(&format!("{PG_BIN}/pg_rewind"))
-            .arg("-D")
-            .arg(&alpha_data)
-            .arg("--source-pgdata")
-            .arg(&beta_data)
-            .output()
-            .unwrap()
-    };
-    let dry = as_postgres(&format!("{PG_BIN}/pg_rewind"))
-        .args(["--dry-run", "-D"])
-        .arg(&alpha_data)
-        .arg("--source-pgdata")
-        .arg(&beta_data)
+    let dry = pg_rewind(&alpha_data, &beta_data)
+        .arg("--dry-run")
         .output()
         .unwrap();
     assert!(!dry.status.success(), "pg_rewind needed no WAL? {dry:?}");
@@ -213,7 +217,7 @@ fn wal_restore_lets_pg_rewind_run_without_restore_command() {
         again.stderr
     );
 
-    let out = rewind();
+    let out = pg_rewind(&alpha_data, &beta_data).output().unwrap();
     assert!(
         out.status.success(),
         "pg_rewind: {}{}",
@@ -251,12 +255,7 @@ fn follow(alpha: &mut PgCluster, beta: &mut PgCluster, expected: &str) {
     beta.pgbench(&["-n", "-t", "100", "-c", "1"]);
     let expected_now = beta.psql(ROWS);
     assert_ne!(expected_now, expected);
-    let lsn = beta.psql("SELECT pg_current_wal_lsn()");
-    alpha.wait_for_sql(
-        &format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'"),
-        "t",
-        Duration::from_secs(60),
-    );
+    wait_replayed(beta, alpha);
     assert_eq!(alpha.psql(ROWS), expected_now, "{}", alpha.log_tail());
     assert_eq!(alpha.psql("SELECT pg_is_in_recovery()"), "t");
 }
@@ -351,27 +350,7 @@ fn wal_restore_fetches_back_to_the_checkpoint_before_the_split() {
     alpha.pgbench(&["-n", "-t", "300", "-c", "2"]);
     alpha.switch_wal();
     alpha.pgbench(&["-n", "-t", "50", "-c", "1"]);
-    let at = alpha.psql("SELECT pg_current_wal_lsn()");
-    beta.wait_for_sql(
-        &format!("SELECT pg_last_wal_replay_lsn() >= '{at}'"),
-        "t",
-        Duration::from_secs(60),
-    );
-    beta.psql("SELECT pg_promote()");
-    beta.wait_for_promotion(Duration::from_secs(60));
-    for _ in 0..2 {
-        beta.pgbench(&["-n", "-t", "300", "-c", "2"]);
-        beta.switch_wal();
-        alpha.psql("INSERT INTO pgbench_history (tid, bid, aid, delta) SELECT 1, 1, g, 0 FROM generate_series(1, 20000) g");
-        alpha.switch_wal();
-    }
-    let expected = beta.psql(ROWS);
-    let beta_last = beta.switch_wal();
-    let alpha_last = alpha.switch_wal();
-    beta.wait_for_archive(&beta_last, Duration::from_secs(120));
-    alpha.wait_for_archive(&alpha_last, Duration::from_secs(120));
-    alpha.stop();
-    beta.stop();
+    let expected = split(&mut alpha, &mut beta, 2).expected;
 
     let history = fs::read_to_string(beta_data.join("pg_wal/00000002.history")).unwrap();
     let split_lsn = lsn(history.split('\t').nth(1).unwrap());
@@ -405,11 +384,8 @@ fn wal_restore_fetches_back_to_the_checkpoint_before_the_split() {
 
     // What the former wal-restore left: every segment from the split's
     // on is there, and pg_rewind stops at the first missing one before it.
-    let dry = as_postgres(&format!("{PG_BIN}/pg_rewind"))
-        .args(["--dry-run", "-D"])
-        .arg(&alpha_data)
-        .arg("--source-pgdata")
-        .arg(&beta_data)
+    let dry = pg_rewind(&alpha_data, &beta_data)
+        .arg("--dry-run")
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&dry.stderr);
@@ -469,13 +445,7 @@ fn wal_restore_fetches_back_to_the_checkpoint_before_the_split() {
     crate::harness::tmp::chown_postgres(&alpha_data);
     crate::harness::tmp::chown_postgres(&beta_data);
 
-    let rewind = as_postgres(&format!("{PG_BIN}/pg_rewind"))
-        .arg("-D")
-        .arg(&alpha_data)
-        .arg("--source-pgdata")
-        .arg(&beta_data)
-        .output()
-        .unwrap();
+    let rewind = pg_rewind(&alpha_data, &beta_data).output().unwrap();
     assert!(
         rewind.status.success(),
         "pg_rewind: {}{}",

@@ -6,13 +6,14 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use super::pg::PG_BIN;
-use super::tmp::chown_postgres;
-use super::{Output, PgBuilder, PgCluster, TempDir, Walden};
+use super::tmp::{chown_postgres, free_port};
+use super::walden::walden_bin_for_postgres;
+use super::{Output, PgBuilder, PgCluster, Running, TempDir, Walden};
 
 /// The restore_command of a copy recovering from storage through walden.
 pub const WAL_FETCH: &str = "'{walden} wal-fetch %f %p'";
@@ -162,31 +163,46 @@ pub fn restore_spec(oid: &str, loc: &Path, base: &Path) -> String {
 /// (with the WAL it needs).
 pub fn replica_of(primary: &PgCluster, dir: &TempDir) -> PgCluster {
     let data = dir.join("data");
-    let out = Command::new(format!("{PG_BIN}/pg_basebackup"))
-        .args(["-h", &primary.socket_dir().display().to_string()])
+    pg_basebackup(primary, &data, &[]);
+    start_standby(primary, data)
+}
+
+/// A copy of `primary` at `data` by pg_basebackup, streaming the WAL it
+/// needs, each tablespace `(from, to)` of `relocate` moved: what a standby
+/// starts from.
+pub fn pg_basebackup(primary: &PgCluster, data: &Path, relocate: &[(&Path, &Path)]) {
+    let mut cmd = Command::new(format!("{PG_BIN}/pg_basebackup"));
+    cmd.args(["-h", &primary.socket_dir().display().to_string()])
         .args(["-p", &primary.port().to_string(), "-U", "postgres"])
         .args(["-X", "stream", "-c", "fast", "-D"])
-        .arg(&data)
-        .output()
-        .expect("run pg_basebackup");
+        .arg(data);
+    for (from, to) in relocate {
+        cmd.arg(format!("-T{}={}", from.display(), to.display()));
+    }
+    let out = cmd.output().expect("run pg_basebackup");
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    start_standby(primary, data)
 }
 
 /// Start the copy at `data` as a hot standby streaming from `primary`;
 /// returns once it streams.
 pub fn start_standby(primary: &PgCluster, data: PathBuf) -> PgCluster {
-    fs::write(data.join("standby.signal"), "").unwrap();
-    let pg = PgCluster::builder()
-        .conf("primary_conninfo", &conninfo(primary))
+    let pg = standby_of(primary, &data)
         .conf("hot_standby", "on")
         .start_restored(data);
     wait_streaming(&pg);
     pg
+}
+
+/// The copy at `data` to be started as a standby of `primary` (writes its
+/// standby.signal; `primary_conninfo` over the primary's socket), for the
+/// tests that add their own settings (archiving, a restore_command).
+pub fn standby_of(primary: &PgCluster, data: &Path) -> PgBuilder {
+    fs::write(data.join("standby.signal"), "").unwrap();
+    PgCluster::builder().conf("primary_conninfo", &conninfo(primary))
 }
 
 /// `primary_conninfo` (quoted for postgresql.conf) of a standby of
@@ -199,6 +215,7 @@ pub fn conninfo(primary: &PgCluster) -> String {
     )
 }
 
+/// Until `pg`'s WAL receiver streams (a standby has connected).
 pub fn wait_streaming(pg: &PgCluster) {
     pg.wait_for_sql(
         "SELECT status FROM pg_stat_wal_receiver",
@@ -213,6 +230,118 @@ pub fn wait_replayed(primary: &PgCluster, standby: &PgCluster) {
     standby.wait_for_sql(
         &format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'"),
         "t",
+        Duration::from_secs(60),
+    );
+}
+
+/// The cluster's connection settings without PGDATA: what a remote
+/// backup-push (BASE_BACKUP over a replication connection) is given.
+pub fn remote_env(pg: &PgCluster) -> Vec<(String, String)> {
+    pg.env()
+        .into_iter()
+        .filter(|(k, _)| k != "PGDATA")
+        .collect()
+}
+
+/// `backup-fetch DEST NAME ARGS` from the storage `env` names, by a walden
+/// binary the postgres user can execute: the restore_command it writes
+/// runs in the restored server. Returns that binary's directory, to be
+/// kept until the server is gone.
+pub fn fetch_for_postgres<I, K, V>(env: I, dest: &Path, name: &str, args: &[&str]) -> TempDir
+where
+    I: IntoIterator<Item = (K, V)>,
+    K: Into<std::ffi::OsString>,
+    V: Into<std::ffi::OsString>,
+{
+    let bin_dir = TempDir::new("fetch-bin");
+    bin_dir.chown_postgres();
+    let bin = walden_bin_for_postgres(bin_dir.path());
+    Walden::program(&bin)
+        .envs(env)
+        .arg("backup-fetch")
+        .arg(dest)
+        .arg(name)
+        .args(args)
+        .timeout(Duration::from_secs(300))
+        .run()
+        .assert_ok();
+    bin_dir
+}
+
+/// One catchup over TCP: `receiver` (`catchup-receive`) on `data`, once it
+/// listens, `sender` (`catchup-send`) from `primary`; both with the
+/// storage `env` names. Returns (sent, received).
+pub fn catchup_over_tcp(
+    primary: &PgCluster,
+    data: &Path,
+    sender: Walden,
+    receiver: Walden,
+    env: &[(String, String)],
+) -> (Output, Output) {
+    let port = free_port();
+    let rx = receiver
+        .envs(env.to_vec())
+        .arg("catchup-receive")
+        .arg(data)
+        .arg(port.to_string())
+        .spawn();
+    let start = Instant::now();
+    while !listening(port) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "catchup-receive does not listen"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let sent = sender
+        .envs(env.to_vec())
+        .envs(primary.env())
+        .arg("catchup-send")
+        .arg(primary.data_dir())
+        .arg(format!("127.0.0.1:{port}"))
+        .timeout(Duration::from_secs(120))
+        .run();
+    let received = rx.wait(Duration::from_secs(60));
+    (sent, received)
+}
+
+/// Whether something listens on TCP `port` (from /proc, so that the
+/// probe does not take the receiver's one connection).
+fn listening(port: u16) -> bool {
+    let needle = format!(":{port:04X} ");
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|f| {
+        fs::read_to_string(f).unwrap_or_default().lines().any(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            cols.len() > 3 && format!("{} ", cols[1]).ends_with(&needle) && cols[3] == "0A"
+        })
+    })
+}
+
+/// A cluster to be started that does not archive and keeps every segment
+/// in pg_wal, so that what wal-receive stored can be compared with it.
+pub fn wal_keeping_cluster() -> PgBuilder {
+    PgCluster::builder()
+        .conf("archive_mode", "off")
+        .conf("wal_keep_size", "'2GB'")
+}
+
+/// `walden` running `wal-receive` from `pg` over replication slot `slot`;
+/// returns once the slot is active (it streams).
+pub fn start_wal_receive(walden: Walden, pg: &PgCluster, slot: &str) -> Running {
+    let receiver = walden
+        .envs(pg.env())
+        .env("WALG_SLOTNAME", slot)
+        .arg("wal-receive")
+        .spawn();
+    wait_slot_active(pg, slot);
+    receiver
+}
+
+/// Until wal-receive streams from `pg` over replication slot `slot`.
+pub fn wait_slot_active(pg: &PgCluster, slot: &str) {
+    pg.wait_for_sql(
+        &format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}' AND active"),
+        "1",
         Duration::from_secs(60),
     );
 }
