@@ -19,7 +19,9 @@ use crate::harness::tmp::chown_postgres;
 use crate::harness::{PgCluster, TempDir, Walden};
 use crate::store::Store;
 
-const CHECKS: &[(&str, &str)] = &[
+/// What every catch-up test compares between replica and primary: the
+/// rows pgbench changes, an updated table, a dropped one gone.
+const COMMON_CHECKS: &[(&str, &str)] = &[
     (
         "postgres",
         "SELECT sum(abalance)::text || '/' || count(*) FROM pgbench_accounts",
@@ -30,11 +32,15 @@ const CHECKS: &[(&str, &str)] = &[
     ),
     (
         "postgres",
-        "SELECT sum(id)::text || '/' || count(*) FROM new_t",
+        "SELECT count(*) FROM pg_class WHERE relname = 'drop_t'",
     ),
+];
+
+/// This file's own: a new table, a table in another database.
+const CHECKS: &[(&str, &str)] = &[
     (
         "postgres",
-        "SELECT count(*) FROM pg_class WHERE relname = 'drop_t'",
+        "SELECT sum(id)::text || '/' || count(*) FROM new_t",
     ),
     ("db2", "SELECT sum(n)::text FROM t2"),
 ];
@@ -45,8 +51,14 @@ pub(crate) fn psql_in(pg: &PgCluster, db: &str, sql: &str) -> String {
 }
 
 pub(crate) fn rows(pg: &PgCluster) -> Vec<String> {
-    CHECKS
+    rows_with(pg, CHECKS)
+}
+
+/// The answers to the common checks and then to `checks` (database, SQL).
+pub(crate) fn rows_with(pg: &PgCluster, checks: &[(&str, &str)]) -> Vec<String> {
+    COMMON_CHECKS
         .iter()
+        .chain(checks)
         .map(|(db, sql)| psql_in(pg, db, sql))
         .collect()
 }
@@ -65,6 +77,21 @@ pub(crate) fn redo_lsn(data: &Path) -> u64 {
     let lsn = line.rsplit(' ').next().unwrap().trim();
     let (hi, lo) = lsn.split_once('/').unwrap();
     (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
+}
+
+/// Segment switches and checkpoints on `primary` until the segment of
+/// `redo` (a stopped replica's REDO location) is gone from its pg_wal:
+/// what makes a catch-up necessary.
+pub(crate) fn checkpoint_past(primary: &PgCluster, redo: u64) {
+    let needed = segment_of(redo);
+    for _ in 0..3 {
+        primary.psql("SELECT pg_switch_wal()");
+        primary.psql("CHECKPOINT");
+    }
+    assert!(
+        !primary.data_dir().join("pg_wal").join(&needed).exists(),
+        "the primary still has {needed}"
+    );
 }
 
 pub(crate) fn segment_of(lsn: u64) -> String {
@@ -156,17 +183,8 @@ fn catchup_brings_a_stopped_replica_back_to_streaming() {
         "CREATE TABLE t2 AS SELECT g AS n FROM generate_series(1, 1000) g",
     );
     primary.pgbench(&["-n", "-t", "300", "-c", "2"]);
-    // Checkpoints until the WAL from the replica's position is gone:
-    // streaming alone could not bring it back.
-    for _ in 0..3 {
-        primary.psql("SELECT pg_switch_wal()");
-        primary.psql("CHECKPOINT");
-    }
-    let needed = segment_of(from);
-    assert!(
-        !primary.data_dir().join("pg_wal").join(&needed).exists(),
-        "the primary still has {needed}"
-    );
+    // Streaming alone could not bring the replica back.
+    checkpoint_past(&primary, from);
 
     let pushed = store
         .walden()

@@ -7,26 +7,14 @@
 
 use std::fs;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
 
 use crate::catchup::{
-    psql_in, redo_lsn, replica_of, rows, segment_of, wait_replayed, wait_streaming,
+    checkpoint_past, psql_in, redo_lsn, replica_of, rows, wait_replayed, wait_streaming,
 };
-use crate::harness::tmp::{chown_postgres, free_port};
+use crate::harness::scenario::catchup_over_tcp;
+use crate::harness::tmp::chown_postgres;
 use crate::harness::{PgCluster, TempDir, Walden};
 use crate::store::Store;
-
-/// Whether something listens on TCP `port` (from /proc, so that the
-/// probe does not take the receiver's one connection).
-fn listening(port: u16) -> bool {
-    let needle = format!(":{port:04X} ");
-    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|f| {
-        fs::read_to_string(f).unwrap_or_default().lines().any(|l| {
-            let cols: Vec<&str> = l.split_whitespace().collect();
-            cols.len() > 3 && format!("{} ", cols[1]).ends_with(&needle) && cols[3] == "0A"
-        })
-    })
-}
 
 fn program(walg: bool) -> Option<Walden> {
     if !walg {
@@ -70,42 +58,10 @@ fn scenario(walg_sends: bool, walg_receives: bool) {
     );
     psql_in(&primary, "db2", "INSERT INTO t2 SELECT 7");
     primary.pgbench(&["-n", "-t", "100"]);
-    // Checkpoints until the WAL from the replica's position is gone:
-    // streaming alone could not bring it back.
-    let needed = segment_of(redo_lsn(&data));
-    for _ in 0..3 {
-        primary.psql("SELECT pg_switch_wal()");
-        primary.psql("CHECKPOINT");
-    }
-    assert!(
-        !primary.data_dir().join("pg_wal").join(&needed).exists(),
-        "the primary still has {needed}"
-    );
+    // Streaming alone could not bring the replica back.
+    checkpoint_past(&primary, redo_lsn(&data));
 
-    let port = free_port();
-    let rx = receiver
-        .envs(store.env())
-        .arg("catchup-receive")
-        .arg(&data)
-        .arg(port.to_string())
-        .spawn();
-    let start = Instant::now();
-    while !listening(port) {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "catchup-receive does not listen"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let sent = sender
-        .envs(store.env())
-        .envs(primary.env())
-        .arg("catchup-send")
-        .arg(primary.data_dir())
-        .arg(format!("127.0.0.1:{port}"))
-        .timeout(Duration::from_secs(120))
-        .run();
-    let received = rx.wait(Duration::from_secs(60));
+    let (sent, received) = catchup_over_tcp(&primary, &data, sender, receiver, &store.env());
     sent.assert_ok();
     received.assert_ok();
     // Changed relation files went as increments (both implementations log

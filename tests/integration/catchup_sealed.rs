@@ -9,27 +9,21 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant};
 
-use crate::catchup::{psql_in, redo_lsn, segment_of, wait_replayed, wait_streaming};
-use crate::harness::pg::PG_BIN;
-use crate::harness::tmp::{chown_postgres, free_port};
+use crate::catchup::{
+    checkpoint_past, psql_in, redo_lsn, rows_with, wait_replayed, wait_streaming,
+};
+use crate::harness::scenario::{catchup_over_tcp, pg_basebackup, start_standby};
+use crate::harness::tmp::chown_postgres;
 use crate::harness::walden::{walg_bin, Output};
 use crate::harness::{PgCluster, TempDir, Walden};
 use crate::store::Store;
 
 const KEY: &str = "walden-catchup-sealed-test-key-01";
 
+/// This file's own checks beside the common ones: the tablespace's
+/// tables, the new database.
 const CHECKS: &[(&str, &str)] = &[
-    (
-        "postgres",
-        "SELECT sum(abalance)::text || '/' || count(*) FROM pgbench_accounts",
-    ),
-    (
-        "postgres",
-        "SELECT sum(length(v))::text || '/' || count(*) FROM keep_t",
-    ),
     (
         "postgres",
         "SELECT sum(id)::text || '/' || count(*) || '/' || sum(length(v)) FROM ts_t",
@@ -38,30 +32,11 @@ const CHECKS: &[(&str, &str)] = &[
         "postgres",
         "SELECT sum(id)::text || '/' || count(*) FROM ts_new",
     ),
-    (
-        "postgres",
-        "SELECT count(*) FROM pg_class WHERE relname = 'drop_t'",
-    ),
     ("db3", "SELECT sum(n)::text || '/' || count(*) FROM t3"),
 ];
 
 fn rows(pg: &PgCluster) -> Vec<String> {
-    CHECKS
-        .iter()
-        .map(|(db, sql)| psql_in(pg, db, sql))
-        .collect()
-}
-
-/// Whether something listens on TCP `port` (from /proc, so that the
-/// probe does not take the receiver's one connection).
-fn listening(port: u16) -> bool {
-    let needle = format!(":{port:04X} ");
-    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|f| {
-        fs::read_to_string(f).unwrap_or_default().lines().any(|l| {
-            let cols: Vec<&str> = l.split_whitespace().collect();
-            cols.len() > 3 && format!("{} ", cols[1]).ends_with(&needle) && cols[3] == "0A"
-        })
-    })
+    rows_with(pg, CHECKS)
 }
 
 /// One catch-up: `receiver` on `data`, then `sender` from `primary`.
@@ -72,68 +47,11 @@ fn transfer(
     receiver: Walden,
     store: &Store,
 ) -> (Output, Output) {
-    let port = free_port();
-    let rx = receiver
-        .envs(store.env())
-        .arg("catchup-receive")
-        .arg(data)
-        .arg(port.to_string())
-        .spawn();
-    let start = Instant::now();
-    while !listening(port) {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "catchup-receive does not listen"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let sent = sender
-        .envs(store.env())
-        .envs(primary.env())
-        .arg("catchup-send")
-        .arg(primary.data_dir())
-        .arg(format!("127.0.0.1:{port}"))
-        .timeout(Duration::from_secs(120))
-        .run();
-    let received = rx.wait(Duration::from_secs(60));
-    (sent, received)
+    catchup_over_tcp(primary, data, sender, receiver, &store.env())
 }
 
 fn keyed(key: &str) -> Walden {
     Walden::new().env("WALG_LIBSODIUM_KEY", key)
-}
-
-/// A copy of `primary` by pg_basebackup, its tablespace at `ts_to`.
-fn base_backup(primary: &PgCluster, data: &Path, ts: Option<(&Path, &Path)>) {
-    let mut cmd = Command::new(format!("{PG_BIN}/pg_basebackup"));
-    cmd.args(["-h", &primary.socket_dir().display().to_string()])
-        .args(["-p", &primary.port().to_string(), "-U", "postgres"])
-        .args(["-X", "stream", "-c", "fast", "-D"])
-        .arg(data);
-    if let Some((from, to)) = ts {
-        cmd.arg(format!("-T{}={}", from.display(), to.display()));
-    }
-    let out = cmd.output().expect("run pg_basebackup");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn start_standby(primary: &PgCluster, data: PathBuf) -> PgCluster {
-    fs::write(data.join("standby.signal"), "").unwrap();
-    let conninfo = format!(
-        "'host={} port={} user=postgres'",
-        primary.socket_dir().display(),
-        primary.port()
-    );
-    let pg = PgCluster::builder()
-        .conf("primary_conninfo", &conninfo)
-        .conf("hot_standby", "on")
-        .start_restored(data);
-    wait_streaming(&pg);
-    pg
 }
 
 const PAGE: usize = 8192;
@@ -177,7 +95,7 @@ fn sealed_catchup_with_a_tablespace_a_new_database_and_an_invalid_page() {
     );
 
     let data = dir.join("data");
-    base_backup(&primary, &data, Some((&ts_primary, &ts_replica)));
+    pg_basebackup(&primary, &data, &[(&ts_primary, &ts_replica)]);
     chown_postgres(&ts_replica);
     let link = data.join(format!("pg_tblspc/{oid}"));
     assert_eq!(fs::read_link(&link).unwrap(), ts_replica);
@@ -205,15 +123,8 @@ fn sealed_catchup_with_a_tablespace_a_new_database_and_an_invalid_page() {
     let mut bad = vec![0u8; 3 * PAGE];
     bad[PAGE..2 * PAGE].fill(0xAB);
     fs::write(primary.data_dir().join(&junk), &bad).unwrap();
-    let needed = segment_of(redo_lsn(&data));
-    for _ in 0..3 {
-        primary.psql("SELECT pg_switch_wal()");
-        primary.psql("CHECKPOINT");
-    }
-    assert!(
-        !primary.data_dir().join("pg_wal").join(&needed).exists(),
-        "the primary still has {needed}"
-    );
+    // Streaming alone could not bring the replica back.
+    checkpoint_past(&primary, redo_lsn(&data));
     let primary_ts_before: Vec<_> = fs::read_dir(&ts_primary).unwrap().collect();
 
     let (sent, received) = transfer(&primary, &data, keyed(KEY), keyed(KEY), &store);
@@ -270,7 +181,7 @@ fn mismatched_keys_and_a_tablespace_the_replica_lacks_are_refused() {
     let primary = PgCluster::builder().start();
     let dir = TempDir::new("catchup-sealed-refused");
     let data = dir.join("data");
-    base_backup(&primary, &data, None);
+    pg_basebackup(&primary, &data, &[]);
     primary.psql("CREATE TABLE t AS SELECT generate_series(1, 1000) AS n");
     primary.psql("CHECKPOINT");
 

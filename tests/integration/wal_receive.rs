@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use crate::harness::scenario::{
     assert_wal_matches_server, recovering_through_walden, restore_and_compare, standby_of,
-    start_wal_receive, wait_replayed, wait_slot_active, wait_streaming, wal_keeping_cluster,
+    start_wal_receive, stop_wal_receive, wait_replayed, wait_slot_active, wait_streaming,
+    wal_keeping_cluster,
 };
 use crate::harness::TempDir;
 use crate::store::{codec_env, Store};
@@ -85,9 +86,7 @@ fn wal_receive_streams_stores_and_recovers() {
     pg.psql("CREATE TABLE after_last AS SELECT 1 AS x");
     std::thread::sleep(Duration::from_secs(1));
 
-    receiver.signal(libc::SIGTERM);
-    let out = receiver.wait(Duration::from_secs(60));
-    assert_eq!(out.code, 0, "wal-receive: {}", out.stderr);
+    let out = stop_wal_receive(receiver);
     assert!(out.stderr.contains("connection lost"), "{}", out.stderr);
 
     // Every stored segment equals the server's copy, fetched back.
@@ -186,9 +185,7 @@ fn wal_receive_follows_a_promotion_and_a_restart() {
     let expected = standby.psql(BALANCES);
     let last = standby.switch_wal();
     wait_stored(&store, &last, ext);
-    receiver.signal(libc::SIGTERM);
-    let out = receiver.wait(Duration::from_secs(60));
-    assert_eq!(out.code, 0, "wal-receive: {}", out.stderr);
+    let out = stop_wal_receive(receiver);
     assert!(
         out.stderr.contains("following timeline 2"),
         "{}",

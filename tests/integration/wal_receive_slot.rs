@@ -25,11 +25,11 @@ use std::time::Duration;
 use crate::harness::pg::PG_BIN;
 use crate::harness::scenario::{
     assert_wal_matches_server, recovering_through_walden, restore_and_compare, start_wal_receive,
-    wait_slot_active, wal_keeping_cluster,
+    stop_wal_receive, wait_slot_active, wal_keeping_cluster,
 };
 use crate::harness::{TempDir, Walden};
-use crate::wal_receive::wait_stored;
 use crate::store::{codec_env, Store, WAL_SIZE};
+use crate::wal_receive::wait_stored;
 
 const SEG: u64 = WAL_SIZE as u64;
 const SLOT: &str = "walden_poll";
@@ -247,9 +247,7 @@ fn slot_never_passes_storage(store: Store, codec: Vec<(String, String)>, ext: &s
 
     stop.store(true, Ordering::SeqCst);
     let (samples, failures, partials_checked) = polling.join().unwrap();
-    receiver.signal(libc::SIGTERM);
-    let out = receiver.wait(Duration::from_secs(60));
-    assert_eq!(out.code, 0, "wal-receive: {}", out.stderr);
+    let out = stop_wal_receive(receiver);
     assert!(
         out.stderr.contains("stop signal received"),
         "{}",

@@ -345,3 +345,12 @@ pub fn wait_slot_active(pg: &PgCluster, slot: &str) {
         Duration::from_secs(60),
     );
 }
+
+/// SIGTERM to a running wal-receive, as a service manager stops it; it
+/// must exit 0. Its output, for the test's own checks.
+pub fn stop_wal_receive(receiver: Running) -> Output {
+    receiver.signal(libc::SIGTERM);
+    let out = receiver.wait(Duration::from_secs(60));
+    assert_eq!(out.code, 0, "wal-receive: {}", out.stderr);
+    out
+}
