@@ -6,90 +6,11 @@
 //! refused by the server.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
+use crate::harness::certs::{ca, openssl_missing, signed};
 use crate::harness::{Output, PgCluster, TempDir, Walden};
-
-fn openssl(args: &[&str]) {
-    let out = Command::new("openssl").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A self-signed CA `<name>.crt` / `<name>.key` in `dir`.
-fn ca(dir: &Path, name: &str) {
-    let p = |f: &str| dir.join(f).display().to_string();
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        &format!("/CN={name}"),
-        "-keyout",
-        &p(&format!("{name}.key")),
-        "-out",
-        &p(&format!("{name}.crt")),
-    ]);
-}
-
-/// `<name>.crt` for CN `cn`, signed by CA `ca` the documented way (no
-/// extensions: a v1 certificate) unless `ext` names an extension file,
-/// and `<name>.key` (mode 0600).
-fn signed(dir: &Path, ca: &str, name: &str, cn: &str, ext: Option<&Path>) {
-    let p = |f: &str| dir.join(f).display().to_string();
-    openssl(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        &format!("/CN={cn}"),
-        "-keyout",
-        &p(&format!("{name}.key")),
-        "-out",
-        &p(&format!("{name}.csr")),
-    ]);
-    let (csr, ca_crt, ca_key, crt) = (
-        p(&format!("{name}.csr")),
-        p(&format!("{ca}.crt")),
-        p(&format!("{ca}.key")),
-        p(&format!("{name}.crt")),
-    );
-    let mut args = vec![
-        "x509",
-        "-req",
-        "-in",
-        &csr,
-        "-CA",
-        &ca_crt,
-        "-CAkey",
-        &ca_key,
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-out",
-        &crt,
-    ];
-    let ext = ext.map(|e| e.display().to_string());
-    if let Some(e) = &ext {
-        args.extend(["-extfile", e.as_str()]);
-    }
-    openssl(&args);
-    fs::set_permissions(
-        dir.join(format!("{name}.key")),
-        fs::Permissions::from_mode(0o600),
-    )
-    .unwrap();
-}
 
 fn version(cert: &Path) -> String {
     let out = Command::new("openssl")
@@ -107,8 +28,7 @@ fn version(cert: &Path) -> String {
 
 #[test]
 fn a_v1_client_certificate_is_sent_and_accepted() {
-    if Command::new("openssl").arg("version").output().is_err() {
-        eprintln!("skipped: the openssl command is missing, no certificate can be made");
+    if openssl_missing() {
         return;
     }
     let dir = TempDir::new("pg-v1-certs");

@@ -9,7 +9,6 @@
 //! restores one too when `WALDEN_WALG_BIN` names it.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -17,27 +16,20 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::harness::scenario::{
-    archiving_cluster, backup_names, recovering_through_walden, restore_and_compare, restore_spec,
-    tablespace,
+    archiving_cluster, backup_names, fetch_for_postgres, recovering_through_walden, remote_env,
+    restore_and_compare, restore_spec, tablespace,
 };
 use crate::harness::tmp::{chown_postgres, free_port};
-use crate::harness::walden::walden_bin_for_postgres;
-use crate::harness::walg_bin;
+use crate::harness::{certs, walg_bin};
 use crate::harness::{Output, PgCluster, TempDir, Walden};
 use crate::store::Store;
 
-const ROWS: &str = "SELECT sum(abalance)::text || '/' || count(*) || '/' || \
+/// The rows a remote-backup test compares (pgbench's and the notes
+/// table's).
+pub(crate) const ROWS: &str = "SELECT sum(abalance)::text || '/' || count(*) || '/' || \
     (SELECT count(*) || '/' || sum(length(note)) FROM notes) FROM pgbench_accounts";
 
 const BOB_PW: &str = "remote-bob-pw";
-
-/// The cluster's connection settings without PGDATA: a remote backup.
-fn remote_env(pg: &PgCluster) -> Vec<(String, String)> {
-    pg.env()
-        .into_iter()
-        .filter(|(k, _)| k != "PGDATA")
-        .collect()
-}
 
 fn push(store: &Store, env: &[(String, String)], args: &[&str]) -> Output {
     store
@@ -75,9 +67,9 @@ fn members(store: &Store, key: &str) -> Vec<String> {
 }
 
 /// Writes, then the moment PITR is to stop at, then more writes that the
-/// restore must not show; all WAL archived. Returns the rows at the
-/// target and the target time.
-fn writes_and_target(pg: &PgCluster) -> (String, String) {
+/// restore must not show (they change the rows); all WAL archived.
+/// Returns the rows at the target and the target time.
+pub(crate) fn writes_and_target(pg: &PgCluster) -> (String, String) {
     pg.pgbench(&["-n", "-t", "200", "-c", "2"]);
     pg.psql("INSERT INTO notes SELECT g, 'before target' FROM generate_series(1, 10) g");
     let expected = pg.psql(ROWS);
@@ -85,6 +77,11 @@ fn writes_and_target(pg: &PgCluster) -> (String, String) {
     std::thread::sleep(Duration::from_millis(1100));
     pg.pgbench(&["-n", "-t", "200", "-c", "2"]);
     pg.psql("INSERT INTO notes SELECT g, 'after target' FROM generate_series(1, 10) g");
+    let after = pg.psql(ROWS);
+    assert_ne!(
+        after, expected,
+        "the writes after the target changed the rows"
+    );
     let last = pg.switch_wal();
     pg.wait_for_archive(&last, Duration::from_secs(120));
     (expected, target)
@@ -101,19 +98,8 @@ fn restore_at(
     dest: &Path,
     expected: &str,
 ) -> PgCluster {
-    let bin_dir = TempDir::new("remote-bin");
-    bin_dir.chown_postgres();
-    let bin = walden_bin_for_postgres(bin_dir.path());
-    Walden::program(&bin)
-        .envs(store.env())
-        .arg("backup-fetch")
-        .arg(dest)
-        .arg(name)
-        .args(target)
-        .args(extra)
-        .timeout(Duration::from_secs(300))
-        .run()
-        .assert_ok();
+    let args: Vec<&str> = target.iter().chain(extra).copied().collect();
+    let bin_dir = fetch_for_postgres(store.env(), dest, name, &args);
     // A moved tablespace beside DEST is the server's too.
     if let Some(parent) = dest.parent() {
         chown_postgres(parent);
@@ -127,7 +113,9 @@ fn restore_at(
     restored
 }
 
-fn notes_and_bench(pg: &PgCluster, tablespace: Option<&str>) {
+/// pgbench's tables and a notes table (in tablespace `tablespace` if
+/// given): what ROWS reads.
+pub(crate) fn notes_and_bench(pg: &PgCluster, tablespace: Option<&str>) {
     match tablespace {
         Some(ts) => {
             pg.pgbench(&["-i", "-q", "-s", "1", &format!("--tablespace={ts}")]);
@@ -313,97 +301,16 @@ fn remote_backup_push_over_the_socket_with_a_tablespace() {
     }
 }
 
-fn openssl(args: &[&str]) {
-    let out = Command::new("openssl").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA and a server certificate for "localhost" signed by it.
+/// A CA and a server certificate for "localhost" signed by it (a SAN:
+/// webpki verifies only such), and a client certificate for the role
+/// carol (a v3 one: rustls refuses v1 ones).
 fn test_ca(dir: &Path) -> (String, String, String) {
     let p = |f: &str| dir.join(f).display().to_string();
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=walden test CA",
-        "-keyout",
-        &p("ca.key"),
-        "-out",
-        &p("ca.crt"),
-    ]);
-    openssl(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=localhost",
-        "-keyout",
-        &p("server.key"),
-        "-out",
-        &p("server.csr"),
-    ]);
+    certs::ca(dir, "ca");
     fs::write(dir.join("ext.cnf"), "subjectAltName=DNS:localhost\n").unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        &p("server.csr"),
-        "-CA",
-        &p("ca.crt"),
-        "-CAkey",
-        &p("ca.key"),
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        &p("ext.cnf"),
-        "-out",
-        &p("server.crt"),
-    ]);
-    fs::set_permissions(dir.join("server.key"), fs::Permissions::from_mode(0o600)).unwrap();
-    // A client certificate for the role carol, signed by the same CA (a
-    // v3 certificate: rustls refuses v1 ones).
+    certs::signed(dir, "ca", "server", "localhost", Some(&dir.join("ext.cnf")));
     fs::write(dir.join("client.cnf"), "extendedKeyUsage=clientAuth\n").unwrap();
-    openssl(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=carol",
-        "-keyout",
-        &p("carol.key"),
-        "-out",
-        &p("carol.csr"),
-    ]);
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        &p("carol.csr"),
-        "-CA",
-        &p("ca.crt"),
-        "-CAkey",
-        &p("ca.key"),
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        &p("client.cnf"),
-        "-out",
-        &p("carol.crt"),
-    ]);
-    fs::set_permissions(dir.join("carol.key"), fs::Permissions::from_mode(0o600)).unwrap();
+    certs::signed(dir, "ca", "carol", "carol", Some(&dir.join("client.cnf")));
     (p("ca.crt"), p("server.crt"), p("server.key"))
 }
 
@@ -414,8 +321,7 @@ fn test_ca(dir: &Path) -> (String, String, String) {
 /// backup is restored at a time target; the password appears nowhere.
 #[test]
 fn remote_backup_push_over_tcp_with_scram_and_verify_full() {
-    if Command::new("openssl").arg("version").output().is_err() {
-        eprintln!("skipped: the openssl command is missing, no certificate can be made");
+    if certs::openssl_missing() {
         return;
     }
     let certs = TempDir::new("remote-tls");
@@ -605,20 +511,18 @@ fn remote_round_trip(major: u32) {
     let spec_file = dirs.join("spec.json");
     fs::write(&spec_file, restore_spec(&oid, &new_loc, &data)).unwrap();
     dirs.chown_postgres();
-    let bin_dir = TempDir::new("remote-binv");
-    bin_dir.chown_postgres();
-    let bin = walden_bin_for_postgres(bin_dir.path());
-    Walden::program(&bin)
-        .envs(store.env())
-        .arg("backup-fetch")
-        .arg(&data)
-        .arg("LATEST")
-        .args(["--recovery-target-time", &target])
-        .arg("--restore-spec")
-        .arg(&spec_file)
-        .timeout(Duration::from_secs(300))
-        .run()
-        .assert_ok();
+    let spec_arg = spec_file.display().to_string();
+    let _bin_dir = fetch_for_postgres(
+        store.env(),
+        &data,
+        "LATEST",
+        &[
+            "--recovery-target-time",
+            &target,
+            "--restore-spec",
+            &spec_arg,
+        ],
+    );
     chown_postgres(dirs.path());
     let restored = PgCluster::builder()
         .major(major)

@@ -5,37 +5,23 @@
 //! backup-fetch at a time target, PostgreSQL started on the copy and its
 //! rows compared with the rows at the target (later writes must be gone).
 
-use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::walden::walden_bin_for_postgres;
-use crate::harness::{PgCluster, TempDir, Walden};
+use crate::harness::scenario::{
+    archiving_cluster, backup_names, fetch_for_postgres, remote_env, restore_and_compare,
+    standby_of, stored_json, wait_streaming, WAL_FETCH,
+};
+use crate::harness::{PgCluster, TempDir};
+use crate::remote_backup::{notes_and_bench, writes_and_target, ROWS};
 use crate::store::Store;
 
-const ROWS: &str = "SELECT sum(abalance)::text || '/' || count(*) || '/' || \
-    (SELECT count(*) || '/' || sum(length(note)) FROM notes) FROM pgbench_accounts";
-
-/// A server's connection settings without PGDATA: a remote backup.
-fn remote_env(pg: &PgCluster) -> Vec<(String, String)> {
-    pg.env()
-        .into_iter()
-        .filter(|(k, _)| k != "PGDATA")
-        .collect()
-}
-
+/// A primary archiving with walden, with pgbench's tables and notes.
 fn archiving_primary(store: &Store) -> PgCluster {
-    let pg = PgCluster::builder()
-        .conf("archive_mode", "on")
-        .conf("archive_command", "'{walden} wal-push %p'")
-        .env(store.env())
-        .start();
-    pg.pgbench(&["-i", "-q", "-s", "1"]);
-    pg.psql(
-        "CREATE TABLE notes AS SELECT g AS id, md5(g::text) AS note FROM generate_series(1, 5000) g",
-    );
+    let pg = archiving_cluster(store.env()).start();
+    notes_and_bench(&pg, None);
     pg
 }
 
@@ -61,70 +47,33 @@ fn push_under_load(store: &Store, primary: &PgCluster, env: &[(String, String)])
     })
 }
 
-/// Writes, the moment PITR is to stop at, then writes the restore must not
-/// show; all WAL archived. Returns the rows at the target and the target.
-fn writes_and_target(pg: &PgCluster) -> (String, String) {
-    pg.pgbench(&["-n", "-t", "200", "-c", "2"]);
-    pg.psql("INSERT INTO notes SELECT g, 'before target' FROM generate_series(1, 10) g");
-    let expected = pg.psql(ROWS);
-    let target = pg.psql("SELECT clock_timestamp()::text");
-    std::thread::sleep(Duration::from_millis(1100));
-    pg.pgbench(&["-n", "-t", "200", "-c", "2"]);
-    pg.psql("INSERT INTO notes SELECT g, 'after target' FROM generate_series(1, 10) g");
-    let after = pg.psql(ROWS);
-    assert_ne!(
-        after, expected,
-        "the writes after the target changed the rows"
-    );
-    let last = pg.switch_wal();
-    pg.wait_for_archive(&last, Duration::from_secs(120));
-    (expected, target)
-}
-
+/// The one backup in storage.
 fn only_backup(store: &Store) -> String {
-    let out = store.walden().args(["st", "ls", "basebackups_005/"]).run();
-    out.assert_ok();
-    let names: Vec<String> = out
-        .stdout_str()
-        .split_whitespace()
-        .filter_map(|w| w.strip_suffix("_backup_stop_sentinel.json"))
-        .map(str::to_string)
-        .collect();
+    let names = backup_names(store.walden());
     assert_eq!(names.len(), 1, "{names:?}");
     names[0].clone()
 }
 
 fn sentinel(store: &Store, name: &str) -> Value {
-    let out = store
-        .walden()
-        .args(["st", "cat"])
-        .arg(format!("basebackups_005/{name}_backup_stop_sentinel.json"))
-        .run();
-    out.assert_ok();
-    serde_json::from_slice(&out.stdout).unwrap()
+    stored_json(
+        store.walden(),
+        &format!("basebackups_005/{name}_backup_stop_sentinel.json"),
+    )
 }
 
 /// backup-fetch LATEST at `target`, PostgreSQL on the copy (its
 /// restore_command is walden's wal-fetch from `store`): rows are `expected`.
 fn restore_at(store: &Store, target: &str, dest: &Path, expected: &str) {
-    let bin_dir = TempDir::new("remote-more-bin");
-    bin_dir.chown_postgres();
-    let bin = walden_bin_for_postgres(bin_dir.path());
-    Walden::program(&bin)
-        .envs(store.env())
-        .arg("backup-fetch")
-        .arg(dest)
-        .arg("LATEST")
-        .args(["--recovery-target-time", target])
-        .timeout(Duration::from_secs(300))
-        .run()
-        .assert_ok();
+    let bin_dir = fetch_for_postgres(
+        store.env(),
+        dest,
+        "LATEST",
+        &["--recovery-target-time", target],
+    );
     let restored = PgCluster::builder()
         .conf("archive_mode", "off")
-        .env(store.env())
-        .start_restored(dest.to_path_buf());
-    restored.wait_for_promotion(Duration::from_secs(120));
-    assert_eq!(restored.psql(ROWS), expected, "{}", restored.log_tail());
+        .env(store.env());
+    let restored = restore_and_compare(restored, dest.to_path_buf(), ROWS, expected);
     // The server is stopped before its restore_command's binary goes.
     drop(restored);
     drop(bin_dir);
@@ -172,23 +121,12 @@ fn remote_backup_push_from_a_standby() {
     let standby_dir = TempDir::new("remote-standby");
     let standby_data = standby_dir.join("data");
     primary.base_backup(&standby_data);
-    fs::write(standby_data.join("standby.signal"), "").unwrap();
-    let conninfo = format!(
-        "'host={} port={} user=postgres'",
-        primary.socket_dir().display(),
-        primary.port()
-    );
-    let mut standby = PgCluster::builder()
-        .conf("primary_conninfo", &conninfo)
-        .conf("restore_command", "'{walden} wal-fetch %f %p'")
+    let mut standby = standby_of(&primary, &standby_data)
+        .conf("restore_command", WAL_FETCH)
         .conf("archive_mode", "on")
         .env(store.env())
         .start_restored(standby_data.clone());
-    standby.wait_for_sql(
-        "SELECT status FROM pg_stat_wal_receiver",
-        "streaming",
-        Duration::from_secs(60),
-    );
+    wait_streaming(&standby);
 
     push_under_load(&store, &primary, &remote_env(&standby));
     let (expected, target) = writes_and_target(&primary);

@@ -19,7 +19,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::walden::walden_bin_for_postgres;
+use crate::harness::scenario::{
+    archiving_cluster, fetch_for_postgres, pushed_backup_name, remote_env, restore_and_compare,
+};
 use crate::harness::walg_bin;
 use crate::harness::{Output, PgCluster, TempDir, Walden};
 use crate::store::Store;
@@ -33,14 +35,6 @@ fn installed(major: u32) -> bool {
     std::panic::catch_unwind(|| crate::harness::pg::server_bin(major)).is_ok()
 }
 
-/// The cluster's connection settings without PGDATA: a remote backup.
-fn remote_env(pg: &PgCluster) -> Vec<(String, String)> {
-    pg.env()
-        .into_iter()
-        .filter(|(k, _)| k != "PGDATA")
-        .collect()
-}
-
 fn push(store: &Store, env: &[(String, String)], max_steps: &str, args: &[&str]) -> Output {
     store
         .walden()
@@ -52,14 +46,10 @@ fn push(store: &Store, env: &[(String, String)], max_steps: &str, args: &[&str])
         .run()
 }
 
+/// The name of the backup a backup-push that must succeed wrote.
 fn name_of(out: &Output) -> String {
     out.assert_ok();
-    out.stderr
-        .lines()
-        .find_map(|l| l.split("Wrote backup with name ").nth(1))
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("backup name in {}", out.dump()))
-        .to_string()
+    pushed_backup_name(out)
 }
 
 fn json(store: &Store, key: &str) -> Value {
@@ -98,12 +88,9 @@ fn incremented(store: &Store, name: &str) -> Vec<String> {
 }
 
 fn cluster(store: &Store, summarize: &str) -> PgCluster {
-    PgCluster::builder()
+    archiving_cluster(store.env())
         .major(17)
-        .conf("archive_mode", "on")
-        .conf("archive_command", "'{walden} wal-push %p'")
         .conf("summarize_wal", summarize)
-        .env(store.env())
         .start()
 }
 
@@ -138,18 +125,7 @@ fn target(pg: &PgCluster) -> (String, String) {
 /// backup-fetch NAME by walden at `target` (walden's restore_command),
 /// PostgreSQL 17 started on the copy: its rows are `expected`.
 fn restore_by_walden(store: &Store, name: &str, target: &str, dest: &Path, expected: &str) {
-    let bin_dir = TempDir::new("rdelta-bin");
-    bin_dir.chown_postgres();
-    let bin = walden_bin_for_postgres(bin_dir.path());
-    Walden::program(&bin)
-        .envs(store.env())
-        .arg("backup-fetch")
-        .arg(dest)
-        .arg(name)
-        .args(["--recovery-target-time", target])
-        .timeout(Duration::from_secs(300))
-        .run()
-        .assert_ok();
+    let bin_dir = fetch_for_postgres(store.env(), dest, name, &["--recovery-target-time", target]);
     let label = fs::read_to_string(dest.join("backup_label")).unwrap();
     assert!(
         !label.contains("INCREMENTAL"),
@@ -158,10 +134,8 @@ fn restore_by_walden(store: &Store, name: &str, target: &str, dest: &Path, expec
     let restored = PgCluster::builder()
         .major(17)
         .conf("archive_mode", "off")
-        .env(store.env())
-        .start_restored(dest.to_path_buf());
-    restored.wait_for_promotion(Duration::from_secs(120));
-    assert_eq!(restored.psql(ROWS), expected, "{}", restored.log_tail());
+        .env(store.env());
+    let restored = restore_and_compare(restored, dest.to_path_buf(), ROWS, expected);
     drop(restored);
     // Kept until the server is gone: its restore_command is that binary.
     drop(bin_dir);

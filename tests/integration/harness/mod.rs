@@ -7,12 +7,14 @@
 //!   (`PgBuilder::major`), run as `postgres` when root.
 //! - [`Walden`]: runs the built `walden` binary (or another, e.g. WAL-G) with a
 //!   clean environment.
+//! - [`certs`]: a test CA and certificates it signs (openssl).
 //! - [`scenario`]: the setups many tests share (a cluster archiving to
 //!   walden, a restore started and its rows compared, a standby).
 //!
 //! Not every test module uses every item (or re-export), hence the allowances.
 #![allow(dead_code, unused_imports)]
 
+pub mod certs;
 pub mod fake_s3;
 pub mod pg;
 pub mod s3;
