@@ -79,6 +79,15 @@ pub(crate) fn redo_lsn(data: &Path) -> u64 {
     (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
 }
 
+/// A primary that keeps no WAL beyond what it must, so that checkpoints
+/// remove what a stopped replica would need.
+pub(crate) fn wal_dropping_primary() -> PgCluster {
+    PgCluster::builder()
+        .conf("wal_keep_size", "0")
+        .conf("min_wal_size", "'32MB'")
+        .start()
+}
+
 /// Segment switches and checkpoints on `primary` until the segment of
 /// `redo` (a stopped replica's REDO location) is gone from its pg_wal:
 /// what makes a catch-up necessary.
@@ -134,10 +143,7 @@ fn copy_dir(from: &Path, to: &Path) {
 #[test]
 fn catchup_brings_a_stopped_replica_back_to_streaming() {
     let store = Store::s3();
-    let primary = PgCluster::builder()
-        .conf("wal_keep_size", "0")
-        .conf("min_wal_size", "'32MB'")
-        .start();
+    let primary = wal_dropping_primary();
     primary.pgbench_init(3);
     primary.psql(
         "CREATE TABLE keep_t (id int primary key, v text); \

@@ -10,10 +10,11 @@ use std::path::PathBuf;
 
 use crate::catchup::{
     checkpoint_past, psql_in, redo_lsn, replica_of, rows, wait_replayed, wait_streaming,
+    wal_dropping_primary,
 };
 use crate::harness::scenario::catchup_over_tcp;
 use crate::harness::tmp::chown_postgres;
-use crate::harness::{PgCluster, TempDir, Walden};
+use crate::harness::{TempDir, Walden};
 use crate::store::Store;
 
 fn program(walg: bool) -> Option<Walden> {
@@ -31,10 +32,7 @@ fn scenario(walg_sends: bool, walg_receives: bool) {
     };
     let store = Store::fs();
     fs::create_dir_all(store.object_file("")).unwrap();
-    let primary = PgCluster::builder()
-        .conf("wal_keep_size", "0")
-        .conf("min_wal_size", "'32MB'")
-        .start();
+    let primary = wal_dropping_primary();
     primary.pgbench_init(1);
     primary.psql(
         "CREATE TABLE keep_t (id int primary key, v text); \

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use crate::catchup::{
     checkpoint_past, psql_in, redo_lsn, rows_with, wait_replayed, wait_streaming,
+    wal_dropping_primary,
 };
 use crate::harness::scenario::{catchup_over_tcp, pg_basebackup, start_standby};
 use crate::harness::tmp::chown_postgres;
@@ -60,10 +61,7 @@ const PAGE: usize = 8192;
 fn sealed_catchup_with_a_tablespace_a_new_database_and_an_invalid_page() {
     let store = Store::fs();
     fs::create_dir_all(store.object_file("")).unwrap();
-    let primary = PgCluster::builder()
-        .conf("wal_keep_size", "0")
-        .conf("min_wal_size", "'32MB'")
-        .start();
+    let primary = wal_dropping_primary();
     let dir = TempDir::new("catchup-sealed");
     let (ts_primary, ts_replica) = (dir.join("ts-primary"), dir.join("ts-replica"));
     fs::create_dir(&ts_primary).unwrap();

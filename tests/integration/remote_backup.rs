@@ -16,8 +16,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::harness::scenario::{
-    archiving_cluster, backup_names, fetch_for_postgres, recovering_through_walden, remote_env,
-    restore_and_compare, restore_spec, tablespace,
+    archiving_cluster, backup_names, fetch_for_postgres, recovering_to_time, remote_env,
+    restore_and_compare, restore_spec, tablespace, Restored,
 };
 use crate::harness::tmp::{chown_postgres, free_port};
 use crate::harness::{certs, walg_bin};
@@ -90,14 +90,14 @@ pub(crate) fn writes_and_target(pg: &PgCluster) -> (String, String) {
 /// backup-fetch NAME with a time target (PostgreSQL runs the
 /// restore_command it writes, so the binary must be one postgres can
 /// execute), then PostgreSQL on the copy: its rows are `expected`.
-fn restore_at(
+pub(crate) fn restore_at(
     store: &Store,
     name: &str,
     target: &[&str],
     extra: &[&str],
     dest: &Path,
     expected: &str,
-) -> PgCluster {
+) -> Restored {
     let args: Vec<&str> = target.iter().chain(extra).copied().collect();
     let bin_dir = fetch_for_postgres(store.env(), dest, name, &args);
     // A moved tablespace beside DEST is the server's too.
@@ -107,10 +107,10 @@ fn restore_at(
     let restored = PgCluster::builder()
         .conf("archive_mode", "off")
         .env(store.env());
-    let restored = restore_and_compare(restored, dest.to_path_buf(), ROWS, expected);
-    // Kept until the server is gone: its restore_command is that binary.
-    std::mem::forget(bin_dir);
-    restored
+    Restored {
+        pg: restore_and_compare(restored, dest.to_path_buf(), ROWS, expected),
+        bin_dir,
+    }
 }
 
 /// pgbench's tables and a notes table (in tablespace `tablespace` if
@@ -287,17 +287,8 @@ fn remote_backup_push_over_the_socket_with_a_tablespace() {
             .run()
             .assert_ok();
         chown_postgres(&walg_loc);
-        let restored = recovering_through_walden(&dest, store.env())
-            .conf("recovery_target_time", &format!("'{target}'"))
-            .conf("recovery_target_action", "'promote'")
-            .start_restored(dest);
-        restored.wait_for_promotion(Duration::from_secs(120));
-        assert_eq!(
-            restored.psql(ROWS),
-            expected,
-            "restored by WAL-G\n{}",
-            restored.log_tail()
-        );
+        let restored = recovering_to_time(&dest, store.env(), &target);
+        restore_and_compare(restored, dest, ROWS, &expected);
     }
 }
 

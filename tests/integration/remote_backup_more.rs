@@ -5,17 +5,15 @@
 //! backup-fetch at a time target, PostgreSQL started on the copy and its
 //! rows compared with the rows at the target (later writes must be gone).
 
-use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::harness::scenario::{
-    archiving_cluster, backup_names, fetch_for_postgres, remote_env, restore_and_compare,
-    standby_of, stored_json, wait_streaming, WAL_FETCH,
+    archiving_cluster, backup_names, remote_env, standby_of, stored_json, wait_streaming, WAL_FETCH,
 };
 use crate::harness::{PgCluster, TempDir};
-use crate::remote_backup::{notes_and_bench, writes_and_target, ROWS};
+use crate::remote_backup::{notes_and_bench, restore_at, writes_and_target};
 use crate::store::Store;
 
 /// A primary archiving with walden, with pgbench's tables and notes.
@@ -61,24 +59,6 @@ fn sentinel(store: &Store, name: &str) -> Value {
     )
 }
 
-/// backup-fetch LATEST at `target`, PostgreSQL on the copy (its
-/// restore_command is walden's wal-fetch from `store`): rows are `expected`.
-fn restore_at(store: &Store, target: &str, dest: &Path, expected: &str) {
-    let bin_dir = fetch_for_postgres(
-        store.env(),
-        dest,
-        "LATEST",
-        &["--recovery-target-time", target],
-    );
-    let restored = PgCluster::builder()
-        .conf("archive_mode", "off")
-        .env(store.env());
-    let restored = restore_and_compare(restored, dest.to_path_buf(), ROWS, expected);
-    // The server is stopped before its restore_command's binary goes.
-    drop(restored);
-    drop(bin_dir);
-}
-
 /// Remote backup-push into S3, WAL archived into S3 by wal-push, restored
 /// from S3 at a time target.
 #[test]
@@ -106,7 +86,14 @@ fn remote_backup_push_on_s3_restores_at_a_time_target() {
 
     let dirs = TempDir::new("remote-s3-restore");
     dirs.chown_postgres();
-    restore_at(&store, &target, &dirs.join("data"), &expected);
+    restore_at(
+        &store,
+        "LATEST",
+        &["--recovery-target-time", &target],
+        &[],
+        &dirs.join("data"),
+        &expected,
+    );
 }
 
 /// Remote backup-push from a streaming standby while the primary writes:
@@ -155,5 +142,12 @@ fn remote_backup_push_from_a_standby() {
 
     let dirs = TempDir::new("remote-standby-restore");
     dirs.chown_postgres();
-    restore_at(&store, &target, &dirs.join("data"), &expected);
+    restore_at(
+        &store,
+        "LATEST",
+        &["--recovery-target-time", &target],
+        &[],
+        &dirs.join("data"),
+        &expected,
+    );
 }

@@ -20,7 +20,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::harness::scenario::{
-    archiving_cluster, fetch_for_postgres, pushed_backup_name, remote_env, restore_and_compare,
+    archiving_cluster, fetch_for_postgres, pushed_backup_name, recovering_to_time, remote_env,
+    restore_and_compare,
 };
 use crate::harness::walg_bin;
 use crate::harness::{Output, PgCluster, TempDir, Walden};
@@ -235,22 +236,8 @@ fn remote_delta_chain_restores_by_walden_and_walg() {
             .timeout(Duration::from_secs(300))
             .run()
             .assert_ok();
-        fs::write(dest.join("recovery.signal"), "").unwrap();
-        let restored = PgCluster::builder()
-            .major(17)
-            .conf("restore_command", "'{walden} wal-fetch %f %p'")
-            .conf("recovery_target_time", &format!("'{at}'"))
-            .conf("recovery_target_action", "'promote'")
-            .conf("archive_mode", "off")
-            .env(store.env())
-            .start_restored(dest);
-        restored.wait_for_promotion(Duration::from_secs(120));
-        assert_eq!(
-            restored.psql(ROWS),
-            expected,
-            "restored by WAL-G\n{}",
-            restored.log_tail()
-        );
+        let restored = recovering_to_time(&dest, store.env(), &at).major(17);
+        restore_and_compare(restored, dest, ROWS, &expected);
     }
 }
 

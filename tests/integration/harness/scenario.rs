@@ -57,10 +57,30 @@ pub fn restore_and_compare(
     sql: &str,
     expected: &str,
 ) -> PgCluster {
+    // The copy's directory says which restore failed (e.g. `walg`).
+    let shown = data.display().to_string();
     let restored = builder.start_restored(data);
     restored.wait_for_promotion(Duration::from_secs(120));
-    assert_eq!(restored.psql(sql), expected, "{}", restored.log_tail());
+    assert_eq!(
+        restored.psql(sql),
+        expected,
+        "restored at {shown}\n{}",
+        restored.log_tail()
+    );
     restored
+}
+
+/// A copy at `data` to be started that recovers through walden, from the
+/// storage `env` names, to the time `target` and is then promoted.
+pub fn recovering_to_time<I, K, V>(data: &Path, env: I, target: &str) -> PgBuilder
+where
+    I: IntoIterator<Item = (K, V)>,
+    K: Into<String>,
+    V: Into<String>,
+{
+    recovering_through_walden(data, env)
+        .conf("recovery_target_time", &format!("'{target}'"))
+        .conf("recovery_target_action", "'promote'")
 }
 
 /// The backups in storage, oldest first (their names grow with the start
@@ -266,6 +286,21 @@ where
         .run()
         .assert_ok();
     bin_dir
+}
+
+/// A server restored by [`fetch_for_postgres`], with the directory of the
+/// walden binary its restore_command runs: fields drop in order, so the
+/// server stops before that binary goes.
+pub struct Restored {
+    pub pg: PgCluster,
+    pub bin_dir: TempDir,
+}
+
+impl std::ops::Deref for Restored {
+    type Target = PgCluster;
+    fn deref(&self) -> &PgCluster {
+        &self.pg
+    }
 }
 
 /// One catchup over TCP: `receiver` (`catchup-receive`) on `data`, once it
