@@ -14,7 +14,7 @@ use crate::catchup::{
     checkpoint_past, psql_in, redo_lsn, rows_with, wait_replayed, wait_streaming,
     wal_dropping_primary,
 };
-use crate::harness::scenario::{catchup_over_tcp, pg_basebackup, start_standby};
+use crate::harness::scenario::{catchup_over_tcp, pg_basebackup, start_standby, tablespace};
 use crate::harness::tmp::chown_postgres;
 use crate::harness::walden::{walg_bin, Output};
 use crate::harness::{PgCluster, TempDir, Walden};
@@ -62,15 +62,8 @@ fn sealed_catchup_with_a_tablespace_a_new_database_and_an_invalid_page() {
     let store = Store::fs();
     fs::create_dir_all(store.object_file("")).unwrap();
     let primary = wal_dropping_primary();
-    let dir = TempDir::new("catchup-sealed");
-    let (ts_primary, ts_replica) = (dir.join("ts-primary"), dir.join("ts-replica"));
-    fs::create_dir(&ts_primary).unwrap();
-    chown_postgres(dir.path());
-    primary.psql(&format!(
-        "CREATE TABLESPACE ts1 LOCATION '{}'",
-        ts_primary.display()
-    ));
-    let oid = primary.psql("SELECT oid FROM pg_tablespace WHERE spcname = 'ts1'");
+    let (dir, ts_primary, oid) = tablespace(&primary, "catchup-sealed");
+    let ts_replica = dir.join("ts-replica");
     primary.pgbench_init(1);
     primary.psql(
         "CREATE TABLE keep_t (id int primary key, v text); \

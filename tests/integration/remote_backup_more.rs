@@ -5,6 +5,7 @@
 //! backup-fetch at a time target, PostgreSQL started on the copy and its
 //! rows compared with the rows at the target (later writes must be gone).
 
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -59,6 +60,19 @@ fn sentinel(store: &Store, name: &str) -> Value {
     )
 }
 
+/// The newest backup restored at time `target` into `dest`, its rows
+/// compared with `expected`.
+fn restore_latest_at(store: &Store, target: &str, dest: &Path, expected: &str) {
+    restore_at(
+        store,
+        "LATEST",
+        &["--recovery-target-time", target],
+        &[],
+        dest,
+        expected,
+    );
+}
+
 /// Remote backup-push into S3, WAL archived into S3 by wal-push, restored
 /// from S3 at a time target.
 #[test]
@@ -86,14 +100,7 @@ fn remote_backup_push_on_s3_restores_at_a_time_target() {
 
     let dirs = TempDir::new("remote-s3-restore");
     dirs.chown_postgres();
-    restore_at(
-        &store,
-        "LATEST",
-        &["--recovery-target-time", &target],
-        &[],
-        &dirs.join("data"),
-        &expected,
-    );
+    restore_latest_at(&store, &target, &dirs.join("data"), &expected);
 }
 
 /// Remote backup-push from a streaming standby while the primary writes:
@@ -142,12 +149,5 @@ fn remote_backup_push_from_a_standby() {
 
     let dirs = TempDir::new("remote-standby-restore");
     dirs.chown_postgres();
-    restore_at(
-        &store,
-        "LATEST",
-        &["--recovery-target-time", &target],
-        &[],
-        &dirs.join("data"),
-        &expected,
-    );
+    restore_latest_at(&store, &target, &dirs.join("data"), &expected);
 }
