@@ -6,6 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
+use crate::harness::certs::{ca, openssl_missing, signed};
 use crate::harness::tmp::free_port;
 use crate::harness::{Output, PgCluster, TempDir, Walden};
 
@@ -207,18 +208,9 @@ fn pg_info_refused_port_and_host_lists() {
     assert!(line.contains("/nonexistent-dir/.s.PGSQL.5432"), "{line}");
 }
 
-fn have_openssl() -> bool {
-    Command::new("openssl")
-        .arg("version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
 #[test]
 fn pg_info_tls_require_verify_ca_and_verify_full() {
-    if !have_openssl() {
-        eprintln!("skipped: the openssl command is missing, no certificate can be made");
+    if openssl_missing() {
         return;
     }
     let certs = TempDir::new("pgtls");
@@ -298,71 +290,21 @@ fn pg_info_tls_require_verify_ca_and_verify_full() {
 /// verify-full accepts it for that host and refuses it for another.
 #[test]
 fn pg_info_verify_full_reads_a_common_name_without_alt_names() {
-    if !have_openssl() {
-        eprintln!("skipped: the openssl command is missing, no certificate can be made");
+    if openssl_missing() {
         return;
     }
     let certs = TempDir::new("pgtls-cn");
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(certs.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=test CA",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-    ]);
-    openssl(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=localhost",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-    ]);
+    ca(certs.path(), "ca");
     // An extension file makes it v3 (webpki reads only v3) without a SAN.
     std::fs::write(certs.join("v3.ext"), "basicConstraints=CA:FALSE\n").unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "v3.ext",
-        "-out",
-        "server.crt",
-    ]);
+    signed(
+        certs.path(),
+        "ca",
+        "server",
+        "localhost",
+        Some(&certs.join("v3.ext")),
+    );
     let key = certs.join("server.key");
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
     certs.chown_postgres();
     let pg = PgCluster::builder()
         .hba("hostssl all bob 127.0.0.1/32 scram-sha-256")

@@ -10,7 +10,10 @@ use std::process::Command;
 /// Whether the openssl command is missing (then no certificate can be
 /// made): says the test skips.
 pub fn openssl_missing() -> bool {
-    let missing = Command::new("openssl").arg("version").output().is_err();
+    let missing = !Command::new("openssl")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success());
     if missing {
         eprintln!("skipped: the openssl command is missing, no certificate can be made");
     }
