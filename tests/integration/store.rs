@@ -29,7 +29,11 @@ pub fn codec_env(method: &str, encrypted: bool) -> Vec<(String, String)> {
 impl Store {
     pub fn fs() -> Store {
         let dir = TempDir::new("store");
-        // archive_command runs as the postgres user.
+        // archive_command runs as the postgres user, and the prefix is
+        // made here: made by a root command first (a remote backup-push
+        // right after the server starts), it would leave the archiver
+        // unable to create wal_005/, and the backup waiting for WAL.
+        std::fs::create_dir(dir.join("repo")).unwrap();
         dir.chown_postgres();
         Store::Fs { dir }
     }
