@@ -7,7 +7,8 @@
 //! restored by walden with a time target through walden's restore_command
 //! and its rows compared, and by WAL-G 3.0.9 when `WALDEN_WALG_BIN` names
 //! it; the deltas are much smaller than the full. A remote delta on a
-//! LOCAL full backup restores too. Refusals: PostgreSQL 15, summarize_wal
+//! LOCAL full backup restores too, and so does one of a cluster with a
+//! tablespace (its table stored as an increment, the tablespace moved). Refusals: PostgreSQL 15, summarize_wal
 //! off, and a base older than the server's WAL summaries, each explicit
 //! (an error saying what to do) and implicit (`WALG_DELTA_MAX_STEPS`
 //! alone: a full backup and a line saying why). Each PostgreSQL 17 test
@@ -398,4 +399,83 @@ fn remote_delta_bench() {
         stored_bytes(&store, &full),
         stored_bytes(&store, &delta),
     );
+}
+
+/// A remote delta of a cluster with a tablespace: the tablespace's
+/// archive carries INCREMENTAL files too, stored as increments of the
+/// base's `pg_tblspc/<oid>/` files; restored with the tablespace moved
+/// (the original location is the live server's) and its rows compared.
+#[test]
+fn remote_delta_with_a_tablespace() {
+    use crate::harness::scenario::{restore_spec, tablespace};
+    if !installed(17) {
+        eprintln!("PostgreSQL 17 is not installed (scripts/pg-versions.sh): skipping the remote delta test");
+        return;
+    }
+    const SPACED: &str = "SELECT count(*) || '/' || sum(id) || '/' || sum(length(pad)) FROM spaced";
+    let store = Store::fs();
+    let mut pg = cluster(&store, "on");
+    let (_ts_dir, _loc, oid) = tablespace(&pg, "rdelta-ts");
+    pg.psql(
+        "CREATE TABLE spaced (id int PRIMARY KEY, pad text) TABLESPACE ts1; \
+         INSERT INTO spaced SELECT g, repeat('s', 200) FROM generate_series(1, 20000) g",
+    );
+    // Hint bits set now, not by the first scan after the full backup: that
+    // scan would change every page, and a file mostly changed is sent whole.
+    pg.psql("VACUUM (FREEZE) spaced");
+    pg.psql("CHECKPOINT");
+    let env = remote_env(&pg);
+    let full = name_of(&push(&store, &env, "5", &[]));
+
+    pg.psql("UPDATE spaced SET pad = 'changed' WHERE id IN (7, 5000, 12000, 19000)");
+    pg.psql("INSERT INTO spaced SELECT g, 'late' FROM generate_series(20001, 20100) g");
+    let out = push(&store, &env, "5", &[]);
+    let delta = name_of(&out);
+    assert!(
+        out.stderr
+            .contains(&format!("Remote delta backup from {full}")),
+        "{}",
+        out.dump()
+    );
+    let spaced = pg.psql(&format!(
+        "SELECT 'pg_tblspc/{oid}/' || (SELECT regexp_replace(pg_relation_filepath('spaced'), '^pg_tblspc/[0-9]+/', ''))"
+    ));
+    let inc = incremented(&store, &delta);
+    assert!(
+        inc.iter().any(|n| n.trim_start_matches('/') == spaced),
+        "the tablespace's table ({spaced}) is an increment: {inc:?}"
+    );
+
+    std::thread::sleep(Duration::from_millis(1100));
+    let expected = pg.psql(SPACED);
+    let at = pg.psql("SELECT clock_timestamp()::text");
+    std::thread::sleep(Duration::from_millis(1100));
+    pg.psql("DELETE FROM spaced WHERE id % 3 = 0");
+    let last = pg.switch_wal();
+    pg.wait_for_archive(&last, Duration::from_secs(120));
+    pg.stop();
+
+    let dirs = TempDir::new("rdelta-ts-restore");
+    let data = dirs.join("data");
+    let new_loc = dirs.join("ts-new");
+    let spec_file = dirs.join("spec.json");
+    fs::write(&spec_file, restore_spec(&oid, &new_loc, &data)).unwrap();
+    dirs.chown_postgres();
+    let spec_arg = spec_file.display().to_string();
+    let bin_dir = fetch_for_postgres(store.env(), &data, &delta, &["--restore-spec", &spec_arg]);
+    crate::harness::tmp::chown_postgres(&new_loc);
+    let restored = restore_and_compare(
+        recovering_to_time(&data, store.env(), &at).major(17),
+        data.clone(),
+        SPACED,
+        &expected,
+    );
+    assert_eq!(
+        restored
+            .psql("SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'ts1'"),
+        new_loc.display().to_string()
+    );
+    drop(restored);
+    // Kept until the server is gone: its restore_command is that binary.
+    drop(bin_dir);
 }
