@@ -62,7 +62,9 @@ fn tree(root: &Path) -> BTreeMap<String, u64> {
         };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with(".nanio") {
+            // The S3 server's own files: its state, and the body of a PUT
+            // still arriving (or cut by the kill), which no listing shows.
+            if name.starts_with(".nanio") || name.starts_with(".tmp.") {
                 continue;
             }
             let key = format!("{rel}{name}");
