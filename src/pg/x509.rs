@@ -48,9 +48,9 @@ fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     Some((tag, rest.get(..len)?, rest.get(len..)?))
 }
 
-/// `notBefore` and `notAfter` of a DER certificate; `None` if it cannot be
-/// read.
-pub fn validity(der: &[u8]) -> Option<(SystemTime, SystemTime)> {
+/// The TBSCertificate's fields from `serialNumber` on (a v3 certificate's
+/// version skipped); `None` if the DER cannot be read.
+fn tbs_fields(der: &[u8]) -> Option<&[u8]> {
     let (tag, certificate, _) = element(der)?;
     if tag != SEQUENCE {
         return None;
@@ -59,10 +59,16 @@ pub fn validity(der: &[u8]) -> Option<(SystemTime, SystemTime)> {
     if tag != SEQUENCE {
         return None;
     }
-    let mut rest = tbs;
-    if rest.first() == Some(&VERSION_TAG) {
-        rest = element(rest)?.2;
+    if tbs.first() == Some(&VERSION_TAG) {
+        return Some(element(tbs)?.2);
     }
+    Some(tbs)
+}
+
+/// `notBefore` and `notAfter` of a DER certificate; `None` if it cannot be
+/// read.
+pub fn validity(der: &[u8]) -> Option<(SystemTime, SystemTime)> {
+    let mut rest = tbs_fields(der)?;
     // serialNumber, signature, issuer: skipped.
     for _ in 0..3 {
         rest = element(rest)?.2;
@@ -89,18 +95,7 @@ pub struct SubjectNames {
 /// The subject's Common Names and whether there are alternative names;
 /// `None` if the certificate cannot be read.
 pub fn subject_names(der: &[u8]) -> Option<SubjectNames> {
-    let (tag, certificate, _) = element(der)?;
-    if tag != SEQUENCE {
-        return None;
-    }
-    let (tag, tbs, _) = element(certificate)?;
-    if tag != SEQUENCE {
-        return None;
-    }
-    let mut rest = tbs;
-    if rest.first() == Some(&VERSION_TAG) {
-        rest = element(rest)?.2;
-    }
+    let mut rest = tbs_fields(der)?;
     // serialNumber, signature, issuer, validity: skipped.
     for _ in 0..4 {
         rest = element(rest)?.2;

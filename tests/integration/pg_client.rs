@@ -21,6 +21,20 @@ fn pg_info(env: &[(&str, &str)]) -> Output {
         .run()
 }
 
+/// pg-info as bob (SCRAM) at `host`:`port` with `PGSSLMODE=mode`, the
+/// server's certificate checked against `root`.
+fn bob_over_tls(host: &str, port: &str, mode: &str, root: &str) -> Output {
+    pg_info(&[
+        ("PGHOST", host),
+        ("PGPORT", port),
+        ("PGUSER", "bob"),
+        ("PGDATABASE", "postgres"),
+        ("PGPASSWORD", BOB_PW),
+        ("PGSSLMODE", mode),
+        ("PGSSLROOTCERT", root),
+    ])
+}
+
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -248,17 +262,7 @@ fn pg_info_tls_require_verify_ca_and_verify_full() {
     pg.psql(&format!("CREATE ROLE bob LOGIN PASSWORD '{BOB_PW}'"));
     let port = pg.port().to_string();
     let crt = crt.display().to_string();
-    let run = |host: &str, mode: &str| {
-        pg_info(&[
-            ("PGHOST", host),
-            ("PGPORT", &port),
-            ("PGUSER", "bob"),
-            ("PGDATABASE", "postgres"),
-            ("PGPASSWORD", BOB_PW),
-            ("PGSSLMODE", mode),
-            ("PGSSLROOTCERT", &crt),
-        ])
-    };
+    let run = |host: &str, mode: &str| bob_over_tls(host, &port, mode, &crt);
     // SCRAM over TLS, where the server also offers SCRAM-SHA-256-PLUS.
     for (host, mode) in [
         ("127.0.0.1", "require"),
@@ -318,17 +322,7 @@ fn pg_info_verify_full_reads_a_common_name_without_alt_names() {
     pg.psql(&format!("CREATE ROLE bob LOGIN PASSWORD '{BOB_PW}'"));
     let port = pg.port().to_string();
     let ca = certs.join("ca.crt").display().to_string();
-    let run = |host: &str| {
-        pg_info(&[
-            ("PGHOST", host),
-            ("PGPORT", &port),
-            ("PGUSER", "bob"),
-            ("PGDATABASE", "postgres"),
-            ("PGPASSWORD", BOB_PW),
-            ("PGSSLMODE", "verify-full"),
-            ("PGSSLROOTCERT", &ca),
-        ])
-    };
+    let run = |host: &str| bob_over_tls(host, &port, "verify-full", &ca);
     let out = run("localhost");
     out.assert_ok();
     assert!(stdout(&out).contains("tls: on\n"), "{}", out.dump());

@@ -16,8 +16,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::harness::scenario::{
-    archiving_cluster, backup_names, fetch_for_postgres, recovering_to_time, remote_env,
-    restore_and_compare, restore_spec, tablespace, Restored,
+    archiving_cluster, backup_names, fetch_for_postgres, moved_restore, recovering_to_time,
+    remote_env, restore_and_compare, restore_spec, tablespace, MovedRestore, Restored,
 };
 use crate::harness::tmp::{chown_postgres, free_port};
 use crate::harness::{certs, walg_bin};
@@ -250,12 +250,12 @@ fn remote_backup_push_over_the_socket_with_a_tablespace() {
     pg.stop();
 
     // Restored with the tablespace moved (the original is the live one).
-    let dirs = TempDir::new("remote-restore");
-    let data = dirs.join("data");
-    let new_loc = dirs.join("ts-new");
-    let spec_file = dirs.join("spec.json");
-    fs::write(&spec_file, restore_spec(&oid, &new_loc, &data)).unwrap();
-    dirs.chown_postgres();
+    let MovedRestore {
+        dirs,
+        data,
+        new_loc,
+        spec_file,
+    } = moved_restore("remote-restore", &oid);
     let spec_arg = spec_file.display().to_string();
     let restored = restore_at(
         &store,
@@ -496,12 +496,12 @@ fn remote_round_trip(major: u32) {
     assert!(out.stderr.contains(command), "{major}: {}", out.dump());
     let (expected, target) = writes_and_target(&pg);
     pg.stop();
-    let dirs = TempDir::new("remote-restorev");
-    let data = dirs.join("data");
-    let new_loc = dirs.join("ts-new");
-    let spec_file = dirs.join("spec.json");
-    fs::write(&spec_file, restore_spec(&oid, &new_loc, &data)).unwrap();
-    dirs.chown_postgres();
+    let MovedRestore {
+        dirs,
+        data,
+        new_loc: _,
+        spec_file,
+    } = moved_restore("remote-restorev", &oid);
     let spec_arg = spec_file.display().to_string();
     let _bin_dir = fetch_for_postgres(
         store.env(),

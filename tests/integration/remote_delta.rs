@@ -407,7 +407,7 @@ fn remote_delta_bench() {
 /// (the original location is the live server's) and its rows compared.
 #[test]
 fn remote_delta_with_a_tablespace() {
-    use crate::harness::scenario::{restore_spec, tablespace};
+    use crate::harness::scenario::{moved_restore, tablespace, MovedRestore};
     if !installed(17) {
         eprintln!("PostgreSQL 17 is not installed (scripts/pg-versions.sh): skipping the remote delta test");
         return;
@@ -455,12 +455,12 @@ fn remote_delta_with_a_tablespace() {
     pg.wait_for_archive(&last, Duration::from_secs(120));
     pg.stop();
 
-    let dirs = TempDir::new("rdelta-ts-restore");
-    let data = dirs.join("data");
-    let new_loc = dirs.join("ts-new");
-    let spec_file = dirs.join("spec.json");
-    fs::write(&spec_file, restore_spec(&oid, &new_loc, &data)).unwrap();
-    dirs.chown_postgres();
+    let MovedRestore {
+        dirs: _dirs,
+        data,
+        new_loc,
+        spec_file,
+    } = moved_restore("rdelta-ts-restore", &oid);
     let spec_arg = spec_file.display().to_string();
     let bin_dir = fetch_for_postgres(store.env(), &data, &delta, &["--restore-spec", &spec_arg]);
     crate::harness::tmp::chown_postgres(&new_loc);

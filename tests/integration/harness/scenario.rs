@@ -179,6 +179,31 @@ pub fn restore_spec(oid: &str, loc: &Path, base: &Path) -> String {
     )
 }
 
+/// Where a restore that moves tablespace `oid` goes (the original location
+/// is the live server's): the data directory, the tablespace's new place
+/// and the `--restore-spec` file saying so, all in `dirs` (postgres's).
+pub struct MovedRestore {
+    pub dirs: TempDir,
+    pub data: PathBuf,
+    pub new_loc: PathBuf,
+    pub spec_file: PathBuf,
+}
+
+pub fn moved_restore(label: &str, oid: &str) -> MovedRestore {
+    let dirs = TempDir::new(label);
+    let data = dirs.join("data");
+    let new_loc = dirs.join("ts-new");
+    let spec_file = dirs.join("spec.json");
+    fs::write(&spec_file, restore_spec(oid, &new_loc, &data)).unwrap();
+    dirs.chown_postgres();
+    MovedRestore {
+        dirs,
+        data,
+        new_loc,
+        spec_file,
+    }
+}
+
 /// A streaming standby of `primary` in `dir/data`, made by pg_basebackup
 /// (with the WAL it needs).
 pub fn replica_of(primary: &PgCluster, dir: &TempDir) -> PgCluster {
