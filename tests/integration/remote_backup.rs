@@ -16,8 +16,9 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::harness::scenario::{
-    archiving_cluster, backup_names, fetch_for_postgres, moved_restore, recovering_to_time,
-    remote_env, restore_and_compare, restore_spec, tablespace, MovedRestore, Restored,
+    archiving_cluster, assert_tablespace_at, backup_names, fetch_for_postgres, moved_restore,
+    recovering_to_time, remote_env, restore_and_compare, restore_spec, tablespace, MovedRestore,
+    Restored,
 };
 use crate::harness::tmp::{chown_postgres, free_port};
 use crate::harness::{certs, walg_bin};
@@ -265,11 +266,7 @@ fn remote_backup_push_over_the_socket_with_a_tablespace() {
         &data,
         &expected,
     );
-    assert_eq!(
-        restored
-            .psql("SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'ts1'"),
-        new_loc.display().to_string()
-    );
+    assert_tablespace_at(&restored, &new_loc);
     drop(restored);
 
     if let Some(walg) = walg {

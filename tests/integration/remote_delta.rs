@@ -407,7 +407,7 @@ fn remote_delta_bench() {
 /// (the original location is the live server's) and its rows compared.
 #[test]
 fn remote_delta_with_a_tablespace() {
-    use crate::harness::scenario::{moved_restore, tablespace, MovedRestore};
+    use crate::harness::scenario::{assert_tablespace_at, moved_restore, tablespace, MovedRestore};
     if !installed(17) {
         eprintln!("PostgreSQL 17 is not installed (scripts/pg-versions.sh): skipping the remote delta test");
         return;
@@ -470,11 +470,7 @@ fn remote_delta_with_a_tablespace() {
         SPACED,
         &expected,
     );
-    assert_eq!(
-        restored
-            .psql("SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'ts1'"),
-        new_loc.display().to_string()
-    );
+    assert_tablespace_at(&restored, &new_loc);
     drop(restored);
     // Kept until the server is gone: its restore_command is that binary.
     drop(bin_dir);

@@ -155,11 +155,7 @@ fn tablespace_backup_and_restore_spec() {
         .start_restored(data);
     restored.wait_for_promotion(Duration::from_secs(120));
     assert_eq!(restored.psql(ROWS), expected, "{}", restored.log_tail());
-    assert_eq!(
-        restored
-            .psql("SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'ts1'"),
-        new_loc.display().to_string()
-    );
+    crate::harness::scenario::assert_tablespace_at(&restored, &new_loc);
     assert_eq!(
         restored.psql(
             "SELECT count(*) FROM pg_class c JOIN pg_tablespace t ON t.oid = c.reltablespace \

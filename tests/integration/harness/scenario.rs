@@ -204,6 +204,15 @@ pub fn moved_restore(label: &str, oid: &str) -> MovedRestore {
     }
 }
 
+/// Tablespace `ts1` of the restored server `pg` is at `loc` (where a
+/// `--restore-spec` moved it).
+pub fn assert_tablespace_at(pg: &PgCluster, loc: &Path) {
+    assert_eq!(
+        pg.psql("SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'ts1'"),
+        loc.display().to_string()
+    );
+}
+
 /// A streaming standby of `primary` in `dir/data`, made by pg_basebackup
 /// (with the WAL it needs).
 pub fn replica_of(primary: &PgCluster, dir: &TempDir) -> PgCluster {
