@@ -36,6 +36,29 @@ pub struct Delta {
     pub whole_bytes: u64,
 }
 
+/// A member walden keeps in memory (`backup_label`, `pg_control`), refused
+/// when it is larger than `max`: a member that big is not what it is
+/// named.
+fn read_small(
+    entry: &mut impl Read,
+    size: u64,
+    max: u64,
+    member: &str,
+    what: &str,
+) -> Result<Vec<u8>> {
+    if size > max {
+        return Err(Error::Other(format!(
+            "{member} in {what} is {size} bytes, which is too large for one: the server's archive is not as expected"
+        )));
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    entry
+        .take(size)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(format!("reading {what} from the server"), e))?;
+    Ok(bytes)
+}
+
 /// `name` in the base's style: the top-level `backup_label` and
 /// `tablespace_map` never have a leading `/` (WAL-G's local backups).
 pub fn styled(name: Vec<u8>, slash: bool) -> Vec<u8> {
@@ -111,16 +134,7 @@ pub fn archive(
                 d.whole_bytes += size;
             }
             if tablespace.is_none() && raw == b"backup_label" {
-                if size > MAX_LABEL {
-                    return Err(Error::Other(format!(
-                        "backup_label in {what} is {size} bytes, which is not a backup label"
-                    )));
-                }
-                let mut bytes = Vec::with_capacity(size as usize);
-                (&mut entry)
-                    .take(size)
-                    .read_to_end(&mut bytes)
-                    .map_err(failed)?;
+                let bytes = read_small(&mut entry, size, MAX_LABEL, "backup_label", &what)?;
                 let label = incremental::plain_label(&bytes);
                 let mut out = header.clone();
                 out.set_size(label.len() as u64);
@@ -130,16 +144,7 @@ pub fn archive(
             }
         }
         if tablespace.is_none() && raw == b"global/pg_control" {
-            if size > MAX_CONTROL {
-                return Err(Error::Other(format!(
-                    "global/pg_control in {what} is {size} bytes, which is not a control file"
-                )));
-            }
-            let mut bytes = Vec::with_capacity(size as usize);
-            (&mut entry)
-                .take(size)
-                .read_to_end(&mut bytes)
-                .map_err(failed)?;
+            let bytes = read_small(&mut entry, size, MAX_CONTROL, "global/pg_control", &what)?;
             builder.add_streamed(&header, &name, &mut &bytes[..], mtime)?;
             *control = Some(Control { header, bytes });
         } else {
