@@ -8,7 +8,8 @@
 //! and its rows compared, and by WAL-G 3.0.9 when `WALDEN_WALG_BIN` names
 //! it; the deltas are much smaller than the full. A remote delta on a
 //! LOCAL full backup restores too, and so does one of a cluster with a
-//! tablespace (its table stored as an increment, the tablespace moved). Refusals: PostgreSQL 15, summarize_wal
+//! tablespace (its table stored as an increment, the tablespace moved), and
+//! deltas taken from a streaming standby. Refusals: PostgreSQL 15, summarize_wal
 //! off, and a base older than the server's WAL summaries, each explicit
 //! (an error saying what to do) and implicit (`WALG_DELTA_MAX_STEPS`
 //! alone: a full backup and a line saying why). Each PostgreSQL 17 test
@@ -474,4 +475,92 @@ fn remote_delta_with_a_tablespace() {
     drop(restored);
     // Kept until the server is gone: its restore_command is that binary.
     drop(bin_dir);
+}
+
+/// Remote deltas taken from a streaming PostgreSQL 17 standby with its own
+/// WAL summarizer: the first on a full backup of the primary, the second
+/// on the first. The standby is a walden restore of that full, so its
+/// summaries begin at the full's start. Restored at a time target, rows
+/// compared.
+#[test]
+fn remote_delta_from_a_standby() {
+    use crate::harness::scenario::{standby_of, wait_replayed, wait_streaming, WAL_FETCH};
+    if !installed(17) {
+        eprintln!("PostgreSQL 17 is not installed (scripts/pg-versions.sh): skipping the remote delta test");
+        return;
+    }
+    let store = Store::fs();
+    let mut primary = cluster(&store, "on");
+    tables(&primary);
+    let full = name_of(&push(&store, &remote_env(&primary), "5", &[]));
+
+    let standby_dir = TempDir::new("rdelta-standby");
+    let standby_data = standby_dir.join("data");
+    store
+        .walden()
+        .arg("backup-fetch")
+        .arg(&standby_data)
+        .arg(&full)
+        .timeout(Duration::from_secs(300))
+        .run()
+        .assert_ok();
+    let mut standby = standby_of(&primary, &standby_data)
+        .major(17)
+        .conf("summarize_wal", "on")
+        .conf("hot_standby", "on")
+        .conf("restore_command", WAL_FETCH)
+        .env(store.env())
+        .start_restored(standby_data.clone());
+    wait_streaming(&standby);
+    let standby_env = remote_env(&standby);
+
+    // Each delta after a checkpoint the standby has replayed: a standby's
+    // backup starts at its last restartpoint.
+    let mut deltas = Vec::new();
+    for (round, fresh_rows) in [(1, 500), (2, 700)] {
+        primary.pgbench(&["-n", "-t", "300", "-c", "2"]);
+        primary.psql(&format!(
+            "INSERT INTO fresh SELECT g FROM generate_series(1, {fresh_rows}) g"
+        ));
+        primary.psql("CHECKPOINT");
+        wait_replayed(&primary, &standby);
+        let out = push(&store, &standby_env, "5", &[]);
+        let delta = name_of(&out);
+        let base = deltas.last().unwrap_or(&full);
+        assert!(
+            out.stderr
+                .contains(&format!("Remote delta backup from {base}")),
+            "round {round}: {}",
+            out.dump()
+        );
+        deltas.push(delta);
+    }
+    let last = deltas.last().unwrap().clone();
+    let sent = sentinel(&store, &last);
+    assert_eq!(sent["DeltaFrom"], deltas[0].as_str());
+    assert_eq!(sent["DeltaFullName"], full.as_str());
+    assert_eq!(
+        sent["DataDir"],
+        standby_data.canonicalize().unwrap().display().to_string(),
+        "the standby was backed up: {sent}"
+    );
+    let accounts = primary.psql(
+        "SELECT 'base/' || (SELECT oid FROM pg_database WHERE datname = current_database()) || '/' \
+         || pg_relation_filenode('pgbench_accounts')",
+    );
+    let inc = incremented(&store, &last);
+    assert!(
+        inc.iter().any(|n| n.trim_start_matches('/') == accounts),
+        "pgbench_accounts ({accounts}) is an increment: {inc:?}"
+    );
+    assert_eq!(standby.psql("SELECT pg_is_in_recovery()"), "t");
+
+    std::thread::sleep(Duration::from_millis(1100));
+    let (expected, at) = target(&primary);
+    after_target(&primary);
+    standby.stop();
+    primary.stop();
+    let dirs = TempDir::new("rdelta-standby-restore");
+    dirs.chown_postgres();
+    restore_by_walden(&store, &last, &at, &dirs.join("data"), &expected);
 }
