@@ -18,6 +18,7 @@ pub mod replication;
 mod row;
 mod tls;
 mod transport;
+mod v1_certs;
 mod x509;
 
 pub use client::Client;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
-use rustls::crypto::CryptoProvider;
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
@@ -20,7 +20,8 @@ use rustls::{
 use super::error::PgError;
 use super::params::{ConnParams, SslMode};
 use super::transport::Stream;
-use super::x509::{self, DateProblem};
+use super::v1_certs;
+use super::x509;
 
 /// Runs the TLS handshake over `tcp` (after the server said 'S' to our
 /// SSLRequest) and returns the encrypted stream.
@@ -78,6 +79,7 @@ fn client_config(params: &ConnParams) -> Result<ClientConfig, String> {
                 .map_err(|e| format!("the CA certificates in {} cannot be used: {e}", path.display()))?;
             Arc::new(CaVerifier {
                 webpki,
+                algorithms: provider.signature_verification_algorithms,
                 pinned: certs,
                 check_name: params.ssl_mode == SslMode::VerifyFull,
             })
@@ -183,7 +185,7 @@ impl ServerCertVerifier for NoVerify {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
+        tls12_signature(
             message,
             cert,
             dss,
@@ -197,7 +199,7 @@ impl ServerCertVerifier for NoVerify {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
+        tls13_signature(
             message,
             cert,
             dss,
@@ -214,10 +216,12 @@ impl ServerCertVerifier for NoVerify {
 /// name must match. A server certificate that is itself in the file is
 /// trusted as is, within its validity dates: PostgreSQL's documented
 /// self-signed setup uses one certificate (with CA:TRUE) as both, which
-/// webpki alone refuses.
+/// webpki alone refuses. A v1 server certificate, which webpki cannot
+/// read, has its chain followed by [`v1_certs`].
 #[derive(Debug)]
 struct CaVerifier {
     webpki: Arc<WebPkiServerVerifier>,
+    algorithms: WebPkiSupportedAlgorithms,
     pinned: Vec<CertificateDer<'static>>,
     check_name: bool,
 }
@@ -231,21 +235,50 @@ impl ServerCertVerifier for CaVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        let now_time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(now.as_secs());
+        let v1 = v1_certs::is_v1(end_entity);
         if self
             .pinned
             .iter()
             .any(|c| c.as_ref() == end_entity.as_ref())
         {
             // Trusted as is, but only within its dates, as libpq checks.
-            let now_time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(now.as_secs());
-            if let Err(problem) = x509::check_dates(end_entity.as_ref(), now_time) {
-                return Err(rustls::Error::InvalidCertificate(match problem {
-                    DateProblem::NotValidYet => CertificateError::NotValidYet,
-                    DateProblem::Expired => CertificateError::Expired,
-                    DateProblem::Unreadable => CertificateError::BadEncoding,
-                }));
-            }
-            if self.check_name {
+            v1_certs::check_dates(end_entity, now_time)?;
+        } else if v1 {
+            v1_certs::verify_chain(
+                end_entity,
+                intermediates,
+                &self.pinned,
+                &self.algorithms,
+                now_time,
+            )?;
+        } else {
+            // webpki checks the chain before the name, so a name error
+            // means the chain was good: enough for verify-ca, and for
+            // verify-full when the Common Name matches where libpq reads it.
+            return match self.webpki.verify_server_cert(
+                end_entity,
+                intermediates,
+                server_name,
+                ocsp_response,
+                now,
+            ) {
+                Err(rustls::Error::InvalidCertificate(
+                    CertificateError::NotValidForName
+                    | CertificateError::NotValidForNameContext { .. },
+                )) if !self.check_name || common_name_matches(end_entity, server_name) => {
+                    Ok(ServerCertVerified::assertion())
+                }
+                other => other,
+            };
+        }
+        if self.check_name {
+            // A v1 certificate has no extensions: only its Common Name.
+            if v1 {
+                if !common_name_matches(end_entity, server_name) {
+                    return Err(CertificateError::NotValidForName.into());
+                }
+            } else {
                 let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
                 if let Err(e) = rustls::client::verify_server_name(&parsed, server_name) {
                     if !common_name_matches(end_entity, server_name) {
@@ -253,25 +286,8 @@ impl ServerCertVerifier for CaVerifier {
                     }
                 }
             }
-            return Ok(ServerCertVerified::assertion());
         }
-        // webpki checks the chain before the name, so a name error means
-        // the chain was good: enough for verify-ca, and for verify-full
-        // when the Common Name matches where libpq reads it.
-        match self.webpki.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        ) {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) if !self.check_name || common_name_matches(end_entity, server_name) => {
-                Ok(ServerCertVerified::assertion())
-            }
-            other => other,
-        }
+        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -280,7 +296,7 @@ impl ServerCertVerifier for CaVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls12_signature(message, cert, dss)
+        tls12_signature(message, cert, dss, &self.algorithms)
     }
 
     fn verify_tls13_signature(
@@ -289,12 +305,38 @@ impl ServerCertVerifier for CaVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls13_signature(message, cert, dss)
+        tls13_signature(message, cert, dss, &self.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.webpki.supported_verify_schemes()
+        self.algorithms.supported_schemes()
     }
+}
+
+/// The server's TLS 1.2 handshake signature, by its certificate's key.
+fn tls12_signature(
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+    algorithms: &WebPkiSupportedAlgorithms,
+) -> Result<HandshakeSignatureValid, rustls::Error> {
+    if v1_certs::is_v1(cert) {
+        return v1_certs::verify_tls12_signature(message, cert, dss, algorithms);
+    }
+    rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
+}
+
+/// The server's TLS 1.3 handshake signature, by its certificate's key.
+fn tls13_signature(
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+    algorithms: &WebPkiSupportedAlgorithms,
+) -> Result<HandshakeSignatureValid, rustls::Error> {
+    if v1_certs::is_v1(cert) {
+        return v1_certs::verify_tls13_signature(message, cert, dss, algorithms);
+    }
+    rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
 }
 
 /// libpq's `verify-full` for a certificate without a DNS or IP

@@ -4,7 +4,10 @@
 //! `PGSSLROOTCERT` is trusted as is, as rustls refuses a CA certificate as
 //! a server's own, and its dates must still be checked), and the subject's
 //! Common Name (libpq matches the host against it when the certificate
-//! has no DNS or IP subjectAltName; rustls reads only subjectAltName).
+//! has no DNS or IP subjectAltName; rustls reads only subjectAltName),
+//! and the parts an X.509 v1 certificate's signature check needs (webpki
+//! reads only v3, and OpenSSL 3.0's `openssl x509 -req`, PostgreSQL's
+//! documented recipe, makes v1 certificates).
 
 use std::time::SystemTime;
 
@@ -16,6 +19,8 @@ const VERSION_TAG: u8 = 0xA0;
 /// `[3] EXPLICIT Extensions` at the end of a v3 TBSCertificate.
 const EXTENSIONS_TAG: u8 = 0xA3;
 const BOOLEAN: u8 = 0x01;
+const INTEGER: u8 = 0x02;
+const BIT_STRING: u8 = 0x03;
 const OCTET_STRING: u8 = 0x04;
 const OID: u8 = 0x06;
 const UTF8_STRING: u8 = 0x0C;
@@ -29,6 +34,9 @@ const IP_ADDRESS: u8 = 0x87;
 /// 2.5.4.3 and 2.5.29.17.
 const OID_COMMON_NAME: &[u8] = &[0x55, 0x04, 0x03];
 const OID_SUBJECT_ALT_NAME: &[u8] = &[0x55, 0x1D, 0x11];
+/// 2.5.29.19 and 2.5.29.15.
+const OID_BASIC_CONSTRAINTS: &[u8] = &[0x55, 0x1D, 0x13];
+const OID_KEY_USAGE: &[u8] = &[0x55, 0x1D, 0x0F];
 
 /// One DER element: its tag, its content and what follows it.
 fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
@@ -46,6 +54,179 @@ fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
         (len, rest)
     };
     Some((tag, rest.get(..len)?, rest.get(len..)?))
+}
+
+/// A DER element's tag, content, whole encoding (header included) and
+/// what follows it.
+type WholeElement<'a> = (u8, &'a [u8], &'a [u8], &'a [u8]);
+
+/// One DER element as [`element`] reads it, and its whole encoding.
+fn element_whole(input: &[u8]) -> Option<WholeElement<'_>> {
+    let (tag, content, rest) = element(input)?;
+    let whole = input.get(..input.len() - rest.len())?;
+    Some((tag, content, whole, rest))
+}
+
+/// A certificate's parts that a signature check and a path to a CA read.
+#[derive(Debug)]
+pub struct Parsed<'a> {
+    /// 0 for v1, 2 for v3.
+    pub version: u64,
+    /// The TBSCertificate element, header included: what the issuer signed.
+    pub tbs: &'a [u8],
+    /// The AlgorithmIdentifier's content (no SEQUENCE header), as
+    /// rustls's algorithm ids hold it.
+    pub signature_algorithm: &'a [u8],
+    /// The signature's bytes.
+    pub signature: &'a [u8],
+    /// The issuer's and the subject's Name elements, compared byte for byte.
+    pub issuer: &'a [u8],
+    pub subject: &'a [u8],
+    /// The SubjectPublicKeyInfo element, and its AlgorithmIdentifier's
+    /// content and key bytes.
+    pub spki: &'a [u8],
+    pub key_algorithm: &'a [u8],
+    pub public_key: &'a [u8],
+    /// The Extension elements one after another (empty when none).
+    pub extensions: &'a [u8],
+}
+
+/// The parts of a DER certificate; `None` if it cannot be read or its
+/// two signature algorithm fields differ.
+pub fn parse(der: &[u8]) -> Option<Parsed<'_>> {
+    let (tag, certificate, rest) = element(der)?;
+    if tag != SEQUENCE || !rest.is_empty() {
+        return None;
+    }
+    let (tag, mut tbs_content, tbs, rest) = element_whole(certificate)?;
+    if tag != SEQUENCE {
+        return None;
+    }
+    let (tag, signature_algorithm, rest) = element(rest)?;
+    let (bits_tag, bits, rest) = element(rest)?;
+    if tag != SEQUENCE || bits_tag != BIT_STRING || !rest.is_empty() {
+        return None;
+    }
+    // No unused bits: a signature is whole bytes.
+    let signature = bits.strip_prefix(&[0])?;
+
+    let mut version = 0;
+    if tbs_content.first() == Some(&VERSION_TAG) {
+        let (_, explicit, rest) = element(tbs_content)?;
+        version = small_integer(explicit)?;
+        tbs_content = rest;
+    }
+    let (_, _serial, rest) = element(tbs_content)?;
+    let (tag, inner_algorithm, rest) = element(rest)?;
+    if tag != SEQUENCE || inner_algorithm != signature_algorithm {
+        return None;
+    }
+    let (_, _, issuer, rest) = element_whole(rest)?;
+    let (_, _validity, rest) = element(rest)?;
+    let (_, _, subject, rest) = element_whole(rest)?;
+    let (tag, spki_content, spki, mut rest) = element_whole(rest)?;
+    if tag != SEQUENCE {
+        return None;
+    }
+    let (tag, key_algorithm, spki_rest) = element(spki_content)?;
+    let (bits_tag, key_bits, _) = element(spki_rest)?;
+    if tag != SEQUENCE || bits_tag != BIT_STRING {
+        return None;
+    }
+    let mut extensions: &[u8] = &[];
+    while !rest.is_empty() {
+        let (tag, content, after) = element(rest)?;
+        if tag == EXTENSIONS_TAG {
+            let (tag, list, _) = element(content)?;
+            if tag != SEQUENCE {
+                return None;
+            }
+            extensions = list;
+        }
+        rest = after;
+    }
+    Some(Parsed {
+        version,
+        tbs,
+        signature_algorithm,
+        signature,
+        issuer,
+        subject,
+        spki,
+        key_algorithm,
+        public_key: key_bits.strip_prefix(&[0])?,
+        extensions,
+    })
+}
+
+/// A one-element INTEGER of at most 8 bytes, non-negative.
+fn small_integer(der: &[u8]) -> Option<u64> {
+    let (tag, bytes, _) = element(der)?;
+    if tag != INTEGER || bytes.len() > 8 || bytes.first().is_none_or(|b| b & 0x80 != 0) {
+        return None;
+    }
+    Some(bytes.iter().fold(0u64, |n, &b| (n << 8) | u64::from(b)))
+}
+
+/// What a certificate's extensions allow it as an issuer.
+#[derive(Debug, Default, PartialEq)]
+pub struct IssuerRights {
+    /// basicConstraints `cA` is true.
+    pub ca: bool,
+    /// basicConstraints `pathLenConstraint`.
+    pub path_len: Option<u64>,
+    /// keyUsage is absent or has keyCertSign.
+    pub signs_certificates: bool,
+    /// A critical extension other than those two: not understood here,
+    /// so the certificate must not be used.
+    pub unknown_critical: bool,
+}
+
+/// The issuer rights that `extensions` (from [`Parsed`]) grant; `None` if
+/// they cannot be read.
+pub fn issuer_rights(mut extensions: &[u8]) -> Option<IssuerRights> {
+    let mut rights = IssuerRights {
+        signs_certificates: true,
+        ..IssuerRights::default()
+    };
+    while !extensions.is_empty() {
+        let (_, extension, after) = element(extensions)?;
+        let (tag, oid, rest) = element(extension)?;
+        let (mut tag_v, mut value, after_v) = element(rest)?;
+        let mut critical = false;
+        if tag_v == BOOLEAN {
+            critical = value == [0xFF];
+            (tag_v, value, _) = element(after_v)?;
+        }
+        if tag != OID || tag_v != OCTET_STRING {
+            return None;
+        }
+        if oid == OID_BASIC_CONSTRAINTS {
+            let (tag, mut fields, _) = element(value)?;
+            if tag != SEQUENCE {
+                return None;
+            }
+            if fields.first() == Some(&BOOLEAN) {
+                let (_, ca, rest) = element(fields)?;
+                rights.ca = ca == [0xFF];
+                fields = rest;
+            }
+            if !fields.is_empty() {
+                rights.path_len = Some(small_integer(fields)?);
+            }
+        } else if oid == OID_KEY_USAGE {
+            let (tag, bits, _) = element(value)?;
+            if tag != BIT_STRING {
+                return None;
+            }
+            // keyCertSign is bit 5, counted from the first byte's top bit.
+            rights.signs_certificates = bits.get(1).is_some_and(|b| b & 0x04 != 0);
+        } else if critical {
+            rights.unknown_critical = true;
+        }
+        extensions = after;
+    }
+    Some(rights)
 }
 
 /// The TBSCertificate's fields from `serialNumber` on (a v3 certificate's

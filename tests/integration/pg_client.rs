@@ -332,3 +332,88 @@ fn pg_info_verify_full_reads_a_common_name_without_alt_names() {
         "{line}"
     );
 }
+
+/// X.509 v1 server certificates, as PostgreSQL's documented recipe makes
+/// them with OpenSSL 3.0 (`openssl x509 -req` without an extension file):
+/// signed by the CA directly, and by an intermediate the server sends
+/// after its certificate. Every mode connects, verify-full by the Common
+/// Name; another CA's root and another host name are refused.
+#[test]
+fn pg_info_v1_server_certificates_signed_by_a_ca_and_an_intermediate() {
+    if openssl_missing() {
+        return;
+    }
+    let certs = TempDir::new("pgtls-v1");
+    ca(certs.path(), "ca");
+    ca(certs.path(), "other_ca");
+    std::fs::write(
+        certs.join("ca.ext"),
+        "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n",
+    )
+    .unwrap();
+    signed(
+        certs.path(),
+        "ca",
+        "inter",
+        "intermediate",
+        Some(&certs.join("ca.ext")),
+    );
+    signed(certs.path(), "ca", "direct", "localhost", None);
+    signed(certs.path(), "inter", "chained", "localhost", None);
+    let read = |name: &str| std::fs::read(certs.join(name)).unwrap();
+    // The server sends its certificate, then the intermediate.
+    std::fs::write(
+        certs.join("chained-bundle.crt"),
+        [read("chained.crt"), read("inter.crt")].concat(),
+    )
+    .unwrap();
+    let text = Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in"])
+        .arg(certs.join("direct.crt"))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains("Version: 1 (0x0)"),
+        "the test needs a v1 server certificate"
+    );
+    certs.chown_postgres();
+    let ca_file = certs.join("ca.crt").display().to_string();
+    let other_ca = certs.join("other_ca.crt").display().to_string();
+    for (crt, key) in [
+        ("direct.crt", "direct.key"),
+        ("chained-bundle.crt", "chained.key"),
+    ] {
+        let pg = PgCluster::builder()
+            .hba("hostssl all bob 127.0.0.1/32 scram-sha-256")
+            .conf("ssl", "on")
+            .conf("ssl_cert_file", &format!("'{}'", certs.join(crt).display()))
+            .conf("ssl_key_file", &format!("'{}'", certs.join(key).display()))
+            .start();
+        pg.psql(&format!("CREATE ROLE bob LOGIN PASSWORD '{BOB_PW}'"));
+        let port = pg.port().to_string();
+        let run = |host: &str, mode: &str, root: &str| bob_over_tls(host, &port, mode, root);
+        for (host, mode) in [
+            ("127.0.0.1", "require"),
+            ("127.0.0.1", "verify-ca"),
+            ("localhost", "verify-full"),
+        ] {
+            let out = run(host, mode, &ca_file);
+            out.assert_ok();
+            assert!(
+                stdout(&out).contains("tls: on\n"),
+                "{crt} {mode}: {}",
+                out.dump()
+            );
+        }
+        let line = assert_one_line_failure(&run("127.0.0.1", "verify-full", &ca_file), BOB_PW);
+        assert!(
+            line.contains("not valid for name") || line.contains("NotValidForName"),
+            "{crt}: {line}"
+        );
+        let line = assert_one_line_failure(&run("localhost", "verify-ca", &other_ca), BOB_PW);
+        assert!(
+            line.contains("UnknownIssuer") || line.contains("unknown issuer"),
+            "{crt}: {line}"
+        );
+    }
+}
