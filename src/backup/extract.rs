@@ -37,22 +37,29 @@ pub fn safe_relative(name: &[u8]) -> std::result::Result<PathBuf, &'static str> 
 
 /// Whether a symlink at `rel` (relative to DEST) with target `target`
 /// stays inside DEST, judged on the names alone: an absolute target, or
-/// one whose `..` climb above DEST, is refused.
+/// one whose `..` climb above DEST, is refused. So is a `..` after a
+/// name: that name may be a symlink (made by the same backup, or a
+/// tablespace's link), and climbing out of it leaves where the names say.
+/// Leading `..`s climb from the link's own directory, which is a real one.
 pub fn link_stays_inside(rel: &Path, target: &[u8]) -> bool {
     if target.starts_with(b"/") || target.is_empty() {
         return false;
     }
     let mut depth = rel.parent().map_or(0, |p| p.components().count()) as i64;
+    let mut descended = false;
     for part in target.split(|&b| b == b'/') {
         match part {
             b"" | b"." => {}
             b".." => {
                 depth -= 1;
-                if depth < 0 {
+                if depth < 0 || descended {
                     return false;
                 }
             }
-            _ => depth += 1,
+            _ => {
+                depth += 1;
+                descended = true;
+            }
         }
     }
     true
@@ -510,6 +517,19 @@ mod tests {
         assert!(!link_stays_inside(Path::new("a/b"), b"../../c"));
         assert!(!link_stays_inside(Path::new("a"), b"/etc/passwd"));
         assert!(!link_stays_inside(Path::new("a"), b""));
+        // Through a name that may be a link: `a/b/up -> ..` makes
+        // a/b/up/../../../x leave DEST though its names do not.
+        assert!(link_stays_inside(Path::new("a/b/up"), b".."));
+        assert!(!link_stays_inside(
+            Path::new("pg_wal"),
+            b"a/b/up/../../../x"
+        ));
+        assert!(!link_stays_inside(
+            Path::new("pg_wal"),
+            b"pg_tblspc/16384/../../outside"
+        ));
+        assert!(!link_stays_inside(Path::new("a/b"), b"../c/../d"));
+        assert!(link_stays_inside(Path::new("a/b/c"), b"../../d/e"));
     }
 
     fn tar_with(entries: &[(&str, tar::EntryType, &[u8], &str)]) -> Vec<u8> {

@@ -244,11 +244,22 @@ impl<'de> Visitor<'de> for TopSeed<'_, '_> {
         f.write_str("a files_metadata.json object")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let (mut files_seen, mut tars_seen) = (false, false);
         while let Some(key) = map.next_key::<String>()? {
+            // A second list would leave the tar sets' indices pointing
+            // into the first: refused, as json/v2 refuses duplicate names.
+            let once = |seen: &mut bool| {
+                if std::mem::replace(seen, true) {
+                    return Err(de::Error::custom(format!("the key {key:?} appears twice")));
+                }
+                Ok(())
+            };
             if is_key(&key, "Files") {
+                once(&mut files_seen)?;
                 map.next_value_seed(Nullable(FilesSeed(self.0)))?;
                 self.0.sort_files();
             } else if is_key(&key, "TarFileSets") {
+                once(&mut tars_seen)?;
                 self.0.tars = Some(Vec::new());
                 map.next_value_seed(Nullable(TarsSeed(self.0)))?;
             } else {
@@ -474,6 +485,18 @@ mod tests {
             .collect();
         assert_eq!(names, [&b"/b"[..], b"/a"]);
         assert_eq!(m.files.flags(b"/a"), Some(SKIPPED));
+    }
+
+    #[test]
+    fn a_list_given_twice_is_refused() {
+        // Go matches keys ignoring case: "files" is "Files" again.
+        let text =
+            r#"{"Files":{"/a":{},"/b":{},"/c":{}},"TarFileSets":{"p1":["/c"]},"files":{"/a":{}}}"#;
+        let e = read(text.as_bytes(), &|_| true).err().unwrap();
+        assert!(e.contains("\"files\" appears twice"), "{e}");
+        let text = r#"{"TarFileSets":{"p1":["/c"]},"Files":{"/c":{}},"tarFileSets":{"p2":["/c"]}}"#;
+        let e = read(text.as_bytes(), &|_| true).err().unwrap();
+        assert!(e.contains("appears twice"), "{e}");
     }
 
     #[test]

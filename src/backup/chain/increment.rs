@@ -32,6 +32,12 @@ const MAGIC: [u8; 3] = *b"wi1";
 const SIGNATURE: u8 = 0x55;
 const HEADER: u64 = 16;
 
+/// The largest file an increment may describe: a relation segment is 1
+/// GiB unless PostgreSQL was built otherwise, and 64 GiB leaves room for
+/// that while bounding what a damaged header makes a restore write (and
+/// the block list it holds: 32 MiB).
+const MAX_FILE: u64 = 64 << 30;
+
 /// What is wrong with an increment, for a message that names it.
 #[derive(Debug)]
 pub enum IncrementError {
@@ -48,6 +54,10 @@ pub enum IncrementError {
     },
     /// Block numbers must grow strictly.
     Unordered { index: usize, block: u32 },
+    /// A file larger than any relation segment.
+    TooLarge { size: u64, pages: u64 },
+    /// A block at or past the recorded size.
+    BeyondSize { block: u32, size: u64 },
     /// Reading the member (the tar stream) failed.
     Read(io::Error),
     /// Writing the file failed.
@@ -72,6 +82,15 @@ impl std::fmt::Display for IncrementError {
             IncrementError::Unordered { index, block } => write!(
                 f,
                 "its block list is not ascending (entry {index} is block {block})"
+            ),
+            IncrementError::TooLarge { size, pages } => write!(
+                f,
+                "its header announces a file of {size} bytes with {pages} pages, more than the {MAX_FILE} bytes \
+                 of any relation segment"
+            ),
+            IncrementError::BeyondSize { block, size } => write!(
+                f,
+                "it lists block {block}, past the end of the file's {size} bytes"
             ),
             IncrementError::Read(e) => write!(f, "reading it failed: {e}"),
             IncrementError::Write(e) => write!(f, "writing the file failed: {e}"),
@@ -113,6 +132,9 @@ pub fn read_header(r: &mut impl Read, member_size: u64) -> Result<Header> {
     let pages = u64::from(u32::from_le_bytes(
         head[12..16].try_into().unwrap_or_default(),
     ));
+    if size > MAX_FILE || pages * PAGE > MAX_FILE {
+        return Err(IncrementError::TooLarge { size, pages });
+    }
     let expected = HEADER + pages * (4 + PAGE);
     if expected != member_size {
         return Err(IncrementError::SizeMismatch {
@@ -136,6 +158,10 @@ pub fn read_header(r: &mut impl Read, member_size: u64) -> Result<Header> {
                 block: w[1],
             });
         }
+    }
+    // Ascending: the last is the largest.
+    if let Some(&block) = blocks.last().filter(|&&b| u64::from(b) * PAGE >= size) {
+        return Err(IncrementError::BeyondSize { block, size });
     }
     Ok(Header { size, blocks })
 }
@@ -404,6 +430,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("not ascending"), "{e}");
+        // A block past the recorded size, and a size no segment has.
+        let m = member(16384, &[(1, 1), (2, 2)]);
+        let e = read_header(&mut Cursor::new(&m), m.len() as u64)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("block 2, past the end"), "{e}");
+        let m = member(MAX_FILE + 1, &[(1, 1)]);
+        let e = read_header(&mut Cursor::new(&m), m.len() as u64).unwrap_err();
+        assert!(matches!(e, IncrementError::TooLarge { .. }), "{e}");
+        // A page count no segment has is refused before any allocation.
+        let mut m = member(16384, &[(1, 1)]);
+        m[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
+        let huge = HEADER + u64::from(u32::MAX) * (4 + PAGE);
+        let e = read_header(&mut Cursor::new(&m), huge).unwrap_err();
+        assert!(matches!(e, IncrementError::TooLarge { .. }), "{e}");
         // A member whose header is right but whose pages are cut short.
         let m = member(65536, &[(1, 1), (2, 2)]);
         let mut r = Cursor::new(&m[..m.len() - 100]);

@@ -149,7 +149,7 @@ impl Chain {
                 Some(f) => f.flags(n).is_some_and(|f| f & (SKIPPED | INCREMENTED) != 0),
             };
             let read = read_files_metadata(storage, &files_key, &needed)?;
-            let (mut files, tar_sets) = match read {
+            let (mut files, mut tar_sets) = match read {
                 Some(m) => {
                     log::debug!(
                         "'{files_key}': {} of its {} files kept, {} bytes",
@@ -200,8 +200,10 @@ impl Chain {
                         .map(|i| (files.name(i), files.flags_at(i)))
                         .collect();
                     pairs.extend(missing.into_iter().map(|n| (n, 0)));
-                    let rebuilt = FileSet::from_pairs(pairs);
-                    files = rebuilt;
+                    files = FileSet::from_pairs(pairs);
+                    // Its tar sets index the old list and never name the
+                    // added files: every tar is read instead.
+                    tar_sets = None;
                 }
             }
             log::debug!(
