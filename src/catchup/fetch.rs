@@ -147,7 +147,7 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     let sentinel = catalog::read_sentinel(&storage, &name)?;
     let replica = read_control(&pgdata)?;
     check_fits(&name, &sentinel, &replica, &pgdata)?;
-    let files = require_files(&name, read_files(&storage, &name)?)?;
+    let Listed { files, tars: named } = require_files(&name, read_files(&storage, &name)?)?;
     let plan = tablespace_plan(&pgdata, &sentinel, &name)?;
     let tars = crate::backup::fetch::list_tars(&storage, &name)?;
     if !tars.iter().any(|(k, _)| *k == TarKind::Control) {
@@ -155,6 +155,7 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
             "catch-up backup {name} has no pg_control tar; it is incomplete or damaged"
         )));
     }
+    require_tars(&name, named.as_deref(), &tars)?;
 
     log::info!(
         "Applying catch-up backup {name} to '{}' (the replica's checkpoint is at {}, the catch-up holds \
@@ -320,7 +321,7 @@ fn check_fits(
 
 /// Every name of the catch-up's `Files` with its flags; `None` without
 /// a `files_metadata.json` (every member is then a whole file).
-fn read_files(storage: &Arc<dyn Storage>, name: &str) -> Result<Option<FileSet>> {
+fn read_files(storage: &Arc<dyn Storage>, name: &str) -> Result<Option<Listed>> {
     let key = layout::files_metadata_key(name);
     let input = match storage.get(&key, 0) {
         Ok(r) => r,
@@ -335,12 +336,42 @@ fn read_files(storage: &Arc<dyn Storage>, name: &str) -> Result<Option<FileSet>>
     if read.files.is_empty() {
         return Ok(None);
     }
-    Ok(Some(read.files))
+    Ok(Some(Listed {
+        files: read.files,
+        tars: read
+            .tar_sets
+            .map(|sets| sets.into_iter().map(|s| s.tar).collect()),
+    }))
+}
+
+/// A catch-up's file list, and the tars its metadata names (none for a
+/// catch-up made without tar sets).
+struct Listed {
+    files: FileSet,
+    tars: Option<Vec<String>>,
+}
+
+/// Every tar the metadata names must be in storage: applying the others
+/// would leave the replica's old files where the missing tar's belong,
+/// and a replica that starts.
+fn require_tars(name: &str, named: Option<&[String]>, stored: &[(TarKind, String)]) -> Result<()> {
+    let missing = named.into_iter().flatten().find(|tar| {
+        !stored
+            .iter()
+            .any(|(_, key)| key.rsplit('/').next() == Some(tar.as_str()))
+    });
+    match missing {
+        Some(tar) => Err(Error::Other(format!(
+            "catch-up backup {name} names tar '{tar}' in its files metadata, but storage does not hold it; \
+             the catch-up is incomplete or damaged and was not applied (the replica is unchanged)"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// The file list is what tells increments from whole files: without it
 /// increment bytes would be written as file contents.
-fn require_files(name: &str, files: Option<FileSet>) -> Result<FileSet> {
+fn require_files(name: &str, files: Option<Listed>) -> Result<Listed> {
     files.ok_or_else(|| {
         Error::Other(format!(
             "catch-up backup {name} has no file list (files_metadata.json is missing or empty): walden \
@@ -594,6 +625,25 @@ impl MemberPolicy for CatchupPolicy<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_tar_the_metadata_names_must_be_stored() {
+        let stored = [
+            (TarKind::Data, "catchup_005/c/tar_partitions/part_001.tar.lz4".to_string()),
+            (TarKind::Control, "catchup_005/c/tar_partitions/pg_control.tar.lz4".to_string()),
+        ];
+        let named = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert!(require_tars("c", None, &stored).is_ok());
+        assert!(require_tars("c", Some(&named(&["part_001.tar.lz4"])), &stored).is_ok());
+        let e = require_tars(
+            "c",
+            Some(&named(&["part_001.tar.lz4", "backup_label.tar.lz4"])),
+            &stored,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("'backup_label.tar.lz4'") && e.contains("not applied"), "{e}");
+    }
 
     #[test]
     fn unlogged_forks_are_known_by_their_init_fork() {

@@ -42,10 +42,15 @@ impl Markers {
         self.dir.as_deref()
     }
 
+    /// A name whose marker would be the directory itself or its parent
+    /// (`.history`, `...`) is never marked: those always exist.
     pub fn is_marked(&self, file_name: &str) -> bool {
-        self.dir
-            .as_ref()
-            .is_some_and(|d| d.join(marker_name(file_name)).exists())
+        let marker = marker_name(file_name);
+        !matches!(marker, "" | "." | "..")
+            && self
+                .dir
+                .as_ref()
+                .is_some_and(|d| d.join(marker).is_file())
     }
 
     pub fn mark(&self, file_name: &str) {
@@ -82,5 +87,17 @@ mod tests {
             marker_name("000000010000000000000002.00000028.backup"),
             "000000010000000000000002.00000028"
         );
+    }
+
+    #[test]
+    fn names_whose_marker_is_a_directory_are_never_marked() {
+        let wal = std::env::temp_dir().join(format!("walden-markers-{}", std::process::id()));
+        let markers = Markers::new(&wal);
+        for name in [".history", "...", "..x", "."] {
+            assert!(!markers.is_marked(name), "{name}");
+        }
+        markers.mark("000000010000000000000002");
+        assert!(markers.is_marked("000000010000000000000002"));
+        fs::remove_dir_all(&wal).unwrap();
     }
 }
