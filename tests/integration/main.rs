@@ -24,6 +24,7 @@ mod delta_fetch;
 mod delta_summaries;
 mod hardening;
 mod harness_selftest;
+mod hostile_backups;
 mod hostile_s3;
 mod interop;
 mod page_checksums;
