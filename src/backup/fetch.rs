@@ -216,6 +216,14 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     };
     let lines = recovery_lines(settings, &opts, &name, &sentinel)?;
     let mut tars = tar_keys(&storage, &name)?;
+    if chain.is_none() {
+        // A chain's links were checked as they were read.
+        let key = layout::files_metadata_key(&name);
+        if let Some(meta) = chain::read_files_metadata(&storage, &key, &|_| false)? {
+            let named = meta.tar_sets.iter().flatten().map(|s| s.tar.as_str());
+            require_named_tars("backup", &name, named, &tars)?;
+        }
+    }
     if let (Some(filter), None) = (&keep, &chain) {
         tars = super::partial_tars::needed(&storage, &name, filter, tars)?;
     }
@@ -341,6 +349,30 @@ fn tar_keys(storage: &Arc<dyn Storage>, name: &str) -> Result<Vec<(TarKind, Stri
         )));
     }
     Ok(tars)
+}
+
+/// Every tar that backup `name`'s files metadata names (`named`) must be
+/// in storage (`stored`, as [`list_tars`] gives them): restoring without
+/// one would leave its files out without a word. Checked before anything
+/// is written.
+pub(crate) fn require_named_tars<'n>(
+    what: &str,
+    name: &str,
+    named: impl IntoIterator<Item = &'n str>,
+    stored: &[(TarKind, String)],
+) -> Result<()> {
+    let mut named = named.into_iter();
+    match named.find(|tar| {
+        !stored
+            .iter()
+            .any(|(_, key)| key.rsplit('/').next() == Some(tar))
+    }) {
+        Some(tar) => Err(Error::Other(format!(
+            "{what} {name} names tar '{tar}' in its files metadata, but storage does not hold it; \
+             the {what} is incomplete or damaged and nothing of it was written"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Every tar of backup `name`, in restore order.

@@ -155,7 +155,14 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
             "catch-up backup {name} has no pg_control tar; it is incomplete or damaged"
         )));
     }
-    require_tars(&name, named.as_deref(), &tars)?;
+    // Applying the others would leave the replica's old files where the
+    // missing tar's belong, in a replica that starts.
+    crate::backup::fetch::require_named_tars(
+        "catch-up backup",
+        &name,
+        named.iter().flatten().map(String::as_str),
+        &tars,
+    )?;
 
     log::info!(
         "Applying catch-up backup {name} to '{}' (the replica's checkpoint is at {}, the catch-up holds \
@@ -349,24 +356,6 @@ fn read_files(storage: &Arc<dyn Storage>, name: &str) -> Result<Option<Listed>> 
 struct Listed {
     files: FileSet,
     tars: Option<Vec<String>>,
-}
-
-/// Every tar the metadata names must be in storage: applying the others
-/// would leave the replica's old files where the missing tar's belong,
-/// and a replica that starts.
-fn require_tars(name: &str, named: Option<&[String]>, stored: &[(TarKind, String)]) -> Result<()> {
-    let missing = named.into_iter().flatten().find(|tar| {
-        !stored
-            .iter()
-            .any(|(_, key)| key.rsplit('/').next() == Some(tar.as_str()))
-    });
-    match missing {
-        Some(tar) => Err(Error::Other(format!(
-            "catch-up backup {name} names tar '{tar}' in its files metadata, but storage does not hold it; \
-             the catch-up is incomplete or damaged and was not applied (the replica is unchanged)"
-        ))),
-        None => Ok(()),
-    }
 }
 
 /// The file list is what tells increments from whole files: without it
@@ -638,18 +627,21 @@ mod tests {
                 "catchup_005/c/tar_partitions/pg_control.tar.lz4".to_string(),
             ),
         ];
-        let named = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
-        assert!(require_tars("c", None, &stored).is_ok());
-        assert!(require_tars("c", Some(&named(&["part_001.tar.lz4"])), &stored).is_ok());
-        let e = require_tars(
-            "c",
-            Some(&named(&["part_001.tar.lz4", "backup_label.tar.lz4"])),
-            &stored,
-        )
-        .unwrap_err()
-        .to_string();
+        let require = |names: &[&str]| {
+            crate::backup::fetch::require_named_tars(
+                "catch-up backup",
+                "c",
+                names.iter().copied(),
+                &stored,
+            )
+        };
+        assert!(require(&[]).is_ok());
+        assert!(require(&["part_001.tar.lz4"]).is_ok());
+        let e = require(&["part_001.tar.lz4", "backup_label.tar.lz4"])
+            .unwrap_err()
+            .to_string();
         assert!(
-            e.contains("'backup_label.tar.lz4'") && e.contains("not applied"),
+            e.contains("'backup_label.tar.lz4'") && e.contains("nothing of it was written"),
             "{e}"
         );
     }

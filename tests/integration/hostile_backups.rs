@@ -320,3 +320,53 @@ fn increments_beyond_any_segment_or_their_own_size_are_refused() {
         }
     }
 }
+
+/// A tar the files metadata names is gone from storage (a lost object, a
+/// partial copy): refused before anything is written, for a full backup
+/// and for a delta chain whose base lost one.
+#[test]
+fn a_backup_missing_a_tar_its_metadata_names_is_refused() {
+    let store = Store::fs();
+    let data = tar_of(&[
+        Member::Dir("base"),
+        Member::Dir("base/1"),
+        Member::File("base/1/a", vec![b'a'; 8192]),
+    ]);
+    backup(
+        &store,
+        FULL,
+        FULL_SENTINEL,
+        Some(
+            r#"{"Files":{"base/1/a":{},"base/1/b":{}},"TarFileSets":{"part_001.tar":["base/1/a"],"part_002.tar":["base/1/b"]}}"#,
+        ),
+        &[("part_001.tar", data.clone())],
+    );
+    backup(
+        &store,
+        DELTA,
+        DELTA_SENTINEL,
+        Some(
+            r#"{"Files":{"base/1/a":{},"base/1/b":{"IsSkipped":true}},"TarFileSets":{"part_001.tar":["base/1/a"]}}"#,
+        ),
+        &[("part_001.tar", data)],
+    );
+    let dirs = TempDir::new("hostile-missing");
+    for name in [FULL, DELTA] {
+        let dest = dirs.join(name);
+        let out = store
+            .walden()
+            .arg("backup-fetch")
+            .arg(&dest)
+            .arg(name)
+            .run();
+        out.assert_code(1);
+        assert!(
+            out.stderr
+                .contains(&format!("backup {FULL} names tar 'part_002.tar'"))
+                && out.stderr.contains("nothing of it was written"),
+            "{name}: {}",
+            out.dump()
+        );
+        assert!(!dest.exists(), "{name}: nothing written");
+    }
+}

@@ -211,7 +211,10 @@ impl Chain {
                 files.len(),
                 files.heap_bytes()
             );
-            let data_tars = super::fetch::list_tars(storage, &name)?
+            let stored = super::fetch::list_tars(storage, &name)?;
+            let named = tar_sets.iter().flatten().map(|s| s.tar.as_str());
+            super::fetch::require_named_tars("backup", &name, named, &stored)?;
+            let data_tars = stored
                 .into_iter()
                 .filter(|(k, _)| *k == TarKind::Data)
                 .map(|(_, key)| key)
@@ -693,7 +696,7 @@ fn copy_whole(
 
 /// The files metadata of a backup, keeping the names `keep` accepts;
 /// `None` when the object does not exist.
-fn read_files_metadata(
+pub(crate) fn read_files_metadata(
     storage: &Arc<dyn Storage>,
     key: &str,
     keep: &dyn Fn(&[u8]) -> bool,
