@@ -57,9 +57,10 @@ pub fn spec_json(pgdata: &Path, tablespaces: &[Tablespace]) -> Option<String> {
 #[derive(Debug, Default)]
 pub struct Plan {
     links: Vec<Tablespace>,
-    /// With `--restore-spec` the backup's `tablespace_map` would make
-    /// PostgreSQL point the links back at the old locations, so it is left
-    /// out, as WAL-G does.
+    /// Whether the backup's `tablespace_map` is left out: whenever walden
+    /// makes the links itself. With `--restore-spec` the map would point
+    /// them back at the old locations (WAL-G leaves it out there too);
+    /// without, it could point them anywhere, unchecked.
     skip_map: bool,
 }
 
@@ -94,7 +95,13 @@ impl Plan {
         };
         let dest_abs = absolute(dest)?;
         let (links, skip_map) = match restore_spec {
-            None => (recorded.links, false),
+            // walden makes each link from the checked Spec; the backup's
+            // tablespace_map, which PostgreSQL would follow instead, is
+            // not checked, so it is left out. Without a Spec it is kept.
+            None => {
+                let skip_map = !recorded.links.is_empty();
+                (recorded.links, skip_map)
+            }
             Some(file) => {
                 let text = fs::read(file).map_err(|e| {
                     Error::io(format!("reading the restore spec '{}'", file.display()), e)

@@ -18,7 +18,7 @@ use std::ffi::OsString;
 use std::io::{self, Write};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
@@ -281,9 +281,12 @@ fn fetch(shared: &Shared, body: &[u8]) -> u8 {
         log::error!("Message loop failure: wal-fetch: '{name}' is not a WAL file name");
         return protocol::ERROR;
     }
-    // PostgreSQL's %p is relative to the data directory, the daemon's
-    // working directory is not.
-    let dest = Path::new(&shared.pgdata).join(location);
+    let Some(dest) = fetch_destination(Path::new(&shared.pgdata), location) else {
+        log::error!(
+            "Message loop failure: wal-fetch: destination '{location}' leaves the data directory"
+        );
+        return protocol::ERROR;
+    };
     log::debug!("starting wal-fetch: {name} -> {}", dest.display());
     let pusher = &shared.pusher;
     match wal_fetch::fetch_on(
@@ -453,5 +456,63 @@ fn install_signals(socket: PathBuf) {
     if started.is_err() {
         // SAFETY: as above; without the thread the signals must kill.
         unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
+    }
+}
+
+/// Where a wal-fetch request's destination is: PostgreSQL's `%p` is
+/// relative to the data directory, the daemon's working directory is not.
+/// As WAL-G, a destination that already names the data directory is
+/// taken as is and any other is joined to it (an absolute one too, as
+/// Go's `path.Join` does); a `..` anywhere is refused, so nothing is
+/// written outside the data directory.
+fn fetch_destination(pgdata: &Path, location: &str) -> Option<PathBuf> {
+    let location = Path::new(location);
+    if location
+        .components()
+        .any(|c| matches!(c, Component::ParentDir))
+    {
+        return None;
+    }
+    if location.starts_with(pgdata) {
+        return Some(location.to_path_buf());
+    }
+    let relative: PathBuf = location
+        .components()
+        .filter(|c| matches!(c, Component::Normal(_)))
+        .collect();
+    (!relative.as_os_str().is_empty()).then(|| pgdata.join(relative))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fetch_destinations_stay_in_the_data_directory() {
+        let pgdata = Path::new("/var/lib/pg/data");
+        let dest = |l: &str| fetch_destination(pgdata, l);
+        assert_eq!(
+            dest("pg_wal/RECOVERYXLOG"),
+            Some(PathBuf::from("/var/lib/pg/data/pg_wal/RECOVERYXLOG"))
+        );
+        assert_eq!(
+            dest("/var/lib/pg/data/pg_wal/RECOVERYXLOG"),
+            Some(PathBuf::from("/var/lib/pg/data/pg_wal/RECOVERYXLOG"))
+        );
+        // Another absolute path goes under the data directory, as in WAL-G.
+        assert_eq!(
+            dest("/tmp/stolen"),
+            Some(PathBuf::from("/var/lib/pg/data/tmp/stolen"))
+        );
+        for bad in [
+            "../outside/x",
+            "pg_wal/../../x",
+            "/var/lib/pg/data/../x",
+            "",
+            "/",
+            ".",
+        ] {
+            assert_eq!(dest(bad), None, "{bad}");
+        }
     }
 }
