@@ -68,14 +68,14 @@ thread_local! {
 fn start_daemon(
     store: &Store,
     codec: &[(String, String)],
-    pg: &PgCluster,
+    pgdata: &Path,
     socket: &Path,
 ) -> Running {
     let dir = socket.parent().unwrap();
     let mut daemon = Walden::program(walden_bin_for_postgres(dir))
         .envs(store.env())
         .envs(codec.to_vec())
-        .env("PGDATA", pg.data_dir())
+        .env("PGDATA", pgdata)
         .env("WALG_LOG_LEVEL", "DEVEL")
         .env("HOME", dir)
         .env("WALG_LOG_DESTINATION", dir.join("daemon.log"))
@@ -133,7 +133,7 @@ fn daemon_speaks_walg_protocol() {
     // A stale socket of an earlier run is replaced.
     drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
     crate::harness::tmp::chown_postgres(&socket);
-    let daemon = start_daemon(&store, &codec, &pg, &socket);
+    let daemon = start_daemon(&store, &codec, pg.data_dir(), &socket);
 
     // walg_archive's exchange: a check, then on the same connection the
     // 24-byte name; the daemon answers each with one byte and closes.
@@ -188,18 +188,38 @@ fn daemon_speaks_walg_protocol() {
         via_processes.as_secs_f64() * 1000.0 / rounds.len() as f64
     );
 
-    // wal-fetch: the destination is relative to PGDATA, or absolute.
-    let restore = TempDir::new("daemon-fetch");
-    restore.chown_postgres();
-    let dest = restore.join("RECOVERYXLOG");
-    let dest_text = dest.display().to_string();
+    // wal-fetch: the destination is relative to PGDATA, or absolute
+    // inside it; any other absolute one is taken below PGDATA, as WAL-G's
+    // daemon does, and one with '..' is refused.
+    let server = fs::read(pg.data_dir().join("pg_wal").join(&segments[2])).unwrap();
+    let inside = pg.data_dir().join("daemon-fetched");
+    let dest_text = inside.display().to_string();
+    for dest in [dest_text.as_str(), "daemon-fetched-relative"] {
+        let reply = exchange(&socket, &frame(b'f', &args(&[segments[2].as_str(), dest])));
+        assert_eq!(reply, b"O", "{dest}");
+        let fetched = pg.data_dir().join(dest);
+        assert!(fs::read(&fetched).unwrap() == server, "{dest}");
+        fs::remove_file(fetched).unwrap();
+    }
+    // (Below PGDATA its directories do not exist: an error, but nothing
+    // outside PGDATA either way.)
+    let outside = TempDir::new("daemon-fetch");
+    outside.chown_postgres();
+    let absolute = outside.join("RECOVERYXLOG");
+    exchange(
+        &socket,
+        &frame(
+            b'f',
+            &args(&[segments[2].as_str(), &absolute.display().to_string()]),
+        ),
+    );
+    assert!(!absolute.exists(), "nothing written outside PGDATA");
     let reply = exchange(
         &socket,
-        &frame(b'f', &args(&[segments[2].as_str(), dest_text.as_str()])),
+        &frame(b'f', &args(&[segments[2].as_str(), "../escaped"])),
     );
-    assert_eq!(reply, b"O");
-    let server = fs::read(pg.data_dir().join("pg_wal").join(&segments[2])).unwrap();
-    assert!(fs::read(&dest).unwrap() == server);
+    assert_eq!(reply, b"E");
+    assert!(!pg.data_dir().parent().unwrap().join("escaped").exists());
     // A segment storage does not have: N, which the client turns into 74.
     let reply = exchange(
         &socket,
@@ -257,18 +277,10 @@ fn daemon_speaks_walg_protocol() {
         };
         let out = run(&["wal-push", segments[6].as_str()]);
         assert!(out.status.success(), "{out:?}");
-        let dest2 = restore.join("viaclient");
-        let out = run(&[
-            "wal-fetch",
-            segments[6].as_str(),
-            &dest2.display().to_string(),
-        ]);
+        let out = run(&["wal-fetch", segments[6].as_str(), "viaclient"]);
         assert!(out.status.success(), "{out:?}");
-        let out = run(&[
-            "wal-fetch",
-            "0000000100000000000000FE",
-            &dest2.display().to_string(),
-        ]);
+        assert!(pg.data_dir().join("viaclient").exists());
+        let out = run(&["wal-fetch", "0000000100000000000000FE", "viaclient"]);
         assert_eq!(out.status.code(), Some(74), "{out:?}");
         assert_stored(&store, &codec, &pg, &segments[6..7]);
     } else {
@@ -305,7 +317,7 @@ fn postgres_archives_through_walg_daemon_client() {
         .conf("archive_mode", "on")
         .conf("archive_command", &archive)
         .start();
-    let daemon = start_daemon(&store, &codec, &pg, &socket);
+    let daemon = start_daemon(&store, &codec, pg.data_dir(), &socket);
     pg.pgbench_init(1);
     let restored_dir = TempDir::new("daemon-restored");
     let data = restored_dir.join("data");
@@ -316,14 +328,18 @@ fn postgres_archives_through_walg_daemon_client() {
     pg.wait_for_archive(&last, Duration::from_secs(120));
     pg.stop();
 
-    // Recovery fetches through the daemon; it serves the original PGDATA,
-    // so the destination %p is given absolute by a wrapper-free trick:
-    // the restored cluster's own path.
+    daemon.signal(libc::SIGTERM);
+    let out = daemon.wait(Duration::from_secs(60));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+
+    // Recovery fetches through a daemon serving the restored data
+    // directory, %p relative to it, as PostgreSQL gives it.
+    crate::harness::tmp::chown_postgres(&data);
+    let daemon = start_daemon(&store, &codec, &data, &socket);
     let restore = format!(
-        "'{} {} wal-fetch %f {}/%p'",
+        "'{} {} wal-fetch %f %p'",
         client.display(),
-        socket.display(),
-        data.display()
+        socket.display()
     );
     fs::write(data.join("recovery.signal"), "").unwrap();
     let restored = PgCluster::builder()
@@ -355,7 +371,7 @@ fn postgres_archives_through_walg_archive_library() {
         .conf("archive_mode", "off")
         .conf("wal_keep_size", "'1GB'")
         .start();
-    let daemon = start_daemon(&store, &codec, &pg, &socket);
+    let daemon = start_daemon(&store, &codec, pg.data_dir(), &socket);
     // walg_archive checks at load time that the socket exists.
     pg.stop();
     let mut conf = fs::read_to_string(pg.data_dir().join("postgresql.conf")).unwrap();
