@@ -192,9 +192,30 @@ fn unsupported(label: &str, problem: impl Into<String>) -> Error {
     .into()
 }
 
-pub fn mode_of(v: Option<&Value>) -> Option<u32> {
-    v.and_then(Value::as_str)
-        .and_then(|m| u32::from_str_radix(m, 8).ok())
+/// The mode a manifest gives `what` (an entry or a default section), if
+/// any. PostgreSQL makes its files and directories with permission bits
+/// only: a setuid, setgid or sticky bit would be restored on a file owned
+/// as the manifest says (root, when restoring as root), so such a mode,
+/// or one that is not octal, is refused rather than applied.
+pub(super) fn mode_of(v: Option<&Value>, what: &str) -> Result<Option<u32>> {
+    let Some(text) = v.and_then(Value::as_str) else {
+        return Ok(None);
+    };
+    let bad = |problem: &str| -> Error {
+        PgbrError::Format {
+            what: format!("manifest {what}"),
+            problem: format!(
+                "mode '{text}' {problem}; PostgreSQL never makes such a file or directory: \
+                 the manifest is damaged or was not written by pgBackRest, the restore is refused"
+            ),
+        }
+        .into()
+    };
+    match u32::from_str_radix(text, 8) {
+        Ok(m) if m <= 0o777 => Ok(Some(m)),
+        Ok(_) => Err(bad("has bits above 0777 (setuid, setgid or sticky)")),
+        Err(_) => Err(bad("is not an octal mode")),
+    }
 }
 
 /// The label LABEL|LATEST names; with a time target and LATEST, the newest
@@ -319,8 +340,16 @@ fn restore_with(
     layout.prepare()?;
     let file_owners = Owners::new(&man, "target:file:default", &opts.dest)?;
     let path_owners = Owners::new(&man, "target:path:default", &opts.dest)?;
-    let file_mode = mode_of(man.get("target:file:default", "mode")).unwrap_or(0o600);
-    let dir_mode = mode_of(man.get("target:path:default", "mode")).unwrap_or(0o700);
+    let file_mode = mode_of(
+        man.get("target:file:default", "mode"),
+        "[target:file:default]",
+    )?
+    .unwrap_or(0o600);
+    let dir_mode = mode_of(
+        man.get("target:path:default", "mode"),
+        "[target:path:default]",
+    )?
+    .unwrap_or(0o700);
 
     // Directories first, owner-writable until the end.
     // (path, mode, owner): modes and owners set at the end.
@@ -332,7 +361,8 @@ fn restore_with(
         fs::create_dir_all(&path)
             .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
         let owner = path_owners.as_ref().map(|o| o.ids(v));
-        dirs.push((path, mode_of(v.get("mode")).unwrap_or(dir_mode), owner));
+        let mode = mode_of(v.get("mode"), &format!("directory {name}"))?.unwrap_or(dir_mode);
+        dirs.push((path, mode, owner));
     }
     layout.links()?;
 
@@ -477,7 +507,7 @@ fn job(name: &str, v: &Value) -> Result<FileJob> {
                 },
             )),
         },
-        mode: mode_of(v.get("mode")),
+        mode: mode_of(v.get("mode"), &format!("file {name}"))?,
         timestamp: v.get("timestamp").and_then(Value::as_i64),
         owner: None,
     })
