@@ -6,7 +6,9 @@
 //! tablespace in DIR/<name>). `pg_data/pg_tblspc/<oid>` becomes a link to
 //! that location. Other links of the data directory (a `pg_wal` elsewhere)
 //! are restored as plain directories inside DEST, as pgBackRest does
-//! without `--link-all`.
+//! without `--link-all`. Every location, recorded or mapped, passes the
+//! WAL-G side's checks (absolute without `..`, outside DEST and the other
+//! locations, absent or empty) before anything is written.
 
 use std::fs;
 use std::path::{Component, Path, PathBuf};
@@ -15,6 +17,8 @@ use serde_json::Value;
 
 use super::ini::Ini;
 use super::PgbrError;
+use crate::backup::tablespaces::check_locations;
+use crate::backup::walk;
 use crate::error::{Error, Result};
 
 /// `--tablespace-map` and `--tablespace-map-all`.
@@ -91,7 +95,21 @@ impl Layout {
                     .map(|(_, d)| d.clone());
                 let location = match (mapped, &map.all) {
                     (Some(d), _) => d,
-                    (None, Some(all)) => all.join(relative(key, &name)?),
+                    (None, Some(all)) => {
+                        // DIR/<name>: a name that is not one directory
+                        // name would place it elsewhere.
+                        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+                            return Err(bad(
+                                "manifest",
+                                format!(
+                                    "[backup:target] {key}: tablespace name '{name}' is not a directory name, \
+                                     so --tablespace-map-all cannot place it; give its location with \
+                                     --tablespace-map {oid}=DIR"
+                                ),
+                            ));
+                        }
+                        all.join(&name)
+                    }
                     (None, None) => PathBuf::from(original),
                 };
                 tablespaces.push(Tablespace {
@@ -122,6 +140,20 @@ impl Layout {
                 )));
             }
         }
+        // The WAL-G side's checks, on every location, mapped or recorded:
+        // a manifest must not place files anywhere on the machine.
+        let links: Vec<walk::Tablespace> = tablespaces
+            .iter()
+            .map(|t| walk::Tablespace {
+                name: format!("{} (oid {})", t.name, t.oid),
+                location: t.location.clone(),
+            })
+            .collect();
+        check_locations(
+            &links,
+            dest,
+            "--tablespace-map NAME=DIR or --tablespace-map-all DIR",
+        )?;
         Ok(Layout {
             dest: dest.to_path_buf(),
             tablespaces,
@@ -129,29 +161,15 @@ impl Layout {
         })
     }
 
-    /// Each tablespace location must be absent or empty, as DEST: a
-    /// restore over files would mix two clusters. Checked for all before
-    /// any is created.
+    /// Creates each tablespace location, checked by [`Layout::new`].
     pub fn prepare(&self) -> Result<()> {
         for t in &self.tablespaces {
-            match fs::read_dir(&t.location) {
-                Ok(mut entries) => {
-                    if entries.next().is_some() {
-                        return Err(Error::Other(format!(
-                            "tablespace {} (oid {}) would be restored into {}, which is not empty; \
-                             give an empty or new directory with --tablespace-map {}=DIR or --tablespace-map-all DIR",
-                            t.name,
-                            t.oid,
-                            t.location.display(),
-                            t.name
-                        )));
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io(format!("reading {}", t.location.display()), e)),
-            }
-        }
-        for t in &self.tablespaces {
+            log::info!(
+                "Tablespace {} (oid {}) is restored into '{}'",
+                t.name,
+                t.oid,
+                t.location.display()
+            );
             fs::create_dir_all(&t.location)
                 .map_err(|e| Error::io(format!("creating {}", t.location.display()), e))?;
         }
@@ -216,5 +234,107 @@ impl Layout {
                 .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A manifest whose `[backup:target]` has one tablespace per
+    /// (oid, name, path).
+    fn manifest(tablespaces: &[(&str, &str, &str)]) -> Ini {
+        let mut ini = Ini::default();
+        let target = ini.sections.entry("backup:target".into()).or_default();
+        for (oid, name, path) in tablespaces {
+            target.insert(
+                format!("pg_tblspc/{oid}"),
+                serde_json::json!({"path": path, "tablespace-id": oid, "tablespace-name": name, "type": "link"}),
+            );
+        }
+        ini
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "walden-pgbr-ts-{name}-{}",
+            crate::localfile::random_suffix()
+        ));
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn err(man: &Ini, dest: &Path, map: &TablespaceMap) -> String {
+        Layout::new(man, dest, map).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn hostile_recorded_locations_are_refused() {
+        let root = scratch("recorded");
+        let dest = root.join("dest");
+        let none = TablespaceMap::default();
+        let at = |p: &str| manifest(&[("16384", "ts1", p)]);
+        let e = err(&at("../rel-escape"), &dest, &none);
+        assert!(
+            e.contains("ts1 (oid 16384)") && e.contains("not an absolute"),
+            "{e}"
+        );
+        let e = err(&at("/a/../etc"), &dest, &none);
+        assert!(e.contains("not an absolute"), "{e}");
+        let e = err(&at("/"), &dest, &none);
+        assert!(e.contains("not an absolute"), "{e}");
+        let inside = dest.join("global");
+        let e = err(&at(inside.to_str().unwrap()), &dest, &none);
+        assert!(e.contains("overlaps the destination"), "{e}");
+        let e = err(&at(root.to_str().unwrap()), &dest, &none);
+        assert!(e.contains("overlaps the destination"), "{e}");
+        let full = root.join("full");
+        fs::create_dir_all(full.join("x")).unwrap();
+        let e = err(&at(full.to_str().unwrap()), &dest, &none);
+        assert!(e.contains("not empty"), "{e}");
+        let (a, b) = (root.join("a"), root.join("a/b"));
+        let two = manifest(&[
+            ("16384", "ts1", a.to_str().unwrap()),
+            ("16385", "ts2", b.to_str().unwrap()),
+        ]);
+        let e = err(&two, &dest, &none);
+        assert!(e.contains("overlapping directories"), "{e}");
+        // An absolute, empty, separate location is where pgBackRest puts it.
+        let fine = root.join("ts");
+        let layout = Layout::new(&at(fine.to_str().unwrap()), &dest, &none).unwrap();
+        assert_eq!(layout.tablespaces[0].location, fine);
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn mapped_locations_are_checked_too() {
+        let root = scratch("mapped");
+        let dest = root.join("dest");
+        let man = manifest(&[("16384", "ts1", "/nonexistent/ts1")]);
+        let each = |d: PathBuf| TablespaceMap {
+            each: vec![("ts1".into(), d)],
+            all: None,
+        };
+        let e = err(&man, &dest, &each("relative/ts".into()));
+        assert!(e.contains("not an absolute"), "{e}");
+        let e = err(&man, &dest, &each(dest.join("pg_tblspc/x")));
+        assert!(e.contains("overlaps the destination"), "{e}");
+        let all = |d: PathBuf| TablespaceMap {
+            each: vec![],
+            all: Some(d),
+        };
+        let e = err(&man, &dest, &all(dest.clone()));
+        assert!(e.contains("overlaps the destination"), "{e}");
+        for name in ["../../etc", "a/b", "..", "."] {
+            let hostile = manifest(&[("16384", name, "/nonexistent/ts1")]);
+            let e = err(&hostile, &dest, &all(root.join("all")));
+            assert!(
+                e.contains("not a directory name") && e.contains("--tablespace-map 16384=DIR"),
+                "{name}: {e}"
+            );
+        }
+        let layout = Layout::new(&man, &dest, &all(root.join("all"))).unwrap();
+        assert_eq!(layout.tablespaces[0].location, root.join("all/ts1"));
+        fs::remove_dir_all(root).unwrap();
     }
 }
