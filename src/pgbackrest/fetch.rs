@@ -4,8 +4,9 @@
 //! file is read from the backup that stores it (the manifest's
 //! `reference`), decoded, and checked against its size and SHA-1 while it
 //! is written. The manifest's file list is streamed to the workers, never
-//! held. `global/pg_control` is written last: until then DEST cannot start
-//! as a cluster, so a failed restore leaves nothing PostgreSQL would run.
+//! held. `global/pg_control` is written last, under a temp name renamed
+//! once it checks out: until then DEST cannot start as a cluster, so a
+//! failed restore leaves nothing PostgreSQL would run.
 
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
@@ -441,7 +442,7 @@ fn restore_with(
     for ts in &layout.tablespaces {
         sync_filesystem(&ts.location)?;
     }
-    restore_file(&ctx, &control)?;
+    restore_control(&ctx, &control)?;
     for (path, mode, owner) in dirs.iter().rev() {
         if let Some(ids) = owner {
             owner::chown(path, *ids)?;
@@ -542,10 +543,58 @@ fn work(ctx: &Ctx, rx: &Mutex<Receiver<FileJob>>) -> Result<()> {
 const EMPTY_SHA1: &str = "da39a3ee5e6b4b0d3255bfef95601890afd80709";
 
 fn restore_file(ctx: &Ctx, job: &FileJob) -> Result<()> {
-    let path = ctx
-        .layout
+    write_file(ctx, job, &file_path(ctx, job)?).map(drop)
+}
+
+fn file_path(ctx: &Ctx, job: &FileJob) -> Result<PathBuf> {
+    ctx.layout
         .path(&job.name)?
-        .ok_or_else(|| Error::Other(format!("manifest entry {} is not a file path", job.name)))?;
+        .ok_or_else(|| Error::Other(format!("manifest entry {} is not a file path", job.name)))
+}
+
+/// `global/pg_control`, the file whose presence makes DEST a cluster:
+/// written under a temp name beside it, checked against the manifest,
+/// made durable, and only then renamed into place. A damaged copy is
+/// removed, never left where PostgreSQL would read it.
+fn restore_control(ctx: &Ctx, job: &FileJob) -> Result<()> {
+    let path = file_path(ctx, job)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let temp = dir.join(format!(
+        ".pg_control.walden-tmp.{}",
+        crate::localfile::random_suffix()
+    ));
+    // Removed on a stop signal, too.
+    let _tracked = crate::cleanup::track_file(temp.clone());
+    let published = write_file(ctx, job, &temp).and_then(|out| {
+        out.sync_all()
+            .map_err(|e| Error::io(format!("syncing {}", temp.display()), e))?;
+        drop(out);
+        // rename replaces: nothing of the manifest may be there already.
+        if fs::symlink_metadata(&path).is_ok() {
+            return Err(Error::Other(format!(
+                "{} exists before pg_control was restored: the manifest names it twice; refused",
+                path.display()
+            )));
+        }
+        fs::rename(&temp, &path).map_err(|e| {
+            Error::io(
+                format!("renaming {} to {}", temp.display(), path.display()),
+                e,
+            )
+        })
+    });
+    if let Err(e) = published {
+        let _ = fs::remove_file(&temp);
+        return Err(e);
+    }
+    crate::localfile::sync_dir(dir)
+        .map_err(|e| Error::io(format!("syncing the directory {}", dir.display()), e))
+}
+
+/// Writes `job` to `path`, checked against its size and SHA-1, with its
+/// owner, mode and time; the file is returned open.
+fn write_file(ctx: &Ctx, job: &FileJob, path: &Path) -> Result<File> {
+    let path = path.to_path_buf();
     let mut out = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -580,7 +629,7 @@ fn restore_file(ctx: &Ctx, job: &FileJob) -> Result<()> {
         job.mode.unwrap_or(ctx.file_mode),
         job.timestamp,
     )?;
-    Ok(())
+    Ok(out)
 }
 
 fn copy_from_repo(ctx: &Ctx, job: &FileJob, out: &mut File, path: &Path) -> Result<(u64, String)> {

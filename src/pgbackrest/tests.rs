@@ -765,3 +765,35 @@ fn backup_fetch_refuses_modes_above_0777() {
     assert_eq!(ok("0640"), Some(0o640));
     assert_eq!(super::fetch::mode_of(None, "x").unwrap(), None);
 }
+
+/// pg_control whose bytes do not match the manifest (a checksum or a
+/// size the stored file does not have): refused naming it, and neither
+/// `global/pg_control` nor its temp file is left in DEST.
+#[test]
+fn backup_fetch_damaged_pg_control_leaves_no_pg_control() {
+    let control = |change: fn(&str) -> String| {
+        move |t: &str| {
+            t.lines()
+                .map(|l| {
+                    if l.starts_with("pg_data/global/pg_control=") {
+                        change(l)
+                    } else {
+                        l.to_string()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+                + "\n"
+        }
+    };
+    for change in [
+        (|l: &str| l.replacen("\"checksum\":\"78", "\"checksum\":\"00", 1)) as fn(&str) -> String,
+        |l: &str| l.replacen("\"size\":8192", "\"size\":8193", 1),
+    ] {
+        let err = refused(control(change), restore_full);
+        assert!(
+            err.contains("pg_data/global/pg_control") && err.contains("damaged"),
+            "{err}"
+        );
+    }
+}
