@@ -11,7 +11,7 @@
 //! locations, absent or empty) before anything is written.
 
 use std::fs;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
@@ -52,15 +52,24 @@ fn bad(what: &str, problem: String) -> Error {
     .into()
 }
 
-/// `rest` as a relative path that cannot leave its base.
+/// `rest` as a relative path that cannot leave its base. Only the
+/// canonical form pgBackRest writes is taken: `Path` would read
+/// `global//pg_control`, `global/./pg_control` or `global/pg_control/` as
+/// `global/pg_control`, an alias that escapes every check made on names
+/// (pg_control written last).
 fn relative(name: &str, rest: &str) -> Result<PathBuf> {
-    let rel = Path::new(rest);
-    if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
+    if rest.split('/').any(|c| c == "..") {
         return Err(Error::Other(format!(
             "manifest entry '{name}' would be written outside the restore; refused"
         )));
     }
-    Ok(rel.to_path_buf())
+    if rest.split('/').any(|c| c.is_empty() || c == ".") {
+        return Err(Error::Other(format!(
+            "manifest entry '{name}' is not a canonical path (an empty or '.' component: '//', '/./' \
+             or a trailing '/'); pgBackRest never writes one: the manifest is damaged or hostile, refused"
+        )));
+    }
+    Ok(PathBuf::from(rest))
 }
 
 impl Layout {
@@ -189,7 +198,10 @@ impl Layout {
             return Ok(None);
         }
         if let Some(rest) = name.strip_prefix("pg_tblspc/") {
-            let (oid, inner) = rest.split_once('/').unwrap_or((rest, ""));
+            let (oid, inner) = match rest.split_once('/') {
+                Some((oid, inner)) => (oid, Some(relative(name, inner)?)),
+                None => (rest, None),
+            };
             let t = self
                 .tablespaces
                 .iter()
@@ -199,10 +211,10 @@ impl Layout {
                         "manifest entry '{name}' is in tablespace {oid}, which [backup:target] does not name"
                     ))
                 })?;
-            if inner.is_empty() {
-                return Ok(Some(t.location.clone()));
-            }
-            return Ok(Some(t.location.join(relative(name, inner)?)));
+            return Ok(Some(match inner {
+                Some(inner) => t.location.join(inner),
+                None => t.location.clone(),
+            }));
         }
         Err(Error::Other(format!(
             "manifest entry '{name}' is neither in pg_data nor in pg_tblspc"
@@ -335,6 +347,53 @@ mod tests {
         }
         let layout = Layout::new(&man, &dest, &all(root.join("all"))).unwrap();
         assert_eq!(layout.tablespaces[0].location, root.join("all/ts1"));
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn only_canonical_names_are_taken() {
+        let root = scratch("names");
+        let ts = root.join("ts");
+        let layout = Layout::new(
+            &manifest(&[("16384", "ts1", ts.to_str().unwrap())]),
+            &root.join("dest"),
+            &TablespaceMap::default(),
+        )
+        .unwrap();
+        let path = |n: &str| layout.path(n).map_err(|e| e.to_string());
+        assert_eq!(
+            path("pg_data/global/pg_control").unwrap(),
+            Some(root.join("dest/global/pg_control"))
+        );
+        assert_eq!(path("pg_tblspc/16384").unwrap(), Some(ts.clone()));
+        assert_eq!(
+            path("pg_tblspc/16384/PG_15_1/5/1").unwrap(),
+            Some(ts.join("PG_15_1/5/1"))
+        );
+        for alias in [
+            "pg_data/global//pg_control",
+            "pg_data/global/./pg_control",
+            "pg_data/./global/pg_control",
+            "pg_data/global/pg_control/",
+            "pg_data/",
+            "pg_data//global",
+            "pg_tblspc/16384/",
+            "pg_tblspc/16384//PG_15_1",
+        ] {
+            let e = path(alias).unwrap_err();
+            assert!(
+                e.contains(alias) && e.contains("not a canonical path"),
+                "{e}"
+            );
+        }
+        for out in [
+            "pg_data/../x",
+            "pg_data/global/../../x",
+            "pg_tblspc/16384/../x",
+        ] {
+            let e = path(out).unwrap_err();
+            assert!(e.contains("outside the restore"), "{e}");
+        }
         fs::remove_dir_all(root).unwrap();
     }
 }

@@ -797,3 +797,22 @@ fn backup_fetch_damaged_pg_control_leaves_no_pg_control() {
         );
     }
 }
+
+/// `pg_data/global//pg_control` is `global/pg_control` to the file system
+/// but not the name restored last: refused, and no pg_control written.
+#[test]
+fn backup_fetch_refuses_an_aliased_pg_control() {
+    for alias in [
+        "pg_data/global//pg_control=",
+        "pg_data/global/./pg_control=",
+    ] {
+        let err = refused(
+            |t| t.replacen("pg_data/global/pg_control=", alias, 1),
+            restore_full,
+        );
+        assert!(
+            err.contains(alias.trim_end_matches('=')) && err.contains("not a canonical path"),
+            "{err}"
+        );
+    }
+}
