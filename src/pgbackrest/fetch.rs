@@ -34,6 +34,20 @@ const USAGE: &str = "walden pgbackrest backup-fetch DEST LABEL|LATEST [--tablesp
 [--recovery-target-time T | --recovery-target-lsn L | --recovery-target-name N | --recovery-target immediate] [--standby]";
 const PG_CONTROL: &str = "pg_data/global/pg_control";
 
+/// The manifest sections a restore reads, held while it runs; the others
+/// (`[target:file]`, streamed, and what a restore does not use) are never
+/// held, whatever their size.
+const KEPT_SECTIONS: &[&str] = &[
+    "backup",
+    "backup:db",
+    "backup:option",
+    "backup:target",
+    "cipher",
+    "target:file:default",
+    "target:path",
+    "target:path:default",
+];
+
 /// Options built once at the top of the command.
 pub struct Options {
     pub dest: PathBuf,
@@ -279,7 +293,7 @@ fn restore_with(
     }
     let manifest_key = repo.backup_key(&format!("{label}/backup.manifest"));
     let (man, used_key) = repo.load_from(&manifest_key, info.cipher_pass.as_deref(), &|s| {
-        s != "target:file"
+        KEPT_SECTIONS.contains(&s)
     })?;
     let flag = |k: &str| man.get("backup", k).and_then(Value::as_bool) == Some(true);
     if flag("backup-block-incr") {
@@ -392,7 +406,8 @@ fn restore_with(
         let fed = repo.stream(
             &used_key,
             info.cipher_pass.as_deref(),
-            &|s| s != "target:file",
+            // Nothing held: the sections read are in `man` already.
+            &|_| false,
             &mut |section, name, v| {
                 if section != "target:file" {
                     return Ok(());
