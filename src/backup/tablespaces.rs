@@ -150,39 +150,7 @@ impl Plan {
 
     /// Locations apart from DEST and from each other, and free to use.
     fn check(&self, dest: &Path) -> Result<()> {
-        for (i, t) in self.links.iter().enumerate() {
-            if nested(&t.location, dest) {
-                return Err(Error::Usage(format!(
-                    "tablespace {} would be restored to '{}', which overlaps the destination '{}'; \
-                     choose a location outside it (--restore-spec)",
-                    t.name,
-                    t.location.display(),
-                    dest.display()
-                )));
-            }
-            if let Some(o) = self.links[..i]
-                .iter()
-                .find(|o| nested(&o.location, &t.location))
-            {
-                return Err(Error::Usage(format!(
-                    "tablespaces {} and {} would be restored to overlapping directories '{}' and '{}'; \
-                     give each its own (--restore-spec)",
-                    o.name,
-                    t.name,
-                    o.location.display(),
-                    t.location.display()
-                )));
-            }
-            if !empty_or_absent(&t.location)? {
-                return Err(Error::Usage(format!(
-                    "tablespace {} would be restored to '{}', which is not empty; restore it into a new or \
-                     empty directory: remove what is there, or choose another location with --restore-spec FILE",
-                    t.name,
-                    t.location.display()
-                )));
-            }
-        }
-        Ok(())
+        check_locations(&self.links, dest, "--restore-spec FILE")
     }
 
     /// Catch-up onto an existing data directory: each tablespace's members
@@ -248,6 +216,56 @@ impl Plan {
             None => Route::Dest,
         }
     }
+}
+
+/// The checks every restore makes on where tablespaces go (WAL-G's and
+/// pgBackRest's), before anything is written: each location an absolute
+/// path without `..`, not `/`, outside DEST and the other locations, and
+/// absent or empty. `how` names the option that chooses locations.
+pub fn check_locations(links: &[Tablespace], dest: &Path, how: &str) -> Result<()> {
+    let dest = absolute(dest)?;
+    for (i, t) in links.iter().enumerate() {
+        let plain = t
+            .location
+            .components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+        if !t.location.is_absolute() || !plain || t.location.parent().is_none() {
+            return Err(Error::Usage(format!(
+                "tablespace {} would be restored to '{}', which is not an absolute directory path \
+                 without '..'; choose a location ({how})",
+                t.name,
+                t.location.display()
+            )));
+        }
+        if nested(&t.location, &dest) {
+            return Err(Error::Usage(format!(
+                "tablespace {} would be restored to '{}', which overlaps the destination '{}'; \
+                 choose a location outside it ({how})",
+                t.name,
+                t.location.display(),
+                dest.display()
+            )));
+        }
+        if let Some(o) = links[..i].iter().find(|o| nested(&o.location, &t.location)) {
+            return Err(Error::Usage(format!(
+                "tablespaces {} and {} would be restored to overlapping directories '{}' and '{}'; \
+                 give each its own ({how})",
+                o.name,
+                t.name,
+                o.location.display(),
+                t.location.display()
+            )));
+        }
+        if !empty_or_absent(&t.location)? {
+            return Err(Error::Usage(format!(
+                "tablespace {} would be restored to '{}', which is not empty; restore it into a new or \
+                 empty directory: remove what is there, or choose another location ({how})",
+                t.name,
+                t.location.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[derive(Default)]

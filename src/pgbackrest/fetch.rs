@@ -4,8 +4,9 @@
 //! file is read from the backup that stores it (the manifest's
 //! `reference`), decoded, and checked against its size and SHA-1 while it
 //! is written. The manifest's file list is streamed to the workers, never
-//! held. `global/pg_control` is written last: until then DEST cannot start
-//! as a cluster, so a failed restore leaves nothing PostgreSQL would run.
+//! held. `global/pg_control` is written last, under a temp name renamed
+//! once it checks out: until then DEST cannot start as a cluster, so a
+//! failed restore leaves nothing PostgreSQL would run.
 
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
@@ -32,6 +33,20 @@ use crate::error::{Error, Result};
 const USAGE: &str = "walden pgbackrest backup-fetch DEST LABEL|LATEST [--tablespace-map NAME=DIR ...] [--tablespace-map-all DIR] \
 [--recovery-target-time T | --recovery-target-lsn L | --recovery-target-name N | --recovery-target immediate] [--standby]";
 const PG_CONTROL: &str = "pg_data/global/pg_control";
+
+/// The manifest sections a restore reads, held while it runs; the others
+/// (`[target:file]`, streamed, and what a restore does not use) are never
+/// held, whatever their size.
+const KEPT_SECTIONS: &[&str] = &[
+    "backup",
+    "backup:db",
+    "backup:option",
+    "backup:target",
+    "cipher",
+    "target:file:default",
+    "target:path",
+    "target:path:default",
+];
 
 /// Options built once at the top of the command.
 pub struct Options {
@@ -192,9 +207,30 @@ fn unsupported(label: &str, problem: impl Into<String>) -> Error {
     .into()
 }
 
-pub fn mode_of(v: Option<&Value>) -> Option<u32> {
-    v.and_then(Value::as_str)
-        .and_then(|m| u32::from_str_radix(m, 8).ok())
+/// The mode a manifest gives `what` (an entry or a default section), if
+/// any. PostgreSQL makes its files and directories with permission bits
+/// only: a setuid, setgid or sticky bit would be restored on a file owned
+/// as the manifest says (root, when restoring as root), so such a mode,
+/// or one that is not octal, is refused rather than applied.
+pub(super) fn mode_of(v: Option<&Value>, what: &str) -> Result<Option<u32>> {
+    let Some(text) = v.and_then(Value::as_str) else {
+        return Ok(None);
+    };
+    let bad = |problem: &str| -> Error {
+        PgbrError::Format {
+            what: format!("manifest {what}"),
+            problem: format!(
+                "mode '{text}' {problem}; PostgreSQL never makes such a file or directory: \
+                 the manifest is damaged or was not written by pgBackRest, the restore is refused"
+            ),
+        }
+        .into()
+    };
+    match u32::from_str_radix(text, 8) {
+        Ok(m) if m <= 0o777 => Ok(Some(m)),
+        Ok(_) => Err(bad("has bits above 0777 (setuid, setgid or sticky)")),
+        Err(_) => Err(bad("is not an octal mode")),
+    }
 }
 
 /// The label LABEL|LATEST names; with a time target and LATEST, the newest
@@ -257,7 +293,7 @@ fn restore_with(
     }
     let manifest_key = repo.backup_key(&format!("{label}/backup.manifest"));
     let (man, used_key) = repo.load_from(&manifest_key, info.cipher_pass.as_deref(), &|s| {
-        s != "target:file"
+        KEPT_SECTIONS.contains(&s)
     })?;
     let flag = |k: &str| man.get("backup", k).and_then(Value::as_bool) == Some(true);
     if flag("backup-block-incr") {
@@ -319,8 +355,16 @@ fn restore_with(
     layout.prepare()?;
     let file_owners = Owners::new(&man, "target:file:default", &opts.dest)?;
     let path_owners = Owners::new(&man, "target:path:default", &opts.dest)?;
-    let file_mode = mode_of(man.get("target:file:default", "mode")).unwrap_or(0o600);
-    let dir_mode = mode_of(man.get("target:path:default", "mode")).unwrap_or(0o700);
+    let file_mode = mode_of(
+        man.get("target:file:default", "mode"),
+        "[target:file:default]",
+    )?
+    .unwrap_or(0o600);
+    let dir_mode = mode_of(
+        man.get("target:path:default", "mode"),
+        "[target:path:default]",
+    )?
+    .unwrap_or(0o700);
 
     // Directories first, owner-writable until the end.
     // (path, mode, owner): modes and owners set at the end.
@@ -332,7 +376,8 @@ fn restore_with(
         fs::create_dir_all(&path)
             .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
         let owner = path_owners.as_ref().map(|o| o.ids(v));
-        dirs.push((path, mode_of(v.get("mode")).unwrap_or(dir_mode), owner));
+        let mode = mode_of(v.get("mode"), &format!("directory {name}"))?.unwrap_or(dir_mode);
+        dirs.push((path, mode, owner));
     }
     layout.links()?;
 
@@ -361,7 +406,8 @@ fn restore_with(
         let fed = repo.stream(
             &used_key,
             info.cipher_pass.as_deref(),
-            &|s| s != "target:file",
+            // Nothing held: the sections read are in `man` already.
+            &|_| false,
             &mut |section, name, v| {
                 if section != "target:file" {
                     return Ok(());
@@ -411,7 +457,7 @@ fn restore_with(
     for ts in &layout.tablespaces {
         sync_filesystem(&ts.location)?;
     }
-    restore_file(&ctx, &control)?;
+    restore_control(&ctx, &control)?;
     for (path, mode, owner) in dirs.iter().rev() {
         if let Some(ids) = owner {
             owner::chown(path, *ids)?;
@@ -477,7 +523,7 @@ fn job(name: &str, v: &Value) -> Result<FileJob> {
                 },
             )),
         },
-        mode: mode_of(v.get("mode")),
+        mode: mode_of(v.get("mode"), &format!("file {name}"))?,
         timestamp: v.get("timestamp").and_then(Value::as_i64),
         owner: None,
     })
@@ -512,10 +558,58 @@ fn work(ctx: &Ctx, rx: &Mutex<Receiver<FileJob>>) -> Result<()> {
 const EMPTY_SHA1: &str = "da39a3ee5e6b4b0d3255bfef95601890afd80709";
 
 fn restore_file(ctx: &Ctx, job: &FileJob) -> Result<()> {
-    let path = ctx
-        .layout
+    write_file(ctx, job, &file_path(ctx, job)?).map(drop)
+}
+
+fn file_path(ctx: &Ctx, job: &FileJob) -> Result<PathBuf> {
+    ctx.layout
         .path(&job.name)?
-        .ok_or_else(|| Error::Other(format!("manifest entry {} is not a file path", job.name)))?;
+        .ok_or_else(|| Error::Other(format!("manifest entry {} is not a file path", job.name)))
+}
+
+/// `global/pg_control`, the file whose presence makes DEST a cluster:
+/// written under a temp name beside it, checked against the manifest,
+/// made durable, and only then renamed into place. A damaged copy is
+/// removed, never left where PostgreSQL would read it.
+fn restore_control(ctx: &Ctx, job: &FileJob) -> Result<()> {
+    let path = file_path(ctx, job)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let temp = dir.join(format!(
+        ".pg_control.walden-tmp.{}",
+        crate::localfile::random_suffix()
+    ));
+    // Removed on a stop signal, too.
+    let _tracked = crate::cleanup::track_file(temp.clone());
+    let published = write_file(ctx, job, &temp).and_then(|out| {
+        out.sync_all()
+            .map_err(|e| Error::io(format!("syncing {}", temp.display()), e))?;
+        drop(out);
+        // rename replaces: nothing of the manifest may be there already.
+        if fs::symlink_metadata(&path).is_ok() {
+            return Err(Error::Other(format!(
+                "{} exists before pg_control was restored: the manifest names it twice; refused",
+                path.display()
+            )));
+        }
+        fs::rename(&temp, &path).map_err(|e| {
+            Error::io(
+                format!("renaming {} to {}", temp.display(), path.display()),
+                e,
+            )
+        })
+    });
+    if let Err(e) = published {
+        let _ = fs::remove_file(&temp);
+        return Err(e);
+    }
+    crate::localfile::sync_dir(dir)
+        .map_err(|e| Error::io(format!("syncing the directory {}", dir.display()), e))
+}
+
+/// Writes `job` to `path`, checked against its size and SHA-1, with its
+/// owner, mode and time; the file is returned open.
+fn write_file(ctx: &Ctx, job: &FileJob, path: &Path) -> Result<File> {
+    let path = path.to_path_buf();
     let mut out = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -550,7 +644,7 @@ fn restore_file(ctx: &Ctx, job: &FileJob) -> Result<()> {
         job.mode.unwrap_or(ctx.file_mode),
         job.timestamp,
     )?;
-    Ok(())
+    Ok(out)
 }
 
 fn copy_from_repo(ctx: &Ctx, job: &FileJob, out: &mut File, path: &Path) -> Result<(u64, String)> {

@@ -5,7 +5,7 @@
 //! are kept, so a manifest of a million files costs no memory.
 
 use std::collections::BTreeMap;
-use std::io::BufRead;
+use std::io::{BufRead, Read};
 
 use ring::digest::{Context, SHA1_FOR_LEGACY_USE_ONLY};
 use serde_json::Value;
@@ -15,6 +15,11 @@ use crate::error::Result;
 
 /// The only repository format pgBackRest has written up to 2.60.
 const FORMAT: u64 = 5;
+
+/// The longest line read. pgBackRest's longest are a manifest's file
+/// entries: a path (at most PATH_MAX, 4 KiB) and a few hundred bytes of
+/// JSON. Without a cap, a file without newlines would be held whole.
+const MAX_LINE: usize = 1 << 20;
 
 /// The kept sections of one info file, repeated sections merged.
 #[derive(Debug, Default)]
@@ -66,7 +71,8 @@ pub fn parse_with(
     let mut number = 0;
     loop {
         raw.clear();
-        let n = input
+        let n = (&mut *input)
+            .take(MAX_LINE as u64 + 1)
             .read_until(b'\n', &mut raw)
             .map_err(|e| PgbrError::Read {
                 what: what.to_string(),
@@ -76,6 +82,17 @@ pub fn parse_with(
             break;
         }
         number += 1;
+        if n > MAX_LINE && raw.last() != Some(&b'\n') {
+            return Err(bad(
+                number,
+                format!(
+                    "longer than {} MiB, which no pgBackRest info file or manifest has: \
+                     the file is damaged or not pgBackRest's",
+                    MAX_LINE >> 20
+                ),
+            )
+            .into());
+        }
         if raw.last() == Some(&b'\n') {
             raw.pop();
         }
@@ -244,6 +261,25 @@ mod tests {
         let truncated = &text[..text.find("[backrest]\nbackrest-checksum").unwrap()];
         let err = parse(&mut truncated.as_bytes(), "backup.info", &|_| true).unwrap_err();
         assert!(err.to_string().contains("truncated"), "{err}");
+    }
+
+    #[test]
+    fn a_line_over_the_cap_is_refused_without_holding_it() {
+        let body = "[backrest]\nbackrest-format=5\n\n[db]\ndb-id=1\n";
+        // Exactly the cap, newline included, is read.
+        let fits = format!("{body}[junk]\nk=\"{}\"\n", "a".repeat(MAX_LINE - 5));
+        let err = parse(&mut fits.as_bytes(), "t", &|_| true).unwrap_err();
+        assert!(err.to_string().contains("truncated"), "{err}");
+        for tail in ["", "\n"] {
+            let long = format!("{body}[junk]\nk=\"{}\"{tail}", "a".repeat(MAX_LINE));
+            let err = parse(&mut long.as_bytes(), "backup.manifest", &|_| true)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("backup.manifest") && err.contains("line 7: longer than 1 MiB"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

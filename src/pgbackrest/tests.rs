@@ -679,3 +679,140 @@ fn backup_fetch_of_a_reference_to_a_missing_backup_fails_clearly() {
     assert!(err.contains("20261124-053849F"), "{err}");
     assert!(!dest.join("global/pg_control").exists());
 }
+
+/// The manifest of `label`, changed by `edit` and sealed again with the
+/// checksum of its new content (spec §3.2), as the backup and its copy:
+/// a hostile repository is one whose manifest checks out.
+fn edit_manifest(x: &Extracted, label: &str, edit: impl Fn(&str) -> String) {
+    let dir = x.root.join(format!("repo/backup/demo/{label}"));
+    let text = fs::read_to_string(dir.join("backup.manifest")).unwrap();
+    let edited = edit(&text);
+    assert_ne!(edited, text, "the edit changed nothing");
+    let (content, _) = edited
+        .rsplit_once("\n[backrest]\nbackrest-checksum=")
+        .unwrap();
+    let probe = format!("{content}\n[backrest]\nbackrest-checksum=\"0\"\n");
+    let err = super::ini::parse(&mut probe.as_bytes(), "t", &|_| true)
+        .unwrap_err()
+        .to_string();
+    let sum = err.rsplit(' ').next().unwrap();
+    let sealed = format!("{content}\n[backrest]\nbackrest-checksum=\"{sum}\"\n");
+    for name in ["backup.manifest", "backup.manifest.copy"] {
+        fs::write(dir.join(name), &sealed).unwrap();
+    }
+}
+
+const FULL: &str = "20261124-053849F";
+
+/// A restore `edit` makes hostile fails with a message holding each of
+/// `named`, and DEST has no pg_control (nor a temp file beside it).
+fn refused(edit: impl Fn(&str) -> String, opts: impl Fn(&Path) -> super::fetch::Options) -> String {
+    let x = extract("lz4-plain");
+    edit_manifest(&x, FULL, edit);
+    let dest = x.root.join("d");
+    let err = super::fetch::restore(&repo(&x), &opts(&dest))
+        .unwrap_err()
+        .to_string();
+    assert!(!dest.join("global/pg_control").exists(), "{err}");
+    if let Ok(entries) = fs::read_dir(dest.join("global")) {
+        for e in entries {
+            let name = e.unwrap().file_name();
+            assert!(
+                !name.to_string_lossy().contains("pg_control"),
+                "{name:?} left: {err}"
+            );
+        }
+    }
+    err
+}
+
+fn restore_full(dest: &Path) -> super::fetch::Options {
+    fetch_opts(dest, FULL)
+}
+
+/// Modes with bits above 0777 (setuid, setgid, sticky), on a file, a
+/// directory or a default section, are refused naming the entry and the
+/// mode: restored as root they would give a root-owned setuid file.
+#[test]
+fn backup_fetch_refuses_modes_above_0777() {
+    for (from, to, named) in [
+        (
+            "pg_data/PG_VERSION={",
+            "pg_data/PG_VERSION={\"mode\":\"4755\",",
+            "file pg_data/PG_VERSION: mode '4755' has bits above 0777",
+        ),
+        (
+            "pg_data/base={}",
+            "pg_data/base={\"mode\":\"1777\"}",
+            "directory pg_data/base: mode '1777' has bits above 0777",
+        ),
+        (
+            "[target:file:default]\ngroup=\"postgres\"\nmode=\"0600\"",
+            "[target:file:default]\ngroup=\"postgres\"\nmode=\"2600\"",
+            "[target:file:default]: mode '2600'",
+        ),
+        (
+            "pg_data/PG_VERSION={",
+            "pg_data/PG_VERSION={\"mode\":\"rwx\",",
+            "file pg_data/PG_VERSION: mode 'rwx' is not an octal mode",
+        ),
+    ] {
+        let err = refused(|t| t.replacen(from, to, 1), restore_full);
+        assert!(err.contains(named), "{err}");
+    }
+    let ok = |m: &str| super::fetch::mode_of(Some(&Value::from(m)), "x").unwrap();
+    assert_eq!(ok("0777"), Some(0o777));
+    assert_eq!(ok("0640"), Some(0o640));
+    assert_eq!(super::fetch::mode_of(None, "x").unwrap(), None);
+}
+
+/// pg_control whose bytes do not match the manifest (a checksum or a
+/// size the stored file does not have): refused naming it, and neither
+/// `global/pg_control` nor its temp file is left in DEST.
+#[test]
+fn backup_fetch_damaged_pg_control_leaves_no_pg_control() {
+    let control = |change: fn(&str) -> String| {
+        move |t: &str| {
+            t.lines()
+                .map(|l| {
+                    if l.starts_with("pg_data/global/pg_control=") {
+                        change(l)
+                    } else {
+                        l.to_string()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+                + "\n"
+        }
+    };
+    for change in [
+        (|l: &str| l.replacen("\"checksum\":\"78", "\"checksum\":\"00", 1)) as fn(&str) -> String,
+        |l: &str| l.replacen("\"size\":8192", "\"size\":8193", 1),
+    ] {
+        let err = refused(control(change), restore_full);
+        assert!(
+            err.contains("pg_data/global/pg_control") && err.contains("damaged"),
+            "{err}"
+        );
+    }
+}
+
+/// `pg_data/global//pg_control` is `global/pg_control` to the file system
+/// but not the name restored last: refused, and no pg_control written.
+#[test]
+fn backup_fetch_refuses_an_aliased_pg_control() {
+    for alias in [
+        "pg_data/global//pg_control=",
+        "pg_data/global/./pg_control=",
+    ] {
+        let err = refused(
+            |t| t.replacen("pg_data/global/pg_control=", alias, 1),
+            restore_full,
+        );
+        assert!(
+            err.contains(alias.trim_end_matches('=')) && err.contains("not a canonical path"),
+            "{err}"
+        );
+    }
+}

@@ -652,3 +652,297 @@ fn pgbackrest_bundle_members_are_ranged_gets_of_their_bytes() {
     assert_eq!(read, stored, "bytes read from bundles against their sizes");
     assert!(dest.join("global/pg_control").exists());
 }
+
+// Hostile repositories: a copy of the lz4-plain sample whose manifest is
+// changed and sealed again (its checksum holds, as a hostile repository's
+// would). Each restore must fail with exit 1 and a message naming what is
+// wrong, write nothing outside DEST (the case directory holds only the
+// repository, DEST and an empty working directory afterwards) and leave
+// no global/pg_control.
+
+/// pgBackRest's info-file checksum (spec §3.2): SHA-1 of the content as
+/// one JSON object, the `backrest-checksum` line left out.
+fn reseal(text: &str) -> String {
+    use ring::digest::{Context, SHA1_FOR_LEGACY_USE_ONLY};
+    let mut hash = Context::new(&SHA1_FOR_LEGACY_USE_ONLY);
+    hash.update(b"{");
+    let (mut out, mut section, mut previous) = (String::new(), String::new(), None::<String>);
+    for line in text.lines() {
+        if line.starts_with("backrest-checksum=") {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+        if line.is_empty() {
+            continue;
+        }
+        if line.starts_with('[') && line.ends_with(']') {
+            section = line[1..line.len() - 1].to_string();
+            continue;
+        }
+        let (key, value) = line.split_once('=').unwrap();
+        match previous.as_deref() {
+            None => hash.update(format!("\"{section}\":{{").as_bytes()),
+            Some(p) if p != section => hash.update(format!("}},\"{section}\":{{").as_bytes()),
+            Some(_) => hash.update(b","),
+        }
+        let key = key.replace('\\', "\\\\").replace('"', "\\\"");
+        hash.update(format!("\"{key}\":{value}").as_bytes());
+        previous = Some(section.clone());
+    }
+    hash.update(b"}}");
+    let sum: String = hash
+        .finish()
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert!(
+        out.ends_with("[backrest]\n"),
+        "the checksum closes the file"
+    );
+    out + &format!("backrest-checksum=\"{sum}\"\n")
+}
+
+/// `line` added at the top of `[section]`.
+fn add(text: &str, section: &str, line: &str) -> String {
+    let header = format!("\n[{section}]\n");
+    assert!(text.contains(&header), "no [{section}]");
+    text.replacen(&header, &format!("{header}{line}\n"), 1)
+}
+
+/// Tablespace 16384 (and 16385 with a second path) recorded at `path`,
+/// with an empty file and its directories, as pgBackRest lists them.
+fn with_tablespaces(text: &str, tablespaces: &[(&str, &str, &str)]) -> String {
+    let mut t = add(text, "target:path", "pg_tblspc={}");
+    for (oid, name, path) in tablespaces {
+        t = add(
+            &t,
+            "backup:target",
+            &format!(
+                "pg_tblspc/{oid}={}",
+                serde_json::json!({"path": path, "tablespace-id": oid, "tablespace-name": name, "type": "link"})
+            ),
+        );
+        t = add(&t, "target:path", &format!("pg_tblspc/{oid}={{}}"));
+        t = add(
+            &t,
+            "target:file",
+            &format!("pg_tblspc/{oid}/authorized_keys={{\"size\":0,\"timestamp\":1795498726}}"),
+        );
+    }
+    t
+}
+
+/// The manifest line of `name` changed by `change`.
+fn change_entry(text: &str, name: &str, change: impl Fn(&str) -> String) -> String {
+    let prefix = format!("{name}=");
+    let mut found = false;
+    let out: Vec<String> = text
+        .lines()
+        .map(|l| {
+            if l.starts_with(&prefix) {
+                found = true;
+                change(l)
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    assert!(found, "no entry {name}");
+    out.join("\n") + "\n"
+}
+
+#[test]
+fn pgbackrest_hostile_manifests_are_refused() {
+    const FULL: &str = "20261124-053849F";
+    let work = TempDir::new("pgbr-hostile");
+    let pristine = work.join("pristine");
+    fs::create_dir(&pristine).unwrap();
+    extract_sample("lz4-plain", &pristine);
+    let original =
+        fs::read_to_string(pristine.join(format!("repo/backup/{STANZA}/{FULL}/backup.manifest")))
+            .unwrap();
+    assert_eq!(
+        reseal(&original),
+        original,
+        "reseal computes pgBackRest's checksum"
+    );
+    let long_tail = format!("[junk]\nk=\"{}", "a".repeat(2 << 20));
+    let cases = [
+        "setuid-file",
+        "sticky-dir",
+        "relative-tablespace",
+        "tablespace-in-dest",
+        "nested-tablespaces",
+        "map-all-name-with-slash",
+        "relative-map",
+        "damaged-pg-control",
+        "aliased-pg-control",
+        "long-line",
+    ];
+    for case in cases {
+        let dir = work.join(case);
+        let (repo, cwd, dest) = (dir.join("repo"), dir.join("cwd"), dir.join("dest"));
+        copy_tree(&pristine.join("repo"), &repo);
+        fs::create_dir(&cwd).unwrap();
+        let at = |p: &str| dir.join(p).display().to_string();
+        let mut args: Vec<String> = Vec::new();
+        let (manifest, wanted): (String, &[&str]) = match case {
+            "setuid-file" => (
+                change_entry(&original, "pg_data/PG_VERSION", |l| {
+                    l.replacen(
+                        "={",
+                        "={\"group\":\"root\",\"mode\":\"4755\",\"user\":\"root\",",
+                        1,
+                    )
+                }),
+                &["file pg_data/PG_VERSION: mode '4755' has bits above 0777"],
+            ),
+            "sticky-dir" => (
+                change_entry(&original, "pg_data/base", |_| {
+                    "pg_data/base={\"mode\":\"1777\"}".into()
+                }),
+                &["directory pg_data/base: mode '1777' has bits above 0777"],
+            ),
+            "relative-tablespace" => (
+                with_tablespaces(&original, &[("16384", "ts1", "../rel-escape")]),
+                &[
+                    "tablespace ts1 (oid 16384)",
+                    "'../rel-escape'",
+                    "not an absolute",
+                ],
+            ),
+            "tablespace-in-dest" => (
+                with_tablespaces(&original, &[("16384", "ts1", &at("dest/global"))]),
+                &["tablespace ts1 (oid 16384)", "overlaps the destination"],
+            ),
+            "nested-tablespaces" => (
+                with_tablespaces(
+                    &original,
+                    &[
+                        ("16384", "ts1", &at("ts-a")),
+                        ("16385", "ts2", &at("ts-a/b")),
+                    ],
+                ),
+                &[
+                    "tablespaces ts1 (oid 16384) and ts2 (oid 16385)",
+                    "overlapping",
+                ],
+            ),
+            "map-all-name-with-slash" => {
+                args = vec!["--tablespace-map-all".into(), at("all")];
+                (
+                    with_tablespaces(&original, &[("16384", "a/b", &at("recorded"))]),
+                    &[
+                        "tablespace name 'a/b' is not a directory name",
+                        "--tablespace-map 16384=DIR",
+                    ],
+                )
+            }
+            "relative-map" => {
+                args = vec!["--tablespace-map".into(), "ts1=relative/ts1".into()];
+                (
+                    with_tablespaces(&original, &[("16384", "ts1", &at("recorded"))]),
+                    &["'relative/ts1'", "not an absolute"],
+                )
+            }
+            "damaged-pg-control" => {
+                args = vec!["--recovery-target".into(), "immediate".into()];
+                (
+                    change_entry(&original, "pg_data/global/pg_control", |l| {
+                        l.replacen("\"checksum\":\"78", "\"checksum\":\"00", 1)
+                    }),
+                    &[
+                        "pg_data/global/pg_control",
+                        "the repository file is damaged",
+                    ],
+                )
+            }
+            "aliased-pg-control" => (
+                original.replacen(
+                    "\npg_data/global/pg_control=",
+                    "\npg_data/global//pg_control=",
+                    1,
+                ),
+                &["'pg_data/global//pg_control' is not a canonical path"],
+            ),
+            "long-line" => (original.clone(), &["line 1067: longer than 1 MiB"]),
+            _ => unreachable!(),
+        };
+        let mut sealed = reseal(&manifest);
+        if case == "long-line" {
+            sealed.push_str(&long_tail);
+        } else {
+            assert_ne!(manifest, original, "{case}");
+        }
+        for name in ["backup.manifest", "backup.manifest.copy"] {
+            fs::write(repo.join(format!("backup/{STANZA}/{FULL}/{name}")), &sealed).unwrap();
+        }
+        let out = Walden::new()
+            .env("WALG_FILE_PREFIX", &repo)
+            .env("PGBACKREST_STANZA", STANZA)
+            .env("WALG_DOWNLOAD_CONCURRENCY", "2")
+            .current_dir(&cwd)
+            .args(["pgbackrest", "backup-fetch"])
+            .arg(&dest)
+            .arg(FULL)
+            .args(args)
+            .run();
+        out.assert_code(1);
+        for w in wanted {
+            assert!(
+                out.stderr.contains(w),
+                "{case}: wants '{w}':\n{}",
+                out.dump()
+            );
+        }
+        let mut left: Vec<String> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        left.retain(|n| n != "dest");
+        assert_eq!(left, ["cwd", "repo"], "{case}: written outside DEST");
+        assert_eq!(
+            fs::read_dir(&cwd).unwrap().count(),
+            0,
+            "{case}: written in the working directory"
+        );
+        if let Ok(entries) = fs::read_dir(dest.join("global")) {
+            for e in entries {
+                let name = e.unwrap().file_name();
+                assert!(
+                    !name.to_string_lossy().contains("pg_control"),
+                    "{case}: {name:?} left in DEST/global"
+                );
+            }
+        }
+        if case == "damaged-pg-control" {
+            // Everything but pg_control was restored: the failure is at the very end.
+            assert!(dest.join("PG_VERSION").exists() && dest.join("recovery.signal").exists());
+        }
+    }
+
+    // backup.info with a line of 2 MiB: backup-list refuses it, naming the file.
+    let info = work
+        .join("long-line/repo/backup")
+        .join(STANZA)
+        .join("backup.info");
+    let mut text = fs::read_to_string(&info).unwrap();
+    text.push_str(&long_tail);
+    for name in ["backup.info", "backup.info.copy"] {
+        fs::write(info.with_file_name(name), &text).unwrap();
+    }
+    let out = Walden::new()
+        .env("WALG_FILE_PREFIX", work.join("long-line/repo"))
+        .env("PGBACKREST_STANZA", STANZA)
+        .args(["pgbackrest", "backup-list"])
+        .run();
+    out.assert_code(1);
+    assert!(
+        out.stderr.contains("backup.info") && out.stderr.contains("longer than 1 MiB"),
+        "{}",
+        out.dump()
+    );
+}
