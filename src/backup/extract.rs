@@ -264,6 +264,17 @@ impl Extractor<'_> {
             Route::Tablespace { root, rel } => (root, rel),
         };
         let kind = entry.header().entry_type();
+        if !self.atomic && root == self.dest && rel == Path::new("global/pg_control") {
+            // WAL-G's remote backups carry a copy in a data tar too; the
+            // pg_control tar's, written last, is the one restored, so that
+            // no unfinished restore has a pg_control PostgreSQL would start.
+            log::debug!(
+                "'{}' in '{}' skipped: pg_control comes last, from its own tar",
+                String::from_utf8_lossy(&name),
+                self.key
+            );
+            return Ok(());
+        }
         let mode = entry.header().mode().map_err(|e| self.damaged(e))? & 0o777;
         if rel.as_os_str().is_empty() {
             // `/` or `./`: DEST itself (or a tablespace's directory), which exists.

@@ -370,3 +370,61 @@ fn a_backup_missing_a_tar_its_metadata_names_is_refused() {
         assert!(!dest.exists(), "{name}: nothing written");
     }
 }
+
+/// A data tar that carries `global/pg_control` (WAL-G's remote backups
+/// put a copy there): only the pg_control tar's is restored, last, so a
+/// restore that fails on a later tar leaves no pg_control behind.
+#[test]
+fn pg_control_comes_only_from_its_own_tar() {
+    let store = Store::fs();
+    let with_control = tar_of(&[
+        Member::Dir("global"),
+        Member::File("global/pg_control", vec![b'E'; 8192]),
+        Member::File("PG_VERSION", b"15\n".to_vec()),
+    ]);
+    backup(
+        &store,
+        FULL,
+        FULL_SENTINEL,
+        None,
+        &[("part_001.tar", with_control.clone())],
+    );
+    let dirs = TempDir::new("hostile-control");
+    let whole = dirs.join("whole");
+    store
+        .walden()
+        .arg("backup-fetch")
+        .arg(&whole)
+        .arg(FULL)
+        .run()
+        .assert_ok();
+    assert_eq!(
+        fs::read(whole.join("global/pg_control")).unwrap(),
+        vec![b'C'; 8192]
+    );
+
+    // A second data tar cut short: the restore fails before pg_control.
+    let cut = tar_of(&[Member::File("base_file", vec![b'x'; 100_000])]);
+    let cut = cut[..20_000].to_vec();
+    backup(
+        &store,
+        FULL,
+        FULL_SENTINEL,
+        None,
+        &[("part_001.tar", with_control), ("part_002.tar", cut)],
+    );
+    let failed = dirs.join("failed");
+    let out = store
+        .walden()
+        .env("WALG_DOWNLOAD_CONCURRENCY", "1")
+        .arg("backup-fetch")
+        .arg(&failed)
+        .arg(FULL)
+        .run();
+    out.assert_code(1);
+    assert!(
+        !failed.join("global/pg_control").exists(),
+        "a failed restore has no pg_control: {}",
+        out.dump()
+    );
+}
