@@ -629,8 +629,14 @@ mod tests {
     #[test]
     fn every_tar_the_metadata_names_must_be_stored() {
         let stored = [
-            (TarKind::Data, "catchup_005/c/tar_partitions/part_001.tar.lz4".to_string()),
-            (TarKind::Control, "catchup_005/c/tar_partitions/pg_control.tar.lz4".to_string()),
+            (
+                TarKind::Data,
+                "catchup_005/c/tar_partitions/part_001.tar.lz4".to_string(),
+            ),
+            (
+                TarKind::Control,
+                "catchup_005/c/tar_partitions/pg_control.tar.lz4".to_string(),
+            ),
         ];
         let named = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
         assert!(require_tars("c", None, &stored).is_ok());
@@ -642,7 +648,10 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("'backup_label.tar.lz4'") && e.contains("not applied"), "{e}");
+        assert!(
+            e.contains("'backup_label.tar.lz4'") && e.contains("not applied"),
+            "{e}"
+        );
     }
 
     #[test]

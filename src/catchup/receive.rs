@@ -94,10 +94,12 @@ pub fn run(settings: &crate::config::Settings, args: Vec<OsString>) -> Result<()
         Err(e) => return Err(net(e)),
     }
     drop(files);
+    // A delete command names every file of a dropped database.
+    conn.allow_lists();
     let mut parked_now = false;
     loop {
         let value = conn.recv().map_err(net)?;
-        let cmd = Command::from_value(&value).map_err(net)?;
+        let cmd = Command::from_value(value).map_err(net)?;
         if cmd.is_done {
             conn.expect_end().map_err(net)?;
             break;
@@ -301,7 +303,8 @@ fn apply(pgdata: &Path, conn: &mut Conn, cmd: Command) -> Result<()> {
         return Ok(());
     }
     Err(Error::Other(format!(
-        "unknown command from the catch-up sender: {cmd:?}"
+        "unknown command from the catch-up sender: {}",
+        cmd.describe()
     )))
 }
 

@@ -47,10 +47,7 @@ impl Markers {
     pub fn is_marked(&self, file_name: &str) -> bool {
         let marker = marker_name(file_name);
         !matches!(marker, "" | "." | "..")
-            && self
-                .dir
-                .as_ref()
-                .is_some_and(|d| d.join(marker).is_file())
+            && self.dir.as_ref().is_some_and(|d| d.join(marker).is_file())
     }
 
     pub fn mark(&self, file_name: &str) {
