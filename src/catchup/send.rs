@@ -207,11 +207,12 @@ struct Sender<'a> {
     dest: &'a str,
 }
 
-/// The configuration files the replica keeps (WAL-G's catch-up exclusions).
+/// The configuration files the replica keeps (WAL-G's catch-up exclusions,
+/// and postgresql.auto.conf and pg_ident.conf, which the receiver keeps).
 fn config_file(name: &[u8]) -> bool {
     matches!(
         name,
-        b"pg_hba.conf" | b"postgresql.conf" | b"postgresql.auto.conf"
+        b"pg_hba.conf" | b"postgresql.conf" | b"postgresql.auto.conf" | b"pg_ident.conf"
     )
 }
 
