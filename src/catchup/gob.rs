@@ -358,7 +358,7 @@ impl Decoder {
             return Err(bad("values nested too deeply"));
         }
         charge(left, NODE)?;
-        Ok(match id {
+        match id {
             T_BOOL => Value::Bool(b.uint()? != 0),
             T_INT => Value::Int(b.int()?),
             T_UINT | T_FLOAT => Value::Uint(b.uint()?),
@@ -410,7 +410,7 @@ impl Decoder {
                 }
             },
         }
-        .charged(left)?)
+        .charged(left)
     }
 }
 
