@@ -230,6 +230,17 @@ fn list(pgdata: &Path) -> Result<Vec<(String, i64, u32)>> {
                 continue;
             }
             let path = entry.path();
+            // A file an interrupted run was receiving: never listed (the
+            // sender sends the file again, whole), and removed.
+            if name.as_encoded_bytes().ends_with(TMP.as_bytes()) {
+                match fs::remove_file(&path) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                        return Err(Error::io(format!("removing '{}'", path.display()), e))
+                    }
+                    _ => log::info!("Removed '{}', left by an interrupted run", path.display()),
+                }
+                continue;
+            }
             let meta = fs::symlink_metadata(&path)
                 .map_err(|e| Error::io(format!("reading '{}'", path.display()), e))?;
             let child = rel.join(&name);
@@ -246,6 +257,16 @@ fn list(pgdata: &Path) -> Result<Vec<(String, i64, u32)>> {
         }
     }
     Ok(out)
+}
+
+/// The suffix of the name a file is received under before it is renamed.
+const TMP: &str = ".walden-tmp";
+
+/// Where `path` is written before it is renamed into place.
+fn tmp_of(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(TMP);
+    PathBuf::from(name)
 }
 
 /// A name from the sender, checked to stay inside PGDATA.
@@ -283,7 +304,7 @@ fn never_sent(name: &str, delete: bool) -> Option<&'static str> {
     if name == "global/pg_control" {
         return Some("pg_control comes only as the primary's control file, last");
     }
-    if name == super::fetch::PARKED || name.contains(".walden-tmp") {
+    if name == super::fetch::PARKED || name.contains(TMP) {
         return Some("it is walden's own name for a file it sets aside or writes");
     }
     if !delete && base.ends_with(".signal") {
@@ -436,7 +457,7 @@ fn apply(
             )));
         }
         log::info!("Writing file {name}");
-        let tmp = path.with_extension("walden-tmp");
+        let tmp = tmp_of(&path);
         let mut f = open(&tmp, true)?;
         let contents = if name == "tablespace_map" {
             super::tblspc::map_to_replica(pgdata, &cmd.binary_contents)
@@ -474,10 +495,24 @@ fn apply(
         if matches!(name, "backup_label" | "tablespace_map") {
             return Err(refuse(name, "it comes whole in a command, at the end"));
         }
-        let file = open(&path, cmd.is_full)?;
+        // A whole file goes under a temp name, renamed once complete: a
+        // cut leaves the replica's old file (or none), never a short one,
+        // which the next run would take for the replica's copy and patch
+        // with increments only.
+        let tmp = tmp_of(&path);
+        // Files are written, never links replaced (pg_tblspc/OID).
+        if fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(Error::Other(format!(
+                "the catch-up sender sent '{name}', which is a symbolic link on the replica: refused"
+            )));
+        }
+        let file = open(if cmd.is_full { &tmp } else { &path }, cmd.is_full)?;
         if cmd.is_full {
             log::info!("Full file {name}");
-            io::copy(&mut chunks, &mut &file).map_err(|e| blame(e, &path, peer))?;
+            io::copy(&mut chunks, &mut &file).map_err(|e| {
+                let _ = fs::remove_file(&tmp);
+                blame(e, &path, peer)
+            })?;
         } else {
             log::info!("Incremental file {name}");
             let damaged = |e: increment::IncrementError| match e {
@@ -492,9 +527,16 @@ fn apply(
             io::copy(&mut chunks, &mut io::sink()).map_err(|e| blame(e, &path, peer))?;
         }
         if chunks.left != 0 || chunks.pos != chunks.buf.len() {
+            if cmd.is_full {
+                let _ = fs::remove_file(&tmp);
+            }
             return Err(Error::Other(format!(
                 "'{name}' from the catch-up sender is shorter than announced"
             )));
+        }
+        if cmd.is_full {
+            file.sync_all().map_err(ctx(&tmp))?;
+            return fs::rename(&tmp, &path).map_err(ctx(&path));
         }
         return file.sync_all().map_err(ctx(&path));
     }

@@ -387,10 +387,16 @@ fn hostile_senders_are_refused_and_a_real_one_still_catches_up() {
     // Finding 2 + 9: pg_control first, then a file cut short by the
     // connection: pg_control is not in place, the cut is the connection's,
     // the operator is told to run again.
+    // The file cut is template1's pg_class: the replica's copy must stay
+    // whole (a short one would be patched with increments only next time).
+    let pg_class = data.join("base/1/1259");
+    let pg_class_before = fs::read(&pg_class).unwrap();
     let cut = [
         define_command(),
         command(4, 0, "global/pg_control", &control),
-        command(2, 100, "base/1/99999999", b""),
+        command(2, 3, "base/1/99999999", b""),
+        chunk(b"abc"),
+        command(2, 100, "base/1/1259", b""),
         chunk(b"abc"),
     ]
     .concat();
@@ -402,6 +408,9 @@ fn hostile_senders_are_refused_and_a_real_one_still_catches_up() {
         &conf,
     );
     assert!(!live.exists() && parked.exists(), "pg_control is in place");
+    assert_eq!(fs::read(&pg_class).unwrap(), pg_class_before);
+    assert_eq!(fs::read(data.join("base/1/99999999")).unwrap(), b"abc");
+    assert!(!data.join("base/1/1259.walden-tmp").exists());
 
     // pg_control and IsDone, no backup_label: refused, still parked.
     let no_label = [
@@ -465,9 +474,10 @@ fn hostile_senders_are_refused_and_a_real_one_still_catches_up() {
     replica.start_server();
     wait_streaming(&replica);
     wait_replayed(&primary, &replica);
+    let template1 = &[("template1", "SELECT count(*) > 100 FROM pg_class")];
     assert_eq!(
-        rows_with(&replica, &[]),
-        rows_with(&primary, &[]),
+        rows_with(&replica, template1),
+        rows_with(&primary, template1),
         "{}",
         replica.log_tail()
     );
