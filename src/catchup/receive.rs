@@ -361,6 +361,11 @@ fn from_peer(e: io::Error) -> io::Error {
 /// side failed, on writing `path` otherwise.
 fn blame(e: io::Error, path: &Path, peer: &str) -> Error {
     match e.get_ref().and_then(|i| i.downcast_ref::<FromPeer>()) {
+        Some(_) if e.kind() == io::ErrorKind::UnexpectedEof => Error::Other(format!(
+            "catch-up connection with {peer}: it ended in the middle of '{}' (the sender \
+             stopped or the network failed; the sender's log says which)",
+            path.display()
+        )),
         Some(_) => Error::io(
             format!(
                 "catch-up connection with {peer} (while receiving '{}')",

@@ -22,7 +22,7 @@ use crate::harness::scenario::{
     catchup_over_tcp, listening, pg_basebackup, start_standby, tablespace,
 };
 use crate::harness::tmp::{chown_postgres, free_port};
-use crate::harness::{walden_bin, Output, TempDir, Walden};
+use crate::harness::{walden_bin, Output, PgCluster, TempDir, Walden};
 use crate::store::Store;
 
 fn program(walg: bool) -> Option<Walden> {
@@ -182,17 +182,34 @@ fn define_command() -> Vec<u8> {
         ("BinaryContents", 5),
         ("FilesToDelete", 71),
     ];
-    let mut o = Gob::default();
-    o.int(-COMMAND).begin().field(2).begin();
-    common_type(&mut o, "CatchupCommandDto", COMMAND);
-    o.field(1).uint(fields.len() as u64);
-    for (n, t) in fields {
-        o.begin().field(0).bytes(n.as_bytes()).field(1).int(t).end();
-    }
-    o.end().end();
-    let mut out = o.msg();
+    let mut out = define_struct(COMMAND, "CatchupCommandDto", &fields);
     out.extend(define_slice(71, "[]string", 6));
     out
+}
+
+fn define_struct(id: i64, name: &str, fields: &[(&str, i64)]) -> Vec<u8> {
+    let mut o = Gob::default();
+    o.int(-id).begin().field(2).begin();
+    common_type(&mut o, name, id);
+    o.field(1).uint(fields.len() as u64);
+    for (n, t) in fields {
+        o.begin()
+            .field(0)
+            .bytes(n.as_bytes())
+            .field(1)
+            .int(*t)
+            .end();
+    }
+    o.end().end();
+    o.msg()
+}
+
+fn define_map(id: i64, name: &str, key: i64, elem: i64) -> Vec<u8> {
+    let mut o = Gob::default();
+    o.int(-id).begin().field(3).begin();
+    common_type(&mut o, name, id);
+    o.field(1).int(key).field(2).int(elem).end().end();
+    o.msg()
 }
 
 fn define_slice(id: i64, name: &str, elem: i64) -> Vec<u8> {
@@ -403,7 +420,11 @@ fn hostile_senders_are_refused_and_a_real_one_still_catches_up() {
     let out = receive_from(&data, &cut, false);
     refused(
         &out,
-        &["catch-up connection with", "while receiving", HALF],
+        &[
+            "catch-up connection with",
+            "it ended in the middle of",
+            HALF,
+        ],
         &data,
         &conf,
     );
@@ -481,4 +502,114 @@ fn hostile_senders_are_refused_and_a_real_one_still_catches_up() {
         "{}",
         replica.log_tail()
     );
+}
+
+/// catchup-send (under `/usr/bin/time -v` when `timed`) from `primary` to
+/// a fake catchup-receive that sends `messages` and reads what comes back.
+fn send_to(primary: &PgCluster, messages: &[u8], timed: bool) -> Output {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let stream = lz4(messages);
+    let fake = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let _ = s.write_all(&stream);
+        let mut sink = Vec::new();
+        let _ = s.read_to_end(&mut sink);
+    });
+    let walden = if timed {
+        Walden::program("/usr/bin/time").arg("-v").arg(walden_bin())
+    } else {
+        Walden::new()
+    };
+    let out = walden
+        .envs(primary.env())
+        .arg("catchup-send")
+        .arg(primary.data_dir())
+        .arg(format!("127.0.0.1:{port}"))
+        .timeout(Duration::from_secs(60))
+        .run();
+    fake.join().unwrap();
+    out
+}
+
+/// The decoder runs on the primary too: a hostile catchup-receive is
+/// refused in bounded memory, its values named, not printed.
+#[test]
+fn a_hostile_receiver_is_refused_by_the_sender() {
+    let primary = wal_dropping_primary();
+    let id: u64 = primary
+        .psql("SELECT system_identifier FROM pg_control_system()")
+        .parse()
+        .unwrap();
+    let mut o = Gob::default();
+    o.int(64)
+        .begin()
+        .field(0)
+        .uint(id)
+        .field(1)
+        .uint(1)
+        .field(2)
+        .uint(1)
+        .end();
+    let control = [
+        define_struct(
+            64,
+            "PgControlData",
+            &[
+                ("SystemIdentifier", 3),
+                ("CurrentTimeline", 3),
+                ("Checkpoint", 3),
+            ],
+        ),
+        o.msg(),
+    ]
+    .concat();
+    let check = |out: &Output, says: &str| {
+        assert_eq!(out.code, 1, "{}", out.dump());
+        assert!(out.stderr.contains(says), "'{says}' not in: {}", out.dump());
+        assert!(
+            out.stderr.contains("reading the replica's file list"),
+            "{}",
+            out.dump()
+        );
+        assert!(
+            out.stderr.len() < 64 << 10,
+            "a {}-byte log",
+            out.stderr.len()
+        );
+    };
+    // Another type where the list belongs.
+    let mut o = Gob::default();
+    o.int(72).uint(0).uint(10_000);
+    o.b.resize(o.b.len() + 10_000, 0);
+    let bools = [control.clone(), define_slice(72, "[]bool", 1), o.msg()].concat();
+    check(
+        &send_to(&primary, &bools, false),
+        "expected a map, got a value of type slice",
+    );
+    // A list announced at 1 GiB.
+    let mut o = Gob::default();
+    o.uint(1 << 30);
+    let huge = [control.clone(), o.b].concat();
+    check(
+        &send_to(&primary, &huge, false),
+        "a message of 1073741824 bytes, more than the 83886080 bytes allowed",
+    );
+    // One entry of 20M one-byte values (640 MB as values): refused.
+    let n = 20_000_000u64;
+    let mut o = Gob::default();
+    o.int(69).uint(0).uint(1).bytes(b"x").uint(n);
+    o.b.resize(o.b.len() + n as usize, 0);
+    let bomb = [
+        control,
+        define_slice(72, "[]bool", 1),
+        define_map(69, "BackupFileList", 6, 72),
+        o.msg(),
+    ]
+    .concat();
+    let out = send_to(&primary, &bomb, true);
+    check(&out, "expands to more memory than its size allows");
+    let rss = max_rss_kib(&out);
+    eprintln!("catchup-send max RSS with a 20 MB hostile file list: {rss} KiB");
+    assert!(rss < 200 << 10, "max RSS {rss} KiB");
 }
