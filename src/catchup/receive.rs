@@ -271,6 +271,13 @@ fn tmp_of(path: &Path) -> PathBuf {
 
 /// A name from the sender, checked to stay inside PGDATA.
 fn target(pgdata: &Path, name: &str) -> Result<PathBuf> {
+    // PATH_MAX: a longer name is no file's (and is not worth logging).
+    if name.len() > 4096 {
+        return Err(Error::Other(format!(
+            "the catch-up sender named a file with a name of {} bytes, longer than any path",
+            name.len()
+        )));
+    }
     let rel = Path::new(name);
     if name.is_empty() || !rel.components().all(|c| matches!(c, Component::Normal(_))) {
         return Err(Error::Other(format!(
