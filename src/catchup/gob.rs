@@ -9,11 +9,24 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 
-/// Largest message accepted: WAL-G's biggest are the standby's file list
-/// and `global/pg_control` (8 KiB); a length beyond this is a corrupt stream.
-const MAX_MESSAGE: u64 = 1 << 30;
+/// Largest message accepted from a peer: WAL-G's commands, `[]byte`
+/// chunks (8 KiB) and `global/pg_control` (8 KiB) are far smaller; a
+/// longer message is a corrupt or hostile stream.
+pub const MAX_MESSAGE: u64 = 4 << 20;
+/// Largest message of a struct or map type where the caller allows lists
+/// ([`Decoder::allow_lists`]): the standby's file list (measured: ~40
+/// bytes a file in `base/`, 66 with long tablespace names, so 1M files
+/// take 40-66 MB) and a delete command naming every file of a dropped
+/// database (about 26 bytes a name).
+pub const MAX_LIST_MESSAGE: u64 = 80 << 20;
+/// A type definition: WAL-G's largest (CatchupCommandDto) takes 170 bytes.
+const MAX_TYPE_MESSAGE: u64 = 64 << 10;
+/// Type ids a stream may define (WAL-G's streams define 8).
+const MAX_TYPES: usize = 64;
+/// Fields of one struct type (WAL-G's largest has 9).
+const MAX_FIELDS: u64 = 256;
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub enum Value {
     Uint(u64),
     Int(i64),
@@ -25,7 +38,37 @@ pub enum Value {
     Map(Vec<(Value, Value)>),
 }
 
+/// A peer's value is never printed: only its kind and size (a value can
+/// be megabytes, and printing it costs ~13 bytes of log per byte).
+impl std::fmt::Debug for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.kind())
+    }
+}
+
 impl Value {
+    /// What the value is, for messages: its kind and size, not its bytes.
+    pub fn kind(&self) -> String {
+        match self {
+            Value::Uint(_) => "an unsigned integer".into(),
+            Value::Int(_) => "an integer".into(),
+            Value::Bool(_) => "a bool".into(),
+            Value::Bytes(b) => format!("a byte string of {} bytes", b.len()),
+            Value::Struct(f) => format!("a struct with {} fields set", f.len()),
+            Value::List(l) => format!("a list of {} values", l.len()),
+            Value::Map(m) => format!("a map of {} entries", m.len()),
+        }
+    }
+    /// Takes a byte field out of a struct (no copy).
+    pub fn take_bytes(&mut self, name: &str) -> Vec<u8> {
+        match self {
+            Value::Struct(fields) => match fields.iter_mut().find(|(n, _)| n == name) {
+                Some((_, Value::Bytes(b))) => std::mem::take(b),
+                _ => Vec::new(),
+            },
+            _ => Vec::new(),
+        }
+    }
     pub fn field(&self, name: &str) -> Option<&Value> {
         match self {
             Value::Struct(fields) => fields.iter().find(|(n, _)| n == name).map(|(_, v)| v),
@@ -110,6 +153,9 @@ impl<'a> Buf<'a> {
             (u >> 1) as i64
         })
     }
+    fn left(&self) -> u64 {
+        self.b.len() as u64
+    }
     fn take(&mut self, n: u64) -> io::Result<&'a [u8]> {
         if n > self.b.len() as u64 {
             return Err(bad("length beyond the message"));
@@ -152,41 +198,167 @@ impl<'a> Buf<'a> {
     }
 }
 
-#[derive(Default)]
+/// What a message may expand to as a [`Value`] tree: four times its
+/// bytes (a name list costs ~2-3x: a 32-byte node per name) plus 1 MiB.
+/// A list of one-byte elements would cost 32x without it.
+fn budget_for(len: u64) -> u64 {
+    len.saturating_mul(4).saturating_add(1 << 20)
+}
+
+const NODE: u64 = std::mem::size_of::<Value>() as u64;
+
+/// Charges `cost` bytes of decoded tree against what is left.
+fn charge(left: &mut u64, cost: u64) -> io::Result<()> {
+    *left = left.checked_sub(cost).ok_or_else(|| {
+        bad("the message expands to more memory than its size allows (a hostile or corrupt stream)")
+    })?;
+    Ok(())
+}
+
 pub struct Decoder {
     types: HashMap<i64, WireType>,
+    /// Largest message of a struct or map type.
+    list_cap: u64,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Decoder {
+            types: HashMap::new(),
+            list_cap: MAX_MESSAGE,
+        }
+    }
 }
 
 impl Decoder {
-    /// The next value, reading (and remembering) type definitions before it.
-    pub fn decode(&mut self, r: &mut impl Read) -> io::Result<Value> {
-        let mut msg = Vec::new();
+    /// Messages of a struct or map type may take up to
+    /// [`MAX_LIST_MESSAGE`] bytes (others stay within [`MAX_MESSAGE`]).
+    pub fn allow_lists(&mut self) {
+        self.list_cap = MAX_LIST_MESSAGE;
+    }
+
+    /// The next message of a value, type definitions before it read and
+    /// remembered.
+    fn next_value_message(&mut self, r: &mut impl Read) -> io::Result<Vec<u8>> {
         loop {
             let n = read_uint(r)?;
-            if n > MAX_MESSAGE {
-                return Err(bad(format!("message of {n} bytes")));
+            let cap = self.list_cap.max(MAX_MESSAGE);
+            if n > cap {
+                return Err(bad(format!(
+                    "a message of {n} bytes, more than the {cap} bytes allowed"
+                )));
             }
-            msg.resize(n as usize, 0);
-            r.read_exact(&mut msg)?;
-            let mut b = Buf { b: &msg };
+            // Grows as bytes arrive: a length alone allocates nothing.
+            let mut bytes = Vec::new();
+            r.take(n).read_to_end(&mut bytes)?;
+            if (bytes.len() as u64) < n {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("gob: the stream ended inside a message of {n} bytes"),
+                ));
+            }
+            let mut b = Buf { b: &bytes };
             let id = b.int()?;
             if id < 0 {
+                if n > MAX_TYPE_MESSAGE {
+                    return Err(bad(format!("a type definition of {n} bytes")));
+                }
                 let t = wire_type(&mut b)?;
-                self.types.insert(-id, t);
+                let id = id
+                    .checked_neg()
+                    .ok_or_else(|| bad("type id out of range"))?;
+                if !self.types.contains_key(&id) && self.types.len() >= MAX_TYPES {
+                    return Err(bad(format!(
+                        "more than {MAX_TYPES} type definitions (a hostile or corrupt stream)"
+                    )));
+                }
+                self.types.insert(id, t);
                 continue;
             }
-            if !matches!(self.types.get(&id), Some(WireType::Struct(_))) && b.uint()? != 0 {
-                return Err(bad("a non-struct value without its zero field delta"));
+            let listy = matches!(
+                self.types.get(&id),
+                Some(WireType::Struct(_)) | Some(WireType::Map(..))
+            );
+            if n > MAX_MESSAGE && !listy {
+                return Err(bad(format!(
+                    "a message of {n} bytes, more than the {MAX_MESSAGE} bytes allowed"
+                )));
             }
-            return self.value(&mut b, id, 0);
+            return Ok(bytes);
         }
     }
 
-    fn value(&self, b: &mut Buf, id: i64, depth: u32) -> io::Result<Value> {
+    /// The next value, reading (and remembering) type definitions before it.
+    pub fn decode(&mut self, r: &mut impl Read) -> io::Result<Value> {
+        let msg = self.next_value_message(r)?;
+        let mut left = budget_for(msg.len() as u64);
+        let mut b = Buf { b: &msg };
+        let id = b.int()?;
+        if !matches!(self.types.get(&id), Some(WireType::Struct(_))) && b.uint()? != 0 {
+            return Err(bad("a non-struct value without its zero field delta"));
+        }
+        self.value(&mut b, id, 0, &mut left)
+    }
+
+    /// The next value, which must be a map, given to `f` entry by entry
+    /// (the map is never held as a whole). Each entry may expand to
+    /// [`budget_for`] its own bytes.
+    pub fn decode_map(
+        &mut self,
+        r: &mut impl Read,
+        mut f: impl FnMut(Value, Value) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let msg = self.next_value_message(r)?;
+        let mut b = Buf { b: &msg };
+        let id = b.int()?;
+        let Some(WireType::Map(k, e)) = self.types.get(&id).cloned() else {
+            return Err(bad(format!(
+                "expected a map, got a value of type {}",
+                self.type_name(id)
+            )));
+        };
+        if b.uint()? != 0 {
+            return Err(bad("a non-struct value without its zero field delta"));
+        }
+        let n = b.uint()?;
+        // Each entry takes at least two bytes (key and value).
+        if n > b.left() / 2 {
+            return Err(bad(format!("a map of {n} entries in a shorter message")));
+        }
+        for _ in 0..n {
+            let before = b.left();
+            let mut left = budget_for(before);
+            let key = self.value(&mut b, k, 1, &mut left)?;
+            let value = self.value(&mut b, e, 1, &mut left)?;
+            f(key, value)?;
+        }
+        Ok(())
+    }
+
+    fn type_name(&self, id: i64) -> &'static str {
+        match (id, self.types.get(&id)) {
+            (T_BOOL, _) => "bool",
+            (T_INT, _) => "int",
+            (T_UINT, _) => "uint",
+            (T_FLOAT, _) => "float",
+            (T_BYTES, _) => "[]byte",
+            (T_STRING, _) => "string",
+            (T_COMPLEX, _) => "complex",
+            (_, Some(WireType::Slice(_))) => "slice",
+            (_, Some(WireType::Array(_))) => "array",
+            (_, Some(WireType::Struct(_))) => "struct",
+            (_, Some(WireType::Map(..))) => "map",
+            (_, Some(WireType::Opaque)) => "encoded value",
+            (_, None) => "undefined",
+        }
+    }
+
+    fn value(&self, b: &mut Buf, id: i64, depth: u32, left: &mut u64) -> io::Result<Value> {
         if depth > 32 {
             return Err(bad("values nested too deeply"));
         }
-        Ok(match id {
+        charge(left, NODE)?;
+        match id {
             T_BOOL => Value::Bool(b.uint()? != 0),
             T_INT => Value::Int(b.int()?),
             T_UINT | T_FLOAT => Value::Uint(b.uint()?),
@@ -200,18 +372,27 @@ impl Decoder {
                 Some(WireType::Opaque) => Value::Bytes(b.bytes()?),
                 Some(WireType::Slice(e)) | Some(WireType::Array(e)) => {
                     let n = b.uint()?;
-                    let mut v = Vec::new();
+                    // Each element takes at least one byte.
+                    if n > b.left() {
+                        return Err(bad(format!("a list of {n} elements in a shorter message")));
+                    }
+                    charge(left, n * NODE)?;
+                    let mut v = Vec::with_capacity(n as usize);
                     for _ in 0..n {
-                        v.push(self.value(b, *e, depth + 1)?);
+                        v.push(self.value(b, *e, depth + 1, left)?);
                     }
                     Value::List(v)
                 }
                 Some(WireType::Map(k, e)) => {
                     let n = b.uint()?;
-                    let mut v = Vec::new();
+                    if n > b.left() / 2 {
+                        return Err(bad(format!("a map of {n} entries in a shorter message")));
+                    }
+                    charge(left, n * 2 * NODE)?;
+                    let mut v = Vec::with_capacity(n as usize);
                     for _ in 0..n {
-                        let key = self.value(b, *k, depth + 1)?;
-                        v.push((key, self.value(b, *e, depth + 1)?));
+                        let key = self.value(b, *k, depth + 1, left)?;
+                        v.push((key, self.value(b, *e, depth + 1, left)?));
                     }
                     Value::Map(v)
                 }
@@ -221,13 +402,25 @@ impl Decoder {
                         let (name, t) = fields
                             .get(i as usize)
                             .ok_or_else(|| bad("field number out of range"))?;
-                        v.push((name.clone(), self.value(b, *t, depth + 1)?));
+                        charge(left, name.len() as u64 + 24)?;
+                        v.push((name.clone(), self.value(b, *t, depth + 1, left)?));
                         Ok(())
                     })?;
                     Value::Struct(v)
                 }
             },
-        })
+        }
+        .charged(left)
+    }
+}
+
+impl Value {
+    /// Charges a decoded value's payload bytes.
+    fn charged(self, left: &mut u64) -> io::Result<Value> {
+        if let Value::Bytes(b) = &self {
+            charge(left, b.len() as u64)?;
+        }
+        Ok(self)
     }
 }
 
@@ -268,7 +461,11 @@ fn wire_type(b: &mut Buf) -> io::Result<WireType> {
                     match j {
                         0 => drop(b.common_id()?),
                         1 => {
-                            for _ in 0..b.uint()? {
+                            let n = b.uint()?;
+                            if n > MAX_FIELDS || n > b.left() {
+                                return Err(bad(format!("a struct type of {n} fields")));
+                            }
+                            for _ in 0..n {
                                 let (mut name, mut id) = (String::new(), 0);
                                 b.fields(|b, k| {
                                     match k {
@@ -554,6 +751,160 @@ mod tests {
         let t = encode_time(1700000000, 123456789);
         assert_eq!(decode_time(&t), Some((1700000000, 123456789)));
         assert_eq!(&t[..13], &hex("010000000edce5e800075bcd15")[..]);
+    }
+
+    /// One message of `[]bool` (type 72) with `n` false elements.
+    fn bools(n: u64) -> Vec<u8> {
+        let mut w = Vec::new();
+        define_slice(&mut w, 72, "[]bool", BOOL).unwrap();
+        let mut o = Out::default();
+        o.int(72).uint(0).uint(n);
+        o.b.resize(o.b.len() + n as usize, 0);
+        o.send(&mut w).unwrap();
+        w
+    }
+
+    fn err(bytes: &[u8], d: &mut Decoder) -> String {
+        d.decode(&mut &bytes[..]).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_long_message_is_refused_before_it_arrives() {
+        // 1 GiB announced, 3 bytes sent: refused at once, nothing allocated.
+        let mut o = Out::default();
+        o.uint(1 << 30);
+        o.b.extend_from_slice(&[1, 2, 3]);
+        let e = err(&o.b, &mut Decoder::default());
+        assert!(
+            e.contains("a message of 1073741824 bytes, more than the 4194304 bytes allowed"),
+            "{e}"
+        );
+        // Within the cap but cut: an EOF, after only the bytes that came.
+        let mut o = Out::default();
+        o.uint(1 << 20);
+        o.b.extend_from_slice(&[1, 2, 3]);
+        let e = Decoder::default().decode(&mut &o.b[..]).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof, "{e}");
+        // Lists allowed: structs and maps may be longer, nothing else.
+        let mut d = Decoder::default();
+        d.allow_lists();
+        let e = err(&bools(5 << 20), &mut d);
+        assert!(e.contains("more than the 4194304 bytes allowed"), "{e}");
+    }
+
+    #[test]
+    fn elements_cannot_expand_a_message_beyond_its_budget() {
+        // 100 bools: fine.
+        let Value::List(l) = Decoder::default().decode(&mut &bools(100)[..]).unwrap() else {
+            panic!()
+        };
+        assert_eq!(l.len(), 100);
+        // 3M one-byte bools would take 96 MB as values: refused before.
+        let e = err(&bools(3 << 20), &mut Decoder::default());
+        assert!(
+            e.contains("expands to more memory than its size allows"),
+            "{e}"
+        );
+        // More elements than bytes left.
+        let mut w = Vec::new();
+        define_slice(&mut w, 72, "[]bool", BOOL).unwrap();
+        let mut o = Out::default();
+        o.int(72).uint(0).uint(1 << 40).uint(0);
+        o.send(&mut w).unwrap();
+        let e = err(&w, &mut Decoder::default());
+        assert!(
+            e.contains("a list of 1099511627776 elements in a shorter message"),
+            "{e}"
+        );
+        // A map likewise.
+        let mut w = Vec::new();
+        define_map(&mut w, 73, "m", STRING, STRING).unwrap();
+        let mut o = Out::default();
+        o.int(73).uint(0).uint(3).uint(0).uint(0);
+        o.send(&mut w).unwrap();
+        let e = err(&w, &mut Decoder::default());
+        assert!(e.contains("a map of 3 entries in a shorter message"), "{e}");
+    }
+
+    #[test]
+    fn type_definitions_are_bounded() {
+        let mut w = Vec::new();
+        for id in 0..=MAX_TYPES as i64 {
+            define_slice(&mut w, 100 + id, "", BOOL).unwrap();
+        }
+        let e = err(&w, &mut Decoder::default());
+        assert!(e.contains("more than 64 type definitions"), "{e}");
+        // Redefining one id again and again is not a new type.
+        let mut w = Vec::new();
+        for _ in 0..1000 {
+            define_slice(&mut w, 100, "", BOOL).unwrap();
+        }
+        w.extend_from_slice(&bools(1));
+        assert!(Decoder::default().decode(&mut &w[..]).is_ok());
+        // A struct of too many fields.
+        let names: Vec<String> = (0..300).map(|i| format!("f{i}")).collect();
+        let fields: Vec<(&str, i64)> = names.iter().map(|n| (n.as_str(), BOOL)).collect();
+        let mut w = Vec::new();
+        define_struct(&mut w, 100, "S", &fields).unwrap();
+        let e = err(&w, &mut Decoder::default());
+        assert!(e.contains("a struct type of 300 fields"), "{e}");
+        // A definition longer than any real one.
+        let long = "x".repeat(70 << 10);
+        let mut w = Vec::new();
+        define_struct(&mut w, 100, &long, &[("a", BOOL)]).unwrap();
+        let e = err(&w, &mut Decoder::default());
+        assert!(e.contains("a type definition of"), "{e}");
+    }
+
+    #[test]
+    fn values_print_as_their_kind_and_size() {
+        let v = Value::List(vec![Value::Bool(false); 1000]);
+        assert_eq!(format!("{v:?}"), "a list of 1000 values");
+        let v = Value::Bytes(vec![7; 8192]);
+        assert_eq!(format!("{v:?}"), "a byte string of 8192 bytes");
+    }
+
+    /// The standby's file list for many files in a tablespace (long
+    /// names), read entry by entry; its size per file, for the cap.
+    #[test]
+    fn a_large_file_list_fits_and_streams() {
+        let mut w = Vec::new();
+        define_map(&mut w, 69, "BackupFileList", STRING, 65).unwrap();
+        define_struct(&mut w, 65, "", &[("MTime", 66)]).unwrap();
+        define_gob_encoder(&mut w, 66, "Time").unwrap();
+        let n = 100_000u64;
+        let mut o = Out::default();
+        o.int(69).uint(0).uint(n);
+        for i in 0..n {
+            let name = format!(
+                "pg_tblspc/16384/PG_16_202307071/16385/{}.{}",
+                1_000_000 + i,
+                i % 100
+            );
+            o.bytes(name.as_bytes())
+                .begin()
+                .field(0)
+                .bytes(&encode_time(1700000000, 5))
+                .end();
+        }
+        let per_file = o.b.len() as u64 / n;
+        assert!(per_file < 70, "{per_file} bytes a file");
+        // 1M such files fit the list cap.
+        assert!(per_file * 1_000_000 < MAX_LIST_MESSAGE);
+        o.send(&mut w).unwrap();
+        let mut d = Decoder::default();
+        assert!(err(&w, &mut d).contains("more than the 4194304 bytes allowed"));
+        let mut d = Decoder::default();
+        d.allow_lists();
+        let mut seen = 0;
+        d.decode_map(&mut &w[..], |k, v| {
+            assert!(matches!(k, Value::Bytes(_)));
+            assert_eq!(decode_time(v.bytes("MTime")), Some((1700000000, 5)));
+            seen += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, n);
     }
 
     #[test]

@@ -94,43 +94,121 @@ pub fn run(settings: &crate::config::Settings, args: Vec<OsString>) -> Result<()
         Err(e) => return Err(net(e)),
     }
     drop(files);
-    let mut parked_now = false;
+    // A delete command names every file of a dropped database.
+    conn.allow_lists();
+    let mut got = Received::default();
+    let peer = peer.to_string();
+    let result = receive(&pgdata, &mut conn, &peer, &control, &mut got);
+    match result {
+        Err(e) if got.parked => Err(Error::Other(format!(
+            "{e}\nhint: '{}' is half caught up and will not start (its pg_control is set aside as \
+             {}); run catchup-receive and catchup-send again",
+            pgdata.display(),
+            super::fetch::PARKED
+        ))),
+        other => other,
+    }
+}
+
+/// What a run has received so far.
+#[derive(Default)]
+struct Received {
+    /// The replica's pg_control is set aside: it will not start.
+    parked: bool,
+    /// The primary's pg_control, written last, after everything else is
+    /// durable.
+    control: Option<Vec<u8>>,
+    backup_label: bool,
+}
+
+/// The size of `global/pg_control` (`PG_CONTROL_FILE_SIZE`).
+const CONTROL_SIZE: usize = 8192;
+/// backup_label and tablespace_map are a few lines.
+const MAX_BIN_CONTENTS: usize = 1 << 20;
+
+fn receive(
+    pgdata: &Path,
+    conn: &mut Conn,
+    peer: &str,
+    replica: &Control,
+    got: &mut Received,
+) -> Result<()> {
+    let net = |e| Error::io(format!("catch-up connection with {peer}"), e);
     loop {
         let value = conn.recv().map_err(net)?;
-        let cmd = Command::from_value(&value).map_err(net)?;
+        let cmd = Command::from_value(value).map_err(net)?;
         if cmd.is_done {
             conn.expect_end().map_err(net)?;
             break;
         }
-        // Until the primary's pg_control arrives last, the replica must
-        // not start half caught up: its own is set aside before the first
-        // change (a sender that refuses, or a key that does not match,
-        // leaves the replica as it was).
-        if !parked_now {
-            super::fetch::park_control(&pgdata)?;
-            parked_now = true;
+        // The primary's pg_control is written only at the end: the
+        // replica's own is set aside before the first change, so that it
+        // does not start half caught up (a sender that refuses, or a key
+        // that does not match, leaves the replica as it was).
+        if !got.parked {
+            super::fetch::park_control(pgdata)?;
+            got.parked = true;
         }
-        apply(&pgdata, &mut conn, cmd)?;
+        apply(pgdata, conn, cmd, peer, replica, got)?;
     }
-    if !parked_now {
+    if !got.parked {
         return Err(Error::Other(
-            "the catch-up sender ended without sending anything to apply (not even pg_control):              the replica is unchanged"
+            "the catch-up sender ended without sending anything to apply (not even pg_control): \
+             the replica is unchanged"
                 .into(),
         ));
     }
-    if !pgdata.join("global/pg_control").is_file() {
-        return Err(Error::Other(format!(
-            "the catch-up sender ended without sending pg_control: '{}' is half caught up and will \
-             not start; run catchup-receive and catchup-send again",
-            pgdata.display()
-        )));
+    let Some(control) = got.control.take() else {
+        return Err(Error::Other(
+            "the catch-up sender ended without sending pg_control".into(),
+        ));
+    };
+    if !got.backup_label {
+        return Err(Error::Other(
+            "the catch-up sender ended without sending backup_label (without it PostgreSQL \
+             would start from the primary's checkpoint over files copied while it ran)"
+                .into(),
+        ));
     }
-    sync_all(&pgdata)?;
+    // Everything written, on every file system it went to, is durable
+    // before pg_control makes the directory startable.
+    sync_filesystem(pgdata)?;
+    for target in tablespace_targets(pgdata)? {
+        sync_filesystem(&target)?;
+    }
+    let live = pgdata.join("global/pg_control");
+    let written = crate::localfile::AtomicFile::create(&live).and_then(|mut f| {
+        f.write_all(&control)?;
+        f.commit()
+    });
+    written.map_err(|e| Error::io(format!("writing '{}'", live.display()), e))?;
+    let parked = pgdata.join(super::fetch::PARKED);
     fs::remove_file(&parked)
         .map_err(|e| Error::io(format!("removing '{}'", parked.display()), e))?;
-    sync_all(&pgdata)?;
+    crate::localfile::sync_dir(&pgdata.join("global"))
+        .map_err(|e| Error::io(format!("syncing '{}'", pgdata.join("global").display()), e))?;
     log::info!("Receive done");
     Ok(())
+}
+
+/// Where the replica's tablespace links point (their file systems may
+/// not be PGDATA's).
+fn tablespace_targets(pgdata: &Path) -> Result<Vec<PathBuf>> {
+    let dir = pgdata.join("pg_tblspc");
+    let entries = match fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(format!("listing '{}'", dir.display()), e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(format!("listing '{}'", dir.display()), e))?;
+        let path = entry.path();
+        if fs::read_link(&path).is_ok() {
+            out.push(path);
+        }
+    }
+    Ok(out)
 }
 
 /// Every file and directory below PGDATA but pg_control and WAL-G's
@@ -152,6 +230,17 @@ fn list(pgdata: &Path) -> Result<Vec<(String, i64, u32)>> {
                 continue;
             }
             let path = entry.path();
+            // A file an interrupted run was receiving: never listed (the
+            // sender sends the file again, whole), and removed.
+            if name.as_encoded_bytes().ends_with(TMP.as_bytes()) {
+                match fs::remove_file(&path) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                        return Err(Error::io(format!("removing '{}'", path.display()), e))
+                    }
+                    _ => log::info!("Removed '{}', left by an interrupted run", path.display()),
+                }
+                continue;
+            }
             let meta = fs::symlink_metadata(&path)
                 .map_err(|e| Error::io(format!("reading '{}'", path.display()), e))?;
             let child = rel.join(&name);
@@ -170,8 +259,25 @@ fn list(pgdata: &Path) -> Result<Vec<(String, i64, u32)>> {
     Ok(out)
 }
 
+/// The suffix of the name a file is received under before it is renamed.
+const TMP: &str = ".walden-tmp";
+
+/// Where `path` is written before it is renamed into place.
+fn tmp_of(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(TMP);
+    PathBuf::from(name)
+}
+
 /// A name from the sender, checked to stay inside PGDATA.
 fn target(pgdata: &Path, name: &str) -> Result<PathBuf> {
+    // PATH_MAX: a longer name is no file's (and is not worth logging).
+    if name.len() > 4096 {
+        return Err(Error::Other(format!(
+            "the catch-up sender named a file with a name of {} bytes, longer than any path",
+            name.len()
+        )));
+    }
     let rel = Path::new(name);
     if name.is_empty() || !rel.components().all(|c| matches!(c, Component::Normal(_))) {
         return Err(Error::Other(format!(
@@ -179,6 +285,50 @@ fn target(pgdata: &Path, name: &str) -> Result<PathBuf> {
         )));
     }
     Ok(pgdata.join(rel))
+}
+
+/// The configuration files (in PGDATA itself) the replica keeps its own
+/// of: never written, never deleted.
+fn config_file(name: &str) -> bool {
+    matches!(
+        name,
+        "postgresql.conf" | "postgresql.auto.conf" | "pg_hba.conf" | "pg_ident.conf"
+    )
+}
+
+/// Why the protocol never carries `name` (for a write, or a delete when
+/// `delete`), if it does not: excluded names (pg_wal, postmaster.pid,
+/// standby.signal, ... in any component), pg_control outside its own
+/// command, the names this receiver writes itself, signal files.
+fn never_sent(name: &str, delete: bool) -> Option<&'static str> {
+    let base = name.rsplit('/').next().unwrap_or(name);
+    if name
+        .split('/')
+        .any(|c| crate::backup::walk::is_excluded(c.as_bytes()))
+    {
+        return Some("backups and catch-ups leave it out (WAL-G's excluded names)");
+    }
+    if name == "global/pg_control" {
+        return Some("pg_control comes only as the primary's control file, last");
+    }
+    if name == super::fetch::PARKED || name.contains(TMP) {
+        return Some("it is walden's own name for a file it sets aside or writes");
+    }
+    if !delete && base.ends_with(".signal") {
+        return Some("a signal file would change how the replica starts");
+    }
+    if !delete && !name.contains('/') && config_file(name) {
+        return Some("the replica keeps its own configuration");
+    }
+    None
+}
+
+fn refuse(name: &str, why: &str) -> Error {
+    Error::Other(format!(
+        "the catch-up sender sent '{}', which the catch-up protocol never carries ({why}): \
+         refused; is the sender a walden or WAL-G catchup-send?",
+        name.escape_debug()
+    ))
 }
 
 fn open(path: &Path, truncate: bool) -> Result<File> {
@@ -197,6 +347,46 @@ fn open(path: &Path, truncate: bool) -> Result<File> {
         .map_err(|e| Error::io(format!("opening '{}'", path.display()), e))
 }
 
+/// An error of the connection (or of what the sender sent), not of the
+/// local file being written: [`Chunks`] marks its errors with it.
+#[derive(Debug)]
+struct FromPeer(io::Error);
+
+impl std::fmt::Display for FromPeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for FromPeer {}
+
+fn from_peer(e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), FromPeer(e))
+}
+
+/// `e` from copying a file: blamed on the connection when the sender's
+/// side failed, on writing `path` otherwise.
+fn blame(e: io::Error, path: &Path, peer: &str) -> Error {
+    match e.get_ref().and_then(|i| i.downcast_ref::<FromPeer>()) {
+        Some(_) if e.kind() == io::ErrorKind::UnexpectedEof => Error::Other(format!(
+            "catch-up connection with {peer}: it ended in the middle of '{}' (the sender \
+             stopped or the network failed; the sender's log says which)",
+            path.display()
+        )),
+        Some(_) => Error::io(
+            format!(
+                "catch-up connection with {peer} (while receiving '{}')",
+                path.display()
+            ),
+            e,
+        ),
+        None => Error::io(
+            format!("writing '{}' from the catch-up sender", path.display()),
+            e,
+        ),
+    }
+}
+
 /// A file's content as the sender's chunks, `left` bytes in all.
 struct Chunks<'a> {
     conn: &'a mut Conn,
@@ -211,13 +401,13 @@ impl Read for Chunks<'_> {
             if self.left == 0 {
                 return Ok(0);
             }
-            self.buf = self.conn.recv_chunk()?;
+            self.buf = self.conn.recv_chunk().map_err(from_peer)?;
             self.pos = 0;
             if self.buf.len() as u64 > self.left || self.buf.is_empty() {
-                return Err(io::Error::new(
+                return Err(from_peer(io::Error::new(
                     io::ErrorKind::InvalidData,
                     "file chunk beyond the announced size",
-                ));
+                )));
             }
             self.left -= self.buf.len() as u64;
         }
@@ -228,17 +418,60 @@ impl Read for Chunks<'_> {
     }
 }
 
-fn apply(pgdata: &Path, conn: &mut Conn, cmd: Command) -> Result<()> {
+fn apply(
+    pgdata: &Path,
+    conn: &mut Conn,
+    cmd: Command,
+    peer: &str,
+    replica: &Control,
+    got: &mut Received,
+) -> Result<()> {
     let ctx = |path: &Path| {
         let p = path.display().to_string();
         move |e| Error::io(format!("writing '{p}' from the catch-up sender"), e)
     };
     if cmd.is_bin_contents {
-        let path = target(pgdata, &cmd.file_name)?;
-        log::info!("Writing file {}", cmd.file_name);
-        let tmp = path.with_extension("walden-tmp");
+        let name = cmd.file_name.as_str();
+        let path = target(pgdata, name)?;
+        match name {
+            "global/pg_control" => {
+                let data = cmd.binary_contents;
+                if data.len() != CONTROL_SIZE {
+                    return Err(Error::Other(format!(
+                        "the catch-up sender's pg_control is {} bytes, not the {CONTROL_SIZE} of a \
+                         PostgreSQL control file",
+                        data.len()
+                    )));
+                }
+                let theirs = Control::parse(&data).map(|c| c.system_identifier);
+                if theirs != Some(replica.system_identifier) {
+                    return Err(Error::Other(format!(
+                        "the catch-up sender's pg_control is of the cluster with system identifier \
+                         {}, the replica of {}",
+                        theirs.unwrap_or(0),
+                        replica.system_identifier
+                    )));
+                }
+                log::info!("Received pg_control: written last");
+                got.control = Some(data);
+                return Ok(());
+            }
+            "backup_label" | "tablespace_map" => {}
+            _ => return Err(refuse(
+                name,
+                "only backup_label, tablespace_map and global/pg_control come whole in a command",
+            )),
+        }
+        if cmd.binary_contents.len() > MAX_BIN_CONTENTS {
+            return Err(Error::Other(format!(
+                "the catch-up sender sent {} bytes for {name}, more than any real one",
+                cmd.binary_contents.len()
+            )));
+        }
+        log::info!("Writing file {name}");
+        let tmp = tmp_of(&path);
         let mut f = open(&tmp, true)?;
-        let contents = if cmd.file_name == "tablespace_map" {
+        let contents = if name == "tablespace_map" {
             super::tblspc::map_to_replica(pgdata, &cmd.binary_contents)
         } else {
             cmd.binary_contents
@@ -246,75 +479,222 @@ fn apply(pgdata: &Path, conn: &mut Conn, cmd: Command) -> Result<()> {
         f.write_all(&contents)
             .and_then(|_| f.sync_all())
             .map_err(ctx(&tmp))?;
-        return fs::rename(&tmp, &path).map_err(ctx(&path));
+        fs::rename(&tmp, &path).map_err(ctx(&path))?;
+        if name == "backup_label" {
+            got.backup_label = true;
+        }
+        return Ok(());
     }
     if cmd.is_full || cmd.is_incremental {
-        let path = target(pgdata, &cmd.file_name)?;
+        let name = cmd.file_name.as_str();
+        let path = target(pgdata, name)?;
         let mut chunks = Chunks {
             conn,
             buf: Vec::new(),
             pos: 0,
             left: cmd.file_size,
         };
-        let file = open(&path, cmd.is_full)?;
+        // WAL-G's sender sends postgresql.auto.conf and pg_ident.conf whole
+        // (it leaves out only postgresql.conf and pg_hba.conf).
+        if cmd.is_full && config_file(name) {
+            log::warn!("Keeping the replica's own {name}: the sender's is read and dropped");
+            io::copy(&mut chunks, &mut io::sink()).map_err(|e| blame(e, &path, peer))?;
+            return Ok(());
+        }
+        if let Some(why) = never_sent(name, false) {
+            return Err(refuse(name, why));
+        }
+        if matches!(name, "backup_label" | "tablespace_map") {
+            return Err(refuse(name, "it comes whole in a command, at the end"));
+        }
+        // A whole file goes under a temp name, renamed once complete: a
+        // cut leaves the replica's old file (or none), never a short one,
+        // which the next run would take for the replica's copy and patch
+        // with increments only.
+        let tmp = tmp_of(&path);
+        // Files are written, never links replaced (pg_tblspc/OID).
+        if fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(Error::Other(format!(
+                "the catch-up sender sent '{name}', which is a symbolic link on the replica: refused"
+            )));
+        }
+        let file = open(if cmd.is_full { &tmp } else { &path }, cmd.is_full)?;
         if cmd.is_full {
-            log::info!("Full file {}", cmd.file_name);
-            io::copy(&mut chunks, &mut &file).map_err(ctx(&path))?;
+            log::info!("Full file {name}");
+            io::copy(&mut chunks, &mut &file).map_err(|e| {
+                let _ = fs::remove_file(&tmp);
+                blame(e, &path, peer)
+            })?;
         } else {
-            log::info!("Incremental file {}", cmd.file_name);
-            let damaged = |e| {
-                Error::Other(format!(
-                    "increment of '{}' from the catch-up sender: {e}",
-                    cmd.file_name
-                ))
+            log::info!("Incremental file {name}");
+            let damaged = |e: increment::IncrementError| match e {
+                increment::IncrementError::Read(e) => blame(e, &path, peer),
+                increment::IncrementError::Write(e) => ctx(&path)(e),
+                e => Error::Other(format!(
+                    "increment of '{name}' from the catch-up sender: {e}"
+                )),
             };
             let header = increment::read_header(&mut chunks, cmd.file_size).map_err(damaged)?;
             increment::apply_forward(&file, &header, &mut chunks).map_err(damaged)?;
-            io::copy(&mut chunks, &mut io::sink()).map_err(ctx(&path))?;
+            io::copy(&mut chunks, &mut io::sink()).map_err(|e| blame(e, &path, peer))?;
         }
         if chunks.left != 0 || chunks.pos != chunks.buf.len() {
+            if cmd.is_full {
+                let _ = fs::remove_file(&tmp);
+            }
             return Err(Error::Other(format!(
-                "'{}' from the catch-up sender is shorter than announced",
-                cmd.file_name
+                "'{name}' from the catch-up sender is shorter than announced"
             )));
+        }
+        if cmd.is_full {
+            file.sync_all().map_err(ctx(&tmp))?;
+            return fs::rename(&tmp, &path).map_err(ctx(&path));
         }
         return file.sync_all().map_err(ctx(&path));
     }
     if cmd.is_delete {
         let mut names = cmd.files_to_delete;
+        for name in &names {
+            target(pgdata, name)?;
+            if let Some(why) = never_sent(name, true) {
+                return Err(refuse(name, why));
+            }
+        }
         // Children before their directories.
         names.sort_by(|a, b| b.cmp(a));
         for name in names {
-            let path = target(pgdata, &name)?;
-            log::info!("Deleting {name}");
-            let result = match fs::symlink_metadata(&path) {
-                Ok(m) if m.is_dir() => fs::remove_dir(&path),
-                Ok(_) => fs::remove_file(&path),
-                Err(e) => Err(e),
-            };
-            match result {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io(format!("deleting '{}'", path.display()), e)),
+            let path = pgdata.join(&name);
+            if config_file(&name) || (!name.contains('/') && name.ends_with(".signal")) {
+                log::warn!("Keeping the replica's own {name}, which the primary does not have");
+                continue;
             }
+            log::info!("Deleting {name}");
+            remove(&path)?;
         }
         return Ok(());
     }
     Err(Error::Other(format!(
-        "unknown command from the catch-up sender: {cmd:?}"
+        "unknown command from the catch-up sender: {}",
+        cmd.describe()
     )))
 }
 
-/// Directory entries (new files, renames, deletions) durable too.
-fn sync_all(pgdata: &Path) -> Result<()> {
-    let dir =
-        File::open(pgdata).map_err(|e| Error::io(format!("opening '{}'", pgdata.display()), e))?;
+/// Removes a file, link or (empty but for excluded entries) directory.
+/// The sender never names excluded entries (pgsql_tmp, ...), which the
+/// replica did not list: a directory holding one is emptied of them.
+fn remove(path: &Path) -> Result<()> {
+    let gone = |e: io::Error| Error::io(format!("deleting '{}'", path.display()), e);
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(gone(e)),
+    };
+    if !meta.is_dir() {
+        return match fs::remove_file(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(gone(e)),
+            _ => Ok(()),
+        };
+    }
+    match fs::remove_dir(path) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.raw_os_error() != Some(libc::ENOTEMPTY) => return Err(gone(e)),
+        Err(_) => {}
+    }
+    let entries = fs::read_dir(path).map_err(gone)?;
+    for entry in entries {
+        let entry = entry.map_err(gone)?;
+        let name = entry.file_name();
+        if !crate::backup::walk::is_excluded(name.as_encoded_bytes()) {
+            return Err(Error::Other(format!(
+                "deleting '{}': it holds '{}', which the catch-up sender did not name for deletion",
+                path.display(),
+                name.to_string_lossy()
+            )));
+        }
+        let child = entry.path();
+        let is_dir = fs::symlink_metadata(&child)
+            .map(|m| m.is_dir())
+            .unwrap_or(false);
+        let removed = if is_dir {
+            fs::remove_dir_all(&child)
+        } else {
+            fs::remove_file(&child)
+        };
+        match removed {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(Error::io(format!("deleting '{}'", child.display()), e))
+            }
+            _ => log::info!("Deleting {} (left out of catch-ups)", child.display()),
+        }
+    }
+    fs::remove_dir(path).map_err(gone)
+}
+
+/// Everything written on `dir`'s file system durable: file data,
+/// directories made, renames and deletions.
+fn sync_filesystem(dir: &Path) -> Result<()> {
+    let d = File::open(dir).map_err(|e| Error::io(format!("opening '{}'", dir.display()), e))?;
     // SAFETY: syncfs on a valid descriptor we own.
-    if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) } != 0 {
+    if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&d)) } != 0 {
         return Err(Error::io(
-            format!("syncing '{}'", pgdata.display()),
+            format!("syncing the file system of '{}'", dir.display()),
             io::Error::last_os_error(),
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_the_protocol_never_carries() {
+        for name in [
+            "pg_wal/000000010000000000000001",
+            "base/1/pgsql_tmp/t1",
+            "postmaster.pid",
+            "postmaster.opts",
+            "pg_tblspc/16384/PG_16_1/pgsql_tmp/x",
+            "global/pg_control",
+            "global/pg_control.walden-catchup",
+            "backup_label.walden-tmp",
+            "standby.signal",
+            "recovery.signal",
+            "postgresql.auto.conf",
+            "pg_ident.conf",
+        ] {
+            assert!(never_sent(name, false).is_some(), "{name}");
+        }
+        for name in ["base/1/1259", "global/1262", "PG_VERSION", "pg_xact/0000"] {
+            assert!(never_sent(name, false).is_none(), "{name}");
+        }
+        // A delete may name signal and configuration files (the primary
+        // lacks them): they are kept, not refused.
+        for name in ["recovery.signal", "postgresql.conf", "base/1/1259"] {
+            assert!(never_sent(name, true).is_none(), "{name}");
+        }
+        assert!(never_sent("pg_wal", true).is_some());
+        assert!(never_sent("global/pg_control", true).is_some());
+    }
+
+    #[test]
+    fn a_directory_is_removed_with_its_excluded_entries() {
+        let dir = std::env::temp_dir().join(format!("walden-receive-rm-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let ts = dir.join("PG_16_1");
+        fs::create_dir_all(ts.join("pgsql_tmp/sub")).unwrap();
+        fs::write(ts.join("pgsql_tmp/sub/t"), b"x").unwrap();
+        fs::write(ts.join("pg_internal.init.x"), b"x").unwrap();
+        // A child the sender did not name: refused, nothing removed.
+        let e = remove(&ts).unwrap_err().to_string();
+        assert!(e.contains("pg_internal.init.x"), "{e}");
+        assert!(ts.join("pgsql_tmp").exists());
+        fs::remove_file(ts.join("pg_internal.init.x")).unwrap();
+        remove(&ts).unwrap();
+        assert!(!ts.exists());
+        remove(&ts).unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }

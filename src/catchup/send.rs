@@ -74,24 +74,36 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
             "the replica is on timeline {their_tli}, this server on {timeline}: catch-up cannot cross timelines"
         )));
     }
-    let list = match conn.recv().map_err(net)? {
-        Value::Map(m) => m,
-        other => {
-            return Err(net(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("expected the file list, got {other:?}"),
-            )))
-        }
-    };
-    let mut theirs: HashMap<String, Option<(i64, u32)>> = HashMap::with_capacity(list.len());
-    for (k, v) in list {
+    // The list is the one long message (about 45 bytes a file), read
+    // entry by entry into the map the walk consults (~80 bytes a file);
+    // the map may take at most 320 MiB (a peer's list of tiny distinct
+    // names would otherwise cost ~14x its bytes).
+    conn.allow_lists();
+    let mut theirs: HashMap<String, Option<(i64, u32)>> = HashMap::new();
+    let mut held = 0u64;
+    let entry_cost = std::mem::size_of::<(String, Option<(i64, u32)>)>() as u64 + 8;
+    conn.recv_map(|k, v| {
         if let Value::Bytes(k) = k {
+            held += k.len() as u64 + entry_cost;
+            if held > 4 * gob::MAX_LIST_MESSAGE {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the replica's file list takes more memory than any real one",
+                ));
+            }
             theirs.insert(
                 String::from_utf8_lossy(&k).into_owned(),
                 gob::decode_time(v.bytes("MTime")),
             );
         }
-    }
+        Ok(())
+    })
+    .map_err(|e| {
+        Error::io(
+            format!("reading the replica's file list from catchup-receive at {dest}"),
+            e,
+        )
+    })?;
     log::info!("Received file list of {} files", theirs.len());
     // With a key the receiver ended its stream after the list: read to
     // that end (a cut is an error), and so that nothing is left unread,
@@ -195,11 +207,12 @@ struct Sender<'a> {
     dest: &'a str,
 }
 
-/// The configuration files the replica keeps (WAL-G's catch-up exclusions).
+/// The configuration files the replica keeps (WAL-G's catch-up exclusions,
+/// and postgresql.auto.conf and pg_ident.conf, which the receiver keeps).
 fn config_file(name: &[u8]) -> bool {
     matches!(
         name,
-        b"pg_hba.conf" | b"postgresql.conf" | b"postgresql.auto.conf"
+        b"pg_hba.conf" | b"postgresql.conf" | b"postgresql.auto.conf" | b"pg_ident.conf"
     )
 }
 

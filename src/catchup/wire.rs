@@ -207,13 +207,24 @@ impl Conn {
         self.dec.decode(&mut self.input)
     }
 
+    /// Lets the peer's struct and map messages (the file list, a delete
+    /// command) be up to [`gob::MAX_LIST_MESSAGE`] bytes.
+    pub fn allow_lists(&mut self) {
+        self.dec.allow_lists();
+    }
+
+    /// The next message, a map, entry by entry.
+    pub fn recv_map(&mut self, f: impl FnMut(Value, Value) -> io::Result<()>) -> io::Result<()> {
+        self.dec.decode_map(&mut self.input, f)
+    }
+
     /// One `[]byte` chunk of a file.
     pub fn recv_chunk(&mut self) -> io::Result<Vec<u8>> {
         match self.recv()? {
             Value::Bytes(b) => Ok(b),
             other => Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("expected a file chunk, got {other:?}"),
+                format!("expected a file chunk, got {}", other.kind()),
             )),
         }
     }
@@ -301,7 +312,7 @@ pub fn file_list(w: &mut impl Write, files: &[(String, i64, u32)]) -> io::Result
     o.send(w)
 }
 
-#[derive(Debug, Default, Clone, PartialEq)]
+#[derive(Default, Clone, PartialEq)]
 pub struct Command {
     pub is_done: bool,
     pub is_incremental: bool,
@@ -314,8 +325,38 @@ pub struct Command {
     pub files_to_delete: Vec<String>,
 }
 
+/// Names and sizes only: contents come from the peer and can be large.
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
 impl Command {
-    pub fn from_value(v: &Value) -> io::Result<Command> {
+    /// What the command says, for messages (never its contents).
+    pub fn describe(&self) -> String {
+        let flags: Vec<&str> = [
+            (self.is_done, "IsDone"),
+            (self.is_incremental, "IsIncremental"),
+            (self.is_full, "IsFull"),
+            (self.is_delete, "IsDelete"),
+            (self.is_bin_contents, "IsBinContents"),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, n)| *n)
+        .collect();
+        format!(
+            "flags [{}], FileName '{}', FileSize {}, {} bytes of BinaryContents, {} FilesToDelete",
+            flags.join(" "),
+            self.file_name.escape_debug(),
+            self.file_size,
+            self.binary_contents.len(),
+            self.files_to_delete.len()
+        )
+    }
+
+    pub fn from_value(mut v: Value) -> io::Result<Command> {
         let text = |b: &[u8]| {
             String::from_utf8(b.to_vec())
                 .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "file name is not UTF-8"))
@@ -323,17 +364,23 @@ impl Command {
         if !matches!(v, Value::Struct(_)) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("expected a CatchupCommandDto, got {v:?}"),
+                format!("expected a CatchupCommandDto, got {}", v.kind()),
             ));
         }
         let mut files_to_delete = Vec::new();
-        if let Some(Value::List(l)) = v.field("FilesToDelete") {
-            for f in l {
-                if let Value::Bytes(b) = f {
-                    files_to_delete.push(text(b)?);
+        if let Value::Struct(fields) = &mut v {
+            if let Some((_, Value::List(l))) = fields.iter_mut().find(|(n, _)| n == "FilesToDelete")
+            {
+                for f in std::mem::take(l) {
+                    if let Value::Bytes(b) = f {
+                        files_to_delete.push(String::from_utf8(b).map_err(|_| {
+                            io::Error::new(io::ErrorKind::InvalidData, "file name is not UTF-8")
+                        })?);
+                    }
                 }
             }
         }
+        let binary_contents = v.take_bytes("BinaryContents");
         Ok(Command {
             is_done: v.flag("IsDone"),
             is_incremental: v.flag("IsIncremental"),
@@ -342,7 +389,7 @@ impl Command {
             is_bin_contents: v.flag("IsBinContents"),
             file_size: v.uint("FileSize"),
             file_name: text(v.bytes("FileName"))?,
-            binary_contents: v.bytes("BinaryContents").to_vec(),
+            binary_contents,
             files_to_delete,
         })
     }

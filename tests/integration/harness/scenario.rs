@@ -376,7 +376,7 @@ pub fn catchup_over_tcp(
 
 /// Whether something listens on TCP `port` (from /proc, so that the
 /// probe does not take the receiver's one connection).
-fn listening(port: u16) -> bool {
+pub fn listening(port: u16) -> bool {
     let needle = format!(":{port:04X} ");
     ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|f| {
         fs::read_to_string(f).unwrap_or_default().lines().any(|l| {
