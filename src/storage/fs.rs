@@ -83,6 +83,9 @@ fn is_temp(name: &str) -> bool {
 /// Move a finished temp file into place durably.
 fn publish(temp: &Path, path: &Path) -> io::Result<()> {
     File::open(temp)?.sync_all()?;
+    // Not published once a stop signal came (the sync can take long): the
+    // clean-up is removing the temp file, and the process ends of it.
+    cleanup::await_stop();
     fs::rename(temp, path)?;
     crate::localfile::sync_dir(path.parent().unwrap_or(Path::new("/")))
 }

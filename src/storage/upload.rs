@@ -172,6 +172,9 @@ impl ObjectWriter {
                 }
                 let parts = std::mem::take(&mut mp.done);
                 let upload_id = mp.upload_id.clone();
+                // A stop signal that came while the last parts went is
+                // obeyed: the upload is being aborted, not published.
+                cleanup::await_stop();
                 self.storage
                     .complete_multipart(&self.key, &upload_id, &parts)?;
                 self.multipart = None;

@@ -12,16 +12,16 @@ use std::fs;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::catchup::{
     checkpoint_past, psql_in, redo_lsn, replica_of, rows, rows_with, wait_replayed, wait_streaming,
     wal_dropping_primary,
 };
 use crate::harness::scenario::{
-    catchup_over_tcp, listening, pg_basebackup, start_standby, tablespace,
+    catchup_over_tcp, pg_basebackup, start_catchup_receive, start_standby, tablespace,
 };
-use crate::harness::tmp::{chown_postgres, free_port};
+use crate::harness::tmp::chown_postgres;
 use crate::harness::{walden_bin, Output, PgCluster, TempDir, Walden};
 use crate::store::Store;
 
@@ -257,22 +257,12 @@ fn lz4(data: &[u8]) -> Vec<u8> {
 /// catchup-receive on `data` (under `/usr/bin/time -v` when `timed`), fed
 /// `messages` by a sender that then closes its side.
 fn receive_from(data: &Path, messages: &[u8], timed: bool) -> Output {
-    let port = free_port();
     let walden = if timed {
         Walden::program("/usr/bin/time").arg("-v").arg(walden_bin())
     } else {
         Walden::new()
     };
-    let rx = walden
-        .arg("catchup-receive")
-        .arg(data)
-        .arg(port.to_string())
-        .spawn();
-    let start = Instant::now();
-    while !listening(port) {
-        assert!(start.elapsed() < Duration::from_secs(30), "no listener");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (rx, port) = start_catchup_receive(walden, data);
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     let mut r = s.try_clone().unwrap();
     // The replica's control data and file list: read and dropped.

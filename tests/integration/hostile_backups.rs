@@ -46,6 +46,15 @@ fn tar_of(members: &[Member<'_>]) -> Vec<u8> {
     b.into_inner().unwrap()
 }
 
+/// A data tar of one file, `base/1/a`, holding `data`.
+fn file_a_tar(data: Vec<u8>) -> Vec<u8> {
+    tar_of(&[
+        Member::Dir("base"),
+        Member::Dir("base/1"),
+        Member::File("base/1/a", data),
+    ])
+}
+
 fn put(store: &Store, key: &str, bytes: &[u8]) {
     let path = store.object_file(key);
     fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -132,14 +141,7 @@ fn a_full_backup_whose_metadata_lacks_a_file_still_restores_it() {
             r#"{"Files":{"base/1/b":{}},"TarFileSets":{"part_001.tar":["base/1/a"],"part_002.tar":["base/1/b"]}}"#,
         ),
         &[
-            (
-                "part_001.tar",
-                tar_of(&[
-                    Member::Dir("base"),
-                    Member::Dir("base/1"),
-                    Member::File("base/1/a", vec![b'a'; 16384]),
-                ]),
-            ),
+            ("part_001.tar", file_a_tar(vec![b'a'; 16384])),
             (
                 "part_002.tar",
                 tar_of(&[Member::File("base/1/b", vec![b'b'; 8192])]),
@@ -153,14 +155,7 @@ fn a_full_backup_whose_metadata_lacks_a_file_still_restores_it() {
         Some(
             r#"{"Files":{"base/1/a":{"IsIncremented":true},"base/1/b":{"IsSkipped":true}},"TarFileSets":{"part_001.tar":["base/1/a"]}}"#,
         ),
-        &[(
-            "part_001.tar",
-            tar_of(&[
-                Member::Dir("base"),
-                Member::Dir("base/1"),
-                Member::File("base/1/a", increment(16384, &[(0, b'A')])),
-            ]),
-        )],
+        &[("part_001.tar", file_a_tar(increment(16384, &[(0, b'A')])))],
     );
     let dirs = TempDir::new("hostile-lacking");
     for (i, args) in [
@@ -189,11 +184,7 @@ fn a_full_backup_whose_metadata_lacks_a_file_still_restores_it() {
 #[test]
 fn files_metadata_with_files_twice_is_refused() {
     let store = Store::fs();
-    let data = tar_of(&[
-        Member::Dir("base"),
-        Member::Dir("base/1"),
-        Member::File("base/1/a", vec![b'a'; 8192]),
-    ]);
+    let data = file_a_tar(vec![b'a'; 8192]);
     backup(
         &store,
         FULL,
@@ -277,14 +268,7 @@ fn increments_beyond_any_segment_or_their_own_size_are_refused() {
             FULL,
             FULL_SENTINEL,
             Some(r#"{"Files":{"base/1/a":{}}}"#),
-            &[(
-                "part_001.tar",
-                tar_of(&[
-                    Member::Dir("base"),
-                    Member::Dir("base/1"),
-                    Member::File("base/1/a", vec![b'a'; 8192]),
-                ]),
-            )],
+            &[("part_001.tar", file_a_tar(vec![b'a'; 8192]))],
         );
         backup(
             &store,
@@ -293,14 +277,7 @@ fn increments_beyond_any_segment_or_their_own_size_are_refused() {
             Some(
                 r#"{"Files":{"base/1/a":{"IsIncremented":true}},"TarFileSets":{"part_001.tar":["base/1/a"]}}"#,
             ),
-            &[(
-                "part_001.tar",
-                tar_of(&[
-                    Member::Dir("base"),
-                    Member::Dir("base/1"),
-                    Member::File("base/1/a", member),
-                ]),
-            )],
+            &[("part_001.tar", file_a_tar(member))],
         );
         let dirs = TempDir::new("hostile-increment");
         for args in [&[][..], &["--reverse-unpack"][..]] {
@@ -327,11 +304,7 @@ fn increments_beyond_any_segment_or_their_own_size_are_refused() {
 #[test]
 fn a_backup_missing_a_tar_its_metadata_names_is_refused() {
     let store = Store::fs();
-    let data = tar_of(&[
-        Member::Dir("base"),
-        Member::Dir("base/1"),
-        Member::File("base/1/a", vec![b'a'; 8192]),
-    ]);
+    let data = file_a_tar(vec![b'a'; 8192]);
     backup(
         &store,
         FULL,

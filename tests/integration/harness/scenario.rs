@@ -347,21 +347,7 @@ pub fn catchup_over_tcp(
     receiver: Walden,
     env: &[(String, String)],
 ) -> (Output, Output) {
-    let port = free_port();
-    let rx = receiver
-        .envs(env.to_vec())
-        .arg("catchup-receive")
-        .arg(data)
-        .arg(port.to_string())
-        .spawn();
-    let start = Instant::now();
-    while !listening(port) {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "catchup-receive does not listen"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (rx, port) = start_catchup_receive(receiver.envs(env.to_vec()), data);
     let sent = sender
         .envs(env.to_vec())
         .envs(primary.env())
@@ -372,6 +358,26 @@ pub fn catchup_over_tcp(
         .run();
     let received = rx.wait(Duration::from_secs(60));
     (sent, received)
+}
+
+/// `walden` running `catchup-receive` on `data` at a free port; returns
+/// once it listens, with the port.
+pub fn start_catchup_receive(walden: Walden, data: &Path) -> (Running, u16) {
+    let port = free_port();
+    let rx = walden
+        .arg("catchup-receive")
+        .arg(data)
+        .arg(port.to_string())
+        .spawn();
+    let start = Instant::now();
+    while !listening(port) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "catchup-receive does not listen"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (rx, port)
 }
 
 /// Whether something listens on TCP `port` (from /proc, so that the
