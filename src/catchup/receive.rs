@@ -100,12 +100,15 @@ pub fn run(settings: &crate::config::Settings, args: Vec<OsString>) -> Result<()
     let peer = peer.to_string();
     let result = receive(&pgdata, &mut conn, &peer, &control, &mut got);
     match result {
-        Err(e) if got.parked => Err(Error::Other(format!(
+        // Set aside by this run, or by an earlier one that failed.
+        Err(e) if got.parked || pgdata.join(super::fetch::PARKED).exists() => {
+            Err(Error::Other(format!(
             "{e}\nhint: '{}' is half caught up and will not start (its pg_control is set aside as \
              {}); run catchup-receive and catchup-send again",
             pgdata.display(),
             super::fetch::PARKED
-        ))),
+        )))
+        }
         other => other,
     }
 }
@@ -141,6 +144,9 @@ fn receive(
             conn.expect_end().map_err(net)?;
             break;
         }
+        // A name the protocol never carries is refused before anything
+        // changes.
+        check_names(pgdata, &cmd)?;
         // The primary's pg_control is written only at the end: the
         // replica's own is set aside before the first change, so that it
         // does not start half caught up (a sender that refuses, or a key
@@ -323,6 +329,46 @@ fn never_sent(name: &str, delete: bool) -> Option<&'static str> {
     None
 }
 
+/// The refusals that need nothing but the command: made for every
+/// command before it changes anything.
+fn check_names(pgdata: &Path, cmd: &Command) -> Result<()> {
+    if cmd.is_bin_contents {
+        let name = cmd.file_name.as_str();
+        target(pgdata, name)?;
+        if !matches!(
+            name,
+            "global/pg_control" | "backup_label" | "tablespace_map"
+        ) {
+            return Err(refuse(
+                name,
+                "only backup_label, tablespace_map and global/pg_control come whole in a command",
+            ));
+        }
+    } else if cmd.is_full || cmd.is_incremental {
+        let name = cmd.file_name.as_str();
+        target(pgdata, name)?;
+        // WAL-G's sender sends some configuration files whole: kept
+        // and dropped by apply, not refused.
+        if cmd.is_full && config_file(name) {
+            return Ok(());
+        }
+        if let Some(why) = never_sent(name, false) {
+            return Err(refuse(name, why));
+        }
+        if matches!(name, "backup_label" | "tablespace_map") {
+            return Err(refuse(name, "it comes whole in a command, at the end"));
+        }
+    } else if cmd.is_delete {
+        for name in &cmd.files_to_delete {
+            target(pgdata, name)?;
+            if let Some(why) = never_sent(name, true) {
+                return Err(refuse(name, why));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn refuse(name: &str, why: &str) -> Error {
     Error::Other(format!(
         "the catch-up sender sent '{}', which the catch-up protocol never carries ({why}): \
@@ -433,34 +479,28 @@ fn apply(
     if cmd.is_bin_contents {
         let name = cmd.file_name.as_str();
         let path = target(pgdata, name)?;
-        match name {
-            "global/pg_control" => {
-                let data = cmd.binary_contents;
-                if data.len() != CONTROL_SIZE {
-                    return Err(Error::Other(format!(
-                        "the catch-up sender's pg_control is {} bytes, not the {CONTROL_SIZE} of a \
-                         PostgreSQL control file",
-                        data.len()
-                    )));
-                }
-                let theirs = Control::parse(&data).map(|c| c.system_identifier);
-                if theirs != Some(replica.system_identifier) {
-                    return Err(Error::Other(format!(
-                        "the catch-up sender's pg_control is of the cluster with system identifier \
-                         {}, the replica of {}",
-                        theirs.unwrap_or(0),
-                        replica.system_identifier
-                    )));
-                }
-                log::info!("Received pg_control: written last");
-                got.control = Some(data);
-                return Ok(());
+        // Else backup_label or tablespace_map: check_names let no other through.
+        if name == "global/pg_control" {
+            let data = cmd.binary_contents;
+            if data.len() != CONTROL_SIZE {
+                return Err(Error::Other(format!(
+                    "the catch-up sender's pg_control is {} bytes, not the {CONTROL_SIZE} of a \
+                     PostgreSQL control file",
+                    data.len()
+                )));
             }
-            "backup_label" | "tablespace_map" => {}
-            _ => return Err(refuse(
-                name,
-                "only backup_label, tablespace_map and global/pg_control come whole in a command",
-            )),
+            let theirs = Control::parse(&data).map(|c| c.system_identifier);
+            if theirs != Some(replica.system_identifier) {
+                return Err(Error::Other(format!(
+                    "the catch-up sender's pg_control is of the cluster with system identifier \
+                     {}, the replica of {}",
+                    theirs.unwrap_or(0),
+                    replica.system_identifier
+                )));
+            }
+            log::info!("Received pg_control: written last");
+            got.control = Some(data);
+            return Ok(());
         }
         if cmd.binary_contents.len() > MAX_BIN_CONTENTS {
             return Err(Error::Other(format!(
@@ -500,12 +540,6 @@ fn apply(
             log::warn!("Keeping the replica's own {name}: the sender's is read and dropped");
             io::copy(&mut chunks, &mut io::sink()).map_err(|e| blame(e, &path, peer))?;
             return Ok(());
-        }
-        if let Some(why) = never_sent(name, false) {
-            return Err(refuse(name, why));
-        }
-        if matches!(name, "backup_label" | "tablespace_map") {
-            return Err(refuse(name, "it comes whole in a command, at the end"));
         }
         // A whole file goes under a temp name, renamed once complete: a
         // cut leaves the replica's old file (or none), never a short one,
@@ -554,12 +588,6 @@ fn apply(
     }
     if cmd.is_delete {
         let mut names = cmd.files_to_delete;
-        for name in &names {
-            target(pgdata, name)?;
-            if let Some(why) = never_sent(name, true) {
-                return Err(refuse(name, why));
-            }
-        }
         // Children before their directories.
         names.sort_by(|a, b| b.cmp(a));
         for name in names {

@@ -390,6 +390,23 @@ fn hostile_senders_are_refused_and_a_real_one_still_catches_up() {
         &conf,
     );
     assert!(live.exists() && !parked.exists(), "the replica changed");
+    // A name the protocol never carries, as the first command: refused
+    // before the replica's pg_control is set aside.
+    let msgs = [
+        define_command(),
+        command(2, 3, "pg_wal/000000010000000000000099", b""),
+        chunk(b"abc"),
+    ]
+    .concat();
+    let out = receive_from(&data, &msgs, false);
+    refused(
+        &out,
+        &["which the catch-up protocol never carries"],
+        &data,
+        &conf,
+    );
+    assert!(!out.stderr.contains(HALF), "{}", out.dump());
+    assert!(live.exists() && !parked.exists(), "the replica changed");
 
     // Finding 2 + 9: pg_control first, then a file cut short by the
     // connection: pg_control is not in place, the cut is the connection's,
