@@ -178,9 +178,9 @@ fn receive(
     }
     // Everything written, on every file system it went to, is durable
     // before pg_control makes the directory startable.
-    sync_filesystem(pgdata)?;
+    crate::backup::fetch::sync_filesystem(pgdata)?;
     for target in tablespace_targets(pgdata)? {
-        sync_filesystem(&target)?;
+        crate::backup::fetch::sync_filesystem(&target)?;
     }
     let live = pgdata.join("global/pg_control");
     let written = crate::localfile::AtomicFile::create(&live).and_then(|mut f| {
@@ -657,20 +657,6 @@ fn remove(path: &Path) -> Result<()> {
         }
     }
     fs::remove_dir(path).map_err(gone)
-}
-
-/// Everything written on `dir`'s file system durable: file data,
-/// directories made, renames and deletions.
-fn sync_filesystem(dir: &Path) -> Result<()> {
-    let d = File::open(dir).map_err(|e| Error::io(format!("opening '{}'", dir.display()), e))?;
-    // SAFETY: syncfs on a valid descriptor we own.
-    if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&d)) } != 0 {
-        return Err(Error::io(
-            format!("syncing the file system of '{}'", dir.display()),
-            io::Error::last_os_error(),
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -453,9 +453,9 @@ fn restore_with(
     }
     // Everything else durable before pg_control makes DEST a cluster: one
     // syncfs per file system (writeback was started while writing).
-    sync_filesystem(&opts.dest)?;
+    crate::backup::fetch::sync_filesystem(&opts.dest)?;
     for ts in &layout.tablespaces {
-        sync_filesystem(&ts.location)?;
+        crate::backup::fetch::sync_filesystem(&ts.location)?;
     }
     restore_control(&ctx, &control)?;
     for (path, mode, owner) in dirs.iter().rev() {
@@ -760,20 +760,6 @@ const WRITEBACK_EVERY: u64 = 8 << 20;
 fn start_writeback(out: &File, from: u64, to: u64) {
     use std::os::fd::AsRawFd;
     crate::localfile::start_writeback(out.as_raw_fd(), from, to - from);
-}
-
-/// Everything written so far on the file system of `dir` reaches the disk.
-fn sync_filesystem(dir: &Path) -> Result<()> {
-    use std::os::fd::AsRawFd;
-    let d = File::open(dir).map_err(|e| Error::io(format!("opening {}", dir.display()), e))?;
-    // SAFETY: syncfs only reads the descriptor, which `d` keeps open.
-    if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
-        return Err(Error::io(
-            format!("syncing the file system of {}", dir.display()),
-            std::io::Error::last_os_error(),
-        ));
-    }
-    Ok(())
 }
 
 fn finish(out: &File, path: &Path, mode: u32, timestamp: Option<i64>) -> Result<()> {
