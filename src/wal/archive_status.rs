@@ -42,12 +42,12 @@ impl Markers {
         self.dir.as_deref()
     }
 
-    /// A name whose marker would be the directory itself or its parent
-    /// (`.history`, `...`) is never marked: those always exist.
+    /// A marker is a file: a name whose marker would be the directory
+    /// itself or its parent (`.history`, `...`) is never marked.
     pub fn is_marked(&self, file_name: &str) -> bool {
-        let marker = marker_name(file_name);
-        !matches!(marker, "" | "." | "..")
-            && self.dir.as_ref().is_some_and(|d| d.join(marker).is_file())
+        self.dir
+            .as_ref()
+            .is_some_and(|d| d.join(marker_name(file_name)).is_file())
     }
 
     pub fn mark(&self, file_name: &str) {
