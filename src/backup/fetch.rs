@@ -217,15 +217,22 @@ pub fn run(settings: &Settings, args: Vec<OsString>) -> Result<()> {
     let lines = recovery_lines(settings, &opts, &name, &sentinel)?;
     let mut tars = tar_keys(&storage, &name)?;
     if chain.is_none() {
-        // A chain's links were checked as they were read.
+        // One read of the files metadata (a chain's links were read and
+        // checked by Chain::resolve): every tar it names must be stored,
+        // and a partial restore leaves out the tars holding nothing kept.
+        // Only the names a partial restore keeps are held.
         let key = layout::files_metadata_key(&name);
-        if let Some(meta) = chain::read_files_metadata(&storage, &key, &|_| false)? {
+        let kept = |n: &[u8]| {
+            keep.as_ref()
+                .is_some_and(|f| f.keeps(&String::from_utf8_lossy(n)))
+        };
+        if let Some(meta) = chain::read_files_metadata(&storage, &key, &kept)? {
             let named = meta.tar_sets.iter().flatten().map(|s| s.tar.as_str());
             require_named_tars("backup", &name, named, &tars)?;
+            if keep.is_some() {
+                tars = super::partial_tars::needed(&name, meta, tars);
+            }
         }
-    }
-    if let (Some(filter), None) = (&keep, &chain) {
-        tars = super::partial_tars::needed(&storage, &name, filter, tars)?;
     }
     let dest = prepare_dest(&opts.dest)?;
     tablespaces.create(&dest)?;

@@ -5,37 +5,19 @@
 //! `TarFileSets`, is downloaded as before. (A delta chain applies the same
 //! rule per backup in `chain`.)
 
-use std::sync::Arc;
+use super::layout::TarKind;
+use super::metadata_read::FilesMetadata;
 
-use super::layout::{self, TarKind};
-use super::metadata_read;
-use super::partial::Filter;
-use crate::error::{Error, Result};
-use crate::storage::Storage;
-
-/// The tars of backup `name` less the data tars holding nothing `filter`
-/// keeps.
+/// The tars of backup `name` less the data tars holding nothing the
+/// filter kept: `meta` is its files metadata read keeping only the names
+/// the filter keeps, so a tar's set then lists just those.
 pub fn needed(
-    storage: &Arc<dyn Storage>,
     name: &str,
-    filter: &Filter,
+    meta: FilesMetadata,
     tars: Vec<(TarKind, String)>,
-) -> Result<Vec<(TarKind, String)>> {
-    let key = layout::files_metadata_key(name);
-    let input = match storage.get(&key, 0) {
-        Ok(r) => r,
-        Err(e) if e.is_not_found() => return Ok(tars),
-        Err(e) => return Err(e.into()),
-    };
-    // Only kept names are held: a tar's set then lists just those.
-    let keep = |n: &[u8]| filter.keeps(&String::from_utf8_lossy(n));
-    let meta = metadata_read::read(input, &keep).map_err(|e| {
-        Error::Other(format!(
-            "the files metadata '{key}' cannot be read: {e}; the backup's objects are damaged"
-        ))
-    })?;
+) -> Vec<(TarKind, String)> {
     let Some(sets) = meta.tar_sets else {
-        return Ok(tars);
+        return tars;
     };
     let total = tars.iter().filter(|(k, _)| *k == TarKind::Data).count();
     let wanted: Vec<(TarKind, String)> = tars
@@ -59,5 +41,5 @@ pub fn needed(
         fetched,
         total - fetched
     );
-    Ok(wanted)
+    wanted
 }
