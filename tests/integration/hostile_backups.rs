@@ -99,6 +99,16 @@ fn backup(
     );
 }
 
+/// The full backup FULL.
+fn full(store: &Store, metadata: Option<&str>, tars: &[(&str, Vec<u8>)]) {
+    backup(store, FULL, FULL_SENTINEL, metadata, tars);
+}
+
+/// The delta backup DELTA, of FULL.
+fn delta(store: &Store, metadata: Option<&str>, tars: &[(&str, Vec<u8>)]) {
+    backup(store, DELTA, DELTA_SENTINEL, metadata, tars);
+}
+
 /// A WAL-G increment of a file of `size` bytes with `pages` (block, byte).
 fn increment(size: u64, pages: &[(u32, u8)]) -> Vec<u8> {
     let mut m = b"wi1\x55".to_vec();
@@ -133,10 +143,8 @@ const DELTA_SENTINEL: &str = r#"{"LSN":67108904,"FinishLSN":67109120,"PgVersion"
 #[test]
 fn a_full_backup_whose_metadata_lacks_a_file_still_restores_it() {
     let store = Store::fs();
-    backup(
+    full(
         &store,
-        FULL,
-        FULL_SENTINEL,
         Some(
             r#"{"Files":{"base/1/b":{}},"TarFileSets":{"part_001.tar":["base/1/a"],"part_002.tar":["base/1/b"]}}"#,
         ),
@@ -148,10 +156,8 @@ fn a_full_backup_whose_metadata_lacks_a_file_still_restores_it() {
             ),
         ],
     );
-    backup(
+    delta(
         &store,
-        DELTA,
-        DELTA_SENTINEL,
         Some(
             r#"{"Files":{"base/1/a":{"IsIncremented":true},"base/1/b":{"IsSkipped":true}},"TarFileSets":{"part_001.tar":["base/1/a"]}}"#,
         ),
@@ -185,17 +191,13 @@ fn a_full_backup_whose_metadata_lacks_a_file_still_restores_it() {
 fn files_metadata_with_files_twice_is_refused() {
     let store = Store::fs();
     let data = file_a_tar(vec![b'a'; 8192]);
-    backup(
+    full(
         &store,
-        FULL,
-        FULL_SENTINEL,
         Some(r#"{"Files":{"base/1/a":{}}}"#),
         &[("part_001.tar", data.clone())],
     );
-    backup(
+    delta(
         &store,
-        DELTA,
-        DELTA_SENTINEL,
         Some(
             r#"{"Files":{"base/1/a":{},"base/1/b":{},"base/1/c":{}},"TarFileSets":{"part_001.tar":["base/1/c"]},"files":{"base/1/a":{}}}"#,
         ),
@@ -229,7 +231,7 @@ fn a_link_that_climbs_out_through_another_link_is_refused() {
         Member::Link("pg_wal", &escape),
         Member::File("PG_VERSION", b"15\n".to_vec()),
     ]);
-    backup(&store, FULL, FULL_SENTINEL, None, &[("part_001.tar", data)]);
+    full(&store, None, &[("part_001.tar", data)]);
     let dest = dirs.join("dest");
     let out = store
         .walden()
@@ -263,17 +265,13 @@ fn increments_beyond_any_segment_or_their_own_size_are_refused() {
         ),
     ] {
         let store = Store::fs();
-        backup(
+        full(
             &store,
-            FULL,
-            FULL_SENTINEL,
             Some(r#"{"Files":{"base/1/a":{}}}"#),
             &[("part_001.tar", file_a_tar(vec![b'a'; 8192]))],
         );
-        backup(
+        delta(
             &store,
-            DELTA,
-            DELTA_SENTINEL,
             Some(
                 r#"{"Files":{"base/1/a":{"IsIncremented":true}},"TarFileSets":{"part_001.tar":["base/1/a"]}}"#,
             ),
@@ -305,19 +303,15 @@ fn increments_beyond_any_segment_or_their_own_size_are_refused() {
 fn a_backup_missing_a_tar_its_metadata_names_is_refused() {
     let store = Store::fs();
     let data = file_a_tar(vec![b'a'; 8192]);
-    backup(
+    full(
         &store,
-        FULL,
-        FULL_SENTINEL,
         Some(
             r#"{"Files":{"base/1/a":{},"base/1/b":{}},"TarFileSets":{"part_001.tar":["base/1/a"],"part_002.tar":["base/1/b"]}}"#,
         ),
         &[("part_001.tar", data.clone())],
     );
-    backup(
+    delta(
         &store,
-        DELTA,
-        DELTA_SENTINEL,
         Some(
             r#"{"Files":{"base/1/a":{},"base/1/b":{"IsSkipped":true}},"TarFileSets":{"part_001.tar":["base/1/a"]}}"#,
         ),
@@ -355,13 +349,7 @@ fn pg_control_comes_only_from_its_own_tar() {
         Member::File("global/pg_control", vec![b'E'; 8192]),
         Member::File("PG_VERSION", b"15\n".to_vec()),
     ]);
-    backup(
-        &store,
-        FULL,
-        FULL_SENTINEL,
-        None,
-        &[("part_001.tar", with_control.clone())],
-    );
+    full(&store, None, &[("part_001.tar", with_control.clone())]);
     let dirs = TempDir::new("hostile-control");
     let whole = dirs.join("whole");
     store
@@ -379,10 +367,8 @@ fn pg_control_comes_only_from_its_own_tar() {
     // A second data tar cut short: the restore fails before pg_control.
     let cut = tar_of(&[Member::File("base_file", vec![b'x'; 100_000])]);
     let cut = cut[..20_000].to_vec();
-    backup(
+    full(
         &store,
-        FULL,
-        FULL_SENTINEL,
         None,
         &[("part_001.tar", with_control), ("part_002.tar", cut)],
     );
