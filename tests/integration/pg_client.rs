@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
-use crate::harness::certs::{ca, openssl_missing, signed};
+use crate::harness::certs::{ca, certificate_version, openssl_missing, signed};
 use crate::harness::tmp::free_port;
 use crate::harness::{Output, PgCluster, TempDir, Walden};
 
@@ -367,14 +367,10 @@ fn pg_info_v1_server_certificates_signed_by_a_ca_and_an_intermediate() {
         [read("chained.crt"), read("inter.crt")].concat(),
     )
     .unwrap();
-    let text = Command::new("openssl")
-        .args(["x509", "-noout", "-text", "-in"])
-        .arg(certs.join("direct.crt"))
-        .output()
-        .unwrap();
+    let version = certificate_version(&certs.join("direct.crt"));
     assert!(
-        String::from_utf8_lossy(&text.stdout).contains("Version: 1 (0x0)"),
-        "the test needs a v1 server certificate"
+        version.starts_with("Version: 1"),
+        "the test needs a v1 server certificate: {version}"
     );
     certs.chown_postgres();
     let ca_file = certs.join("ca.crt").display().to_string();

@@ -6,25 +6,9 @@
 //! refused by the server.
 
 use std::fs;
-use std::path::Path;
-use std::process::Command;
 
-use crate::harness::certs::{ca, openssl_missing, signed};
+use crate::harness::certs::{ca, certificate_version, openssl_missing, signed};
 use crate::harness::{Output, PgCluster, TempDir, Walden};
-
-fn version(cert: &Path) -> String {
-    let out = Command::new("openssl")
-        .args(["x509", "-noout", "-text", "-in"])
-        .arg(cert)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.lines()
-        .find(|l| l.trim_start().starts_with("Version:"))
-        .unwrap_or("")
-        .trim()
-        .to_string()
-}
 
 #[test]
 fn a_v1_client_certificate_is_sent_and_accepted() {
@@ -42,9 +26,9 @@ fn a_v1_client_certificate_is_sent_and_accepted() {
     signed(dir.path(), "ca", "carol", "carol", None);
     signed(dir.path(), "other_ca", "stranger", "carol", None);
     assert!(
-        version(&dir.join("carol.crt")).starts_with("Version: 1"),
+        certificate_version(&dir.join("carol.crt")).starts_with("Version: 1"),
         "the test needs a v1 client certificate: {}",
-        version(&dir.join("carol.crt"))
+        certificate_version(&dir.join("carol.crt"))
     );
     dir.chown_postgres();
     let p = |f: &str| format!("'{}'", dir.join(f).display());

@@ -99,3 +99,18 @@ pub fn signed(dir: &Path, ca: &str, name: &str, cn: &str, ext: Option<&Path>) {
     )
     .unwrap();
 }
+
+/// The "Version: N (0x..)" line `openssl x509 -text` prints for `cert`.
+pub fn certificate_version(cert: &Path) -> String {
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in"])
+        .arg(cert)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.trim_start().starts_with("Version:"))
+        .unwrap_or("")
+        .trim()
+        .to_string()
+}
